@@ -1,0 +1,71 @@
+package handlers
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ssebridge/ssebridge/store"
+)
+
+// dev holds the try-out routes of embedded mode: the demo page logs in and
+// publishes through them as a backend would. They do not exist with REDIS_URL.
+type dev struct{ o Options }
+
+func (d *dev) info(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]any{"embedded": true})
+}
+
+// login creates a session and sets its cookie, as the backend's login does.
+func (d *dev) login(c echo.Context) error {
+	user := strings.TrimSpace(c.FormValue("user"))
+	if err := store.CheckName(user); err != nil {
+		return c.JSON(http.StatusBadRequest, map[string]string{"error": "user: " + err.Error()})
+	}
+	var rooms []string
+	for _, r := range strings.Split(c.FormValue("rooms"), ",") {
+		if r = strings.TrimSpace(r); r == "" {
+			continue
+		}
+		if err := store.CheckName(r); err != nil {
+			return c.JSON(http.StatusBadRequest, map[string]string{"error": "rooms: " + err.Error()})
+		}
+		rooms = append(rooms, r)
+	}
+	const ttl = 24 * time.Hour
+	token, err := d.o.Sessions.Create(c.Request().Context(), store.Session{User: user, Rooms: rooms}, ttl)
+	if err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+	}
+	c.SetCookie(&http.Cookie{
+		Name: d.o.SessionCookie, Value: token, Path: "/", MaxAge: int(ttl.Seconds()),
+		HttpOnly: true, SameSite: http.SameSiteLaxMode,
+	})
+	return c.JSON(http.StatusOK, map[string]any{"user": user, "rooms": rooms})
+}
+
+// publish publishes live on a logical channel, as the backend's PUBLISH does.
+func (d *dev) publish(c echo.Context) error {
+	channel := c.FormValue("channel")
+	if !validChannel(channel) {
+		return c.JSON(http.StatusBadRequest, map[string]string{"error": "channel: want broadcast, user:<id> or room:<name>"})
+	}
+	if err := d.o.Dev.Publisher.Publish(c.Request().Context(), channel, []byte(c.FormValue("payload"))); err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "published"})
+}
+
+func validChannel(ch string) bool {
+	if ch == store.BroadcastChannel {
+		return true
+	}
+	for _, prefix := range []string{"user:", "room:"} {
+		if name, ok := strings.CutPrefix(ch, prefix); ok {
+			return store.CheckName(name) == nil
+		}
+	}
+	return false
+}

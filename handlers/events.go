@@ -1,0 +1,131 @@
+package handlers
+
+import (
+	"errors"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/stream"
+)
+
+type events struct {
+	o       Options
+	origins origins
+	refused *prometheus.CounterVec
+}
+
+// stream serves GET /events: the EventSource stream.
+func (ev *events) stream(c echo.Context) error {
+	sess, rooms, err := ev.authorize(c)
+	if err != nil {
+		return err
+	}
+	s, err := ev.o.Hub.Open(c.Request().Context(), stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms})
+	switch {
+	case errors.Is(err, stream.ErrTooManyForUser):
+		return ev.refuseRetry(c, http.StatusTooManyRequests, "user_limit", "too many streams for this user")
+	case errors.Is(err, stream.ErrTooManyStreams):
+		return ev.refuseRetry(c, http.StatusTooManyRequests, "total_limit", "too many streams on this instance")
+	case errors.Is(err, stream.ErrShuttingDown):
+		return ev.refuseRetry(c, http.StatusServiceUnavailable, "shutdown", "shutting down")
+	case err != nil:
+		ev.o.Log.Warn("stream refused: redis unavailable", "user", sess.User, "err", err)
+		return ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
+	}
+
+	h := c.Response().Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	c.Response().WriteHeader(http.StatusOK)
+	reason := s.Serve(c.Request().Context(), c.Response(), ev.o.Write)
+	ev.o.Hub.Close(s, reason)
+	return nil
+}
+
+// check serves GET /events/check: the answer GET /events would give, without
+// opening a stream. EventSource hides the status of a refused stream; this
+// lets a page tell a final refusal (401, 403) from a passing one.
+func (ev *events) check(c echo.Context) error {
+	sess, rooms, err := ev.authorize(c)
+	if err != nil {
+		return err
+	}
+	if rooms == nil {
+		rooms = []string{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"user": sess.User, "rooms": rooms})
+}
+
+// authorize checks the origin and the session, and returns the rooms the
+// stream asks for (all of the session's when it names none).
+func (ev *events) authorize(c echo.Context) (store.Session, []string, error) {
+	if !ev.origins.admit(c) {
+		return store.Session{}, nil, ev.refuse(c, http.StatusForbidden, "origin", "origin not allowed")
+	}
+	token := ev.token(c)
+	if token == "" {
+		return store.Session{}, nil, ev.refuse(c, http.StatusUnauthorized, "no_token",
+			"no session: send the "+ev.o.SessionCookie+" cookie or an Authorization: Bearer header")
+	}
+	sess, err := ev.o.Sessions.Lookup(c.Request().Context(), token)
+	switch {
+	case errors.Is(err, store.ErrNoSession):
+		return sess, nil, ev.refuse(c, http.StatusUnauthorized, "unknown_session", "unknown or expired session")
+	case errors.Is(err, store.ErrBadSession):
+		ev.o.Log.Warn("stream refused: malformed session in redis", "err", err)
+		return sess, nil, ev.refuse(c, http.StatusUnauthorized, "bad_session", err.Error())
+	case err != nil:
+		ev.o.Log.Warn("stream refused: redis unavailable", "err", err)
+		return sess, nil, ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
+	}
+
+	param := c.QueryParam("rooms")
+	if param == "" {
+		return sess, sess.Rooms, nil
+	}
+	var rooms []string
+	for _, r := range strings.Split(param, ",") {
+		if err := store.CheckName(r); err != nil {
+			return sess, nil, ev.refuse(c, http.StatusBadRequest, "bad_room", "rooms: "+err.Error())
+		}
+		if !slices.Contains(sess.Rooms, r) {
+			return sess, nil, ev.refuse(c, http.StatusForbidden, "room_not_allowed", "room "+strconv.Quote(r)+" is not in the session")
+		}
+		if !slices.Contains(rooms, r) {
+			rooms = append(rooms, r)
+		}
+	}
+	return sess, rooms, nil
+}
+
+// token reads the session token: the cookie first, then a bearer header for
+// curl and other non-browser clients.
+func (ev *events) token(c echo.Context) string {
+	if ck, err := c.Cookie(ev.o.SessionCookie); err == nil && ck.Value != "" {
+		return ck.Value
+	}
+	if t, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+// refuse answers with a JSON error and counts the refusal.
+func (ev *events) refuse(c echo.Context, code int, reason, msg string) error {
+	ev.refused.WithLabelValues(reason).Inc()
+	return c.JSON(code, map[string]string{"error": msg})
+}
+
+// refuseRetry refuses for a passing reason, with Retry-After.
+func (ev *events) refuseRetry(c echo.Context, code int, reason, msg string) error {
+	secs := int(ev.o.Retry.Seconds())
+	c.Response().Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+	return ev.refuse(c, code, reason, msg)
+}

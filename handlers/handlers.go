@@ -1,0 +1,96 @@
+// Package handlers holds ssebridge's HTTP routes. They are thin: sessions
+// come from store, streams from stream.Hub.
+package handlers
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ssebridge/ssebridge/static"
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/stream"
+)
+
+// Options wire the routes to the rest of the service.
+type Options struct {
+	Hub            *stream.Hub
+	Sessions       *store.Sessions
+	SessionCookie  string
+	AllowedOrigins []string
+	Write          stream.WriteOptions
+	Retry          time.Duration // Retry-After on transient refusals
+
+	// Ready reports whether Redis is reachable and subscribed.
+	Ready func(context.Context) error
+
+	Registry *prometheus.Registry
+	Log      *slog.Logger
+
+	// Dev, when set, adds the try-out routes of embedded mode.
+	Dev *Dev
+}
+
+// Dev is what the try-out routes need: they log in and publish as a backend would.
+type Dev struct {
+	Publisher *store.Publisher
+}
+
+// New returns the service's routes.
+func New(o Options) *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.Use(middleware.Recover())
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		code, msg := http.StatusInternalServerError, "internal error"
+		if he, ok := err.(*echo.HTTPError); ok {
+			code, msg = he.Code, http.StatusText(he.Code)
+			if m, ok := he.Message.(string); ok {
+				msg = m
+			}
+		}
+		if !c.Response().Committed {
+			_ = c.JSON(code, map[string]string{"error": msg})
+		}
+	}
+
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ssebridge_handshakes_refused_total",
+		Help: "Stream requests refused, by reason.",
+	}, []string{"reason"})
+	o.Registry.MustRegister(refused)
+
+	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins), refused: refused}
+	e.GET("/events", ev.stream)
+	e.GET("/events/check", ev.check)
+	e.OPTIONS("/events", ev.preflight)
+	e.OPTIONS("/events/check", ev.preflight)
+
+	e.GET("/healthz", func(c echo.Context) error {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	e.GET("/readyz", func(c echo.Context) error {
+		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+		defer cancel()
+		if err := o.Ready(ctx); err != nil {
+			return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		}
+		return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+	})
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})))
+	e.GET("/*", echo.WrapHandler(http.FileServerFS(static.FS)))
+
+	if o.Dev != nil {
+		d := &dev{o: o}
+		e.GET("/dev", d.info)
+		e.POST("/dev/login", d.login)
+		e.POST("/dev/publish", d.publish)
+	}
+	return e
+}

@@ -1,0 +1,232 @@
+// Command ssebridge carries a backend's events from Redis to browsers over
+// Server-Sent Events. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"reflect"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/caarlos0/env/v11"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/handlers"
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/stream"
+)
+
+// Config is read from the environment only. README.md lists every variable.
+type Config struct {
+	ListenAddr     string     `env:"LISTEN_ADDR" envDefault:":8080"`
+	RedisURL       string     `env:"REDIS_URL"`
+	LogLevel       slog.Level `env:"LOG_LEVEL" envDefault:"info"`
+	SessionCookie  string     `env:"SESSION_COOKIE" envDefault:"sse_session"`
+	SessionPrefix  string     `env:"SESSION_PREFIX" envDefault:"session:"`
+	ChannelPrefix  string     `env:"CHANNEL_PREFIX" envDefault:"sse:"`
+	AllowedOrigins []string   `env:"ALLOWED_ORIGINS" envSeparator:","`
+
+	HeartbeatInterval      time.Duration `env:"HEARTBEAT_INTERVAL" envDefault:"15s"`
+	SessionRecheckInterval time.Duration `env:"SESSION_RECHECK_INTERVAL" envDefault:"30s"`
+	RetryInterval          time.Duration `env:"RETRY_INTERVAL" envDefault:"2s"`
+	WriteTimeout           time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s"`
+	ShutdownTimeout        time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
+	RedisPingInterval      time.Duration `env:"REDIS_PING_INTERVAL" envDefault:"5s"`
+
+	MaxStreamsPerUser int `env:"MAX_STREAMS_PER_USER" envDefault:"16"`
+	MaxStreams        int `env:"MAX_STREAMS" envDefault:"100000"`
+	MaxEventBytes     int `env:"MAX_EVENT_BYTES" envDefault:"65536"`
+	MaxSessionBytes   int `env:"MAX_SESSION_BYTES" envDefault:"16384"`
+	StreamQueue       int `env:"STREAM_QUEUE" envDefault:"256"`
+	StreamQueueBytes  int `env:"STREAM_QUEUE_BYTES" envDefault:"1048576"`
+	RedisPoolSize     int `env:"REDIS_POOL_SIZE" envDefault:"8"`
+}
+
+func main() {
+	cfg, err := loadConfig()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ssebridge: configuration:", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, cfg, log, nil); err != nil {
+		log.Error("ssebridge stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+// loadConfig reads Config and checks it, naming the variable at fault.
+func loadConfig() (Config, error) {
+	cfg, err := env.ParseAs[Config]()
+	if err != nil {
+		return cfg, namedEnvError(err)
+	}
+	positive := map[string]int64{
+		"HEARTBEAT_INTERVAL": int64(cfg.HeartbeatInterval), "SESSION_RECHECK_INTERVAL": int64(cfg.SessionRecheckInterval),
+		"RETRY_INTERVAL": int64(cfg.RetryInterval), "WRITE_TIMEOUT": int64(cfg.WriteTimeout),
+		"SHUTDOWN_TIMEOUT": int64(cfg.ShutdownTimeout), "REDIS_PING_INTERVAL": int64(cfg.RedisPingInterval),
+		"MAX_STREAMS_PER_USER": int64(cfg.MaxStreamsPerUser), "MAX_STREAMS": int64(cfg.MaxStreams),
+		"MAX_EVENT_BYTES": int64(cfg.MaxEventBytes), "MAX_SESSION_BYTES": int64(cfg.MaxSessionBytes),
+		"STREAM_QUEUE": int64(cfg.StreamQueue), "STREAM_QUEUE_BYTES": int64(cfg.StreamQueueBytes),
+		"REDIS_POOL_SIZE": int64(cfg.RedisPoolSize),
+	}
+	for name, v := range positive {
+		if v <= 0 {
+			return cfg, fmt.Errorf("%s must be greater than zero", name)
+		}
+	}
+	if cfg.SessionCookie == "" {
+		return cfg, errors.New("SESSION_COOKIE must not be empty")
+	}
+	for _, o := range cfg.AllowedOrigins {
+		if o = strings.TrimSpace(o); o != "" && !strings.Contains(o, "://") {
+			return cfg, fmt.Errorf("ALLOWED_ORIGINS: %q is not an origin such as https://app.example.com", o)
+		}
+	}
+	return cfg, nil
+}
+
+// namedEnvError rewrites the env package's errors, which name struct
+// fields, to name the environment variable instead.
+func namedEnvError(err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return err
+	}
+	t := reflect.TypeFor[Config]()
+	var msgs []string
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			if f, ok := t.FieldByName(pe.Name); ok {
+				msgs = append(msgs, fmt.Sprintf("%s: %v", f.Tag.Get("env"), pe.Err))
+				continue
+			}
+		}
+		msgs = append(msgs, e.Error())
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
+// run serves until ctx ends, then shuts down within cfg.ShutdownTimeout.
+// listening, if set, is told the address once the listener is up.
+func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr string)) error {
+	var dev *handlers.Dev
+	redisURL := cfg.RedisURL
+	if redisURL == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return fmt.Errorf("starting embedded redis: %w", err)
+		}
+		defer mr.Close()
+		mr.ClockTTL(true) // let session TTLs run down as they would in Redis
+		redisURL = "redis://" + mr.Addr()
+		log.Warn("REDIS_URL is not set: started an embedded Redis-compatible server, FOR TRYING OUT ONLY; the /dev routes are on",
+			"addr", mr.Addr(), "try", "redis-cli -p "+mr.Port())
+	}
+	ropts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
+	ropts.PoolSize = cfg.RedisPoolSize
+	ropts.DialTimeout = 2 * time.Second
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	feed := store.NewFeed(rdb, cfg.ChannelPrefix, cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
+	sessions := store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes)
+	hub := stream.NewHub(feed, stream.Options{
+		MaxStreams:        cfg.MaxStreams,
+		MaxStreamsPerUser: cfg.MaxStreamsPerUser,
+		QueueEvents:       cfg.StreamQueue,
+		QueueBytes:        cfg.StreamQueueBytes,
+		MaxEventBytes:     cfg.MaxEventBytes,
+		Retry:             cfg.RetryInterval,
+	}, log, stream.NewMetrics(reg))
+	if cfg.RedisURL == "" {
+		dev = &handlers.Dev{Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix)}
+	}
+
+	e := handlers.New(handlers.Options{
+		Hub:            hub,
+		Sessions:       sessions,
+		SessionCookie:  cfg.SessionCookie,
+		AllowedOrigins: cfg.AllowedOrigins,
+		Write:          stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
+		Retry:          cfg.RetryInterval,
+		Ready: func(ctx context.Context) error {
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("redis: %w", err)
+			}
+			if !feed.Connected() {
+				return errors.New("redis pub/sub is not subscribed")
+			}
+			return nil
+		},
+		Registry: reg,
+		Log:      log,
+		Dev:      dev,
+	})
+
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("LISTEN_ADDR: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           e,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		// No WriteTimeout: it would cut every stream. Each write of a stream
+		// has its own deadline instead (WRITE_TIMEOUT).
+	}
+
+	workers, cancelWorkers := context.WithCancel(context.Background())
+	defer cancelWorkers()
+	done := make(chan struct{}, 3)
+	go func() { feed.Run(workers, hub.Publish); done <- struct{}{} }()
+	go func() { hub.Run(workers); done <- struct{}{} }()
+	go func() { handlers.RecheckSessions(workers, hub, sessions, cfg.SessionRecheckInterval, log); done <- struct{}{} }()
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("ssebridge listening", "addr", ln.Addr().String(), "session_cookie", cfg.SessionCookie)
+	if listening != nil {
+		listening(ln.Addr().String())
+	}
+
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: streams are told to reconnect", "streams", hub.Len(), "timeout", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	hub.Shutdown()
+	err = srv.Shutdown(sctx) // closes the listener, then waits for the streams to end
+	if err != nil {
+		_ = srv.Close()
+		log.Warn("streams still open at the shutdown deadline were cut", "err", err)
+	}
+	cancelWorkers()
+	for range 3 {
+		<-done
+	}
+	return nil
+}

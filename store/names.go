@@ -1,0 +1,47 @@
+package store
+
+import "fmt"
+
+// MaxNameLen is the longest user id or room name accepted anywhere.
+const MaxNameLen = 128
+
+// Logical channel names. Redis holds each under the configured channel prefix.
+const (
+	BroadcastChannel = "broadcast"
+	ControlChannel   = "control"
+)
+
+// UserChannel names the channel that reaches every stream of one user.
+func UserChannel(user string) string { return "user:" + user }
+
+// RoomChannel names the channel that reaches every stream in one room.
+func RoomChannel(room string) string { return "room:" + room }
+
+// CheckName reports why s is not a valid user id or room name:
+// 1–128 characters of letters, digits and _ - . : @.
+// The rule keeps names safe inside Redis channel names, SSE fields and logs.
+func CheckName(s string) error {
+	if s == "" {
+		return fmt.Errorf("name is empty")
+	}
+	if len(s) > MaxNameLen {
+		return fmt.Errorf("name is %d bytes long, more than %d", len(s), MaxNameLen)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '_', c == '-', c == '.', c == ':', c == '@':
+		default:
+			return fmt.Errorf("name %q has a character other than letters, digits and _ - . : @", truncate(s, 40))
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

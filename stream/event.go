@@ -1,0 +1,155 @@
+package stream
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Reasons a published message is refused. Each is a label of the
+// events-dropped metric.
+var (
+	ErrTooLarge    = errors.New("too_large")
+	ErrBadField    = errors.New("bad_field")
+	ErrBadEnvelope = errors.New("bad_envelope")
+)
+
+// Envelope is what a backend publishes: an event name, its data and an
+// optional id.
+type Envelope struct {
+	Event string
+	ID    string
+	Data  []byte // the text to send, before it is split into data: lines
+}
+
+// ParseEnvelope reads a published payload. A JSON object with a "data" key is
+// an envelope; any other payload is sent whole as the data of a "message"
+// event, so that nothing a backend publishes is silently lost.
+func ParseEnvelope(payload []byte) (Envelope, error) {
+	trimmed := bytes.TrimSpace(payload)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return Envelope{Event: "message", Data: payload}, nil
+	}
+	var raw struct {
+		Event json.RawMessage `json:"event"`
+		Data  json.RawMessage `json:"data"`
+		ID    json.RawMessage `json:"id"`
+	}
+	if err := json.Unmarshal(trimmed, &raw); err != nil || raw.Data == nil {
+		return Envelope{Event: "message", Data: payload}, nil
+	}
+	env := Envelope{Event: "message"}
+	if raw.Event != nil && string(raw.Event) != "null" {
+		if err := json.Unmarshal(raw.Event, &env.Event); err != nil {
+			return Envelope{}, fmt.Errorf("%w: \"event\" is not a string", ErrBadEnvelope)
+		}
+		if env.Event == "" {
+			env.Event = "message"
+		}
+	}
+	if raw.ID != nil && string(raw.ID) != "null" {
+		id, err := idText(raw.ID)
+		if err != nil {
+			return Envelope{}, err
+		}
+		env.ID = id
+	}
+	if raw.Data[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw.Data, &s); err != nil {
+			return Envelope{}, fmt.Errorf("%w: \"data\": %v", ErrBadEnvelope, err)
+		}
+		env.Data = []byte(s)
+	} else {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, raw.Data); err != nil {
+			return Envelope{}, fmt.Errorf("%w: \"data\": %v", ErrBadEnvelope, err)
+		}
+		env.Data = buf.Bytes()
+	}
+	return env, env.check()
+}
+
+func idText(raw json.RawMessage) (string, error) {
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s, nil
+	}
+	if n, err := strconv.ParseInt(string(raw), 10, 64); err == nil {
+		return strconv.FormatInt(n, 10), nil
+	}
+	return "", fmt.Errorf("%w: \"id\" is neither a string nor an integer", ErrBadEnvelope)
+}
+
+// check refuses names and ids that would end their SSE field early and so
+// inject a field or a whole event. A NUL in an id makes browsers ignore it.
+func (e Envelope) check() error {
+	if strings.ContainsAny(e.Event, "\r\n") {
+		return fmt.Errorf("%w: \"event\" holds CR or LF", ErrBadField)
+	}
+	if strings.ContainsAny(e.ID, "\r\n\x00") {
+		return fmt.Errorf("%w: \"id\" holds CR, LF or NUL", ErrBadField)
+	}
+	return nil
+}
+
+// Frame returns the event as SSE bytes: id: (when set), event:, then one
+// data: line per line of data, CR LF, CR and LF all counting as line ends,
+// as they do for the browser's parser.
+func (e Envelope) Frame() []byte {
+	n := len(e.Data) + len(e.Event) + len(e.ID) + 32
+	b := make([]byte, 0, n+8*bytes.Count(e.Data, []byte{'\n'}))
+	if e.ID != "" {
+		b = append(b, "id: "...)
+		b = append(b, e.ID...)
+		b = append(b, '\n')
+	}
+	b = append(b, "event: "...)
+	b = append(b, e.Event...)
+	b = append(b, '\n')
+	data := e.Data
+	for {
+		i := bytes.IndexAny(data, "\r\n")
+		if i < 0 {
+			break
+		}
+		b = appendData(b, data[:i])
+		if data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n' {
+			i++
+		}
+		data = data[i+1:]
+	}
+	b = appendData(b, data)
+	return append(b, '\n')
+}
+
+func appendData(b, line []byte) []byte {
+	b = append(b, "data: "...)
+	b = append(b, line...)
+	return append(b, '\n')
+}
+
+// EncodeMessage turns a published payload into the bytes every stream sends,
+// once for all of them. Payloads over maxBytes are refused.
+func EncodeMessage(payload []byte, maxBytes int) ([]byte, error) {
+	if len(payload) > maxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, len(payload), maxBytes)
+	}
+	env, err := ParseEnvelope(payload)
+	if err != nil {
+		return nil, err
+	}
+	return env.Frame(), nil
+}
+
+// Heartbeat is the comment line that keeps idle streams and the proxies
+// between them alive; EventSource ignores it.
+var heartbeat = []byte(": ping\n\n")
+
+// retryFrame tells the browser how long to wait before it reconnects.
+func retryFrame(ms int64) []byte {
+	return []byte("retry: " + strconv.FormatInt(ms, 10) + "\n\n")
+}

@@ -1,0 +1,309 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/ssebridge/ssebridge/store"
+)
+
+// Subscriber keeps Redis subscribed to the channels the hub's streams need.
+// store.Feed is the real one; the hub's unit tests use a fake.
+type Subscriber interface {
+	Retain(ctx context.Context, channels ...string) error
+	Release(channels ...string)
+}
+
+// Errors Hub.Open returns.
+var (
+	ErrTooManyStreams = errors.New("too many streams on this instance")
+	ErrTooManyForUser = errors.New("too many streams for this user")
+	ErrShuttingDown   = errors.New("shutting down")
+)
+
+// Options are the hub's limits.
+type Options struct {
+	MaxStreams        int           // open streams on this instance
+	MaxStreamsPerUser int           // open streams of one user
+	QueueEvents       int           // events queued per stream before it counts as slow
+	QueueBytes        int           // bytes queued per stream before it counts as slow
+	MaxEventBytes     int           // largest published payload
+	Retry             time.Duration // the retry: hint sent to browsers
+}
+
+// Hub fans published messages out to streams. A message is encoded once and
+// the same bytes are queued on every stream; a stream whose queue is full is
+// ended as slow and never holds up the others.
+type Hub struct {
+	sub     Subscriber
+	opts    Options
+	log     *slog.Logger
+	metrics *Metrics
+
+	seed   maphash.Seed
+	shards [64]shard // channel → streams, split to keep fan-outs on different channels apart
+
+	mu       sync.Mutex // guards the fields below and every Stream.channels
+	users    map[string]map[*Stream]struct{}
+	sessions map[string]map[*Stream]struct{}
+	open     int
+	stopping bool
+
+	control chan control
+}
+
+type shard struct {
+	mu   sync.RWMutex
+	subs map[string]map[*Stream]struct{}
+}
+
+// NewHub returns a hub that subscribes through sub. Call Run to process
+// control messages.
+func NewHub(sub Subscriber, opts Options, log *slog.Logger, m *Metrics) *Hub {
+	h := &Hub{
+		sub:      sub,
+		opts:     opts,
+		log:      log,
+		metrics:  m,
+		seed:     maphash.MakeSeed(),
+		users:    make(map[string]map[*Stream]struct{}),
+		sessions: make(map[string]map[*Stream]struct{}),
+		control:  make(chan control, 1024),
+	}
+	for i := range h.shards {
+		h.shards[i].subs = make(map[string]map[*Stream]struct{})
+	}
+	return h
+}
+
+func (h *Hub) shard(channel string) *shard {
+	return &h.shards[maphash.String(h.seed, channel)%uint64(len(h.shards))]
+}
+
+// Spec says whose stream to open.
+type Spec struct {
+	User    string
+	Session string // the session token, to end the stream when the session goes
+	Rooms   []string
+}
+
+// Open registers a stream for spec's user, subscribed to the user's channel,
+// the broadcast channel and spec's rooms, with the ready event queued first.
+// It fails when a limit is reached, when the hub is shutting down, or when
+// Redis cannot subscribe.
+func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
+	s := newStream(spec.User, spec.Session, h.opts.QueueEvents, h.opts.QueueBytes, h.metrics.Delivered)
+	channels := []string{store.UserChannel(spec.User), store.BroadcastChannel}
+	for _, r := range spec.Rooms {
+		channels = append(channels, store.RoomChannel(r))
+	}
+
+	h.mu.Lock()
+	switch {
+	case h.stopping:
+		h.mu.Unlock()
+		return nil, ErrShuttingDown
+	case h.open >= h.opts.MaxStreams:
+		h.mu.Unlock()
+		return nil, ErrTooManyStreams
+	case len(h.users[spec.User]) >= h.opts.MaxStreamsPerUser:
+		h.mu.Unlock()
+		return nil, ErrTooManyForUser
+	}
+	h.open++
+	addTo(h.users, spec.User, s)
+	addTo(h.sessions, spec.Session, s)
+	for _, c := range channels {
+		s.channels[c] = struct{}{}
+	}
+	h.mu.Unlock()
+	h.metrics.Open.Inc()
+
+	if err := h.sub.Retain(ctx, channels...); err != nil {
+		h.Close(s, "")
+		return nil, fmt.Errorf("subscribing: %w", err)
+	}
+	s.offer(readyFrame(spec.User, spec.Rooms, h.opts.Retry))
+	h.attach(s, channels)
+	return s, nil
+}
+
+// Close removes a stream that Serve has finished with and counts why it
+// ended. Its channels no longer needed by any stream are unsubscribed.
+func (h *Hub) Close(s *Stream, reason string) {
+	h.mu.Lock()
+	channels := make([]string, 0, len(s.channels))
+	for c := range s.channels {
+		channels = append(channels, c)
+		sh := h.shard(c)
+		sh.mu.Lock()
+		removeFrom(sh.subs, c, s)
+		sh.mu.Unlock()
+	}
+	clear(s.channels)
+	removeFrom(h.users, s.User, s)
+	removeFrom(h.sessions, s.session, s)
+	h.open--
+	h.mu.Unlock()
+
+	h.sub.Release(channels...)
+	h.metrics.Open.Dec()
+	if reason != "" {
+		h.metrics.Closed.WithLabelValues(reason).Inc()
+	}
+}
+
+// attach makes s receive the given channels, those of them it still wants:
+// a leave or a close may have come while Redis was subscribing.
+func (h *Hub) attach(s *Stream, channels []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range channels {
+		if _, ok := s.channels[c]; !ok {
+			continue
+		}
+		sh := h.shard(c)
+		sh.mu.Lock()
+		addTo(sh.subs, c, s)
+		sh.mu.Unlock()
+	}
+}
+
+// Publish fans a message from Redis out to the streams of its channel. It
+// never blocks on a stream, so it can run on the goroutine reading Redis.
+func (h *Hub) Publish(channel string, payload []byte) {
+	if channel == store.ControlChannel {
+		h.enqueueControl(payload)
+		return
+	}
+	frame, err := EncodeMessage(payload, h.opts.MaxEventBytes)
+	if err != nil {
+		h.drop(channel, err)
+		return
+	}
+	h.fanOut(channel, frame)
+}
+
+func (h *Hub) drop(channel string, err error) {
+	reason := err
+	for u := errors.Unwrap(reason); u != nil; u = errors.Unwrap(reason) {
+		reason = u
+	}
+	h.metrics.Dropped.WithLabelValues(reason.Error()).Inc()
+	h.log.Warn("published message refused", "channel", channel, "err", err)
+}
+
+func (h *Hub) fanOut(channel string, frame []byte) {
+	sh := h.shard(channel)
+	var slow []*Stream
+	sh.mu.RLock()
+	for s := range sh.subs[channel] {
+		if !s.offer(frame) {
+			slow = append(slow, s)
+		}
+	}
+	sh.mu.RUnlock()
+	for _, s := range slow {
+		// The retry hint brings it back soon; its writer may well be stuck on
+		// a full socket and only learn of it at its write deadline.
+		if s.end(ReasonSlow, retryFrame(h.jitteredRetry()), false) {
+			h.log.Info("stream closed: queue full", "user", s.User)
+		}
+	}
+}
+
+// Sessions returns the tokens of the sessions that have open streams.
+func (h *Hub) Sessions() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	tokens := make([]string, 0, len(h.sessions))
+	for t := range h.sessions {
+		tokens = append(tokens, t)
+	}
+	return tokens
+}
+
+// EndSession ends the streams opened with a session that no longer exists,
+// with a logout event so that pages stop reconnecting.
+func (h *Hub) EndSession(token string) {
+	h.mu.Lock()
+	streams := collect(h.sessions[token])
+	h.mu.Unlock()
+	for _, s := range streams {
+		s.end(ReasonSession, logoutFrame, true)
+	}
+}
+
+// Shutdown refuses new streams and ends the open ones with a retry hint,
+// jittered so that browsers do not all reconnect in the same instant.
+func (h *Hub) Shutdown() {
+	h.mu.Lock()
+	h.stopping = true
+	var all []*Stream
+	for _, set := range h.users {
+		all = append(all, collect(set)...)
+	}
+	h.mu.Unlock()
+	for _, s := range all {
+		s.end(ReasonShutdown, retryFrame(h.jitteredRetry()), true)
+	}
+}
+
+// Open streams now.
+func (h *Hub) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.open
+}
+
+func (h *Hub) jitteredRetry() int64 {
+	ms := h.opts.Retry.Milliseconds()
+	return ms/2 + rand.Int64N(ms+1)
+}
+
+var logoutFrame = []byte("event: logout\ndata: {}\n\n")
+
+func readyFrame(user string, rooms []string, retry time.Duration) []byte {
+	if rooms == nil {
+		rooms = []string{}
+	}
+	data, _ := json.Marshal(struct {
+		User  string   `json:"user"`
+		Rooms []string `json:"rooms"`
+	}{user, rooms})
+	frame := retryFrame(retry.Milliseconds())
+	frame = frame[:len(frame)-1] // one block: retry: and the ready event together
+	return append(frame, Envelope{Event: "ready", Data: data}.Frame()...)
+}
+
+func addTo(m map[string]map[*Stream]struct{}, key string, s *Stream) {
+	set := m[key]
+	if set == nil {
+		set = make(map[*Stream]struct{})
+		m[key] = set
+	}
+	set[s] = struct{}{}
+}
+
+func removeFrom(m map[string]map[*Stream]struct{}, key string, s *Stream) {
+	set := m[key]
+	delete(set, s)
+	if len(set) == 0 {
+		delete(m, key)
+	}
+}
+
+func collect(set map[*Stream]struct{}) []*Stream {
+	out := make([]*Stream, 0, len(set))
+	for s := range set {
+		out = append(out, s)
+	}
+	return out
+}

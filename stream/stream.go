@@ -1,0 +1,172 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Why a stream ended. Each is a label of the streams-closed metric.
+const (
+	ReasonClient   = "client"   // the browser went away
+	ReasonSlow     = "slow"     // its queue overflowed
+	ReasonLogout   = "logout"   // the backend logged the user out
+	ReasonSession  = "session"  // the session key is gone
+	ReasonShutdown = "shutdown" // this instance is stopping
+	ReasonWrite    = "write"    // a write failed or timed out
+)
+
+// Stream is one open EventSource connection. The hub queues encoded events
+// on it without ever waiting; the request's own goroutine writes them out in
+// Serve. Streams are made by Hub.Open.
+type Stream struct {
+	User    string
+	session string
+
+	// Guarded by the hub's mu: the channels the stream is subscribed to.
+	channels map[string]struct{}
+
+	mu       sync.Mutex
+	queue    [][]byte // frames shared with every other stream they go to
+	queued   int      // bytes in queue
+	maxQueue int
+	maxBytes int
+	ending   string // why the stream is ending; "" while it is open
+	wake     chan struct{}
+
+	delivered prometheus.Counter
+}
+
+func newStream(user, session string, maxQueue, maxBytes int, delivered prometheus.Counter) *Stream {
+	return &Stream{
+		delivered: delivered,
+		User:      user,
+		session:   session,
+		channels:  make(map[string]struct{}),
+		maxQueue:  maxQueue,
+		maxBytes:  maxBytes,
+		wake:      make(chan struct{}, 1),
+	}
+}
+
+// offer queues a frame without blocking. It reports false when the queue is
+// full, in events or in bytes: the caller then ends the stream as slow.
+func (s *Stream) offer(frame []byte) bool {
+	s.mu.Lock()
+	if s.ending != "" {
+		s.mu.Unlock()
+		return true // already on its way out; nothing more to do
+	}
+	if len(s.queue) >= s.maxQueue || s.queued+len(frame) > s.maxBytes {
+		s.mu.Unlock()
+		return false
+	}
+	s.queue = append(s.queue, frame)
+	s.queued += len(frame)
+	s.mu.Unlock()
+	s.signal()
+	return true
+}
+
+// end asks the writer to stop after writing final. Unless keep is set, what
+// is still queued is dropped. It reports whether this call ended the stream.
+func (s *Stream) end(reason string, final []byte, keep bool) bool {
+	s.mu.Lock()
+	if s.ending != "" {
+		s.mu.Unlock()
+		return false
+	}
+	s.ending = reason
+	if !keep {
+		s.queue, s.queued = nil, 0
+	}
+	if final != nil {
+		s.queue = append(s.queue, final)
+	}
+	s.mu.Unlock()
+	s.signal()
+	return true
+}
+
+func (s *Stream) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take empties the queue. The returned slice is the writer's to keep.
+func (s *Stream) take() (batch [][]byte, ending string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	batch = s.queue
+	s.queue, s.queued = nil, 0
+	return batch, s.ending
+}
+
+// WriteOptions say how Serve writes.
+type WriteOptions struct {
+	Heartbeat    time.Duration // a comment after this long without a write
+	WriteTimeout time.Duration // how long one batch may take to write
+}
+
+// ErrWrite wraps a failed write to the client.
+var ErrWrite = errors.New("write to client failed")
+
+// Serve writes the stream to w until the stream ends or ctx (the request's
+// context) is done. It owns w: nothing else writes to it. Queued frames are
+// written together, with one flush, so a stream that fell behind catches up
+// in few system calls. It returns why the stream ended.
+func (s *Stream) Serve(ctx context.Context, w http.ResponseWriter, opts WriteOptions) string {
+	rc := http.NewResponseController(w)
+	idle := time.NewTimer(opts.Heartbeat)
+	defer idle.Stop()
+	for {
+		var batch [][]byte
+		ending, beat := "", false
+		select {
+		case <-ctx.Done():
+			return ReasonClient
+		case <-idle.C:
+			batch, beat = [][]byte{heartbeat}, true
+		case <-s.wake:
+			batch, ending = s.take()
+		}
+		if err := write(rc, w, batch, opts.WriteTimeout); err != nil {
+			if ctx.Err() != nil {
+				return ReasonClient
+			}
+			return ReasonWrite
+		}
+		if !beat {
+			s.delivered.Add(float64(len(batch)))
+		}
+		if ending != "" {
+			return ending
+		}
+		idle.Reset(opts.Heartbeat)
+	}
+}
+
+func write(rc *http.ResponseController, w http.ResponseWriter, batch [][]byte, timeout time.Duration) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	// A per-write deadline instead of a server WriteTimeout: the stream
+	// lives for hours, but no single write may hang on a dead peer.
+	_ = rc.SetWriteDeadline(time.Now().Add(timeout))
+	for _, frame := range batch {
+		if _, err := w.Write(frame); err != nil {
+			return fmt.Errorf("%w: %v", ErrWrite, err)
+		}
+	}
+	if err := rc.Flush(); err != nil {
+		return fmt.Errorf("%w: %v", ErrWrite, err)
+	}
+	return nil
+}
