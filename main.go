@@ -54,7 +54,7 @@ type Config struct {
 }
 
 func main() {
-	cfg, err := loadConfig()
+	cfg, err := loadConfig(env.ToMap(os.Environ()))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ssebridge: configuration:", err)
 		os.Exit(2)
@@ -68,9 +68,9 @@ func main() {
 	}
 }
 
-// loadConfig reads Config and checks it, naming the variable at fault.
-func loadConfig() (Config, error) {
-	cfg, err := env.ParseAs[Config]()
+// loadConfig reads Config from environ and checks it, naming the variable at fault.
+func loadConfig(environ map[string]string) (Config, error) {
+	cfg, err := env.ParseAsWithOptions[Config](env.Options{Environment: environ})
 	if err != nil {
 		return cfg, namedEnvError(err)
 	}
@@ -201,7 +201,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	done := make(chan struct{}, 3)
 	go func() { feed.Run(workers, hub.Publish); done <- struct{}{} }()
 	go func() { hub.Run(workers); done <- struct{}{} }()
-	go func() { handlers.RecheckSessions(workers, hub, sessions, cfg.SessionRecheckInterval, log); done <- struct{}{} }()
+	go func() {
+		handlers.RecheckSessions(workers, hub, sessions, cfg.SessionRecheckInterval, log)
+		done <- struct{}{}
+	}()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

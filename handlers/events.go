@@ -67,20 +67,20 @@ func (ev *events) check(c echo.Context) error {
 // stream asks for (all of the session's when it names none).
 func (ev *events) authorize(c echo.Context) (store.Session, []string, error) {
 	if !ev.origins.admit(c) {
-		return store.Session{}, nil, ev.refuse(c, http.StatusForbidden, "origin", "origin not allowed")
+		return store.Session{}, nil, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
 	}
 	token := ev.token(c)
 	if token == "" {
-		return store.Session{}, nil, ev.refuse(c, http.StatusUnauthorized, "no_token",
+		return store.Session{}, nil, ev.refuse(http.StatusUnauthorized, "no_token",
 			"no session: send the "+ev.o.SessionCookie+" cookie or an Authorization: Bearer header")
 	}
 	sess, err := ev.o.Sessions.Lookup(c.Request().Context(), token)
 	switch {
 	case errors.Is(err, store.ErrNoSession):
-		return sess, nil, ev.refuse(c, http.StatusUnauthorized, "unknown_session", "unknown or expired session")
+		return sess, nil, ev.refuse(http.StatusUnauthorized, "unknown_session", "unknown or expired session")
 	case errors.Is(err, store.ErrBadSession):
 		ev.o.Log.Warn("stream refused: malformed session in redis", "err", err)
-		return sess, nil, ev.refuse(c, http.StatusUnauthorized, "bad_session", err.Error())
+		return sess, nil, ev.refuse(http.StatusUnauthorized, "bad_session", err.Error())
 	case err != nil:
 		ev.o.Log.Warn("stream refused: redis unavailable", "err", err)
 		return sess, nil, ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
@@ -93,10 +93,10 @@ func (ev *events) authorize(c echo.Context) (store.Session, []string, error) {
 	var rooms []string
 	for _, r := range strings.Split(param, ",") {
 		if err := store.CheckName(r); err != nil {
-			return sess, nil, ev.refuse(c, http.StatusBadRequest, "bad_room", "rooms: "+err.Error())
+			return sess, nil, ev.refuse(http.StatusBadRequest, "bad_room", "rooms: "+err.Error())
 		}
 		if !slices.Contains(sess.Rooms, r) {
-			return sess, nil, ev.refuse(c, http.StatusForbidden, "room_not_allowed", "room "+strconv.Quote(r)+" is not in the session")
+			return sess, nil, ev.refuse(http.StatusForbidden, "room_not_allowed", "room "+strconv.Quote(r)+" is not in the session")
 		}
 		if !slices.Contains(rooms, r) {
 			rooms = append(rooms, r)
@@ -117,15 +117,16 @@ func (ev *events) token(c echo.Context) string {
 	return ""
 }
 
-// refuse answers with a JSON error and counts the refusal.
-func (ev *events) refuse(c echo.Context, code int, reason, msg string) error {
+// refuse counts a refusal and returns it as an error, which the error
+// handler answers as JSON {"error": msg}.
+func (ev *events) refuse(code int, reason, msg string) error {
 	ev.refused.WithLabelValues(reason).Inc()
-	return c.JSON(code, map[string]string{"error": msg})
+	return echo.NewHTTPError(code, msg)
 }
 
 // refuseRetry refuses for a passing reason, with Retry-After.
 func (ev *events) refuseRetry(c echo.Context, code int, reason, msg string) error {
 	secs := int(ev.o.Retry.Seconds())
 	c.Response().Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
-	return ev.refuse(c, code, reason, msg)
+	return ev.refuse(code, reason, msg)
 }

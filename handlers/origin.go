@@ -46,7 +46,7 @@ func (o origins) admit(c echo.Context) bool {
 // fetch() with an Authorization header does.
 func (ev *events) preflight(c echo.Context) error {
 	if !ev.origins.admit(c) {
-		return ev.refuse(c, http.StatusForbidden, "origin", "origin not allowed")
+		return ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
 	}
 	h := c.Response().Header()
 	h.Set("Access-Control-Allow-Methods", "GET")

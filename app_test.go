@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+	"github.com/ssebridge/ssebridge/internal/ssetest"
+)
+
+// app is ssebridge running in-process against a real redis-server, serving
+// real HTTP on loopback.
+type app struct {
+	t     *testing.T
+	url   string
+	cfg   Config
+	redis *redistest.Server
+	rdb   *redis.Client
+}
+
+// startApp runs ssebridge with the test defaults overridden by vars, on a
+// redis-server of its own unless r is given.
+func startApp(t *testing.T, r *redistest.Server, vars map[string]string) *app {
+	t.Helper()
+	if r == nil {
+		r = redistest.Start(t)
+	}
+	environ := map[string]string{
+		"REDIS_URL":   r.URL(),
+		"LISTEN_ADDR": "127.0.0.1:0",
+	}
+	for k, v := range vars {
+		environ[k] = v
+	}
+	cfg, err := loadConfig(environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, log, func(a string) { addr <- a }) }()
+	a := &app{t: t, cfg: cfg, redis: r, rdb: r.Client()}
+	select {
+	case listen := <-addr:
+		a.url = "http://" + listen
+	case err := <-done:
+		cancel()
+		t.Fatal("ssebridge did not start:", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error("ssebridge:", err)
+		}
+	})
+	a.awaitReady()
+	return a
+}
+
+// awaitReady waits until /readyz answers 200.
+func (a *app) awaitReady() {
+	a.t.Helper()
+	eventually(a.t, 10*time.Second, "readyz to answer 200", func() bool {
+		resp, err := http.Get(a.url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+}
+
+// session stores a session as the backend would and returns its token.
+func (a *app) session(user any, rooms ...string) string {
+	a.t.Helper()
+	if rooms == nil {
+		rooms = []string{}
+	}
+	v, _ := json.Marshal(map[string]any{"user": user, "rooms": rooms})
+	token := fmt.Sprintf("tok-%v-%d", user, time.Now().UnixNano())
+	if err := a.rdb.Set(context.Background(), a.cfg.SessionPrefix+token, v, time.Hour).Err(); err != nil {
+		a.t.Fatal(err)
+	}
+	return token
+}
+
+func bearer(token string) http.Header {
+	return http.Header{"Authorization": {"Bearer " + token}}
+}
+
+// open opens GET /events+query with token and waits for its ready event.
+func (a *app) open(token, query string) *ssetest.Stream {
+	a.t.Helper()
+	s, err := ssetest.Open(context.Background(), a.url+"/events"+query, bearer(token))
+	if err != nil {
+		a.t.Fatal("opening stream:", err)
+	}
+	a.t.Cleanup(s.Close)
+	ev, err := s.NextEvent(5 * time.Second)
+	if err != nil || ev.Event != "ready" {
+		a.t.Fatalf("want the ready event first, got %+v, %v", ev, err)
+	}
+	return s
+}
+
+// refusal opens GET /events and wants a refusal.
+func (a *app) refusal(header http.Header, query string) *ssetest.StatusError {
+	a.t.Helper()
+	s, err := ssetest.Open(context.Background(), a.url+"/events"+query, header)
+	if err == nil {
+		s.Close()
+		a.t.Fatal("stream opened; want a refusal")
+	}
+	se, ok := err.(*ssetest.StatusError)
+	if !ok {
+		a.t.Fatal(err)
+	}
+	return se
+}
+
+// publish publishes live, as a backend's PUBLISH does.
+func (a *app) publish(channel, payload string) {
+	a.t.Helper()
+	if err := a.rdb.Publish(context.Background(), a.cfg.ChannelPrefix+channel, payload).Err(); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+// metric reads one sample from /metrics; series is the name with its labels
+// as exposed, e.g. `ssebridge_events_dropped_total{reason="too_large"}`.
+func (a *app) metric(series string) float64 {
+	a.t.Helper()
+	resp, err := http.Get(a.url + "/metrics")
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// want reads the next event (heartbeats skipped) and checks its name and data.
+func want(t *testing.T, s *ssetest.Stream, event, data string) ssetest.Event {
+	t.Helper()
+	ev, err := s.NextEvent(5 * time.Second)
+	if err != nil {
+		t.Fatalf("want event %q %q, got error %v", event, data, err)
+	}
+	if ev.Event != event || ev.Data != data {
+		t.Fatalf("want event %q data %q, got event %q data %q", event, data, ev.Event, ev.Data)
+	}
+	return ev
+}
+
+// wantNothing checks that no event (heartbeats aside) is waiting: the caller
+// first publishes a marker behind the events that must not arrive, and reads
+// it, so that "nothing" is proven by ordering, not by a pause.
+func wantNothingBefore(t *testing.T, s *ssetest.Stream, marker string) {
+	t.Helper()
+	want(t, s, "message", marker)
+}
+
+// eventually polls cond until it holds or the deadline passes. It is for
+// states with no event to wait on (a metric, a Redis list), never for timing.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ssebridge/ssebridge/internal/ssetest"
+)
+
+func TestAuth(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"MAX_SESSION_BYTES": "1024"})
+	ctx := context.Background()
+	set := func(token, value string) {
+		if err := a.rdb.Set(ctx, a.cfg.SessionPrefix+token, value, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("good", `{"user":"alice","rooms":["lobby"]}`)
+	set("numeric", `{"user":42}`)
+	set("notjson", `{"user":"alice"`)
+	set("nouser", `{"rooms":["lobby"]}`)
+	set("badroom", `{"user":"alice","rooms":["no spaces"]}`)
+	set("huge", `{"user":"alice","pad":"`+strings.Repeat("x", 2000)+`"}`)
+	// An expired session: set with a 1 ms TTL, then wait until Redis has dropped it.
+	if err := a.rdb.Set(ctx, a.cfg.SessionPrefix+"expired", `{"user":"alice"}`, time.Millisecond).Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the session to expire", func() bool {
+		return a.rdb.Exists(ctx, a.cfg.SessionPrefix+"expired").Val() == 0
+	})
+	if err := a.rdb.HSet(ctx, a.cfg.SessionPrefix+"hash", "user", "alice").Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name   string
+		header http.Header
+		status int
+		errHas string
+	}{
+		{"no token", nil, 401, "no session"},
+		{"unknown token", bearer("nope"), 401, "unknown or expired"},
+		{"expired session", bearer("expired"), 401, "unknown or expired"},
+		{"malformed JSON", bearer("notjson"), 401, "malformed session"},
+		{"no user", bearer("nouser"), 401, `user\" is missing`},
+		{"bad room in session", bearer("badroom"), 401, "malformed session"},
+		{"oversized session", bearer("huge"), 401, "longer than 1024 bytes"},
+		{"not a string key", bearer("hash"), 401, "malformed session"},
+		{"bearer token", bearer("good"), 200, ""},
+		{"cookie", http.Header{"Cookie": {"sse_session=good"}}, 200, ""},
+		{"integer user", bearer("numeric"), 200, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := ssetest.Open(ctx, a.url+"/events", tt.header)
+			if tt.status == 200 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer s.Close()
+				ev, err := s.NextEvent(5 * time.Second)
+				if err != nil || ev.Event != "ready" || ev.Retry == "" {
+					t.Fatalf("want retry: and ready, got %+v %v", ev, err)
+				}
+				h := s.Response.Header
+				if h.Get("Content-Type") != "text/event-stream" || h.Get("Cache-Control") != "no-cache" || h.Get("X-Accel-Buffering") != "no" {
+					t.Errorf("headers: %v", h)
+				}
+				return
+			}
+			se, ok := err.(*ssetest.StatusError)
+			if !ok {
+				t.Fatalf("want status %d, got %v", tt.status, err)
+			}
+			if se.Response.StatusCode != tt.status || !strings.Contains(se.Body, tt.errHas) || !strings.HasPrefix(se.Body, `{"error":`) {
+				t.Fatalf("want %d with %q, got %d %s", tt.status, tt.errHas, se.Response.StatusCode, se.Body)
+			}
+			if strings.Contains(se.Body, "nope") || strings.Contains(se.Body, "expired\"") {
+				t.Errorf("the token is echoed: %s", se.Body)
+			}
+		})
+	}
+	if got := a.metric(`ssebridge_handshakes_refused_total{reason="unknown_session"}`); got != 2 {
+		t.Errorf("unknown_session refusals counted %v, want 2", got)
+	}
+}
+
+func TestCheckEndpoint(t *testing.T) {
+	a := startApp(t, nil, nil)
+	token := a.session("alice", "lobby")
+	for _, tt := range []struct {
+		header http.Header
+		query  string
+		status int
+		body   string
+	}{
+		{bearer(token), "", 200, `{"rooms":["lobby"],"user":"alice"}`},
+		{bearer(token), "?rooms=lobby", 200, `{"rooms":["lobby"],"user":"alice"}`},
+		{bearer(token), "?rooms=other", 403, `{"error":"room \"other\" is not in the session"}`},
+		{bearer("nope"), "", 401, `{"error":"unknown or expired session"}`},
+	} {
+		req, _ := http.NewRequest("GET", a.url+"/events/check"+tt.query, nil)
+		req.Header = tt.header
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.status || strings.TrimSpace(string(body)) != tt.body {
+			t.Errorf("check%s: got %d %s, want %d %s", tt.query, resp.StatusCode, body, tt.status, tt.body)
+		}
+	}
+}
+
+func TestOrigin(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": "https://app.example.com, http://localhost:3000"})
+	token := a.session("alice")
+	self := a.url // http://127.0.0.1:port
+	tests := []struct {
+		name     string
+		origin   string
+		status   int
+		wantACAO string
+	}{
+		{"none", "", 200, ""},
+		{"allowed", "https://app.example.com", 200, "https://app.example.com"},
+		{"second allowed", "http://localhost:3000", 200, "http://localhost:3000"},
+		{"own origin", self, 200, ""},
+		{"refused", "https://evil.example.com", 403, ""},
+		{"refused: scheme differs", "http://app.example.com", 403, ""},
+		{"null origin", "null", 403, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := bearer(token)
+			if tt.origin != "" {
+				h.Set("Origin", tt.origin)
+			}
+			s, err := ssetest.Open(context.Background(), a.url+"/events", h)
+			var resp *http.Response
+			if err == nil {
+				resp = s.Response
+				s.Close()
+			} else if se, ok := err.(*ssetest.StatusError); ok {
+				resp = se.Response
+			} else {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			acao := resp.Header.Values("Access-Control-Allow-Origin")
+			acac := resp.Header.Get("Access-Control-Allow-Credentials")
+			if tt.wantACAO == "" {
+				if len(acao) != 0 || acac != "" {
+					t.Fatalf("CORS headers on a non-CORS answer: %v %q", acao, acac)
+				}
+				return
+			}
+			if len(acao) != 1 || acao[0] != tt.wantACAO || acac != "true" {
+				t.Fatalf("Access-Control-Allow-Origin %v, -Credentials %q; want exactly %q and true", acao, acac, tt.wantACAO)
+			}
+		})
+	}
+}
+
+func TestDelivery(t *testing.T) {
+	a := startApp(t, nil, nil)
+	alice := a.session("alice", "lobby", "team-7")
+	bob := a.session("bob", "lobby")
+	carol := a.session("carol")
+
+	alice1 := a.open(alice, "")
+	alice2 := a.open(alice, "?rooms=team-7")
+	bob1 := a.open(bob, "")
+	carol1 := a.open(carol, "")
+
+	a.publish("user:alice", `{"event":"dm","data":{"text":"for alice"}}`)
+	a.publish("room:lobby", `{"event":"chat","data":"lobby"}`)
+	a.publish("room:team-7", `{"event":"chat","data":"team"}`)
+	a.publish("broadcast", `{"event":"news","data":"all"}`)
+
+	want(t, alice1, "dm", `{"text":"for alice"}`)
+	want(t, alice1, "chat", "lobby")
+	want(t, alice1, "chat", "team")
+	want(t, alice1, "news", "all")
+
+	want(t, alice2, "dm", `{"text":"for alice"}`) // a user's second stream gets its events too
+	want(t, alice2, "chat", "team")               // ?rooms=team-7: no lobby
+	want(t, alice2, "news", "all")
+
+	want(t, bob1, "chat", "lobby")
+	want(t, bob1, "news", "all")
+
+	want(t, carol1, "news", "all")
+
+	// Nothing else reached anyone: a marker on each user's channel comes next.
+	for user, s := range map[string]*ssetest.Stream{"alice": alice1, "bob": bob1, "carol": carol1} {
+		a.publish("user:"+user, "marker")
+		wantNothingBefore(t, s, "marker")
+	}
+}
+
+func TestOrderExactlyOnce(t *testing.T) {
+	a := startApp(t, nil, nil)
+	const streams, events = 4, 300
+	var ss []*ssetest.Stream
+	for i := range streams {
+		ss = append(ss, a.open(a.session(fmt.Sprintf("u%d", i), "big"), ""))
+	}
+	for i := range events {
+		channel := []string{"room:big", "broadcast"}[i%2]
+		a.publish(channel, fmt.Sprintf(`{"event":"n","id":"%d","data":%d}`, i, i))
+	}
+	for i, s := range ss {
+		for n := range events {
+			ev, err := s.NextEvent(5 * time.Second)
+			if err != nil {
+				t.Fatalf("stream %d: after %d events: %v", i, n, err)
+			}
+			if ev.Data != fmt.Sprint(n) || ev.ID != fmt.Sprint(n) {
+				t.Fatalf("stream %d: event %d has data %q id %q: out of order or duplicated", i, n, ev.Data, ev.ID)
+			}
+		}
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"MAX_EVENT_BYTES": "1000"})
+	s := a.open(a.session("alice", "lobby"), "")
+	dropped := func(reason string) float64 {
+		return a.metric(`ssebridge_events_dropped_total{reason="` + reason + `"}`)
+	}
+	tests := []struct {
+		name      string
+		payload   string
+		wantEvent string // "" when the message must be dropped
+		wantData  string
+		wantID    string
+		reason    string
+	}{
+		{"non-JSON payload is sent whole", "plain text", "message", "plain text", "", ""},
+		{"JSON that is not an envelope is sent whole", `{"text":"hi"}`, "message", `{"text":"hi"}`, "", ""},
+		{"JSON array is sent whole", `[1,2]`, "message", `[1,2]`, "", ""},
+		{"multi-line data becomes several data lines", `{"data":"a\nb\r\nc\rd"}`, "message", "a\nb\nc\nd", "", ""},
+		{"object data is compact JSON", `{"event":"e","data":{ "x" : [1, 2] }}`, "e", `{"x":[1,2]}`, "", ""},
+		{"id is passed on", `{"event":"e","id":"7","data":"x"}`, "e", "x", "7", ""},
+		{"LF in event is refused", `{"event":"a\ndata: injected","data":"x"}`, "", "", "", "bad_field"},
+		{"CR in event is refused", `{"event":"a\rb","data":"x"}`, "", "", "", "bad_field"},
+		{"LF in id is refused", `{"id":"1\n\nevent: evil","data":"x"}`, "", "", "", "bad_field"},
+		{"non-string event is refused", `{"event":5,"data":"x"}`, "", "", "", "bad_envelope"},
+		{"payload over MAX_EVENT_BYTES is refused", `{"data":"` + strings.Repeat("x", 1000) + `"}`, "", "", "", "too_large"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := dropped(tt.reason)
+			a.publish("room:lobby", tt.payload)
+			a.publish("room:lobby", "after") // the stream keeps working
+			if tt.wantEvent != "" {
+				ev := want(t, s, tt.wantEvent, tt.wantData)
+				if ev.ID != tt.wantID {
+					t.Errorf("id %q, want %q", ev.ID, tt.wantID)
+				}
+			}
+			want(t, s, "message", "after")
+			if tt.reason != "" {
+				if got := dropped(tt.reason); got != before+1 {
+					t.Errorf("dropped{reason=%q} = %v, want %v", tt.reason, got, before+1)
+				}
+			}
+		})
+	}
+
+	t.Run("invalid room names are refused with 400", func(t *testing.T) {
+		tok := a.session("bob", "lobby")
+		for _, q := range []string{"?rooms=no%20space", "?rooms=lobby,", "?rooms=" + strings.Repeat("r", 129), "?rooms=a%0Ab"} {
+			if se := a.refusal(bearer(tok), q); se.Response.StatusCode != 400 || !strings.Contains(se.Body, "rooms:") {
+				t.Errorf("%s: got %d %s", q, se.Response.StatusCode, se.Body)
+			}
+		}
+		if se := a.refusal(bearer(tok), "?rooms=lobby,secret"); se.Response.StatusCode != 403 {
+			t.Errorf("room outside the session: got %d %s", se.Response.StatusCode, se.Body)
+		}
+	})
+	t.Run("bad control messages are counted", func(t *testing.T) {
+		before := dropped("bad_control")
+		for _, p := range []string{`nope`, `{"op":"join","user":"alice","room":"bad room"}`, `{"op":"explode","user":"alice"}`, `{"op":"logout","user":""}`} {
+			a.publish("control", p)
+		}
+		eventually(t, 5*time.Second, "4 bad control messages counted", func() bool { return dropped("bad_control") == before+4 })
+		a.publish("room:lobby", "still here")
+		want(t, s, "message", "still here")
+	})
+}
