@@ -143,6 +143,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	}
 	ropts.PoolSize = cfg.RedisPoolSize
 	ropts.DialTimeout = 2 * time.Second
+	ropts.ClientName = "ssebridge" // so that CLIENT LIST shows what is ours
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 

@@ -148,7 +148,7 @@ func (f *Feed) Run(ctx context.Context, deliver func(channel string, payload []b
 		_ = f.ps.Close()
 		f.mu.Unlock()
 	}()
-	backoff := newBackoff(100*time.Millisecond, 5*time.Second)
+	backoff := newBackoff(100*time.Millisecond, 2*time.Second)
 	pingSent := false
 	for ctx.Err() == nil {
 		f.mu.Lock()

@@ -138,6 +138,9 @@ func (s *Stream) Serve(ctx context.Context, w http.ResponseWriter, opts WriteOpt
 			batch, ending = s.take()
 		}
 		if err := write(rc, w, batch, opts.WriteTimeout); err != nil {
+			if _, why := s.take(); why != "" {
+				return why // a slow stream's write fails at its deadline: it was ended as slow
+			}
 			if ctx.Err() != nil {
 				return ReasonClient
 			}

@@ -85,7 +85,7 @@ func (s *Server) Stop() {
 	s.cmd = nil
 }
 
-// Restart kills the server and starts it again on the same port, with its data.
+// Restart starts a stopped server again on the same port, with its data.
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Stop()

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ssebridge/ssebridge/internal/redistest")
+
+// rawStream opens GET /events over a bare TCP connection and reads up to the
+// ready event; what the caller does next (read or not) is up to it.
+func rawStream(t testing.TB, addr, token string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET /events HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n\r\n", addr, token)
+	r := bufio.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("waiting for ready: %v", err)
+		}
+		if line == "event: ready\n" {
+			break
+		}
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c
+}
+
+func TestSlowReader(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"STREAM_QUEUE": "16", "WRITE_TIMEOUT": "1s"})
+	healthy := a.open(a.session("fast", "lobby"), "")
+	slow := rawStream(t, strings.TrimPrefix(a.url, "http://"), a.session("slow", "lobby"))
+	defer slow.Close()
+	// The slow client never reads again. 60 KB events fill its socket
+	// buffers, then its queue of 16: it must be ended, and the healthy
+	// stream must get every event.
+	const n = 300
+	chunk := strings.Repeat("x", 60_000)
+	for i := range n {
+		a.publish("room:lobby", fmt.Sprintf(`{"event":"big","id":"%d","data":"%s"}`, i, chunk))
+	}
+	for i := range n {
+		ev, err := healthy.NextEvent(10 * time.Second)
+		if err != nil || ev.ID != fmt.Sprint(i) {
+			t.Fatalf("healthy stream: event %d: got id %q, %v", i, ev.ID, err)
+		}
+	}
+	eventually(t, 10*time.Second, "the slow stream to be closed as slow", func() bool {
+		return a.metric(`ssebridge_streams_closed_total{reason="slow"}`) == 1
+	})
+	if got := a.metric("ssebridge_streams_open"); got != 1 {
+		t.Errorf("streams open after the slow one closed: %v, want 1", got)
+	}
+}
+
+func TestRedisRestart(t *testing.T) {
+	r := redistest.Start(t)
+	a := startApp(t, r, map[string]string{"HEARTBEAT_INTERVAL": "100ms", "REDIS_PING_INTERVAL": "200ms"})
+	s := a.open(a.session("alice", "lobby"), "")
+
+	r.Stop()
+	// While Redis is down the stream stays open and keeps beating.
+	for range 3 {
+		ev, err := s.Next(5 * time.Second)
+		if err != nil || ev.Comment != "ping" {
+			t.Fatalf("want heartbeats while Redis is down, got %+v %v", ev, err)
+		}
+	}
+	eventually(t, 5*time.Second, "readyz to report Redis down", func() bool {
+		resp, err := http.Get(a.url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	// A new stream cannot be authorized meanwhile: 503, with Retry-After.
+	if se := a.refusal(bearer("whatever"), ""); se.Response.StatusCode != 503 || se.Response.Header.Get("Retry-After") == "" {
+		t.Fatalf("stream while Redis is down: %d %v", se.Response.StatusCode, se.Response.Header)
+	}
+
+	r.Restart()
+	a.awaitReady() // resubscribed
+	a.publish("room:lobby", "back")
+	want(t, s, "message", "back")
+	if got := a.metric("ssebridge_redis_reconnects_total"); got < 1 {
+		t.Errorf("reconnects counted: %v", got)
+	}
+}
+
+func TestUnsubscribeLastStream(t *testing.T) {
+	a := startApp(t, nil, nil)
+	ctx := context.Background()
+	s1 := a.open(a.session("alice", "shared"), "")
+	s2 := a.open(a.session("bob", "shared"), "")
+	numsub := func(ch string) int64 { return a.rdb.PubSubNumSub(ctx, "sse:"+ch).Val()["sse:"+ch] }
+	if numsub("room:shared") != 1 {
+		t.Fatal("the room must be subscribed once, whatever its number of streams")
+	}
+	s1.Close()
+	eventually(t, 5*time.Second, "alice's channel to be unsubscribed", func() bool { return numsub("user:alice") == 0 })
+	if numsub("room:shared") != 1 {
+		t.Fatal("the room was unsubscribed while bob still needs it")
+	}
+	s2.Close()
+	eventually(t, 5*time.Second, "the room to be unsubscribed", func() bool { return numsub("room:shared") == 0 })
+	if numsub("broadcast") != 0 {
+		t.Error("broadcast is still subscribed with no stream open")
+	}
+}
