@@ -1,0 +1,38 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadConfig(t *testing.T) {
+	cfg, err := loadConfig(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.SessionCookie != "sse_session" || cfg.HeartbeatInterval != 15*time.Second || cfg.StreamQueue != 256 ||
+		cfg.MaxEventBytes != 65536 || cfg.MaxStreamsPerUser != 16 || cfg.MaxStreams != 100000 || cfg.ListenAddr != ":8080" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	cfg, err = loadConfig(map[string]string{"SESSION_COOKIE": "nodejskey", "ALLOWED_ORIGINS": "https://a.example,http://b.example:8000"})
+	if err != nil || cfg.SessionCookie != "nodejskey" || len(cfg.AllowedOrigins) != 2 {
+		t.Errorf("seed setup: %+v %v", cfg, err)
+	}
+
+	for _, tt := range []struct{ name, value, wantInErr string }{
+		{"HEARTBEAT_INTERVAL", "soon", "HEARTBEAT_INTERVAL"},
+		{"MAX_STREAMS", "many", "MAX_STREAMS"},
+		{"STREAM_QUEUE", "0", "STREAM_QUEUE must be greater than zero"},
+		{"SHUTDOWN_TIMEOUT", "-1s", "SHUTDOWN_TIMEOUT must be greater than zero"},
+		{"LOG_LEVEL", "chatty", "LOG_LEVEL"},
+		{"ALLOWED_ORIGINS", "app.example.com", "ALLOWED_ORIGINS"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig(map[string]string{tt.name: tt.value})
+			if err == nil || !strings.Contains(err.Error(), tt.wantInErr) {
+				t.Fatalf("%s=%q: error %v, want it to name %q", tt.name, tt.value, err, tt.wantInErr)
+			}
+		})
+	}
+}

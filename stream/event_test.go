@@ -1,0 +1,74 @@
+package stream
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestEncodeMessage(t *testing.T) {
+	tests := []struct {
+		name    string
+		payload string
+		want    string
+		err     error
+	}{
+		{"envelope", `{"event":"chat","data":{"from":"bob","text":"hi"}}`, "event: chat\ndata: {\"from\":\"bob\",\"text\":\"hi\"}\n\n", nil},
+		{"string data as is", `{"event":"chat","data":"hi there"}`, "event: chat\ndata: hi there\n\n", nil},
+		{"default event name", `{"data":1}`, "event: message\ndata: 1\n\n", nil},
+		{"empty event name", `{"event":"","data":1}`, "event: message\ndata: 1\n\n", nil},
+		{"id first", `{"id":"42","event":"e","data":"x"}`, "id: 42\nevent: e\ndata: x\n\n", nil},
+		{"integer id", `{"id":42,"data":"x"}`, "id: 42\nevent: message\ndata: x\n\n", nil},
+		{"null data", `{"data":null}`, "event: message\ndata: null\n\n", nil},
+		{"LF lines", `{"data":"a\nb"}`, "event: message\ndata: a\ndata: b\n\n", nil},
+		{"CRLF and CR lines", `{"data":"a\r\nb\rc"}`, "event: message\ndata: a\ndata: b\ndata: c\n\n", nil},
+		{"trailing newline kept", `{"data":"a\n"}`, "event: message\ndata: a\ndata: \n\n", nil},
+		{"empty string data", `{"data":""}`, "event: message\ndata: \n\n", nil},
+		{"leading space kept", `{"data":" x"}`, "event: message\ndata:  x\n\n", nil},
+		{"plain text", "hello", "event: message\ndata: hello\n\n", nil},
+		{"plain multi-line text", "a\nb", "event: message\ndata: a\ndata: b\n\n", nil},
+		{"object without data is sent whole", `{"event":"x"}`, "event: message\ndata: {\"event\":\"x\"}\n\n", nil},
+		{"broken JSON is sent whole", `{"data":`, "event: message\ndata: {\"data\":\n\n", nil},
+		{"LF in event", `{"event":"a\nb","data":1}`, "", ErrBadField},
+		{"CR in event", `{"event":"a\rb","data":1}`, "", ErrBadField},
+		{"LF in id", `{"id":"1\n","data":1}`, "", ErrBadField},
+		{"NUL in id", `{"id":"1\u0000","data":1}`, "", ErrBadField},
+		{"event not a string", `{"event":{},"data":1}`, "", ErrBadEnvelope},
+		{"id not a string", `{"id":[1],"data":1}`, "", ErrBadEnvelope},
+		{"too large", `{"data":"` + strings.Repeat("x", 100) + `"}`, "", ErrTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := EncodeMessage([]byte(tt.payload), 100)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("error %v, want %v", err, tt.err)
+			}
+			if string(got) != tt.want {
+				t.Fatalf("got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzEncodeMessage(f *testing.F) {
+	for _, s := range []string{`{"event":"a","data":"b\nc"}`, `{"id":"1","data":{}}`, "plain"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		frame, err := EncodeMessage(payload, 1<<16)
+		if err != nil {
+			return
+		}
+		// Whatever was published, the frame is exactly one event: it ends
+		// with the only blank line, and every line is a known field.
+		s := string(frame)
+		if !strings.HasSuffix(s, "\n\n") || strings.Contains(s[:len(s)-1], "\n\n") || strings.Contains(s, "\r") {
+			t.Fatalf("frame is not one event: %q", s)
+		}
+		for _, line := range strings.Split(s[:len(s)-2], "\n") {
+			if !strings.HasPrefix(line, "id: ") && !strings.HasPrefix(line, "event: ") && !strings.HasPrefix(line, "data: ") {
+				t.Fatalf("unexpected line %q in %q", line, s)
+			}
+		}
+	})
+}
