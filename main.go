@@ -44,6 +44,11 @@ type Config struct {
 	ShutdownTimeout        time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
 	RedisPingInterval      time.Duration `env:"REDIS_PING_INTERVAL" envDefault:"5s"`
 
+	PublishToken   string        `env:"PUBLISH_TOKEN"`
+	HistoryMaxLen  int           `env:"HISTORY_MAXLEN" envDefault:"1000"`
+	HistoryTTL     time.Duration `env:"HISTORY_TTL" envDefault:"24h"`
+	ReplayMaxBytes int           `env:"REPLAY_MAX_BYTES" envDefault:"16777216"`
+
 	MaxStreamsPerUser int `env:"MAX_STREAMS_PER_USER" envDefault:"16"`
 	MaxStreams        int `env:"MAX_STREAMS" envDefault:"100000"`
 	MaxEventBytes     int `env:"MAX_EVENT_BYTES" envDefault:"65536"`
@@ -81,7 +86,8 @@ func loadConfig(environ map[string]string) (Config, error) {
 		"MAX_STREAMS_PER_USER": int64(cfg.MaxStreamsPerUser), "MAX_STREAMS": int64(cfg.MaxStreams),
 		"MAX_EVENT_BYTES": int64(cfg.MaxEventBytes), "MAX_SESSION_BYTES": int64(cfg.MaxSessionBytes),
 		"STREAM_QUEUE": int64(cfg.StreamQueue), "STREAM_QUEUE_BYTES": int64(cfg.StreamQueueBytes),
-		"REDIS_POOL_SIZE": int64(cfg.RedisPoolSize),
+		"REDIS_POOL_SIZE": int64(cfg.RedisPoolSize), "HISTORY_MAXLEN": int64(cfg.HistoryMaxLen),
+		"HISTORY_TTL": int64(cfg.HistoryTTL), "REPLAY_MAX_BYTES": int64(cfg.ReplayMaxBytes),
 	}
 	for name, v := range positive {
 		if v <= 0 {
@@ -152,13 +158,18 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 
 	feed := store.NewFeed(rdb, cfg.ChannelPrefix, cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
 	sessions := store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes)
-	hub := stream.NewHub(feed, stream.Options{
+	history := store.NewHistory(rdb, cfg.ChannelPrefix, cfg.HistoryMaxLen, cfg.HistoryTTL)
+	hub := stream.NewHub(feed, history, stream.Options{
 		MaxStreams:        cfg.MaxStreams,
 		MaxStreamsPerUser: cfg.MaxStreamsPerUser,
 		QueueEvents:       cfg.StreamQueue,
 		QueueBytes:        cfg.StreamQueueBytes,
 		MaxEventBytes:     cfg.MaxEventBytes,
-		Retry:             cfg.RetryInterval,
+		ReplayMaxBytes:    cfg.ReplayMaxBytes,
+		// Well within HISTORY_TTL, so that a connected stream's id is never
+		// too old to resume from.
+		MarkInterval: cfg.HistoryTTL / 4,
+		Retry:        cfg.RetryInterval,
 	}, log, stream.NewMetrics(reg))
 	if cfg.RedisURL == "" {
 		dev = &handlers.Dev{Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix)}
@@ -167,6 +178,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	e := handlers.New(handlers.Options{
 		Hub:            hub,
 		Sessions:       sessions,
+		History:        history,
+		PublishToken:   cfg.PublishToken,
+		MaxEventBytes:  cfg.MaxEventBytes,
 		SessionCookie:  cfg.SessionCookie,
 		AllowedOrigins: cfg.AllowedOrigins,
 		Write:          stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
@@ -200,7 +214,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	workers, cancelWorkers := context.WithCancel(context.Background())
 	defer cancelWorkers()
 	done := make(chan struct{}, 3)
-	go func() { feed.Run(workers, hub.Publish); done <- struct{}{} }()
+	connected := func(ctx context.Context) {
+		// Redis may have restarted without its data: write the history
+		// settings again, then fetch what was published during the gap.
+		if err := history.Configure(ctx); err != nil {
+			log.Warn("history settings not written", "err", err)
+		}
+		hub.Recover(ctx)
+	}
+	go func() { feed.Run(workers, hub.Publish, connected); done <- struct{}{} }()
 	go func() { hub.Run(workers); done <- struct{}{} }()
 	go func() {
 		handlers.RecheckSessions(workers, hub, sessions, cfg.SessionRecheckInterval, log)

@@ -10,7 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ssebridge/ssebridge/internal/redistest")
+	"github.com/ssebridge/ssebridge/internal/redistest"
+)
 
 // rawStream opens GET /events over a bare TCP connection and reads up to the
 // ready event; what the caller does next (read or not) is up to it.

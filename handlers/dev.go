@@ -8,6 +8,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/stream"
 )
 
 // dev holds the try-out routes of embedded mode: the demo page logs in and
@@ -49,23 +50,22 @@ func (d *dev) login(c echo.Context) error {
 // publish publishes live on a logical channel, as the backend's PUBLISH does.
 func (d *dev) publish(c echo.Context) error {
 	channel := c.FormValue("channel")
-	if !validChannel(channel) {
-		return c.JSON(http.StatusBadRequest, map[string]string{"error": "channel: want broadcast, user:<id> or room:<name>"})
+	if err := store.CheckChannel(channel); err != nil {
+		return c.JSON(http.StatusBadRequest, map[string]string{"error": err.Error()})
 	}
-	if err := d.o.Dev.Publisher.Publish(c.Request().Context(), channel, []byte(c.FormValue("payload"))); err != nil {
+	payload := []byte(c.FormValue("payload"))
+	if c.FormValue("durable") != "" {
+		if _, err := stream.ParseEnvelope(payload); err != nil {
+			return c.JSON(http.StatusBadRequest, map[string]string{"error": err.Error()})
+		}
+		id, err := d.o.History.Publish(c.Request().Context(), channel, payload)
+		if err != nil {
+			return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		}
+		return c.JSON(http.StatusOK, map[string]string{"id": id.String()})
+	}
+	if err := d.o.Dev.Publisher.Publish(c.Request().Context(), channel, payload); err != nil {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "published"})
-}
-
-func validChannel(ch string) bool {
-	if ch == store.BroadcastChannel {
-		return true
-	}
-	for _, prefix := range []string{"user:", "room:"} {
-		if name, ok := strings.CutPrefix(ch, prefix); ok {
-			return store.CheckName(name) == nil
-		}
-	}
-	return false
 }

@@ -26,7 +26,11 @@ func (ev *events) stream(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	s, err := ev.o.Hub.Open(c.Request().Context(), stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms})
+	resume := c.Request().Header.Get("Last-Event-ID")
+	if resume == "" {
+		resume = c.QueryParam("lastEventId") // for curl, and pages that keep the id themselves
+	}
+	s, err := ev.o.Hub.Open(c.Request().Context(), stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms, Resume: resume})
 	switch {
 	case errors.Is(err, stream.ErrTooManyForUser):
 		return ev.refuseRetry(c, http.StatusTooManyRequests, "user_limit", "too many streams for this user")

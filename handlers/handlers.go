@@ -22,6 +22,9 @@ import (
 type Options struct {
 	Hub            *stream.Hub
 	Sessions       *store.Sessions
+	History        *store.History
+	PublishToken   string // bearer token of POST /publish; "" turns it off
+	MaxEventBytes  int
 	SessionCookie  string
 	AllowedOrigins []string
 	Write          stream.WriteOptions
@@ -72,6 +75,9 @@ func New(o Options) *echo.Echo {
 	e.OPTIONS("/events", ev.preflight)
 	e.OPTIONS("/events/check", ev.preflight)
 
+	if o.PublishToken != "" {
+		e.POST("/publish", (&publisher{o: o}).publish)
+	}
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})

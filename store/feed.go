@@ -142,7 +142,12 @@ func (f *Feed) Release(names ...string) {
 // Run reads the pub/sub connection until ctx ends, handing each message to
 // deliver with its logical channel name. deliver must not block: it runs on
 // the one goroutine that reads for every stream of the process.
-func (f *Feed) Run(ctx context.Context, deliver func(channel string, payload []byte)) {
+//
+// connected runs on the same goroutine each time the connection is up and
+// subscribed, the first time and after every loss, before any message that
+// follows: what was published while it was down can be fetched there and
+// delivered ahead of what comes next.
+func (f *Feed) Run(ctx context.Context, deliver func(channel string, payload []byte), connected func(context.Context)) {
 	defer func() {
 		f.mu.Lock()
 		_ = f.ps.Close()
@@ -188,6 +193,7 @@ func (f *Feed) Run(ctx context.Context, deliver func(channel string, payload []b
 		backoff.reset()
 		if !f.connected.Swap(true) {
 			f.log.Info("redis pub/sub connected", "channels", f.channelCount())
+			connected(ctx)
 		}
 		switch m := msg.(type) {
 		case *redis.Message:

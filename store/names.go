@@ -1,6 +1,9 @@
 package store
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // MaxNameLen is the longest user id or room name accepted anywhere.
 const MaxNameLen = 128
@@ -37,6 +40,23 @@ func CheckName(s string) error {
 		}
 	}
 	return nil
+}
+
+// CheckChannel reports why ch is not a logical channel a backend may
+// publish on: broadcast, user:<id> or room:<name>.
+func CheckChannel(ch string) error {
+	if ch == BroadcastChannel {
+		return nil
+	}
+	for _, prefix := range []string{"user:", "room:"} {
+		if name, ok := strings.CutPrefix(ch, prefix); ok {
+			if err := CheckName(name); err != nil {
+				return fmt.Errorf("channel %q: %v", truncate(ch, 40), err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("channel %q: want broadcast, user:<id> or room:<name>", truncate(ch, 40))
 }
 
 func truncate(s string, n int) string {

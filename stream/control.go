@@ -62,18 +62,28 @@ func (h *Hub) enqueueControl(payload []byte) {
 }
 
 // Run subscribes to the control channel and applies control messages until
-// ctx ends.
+// ctx ends. Every MarkInterval it also moves idle streams' ids on, through
+// Redis, so that they arrive behind every event published before them.
 func (h *Hub) Run(ctx context.Context) {
 	if err := h.sub.Retain(ctx, store.ControlChannel); err != nil && ctx.Err() == nil {
 		h.log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
 	defer h.sub.Release(store.ControlChannel)
+	mark := time.NewTicker(h.opts.MarkInterval)
+	defer mark.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case c := <-h.control:
 			h.apply(ctx, c)
+		case <-mark.C:
+			if h.Len() == 0 {
+				continue
+			}
+			if err := h.history.Mark(ctx, store.BroadcastChannel); err != nil {
+				h.log.Warn("moving stream ids on", "err", err)
+			}
 		}
 	}
 }

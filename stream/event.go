@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/ssebridge/ssebridge/store"
 )
 
 // Reasons a published message is refused. Each is a label of the
@@ -142,6 +144,20 @@ func EncodeMessage(payload []byte, maxBytes int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return env.Frame(), nil
+}
+
+// EncodeDurable encodes a durable event; its id: is its cursor, whatever id
+// the envelope holds, since that id is what the browser resumes from.
+func EncodeDurable(cursor store.Cursor, envelope []byte, maxBytes int) ([]byte, error) {
+	if len(envelope) > maxBytes {
+		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, len(envelope), maxBytes)
+	}
+	env, err := ParseEnvelope(envelope)
+	if err != nil {
+		return nil, err
+	}
+	env.ID = cursor.String()
 	return env.Frame(), nil
 }
 

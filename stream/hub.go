@@ -21,6 +21,14 @@ type Subscriber interface {
 	Release(channels ...string)
 }
 
+// History reads durable events back. store.History is the real one; the
+// hub's unit tests use a fake.
+type History interface {
+	Position(ctx context.Context) (store.Cursor, error)
+	Mark(ctx context.Context, channel string) error
+	Since(ctx context.Context, channels []string, after store.Cursor) (store.Replay, error)
+}
+
 // Errors Hub.Open returns.
 var (
 	ErrTooManyStreams = errors.New("too many streams on this instance")
@@ -35,6 +43,8 @@ type Options struct {
 	QueueEvents       int           // events queued per stream before it counts as slow
 	QueueBytes        int           // bytes queued per stream before it counts as slow
 	MaxEventBytes     int           // largest published payload
+	ReplayMaxBytes    int           // most a resuming stream replays; past it, reset
+	MarkInterval      time.Duration // how often idle streams' ids are moved on
 	Retry             time.Duration // the retry: hint sent to browsers
 }
 
@@ -43,6 +53,7 @@ type Options struct {
 // ended as slow and never holds up the others.
 type Hub struct {
 	sub     Subscriber
+	history History
 	opts    Options
 	log     *slog.Logger
 	metrics *Metrics
@@ -57,6 +68,11 @@ type Hub struct {
 	stopping bool
 
 	control chan control
+
+	// seen is the newest durable id the feed delivered: a gap in the feed
+	// is filled from there. Only the feed's goroutine (Publish, Recover)
+	// touches it.
+	seen store.Cursor
 }
 
 type shard struct {
@@ -66,9 +82,10 @@ type shard struct {
 
 // NewHub returns a hub that subscribes through sub. Call Run to process
 // control messages.
-func NewHub(sub Subscriber, opts Options, log *slog.Logger, m *Metrics) *Hub {
+func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *Metrics) *Hub {
 	h := &Hub{
 		sub:      sub,
+		history:  history,
 		opts:     opts,
 		log:      log,
 		metrics:  m,
@@ -92,6 +109,7 @@ type Spec struct {
 	User    string
 	Session string // the session token, to end the stream when the session goes
 	Rooms   []string
+	Resume  string // Last-Event-ID: the id of the last event the browser got, if any
 }
 
 // Open registers a stream for spec's user, subscribed to the user's channel,
@@ -125,14 +143,76 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	}
 	h.mu.Unlock()
 	h.metrics.Open.Inc()
+	s.replaying = true // until the replay is queued; live events wait in s.held
 
 	if err := h.sub.Retain(ctx, channels...); err != nil {
 		h.Close(s, "")
 		return nil, fmt.Errorf("subscribing: %w", err)
 	}
-	s.offer(readyFrame(spec.User, spec.Rooms, h.opts.Retry))
 	h.attach(s, channels)
+	frames, last, err := h.opening(ctx, spec, channels)
+	if err != nil {
+		h.Close(s, "")
+		return nil, fmt.Errorf("reading history: %w", err)
+	}
+	if !s.goLive(frames, last) {
+		h.endSlow(s)
+	}
 	return s, nil
+}
+
+// opening returns what a stream sends first: retry: and ready, then either
+// the durable events it missed since spec.Resume or a reset; and the newest
+// durable id among them. Subscriptions are in force already, so nothing
+// published from here on is missed, and the stream's last id drops what
+// the replay and the live feed both bring.
+func (h *Hub) opening(ctx context.Context, spec Spec, channels []string) ([][]byte, store.Cursor, error) {
+	if spec.Resume == "" {
+		pos, err := h.history.Position(ctx)
+		if err != nil {
+			return nil, pos, err
+		}
+		return [][]byte{readyFrame(spec.User, spec.Rooms, h.opts.Retry, pos.String())}, pos, nil
+	}
+	ready := readyFrame(spec.User, spec.Rooms, h.opts.Retry, "")
+	after, err := store.ParseCursor(spec.Resume)
+	if err != nil {
+		pos, err := h.history.Position(ctx)
+		if err != nil {
+			return nil, pos, err
+		}
+		return h.reset(ready, pos, store.ResetMalformed), pos, nil
+	}
+	r, err := h.history.Since(ctx, channels, after)
+	if err != nil {
+		return nil, after, err
+	}
+	if r.Reset != "" {
+		return h.reset(ready, r.Position, r.Reset), r.Position, nil
+	}
+	frames := [][]byte{ready}
+	size, last := 0, after
+	for _, ev := range r.Events {
+		frame, err := EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes)
+		if err != nil {
+			continue // refused when it was published live, refused again
+		}
+		if size += len(frame); size > h.opts.ReplayMaxBytes {
+			return h.reset(ready, r.Position, store.ResetTooLarge), r.Position, nil
+		}
+		frames = append(frames, frame)
+		last = ev.Cursor
+	}
+	h.metrics.Replayed.Add(float64(len(frames) - 1))
+	return frames, last, nil
+}
+
+// reset tells the page that events were missed beyond recovery, so it
+// reloads its state, and moves its id to pos.
+func (h *Hub) reset(ready []byte, pos store.Cursor, reason string) [][]byte {
+	h.metrics.Resets.WithLabelValues(reason).Inc()
+	reset := Envelope{Event: "reset", ID: pos.String(), Data: []byte(`{"reason":"` + reason + `"}`)}.Frame()
+	return [][]byte{ready, reset}
 }
 
 // Close removes a stream that Serve has finished with and counts why it
@@ -183,12 +263,82 @@ func (h *Hub) Publish(channel string, payload []byte) {
 		h.enqueueControl(payload)
 		return
 	}
-	frame, err := EncodeMessage(payload, h.opts.MaxEventBytes)
+	cursor, envelope, durable, err := store.ParseDurable(payload)
+	var frame []byte
+	if err != nil {
+		err = fmt.Errorf("%w: %v", ErrBadEnvelope, err)
+	} else {
+		if durable {
+			frame, err = EncodeDurable(cursor, envelope, h.opts.MaxEventBytes)
+		} else {
+			frame, err = EncodeMessage(payload, h.opts.MaxEventBytes)
+		}
+	}
+	if durable && err == nil {
+		h.seen = cursor
+	}
 	if err != nil {
 		h.drop(channel, err)
 		return
 	}
-	h.fanOut(channel, frame)
+	h.fanOut(channel, frame, cursor)
+}
+
+// Recover fills a gap in the Redis feed: after the pub/sub connection came
+// back, it replays the durable events published meanwhile on every channel
+// with streams, from the oldest position among them. Streams skip what they
+// have; those that cannot be brought up to date get a reset.
+func (h *Hub) Recover(ctx context.Context) {
+	h.mu.Lock()
+	from := h.seen
+	channels := make(map[string]struct{})
+	var streams []*Stream
+	for _, set := range h.users {
+		for s := range set {
+			streams = append(streams, s)
+			for c := range s.channels {
+				channels[c] = struct{}{}
+			}
+		}
+	}
+	h.mu.Unlock()
+	if from.IsZero() { // nothing durable came through the feed yet
+		for _, s := range streams {
+			if p := s.position(); !p.IsZero() && (from.IsZero() || p.Before(from)) {
+				from = p
+			}
+		}
+	}
+	if from.IsZero() {
+		return
+	}
+	names := make([]string, 0, len(channels))
+	for c := range channels {
+		names = append(names, c)
+	}
+	r, err := h.history.Since(ctx, names, from)
+	if err != nil {
+		h.log.Warn("durable events published while Redis was away could not be read", "err", err)
+		return
+	}
+	if r.Reset != "" {
+		h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", r.Reset)
+		reset := h.reset(nil, r.Position, r.Reset)[1]
+		for _, s := range streams {
+			s.resetTo(reset, r.Position)
+		}
+		h.seen = r.Position
+		return
+	}
+	for _, ev := range r.Events {
+		frame, err := EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes)
+		if err == nil {
+			h.fanOut(ev.Channel, frame, ev.Cursor)
+		}
+		h.seen = ev.Cursor
+	}
+	h.metrics.Recovered.Add(float64(len(r.Events)))
+	h.log.Info("durable events published while Redis was away were delivered", "events", len(r.Events))
 }
 
 func (h *Hub) drop(channel string, err error) {
@@ -200,22 +350,27 @@ func (h *Hub) drop(channel string, err error) {
 	h.log.Warn("published message refused", "channel", channel, "err", err)
 }
 
-func (h *Hub) fanOut(channel string, frame []byte) {
+func (h *Hub) fanOut(channel string, frame []byte, cursor store.Cursor) {
 	sh := h.shard(channel)
 	var slow []*Stream
 	sh.mu.RLock()
 	for s := range sh.subs[channel] {
-		if !s.offer(frame) {
+		if !s.offer(frame, cursor) {
 			slow = append(slow, s)
 		}
 	}
 	sh.mu.RUnlock()
 	for _, s := range slow {
-		// The retry hint brings it back soon; its writer may well be stuck on
-		// a full socket and only learn of it at its write deadline.
-		if s.end(ReasonSlow, retryFrame(h.jitteredRetry()), false) {
-			h.log.Info("stream closed: queue full", "user", s.User)
-		}
+		h.endSlow(s)
+	}
+}
+
+// endSlow ends a stream whose queue is full. The retry hint brings it back
+// soon, to resume from its last id; its writer may well be stuck on a full
+// socket and only learn of it at its write deadline.
+func (h *Hub) endSlow(s *Stream) {
+	if s.end(ReasonSlow, retryFrame(h.jitteredRetry()), false) {
+		h.log.Info("stream closed: queue full", "user", s.User)
 	}
 }
 
@@ -270,7 +425,7 @@ func (h *Hub) jitteredRetry() int64 {
 
 var logoutFrame = []byte("event: logout\ndata: {}\n\n")
 
-func readyFrame(user string, rooms []string, retry time.Duration) []byte {
+func readyFrame(user string, rooms []string, retry time.Duration, id string) []byte {
 	if rooms == nil {
 		rooms = []string{}
 	}
@@ -280,7 +435,7 @@ func readyFrame(user string, rooms []string, retry time.Duration) []byte {
 	}{user, rooms})
 	frame := retryFrame(retry.Milliseconds())
 	frame = frame[:len(frame)-1] // one block: retry: and the ready event together
-	return append(frame, Envelope{Event: "ready", Data: data}.Frame()...)
+	return append(frame, Envelope{Event: "ready", ID: id, Data: data}.Frame()...)
 }
 
 func addTo(m map[string]map[*Stream]struct{}, key string, s *Stream) {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssebridge/ssebridge/store"
 )
 
 // refs is a Subscriber that counts references, as store.Feed does, with no Redis.
@@ -42,9 +44,22 @@ func (r *refs) count(c string) int {
 	return r.n[c]
 }
 
+// noHistory is a History with no durable event ever published.
+type noHistory struct{}
+
+func (noHistory) Position(context.Context) (store.Cursor, error) {
+	return store.Cursor{Epoch: "e"}, nil
+}
+
+func (noHistory) Mark(context.Context, string) error { return nil }
+
+func (noHistory) Since(_ context.Context, _ []string, after store.Cursor) (store.Replay, error) {
+	return store.Replay{Position: after}, nil
+}
+
 func newTestHub(opts Options) (*Hub, *refs) {
 	r := &refs{n: map[string]int{}}
-	return NewHub(r, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry())), r
+	return NewHub(r, noHistory{}, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry())), r
 }
 
 func queued(s *Stream) int {
@@ -54,7 +69,7 @@ func queued(s *Stream) int {
 }
 
 func TestHubSlowStreamDoesNotHoldOthers(t *testing.T) {
-	h, _ := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 4, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second})
+	h, _ := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 4, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second, MarkInterval: time.Hour})
 	ctx := context.Background()
 	slow, _ := h.Open(ctx, Spec{User: "slow", Session: "a"})
 	fast, _ := h.Open(ctx, Spec{User: "fast", Session: "b"})
@@ -73,7 +88,7 @@ func TestHubSlowStreamDoesNotHoldOthers(t *testing.T) {
 }
 
 func TestHubReferencesBalance(t *testing.T) {
-	h, r := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 8, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second})
+	h, r := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 8, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second, MarkInterval: time.Hour})
 	ctx := context.Background()
 	a1, _ := h.Open(ctx, Spec{User: "alice", Session: "a", Rooms: []string{"lobby"}})
 	a2, _ := h.Open(ctx, Spec{User: "alice", Session: "a"})

@@ -8,6 +8,9 @@ type Metrics struct {
 	Delivered prometheus.Counter
 	Dropped   *prometheus.CounterVec // by reason
 	Closed    *prometheus.CounterVec // by reason
+	Replayed  prometheus.Counter
+	Recovered prometheus.Counter
+	Resets    *prometheus.CounterVec // by reason
 }
 
 // NewMetrics registers the hub's metrics.
@@ -29,7 +32,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ssebridge_streams_closed_total",
 			Help: "Streams ended, by reason (slow: queue overflowed).",
 		}, []string{"reason"}),
+		Replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssebridge_events_replayed_total",
+			Help: "Durable events replayed to streams that resumed with Last-Event-ID.",
+		}),
+		Recovered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssebridge_events_recovered_total",
+			Help: "Durable events read back from history after a gap in the Redis feed.",
+		}),
+		Resets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssebridge_resets_total",
+			Help: "reset events sent: a resume id that could not be honoured, by reason.",
+		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed)
+	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets)
 	return m
 }

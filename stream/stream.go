@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssebridge/ssebridge/store"
 )
 
 // Why a stream ended. Each is a label of the streams-closed metric.
@@ -39,7 +41,20 @@ type Stream struct {
 	ending   string // why the stream is ending; "" while it is open
 	wake     chan struct{}
 
+	// last is the newest durable event queued: a durable event at or
+	// before it is a duplicate (already replayed) and is skipped.
+	last store.Cursor
+	// While the stream replays history, live events wait in held so that
+	// they follow the replay, in order, without duplicates.
+	replaying bool
+	held      []heldEvent
+
 	delivered prometheus.Counter
+}
+
+type heldEvent struct {
+	frame  []byte
+	cursor store.Cursor // zero for a live event
 }
 
 func newStream(user, session string, maxQueue, maxBytes int, delivered prometheus.Counter) *Stream {
@@ -54,23 +69,78 @@ func newStream(user, session string, maxQueue, maxBytes int, delivered prometheu
 	}
 }
 
-// offer queues a frame without blocking. It reports false when the queue is
-// full, in events or in bytes: the caller then ends the stream as slow.
-func (s *Stream) offer(frame []byte) bool {
+// offer queues a frame without blocking; cursor is the id of a durable
+// event, zero for a live one. It reports false when the queue is full, in
+// events or in bytes: the caller then ends the stream as slow.
+func (s *Stream) offer(frame []byte, cursor store.Cursor) bool {
 	s.mu.Lock()
-	if s.ending != "" {
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	switch {
+	case s.ending != "":
 		return true // already on its way out; nothing more to do
+	case s.replaying:
+		s.held = append(s.held, heldEvent{frame, cursor})
+		return true
+	}
+	return s.queueLocked(frame, cursor)
+}
+
+func (s *Stream) queueLocked(frame []byte, cursor store.Cursor) bool {
+	if !cursor.IsZero() {
+		if !s.last.Before(cursor) {
+			return true // replayed already
+		}
+		s.last = cursor
 	}
 	if len(s.queue) >= s.maxQueue || s.queued+len(frame) > s.maxBytes {
-		s.mu.Unlock()
 		return false
 	}
 	s.queue = append(s.queue, frame)
 	s.queued += len(frame)
-	s.mu.Unlock()
 	s.signal()
 	return true
+}
+
+// goLive queues the frames that open the stream (ready, then a reset or the
+// replay), outside the queue's limits, then what was held meanwhile, and
+// lets live events flow. last is the newest durable event in frames.
+func (s *Stream) goLive(frames [][]byte, last store.Cursor) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range frames {
+		s.queue = append(s.queue, f)
+		s.queued += len(f)
+	}
+	s.last = last
+	s.replaying = false
+	s.signal()
+	ok := true
+	for _, h := range s.held {
+		ok = ok && s.queueLocked(h.frame, h.cursor)
+	}
+	s.held = nil
+	return ok
+}
+
+// resetTo queues a reset that moves the stream's id to pos. A stream still
+// opening is left alone: its own opening reads the history after this.
+func (s *Stream) resetTo(reset []byte, pos store.Cursor) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.replaying || s.ending != "" {
+		return
+	}
+	s.queue = append(s.queue, reset)
+	s.queued += len(reset)
+	s.last = pos
+	s.signal()
+}
+
+// position is the newest durable event queued on the stream.
+func (s *Stream) position() store.Cursor {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
 }
 
 // end asks the writer to stop after writing final. Unless keep is set, what

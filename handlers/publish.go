@@ -1,0 +1,74 @@
+package handlers
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/stream"
+)
+
+// publisher serves POST /publish: durable publish for backends without
+// Redis access.
+type publisher struct{ o Options }
+
+// publishRequest is the body of POST /publish.
+type publishRequest struct {
+	Channel string          `json:"channel"`
+	Event   string          `json:"event"`
+	Data    json.RawMessage `json:"data"`
+}
+
+func (p *publisher) publish(c echo.Context) error {
+	auth := c.Request().Header.Get("Authorization")
+	token, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(p.o.PublishToken)) != 1 {
+		return echo.NewHTTPError(http.StatusUnauthorized, "POST /publish needs Authorization: Bearer <PUBLISH_TOKEN>")
+	}
+	// The body holds the envelope and a channel name: allow a little over
+	// the event limit, and refuse the envelope itself by its own size below.
+	limit := int64(p.o.MaxEventBytes) + 1024
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
+	if err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "reading the body: "+err.Error())
+	}
+	if int64(len(body)) > limit {
+		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", limit))
+	}
+	var req publishRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
+	}
+	if err := store.CheckChannel(req.Channel); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	if req.Data == nil {
+		return echo.NewHTTPError(http.StatusBadRequest, `"data" is missing`)
+	}
+	envelope, _ := json.Marshal(struct {
+		Event string          `json:"event,omitempty"`
+		Data  json.RawMessage `json:"data"`
+	}{req.Event, req.Data})
+	if len(envelope) > p.o.MaxEventBytes {
+		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("event is %d bytes, over MAX_EVENT_BYTES (%d)", len(envelope), p.o.MaxEventBytes))
+	}
+	if _, err := stream.ParseEnvelope(envelope); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	id, err := p.o.History.Publish(c.Request().Context(), req.Channel, envelope)
+	if err != nil {
+		p.o.Log.Warn("durable publish failed", "channel", req.Channel, "err", err)
+		c.Response().Header().Set("Retry-After", "1")
+		return echo.NewHTTPError(http.StatusServiceUnavailable, "redis unavailable")
+	}
+	return c.JSON(http.StatusOK, map[string]string{"id": id.String()})
+}

@@ -1,0 +1,89 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Cursor is the id of a durable event, "<epoch>:<ms>-<n>". Ids grow across
+// every channel together (see publish.lua), so the id of the last event a
+// browser saw is a position on all of its stream's channels at once: the
+// SSE id: of durable events, and what Last-Event-ID brings back.
+type Cursor struct {
+	Epoch string // changes when Redis loses the position: ids of another epoch are not comparable
+	MS, N uint64
+}
+
+// ErrBadCursor means a Last-Event-ID is not a cursor.
+var ErrBadCursor = errors.New("not an ssebridge event id")
+
+// ParseCursor reads a cursor as String writes it.
+func ParseCursor(s string) (Cursor, error) {
+	epoch, id, ok := strings.Cut(s, ":")
+	if !ok || epoch == "" || len(epoch) > 32 || !alnum(epoch) {
+		return Cursor{}, ErrBadCursor
+	}
+	ms, n, ok := strings.Cut(id, "-")
+	if !ok {
+		return Cursor{}, ErrBadCursor
+	}
+	c := Cursor{Epoch: epoch}
+	var err1, err2 error
+	c.MS, err1 = strconv.ParseUint(ms, 10, 64)
+	c.N, err2 = strconv.ParseUint(n, 10, 64)
+	if err1 != nil || err2 != nil {
+		return Cursor{}, ErrBadCursor
+	}
+	return c, nil
+}
+
+func alnum(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func (c Cursor) String() string { return c.Epoch + ":" + c.entryID() }
+
+// IsZero reports whether c is no cursor at all (a live event's).
+func (c Cursor) IsZero() bool { return c.Epoch == "" }
+
+// Before reports whether c comes before d. A cursor of another epoch counts
+// as before: after Redis lost its data, new events are newer than any old id.
+func (c Cursor) Before(d Cursor) bool {
+	if c.Epoch != d.Epoch {
+		return true
+	}
+	return c.MS < d.MS || c.MS == d.MS && c.N < d.N
+}
+
+// entryID is the id of the event's entry in its channel's history stream.
+func (c Cursor) entryID() string {
+	return strconv.FormatUint(c.MS, 10) + "-" + strconv.FormatUint(c.N, 10)
+}
+
+// parseEntryID reads a history stream entry id into a cursor of epoch.
+func parseEntryID(epoch, id string) (Cursor, error) {
+	return ParseCursor(epoch + ":" + id)
+}
+
+// ParseDurable splits a message published by publish.lua, "\x00<cursor>\n<envelope>".
+// ok is false for a live message, which a backend published with PUBLISH.
+func ParseDurable(payload []byte) (c Cursor, envelope []byte, ok bool, err error) {
+	if len(payload) == 0 || payload[0] != 0 {
+		return Cursor{}, payload, false, nil
+	}
+	head, envelope, found := bytes.Cut(payload[1:], []byte{'\n'})
+	if !found {
+		return Cursor{}, nil, true, fmt.Errorf("%w: durable message without an envelope", ErrBadCursor)
+	}
+	c, err = ParseCursor(string(head))
+	return c, envelope, true, err
+}
