@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+	"github.com/ssebridge/ssebridge/internal/ssetest"
+	"github.com/ssebridge/ssebridge/store"
+)
+
+// churn is a bounded run in which streams keep dropping and resuming with
+// their last id while durable events are published, and faults happen. At
+// the end every stream must have every event of its channels exactly once,
+// in order.
+type churn struct {
+	rdb      *redis.Client
+	targets  func() []string // base URLs of the instances up now
+	streams  int
+	duration time.Duration // of publishing
+	faults   []fault
+}
+
+type fault struct {
+	at   time.Duration
+	what string
+	do   func()
+}
+
+type delivery struct {
+	id     store.Cursor
+	ch     string
+	seq    int
+	resets int
+}
+
+type msg struct {
+	ch  string
+	seq int
+}
+
+// run returns per-stream lost, duplicated and reset counts, after logging the totals.
+func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
+	ctx := context.Background()
+	channelsOf := func(i int) []string {
+		return []string{fmt.Sprintf("user:u%d", i%10), fmt.Sprintf("room:r%d", i%3), "broadcast"}
+	}
+	for i := range c.streams {
+		v := fmt.Sprintf(`{"user":"u%d","rooms":["r%d"]}`, i%10, i%3)
+		if err := c.rdb.Set(ctx, fmt.Sprintf("session:churn%d", i), v, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Each stream connects once before publishing starts, so every event
+	// published afterwards on its channels is owed to it.
+	got := make([][]delivery, c.streams)
+	last := make([]string, c.streams)
+	for i := range c.streams {
+		s, err := ssetest.Open(ctx, c.targets()[0]+"/events", bearer(fmt.Sprintf("churn%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := s.NextEvent(5 * time.Second)
+		if err != nil || ev.Event != "ready" || !ev.HasID {
+			t.Fatalf("stream %d: ready with an id: %+v %v", i, ev, err)
+		}
+		last[i] = ev.ID
+		s.Close()
+	}
+
+	var (
+		mu      sync.Mutex
+		acked   []msg
+		owed    = make([]int, c.streams) // set once publishing ends
+		settled atomic.Bool
+	)
+	var wg sync.WaitGroup
+	wg.Go(func() { // the publisher
+		all := []string{"broadcast", "room:r0", "room:r1", "room:r2"}
+		for u := range 10 {
+			all = append(all, fmt.Sprintf("user:u%d", u))
+		}
+		end := time.Now().Add(c.duration)
+		for seq := 0; time.Now().Before(end); seq++ {
+			ch := all[rand.IntN(len(all))]
+			env := fmt.Sprintf(`{"event":"n","data":{"c":%q,"s":%d}}`, ch, seq)
+			for try := 0; ; try++ {
+				if _, err := evalPublish(c.rdb, ch, env); err == nil {
+					break
+				} else if try > 200 {
+					t.Errorf("publish failed for 10s: %v", err)
+					return
+				}
+				time.Sleep(50 * time.Millisecond) // Redis restarting: a backend would retry too
+			}
+			mu.Lock()
+			acked = append(acked, msg{ch, seq})
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	})
+	wg.Go(func() { // the faults, on their schedule
+		start := time.Now()
+		for _, f := range c.faults {
+			time.Sleep(time.Until(start.Add(f.at)))
+			t.Logf("fault at %v: %s", time.Since(start).Round(time.Millisecond), f.what)
+			f.do()
+		}
+	})
+
+	var clients sync.WaitGroup
+	deadline := time.Now().Add(c.duration + 60*time.Second)
+	for i := range c.streams {
+		clients.Go(func() {
+			for time.Now().Before(deadline) {
+				if settled.Load() && len(got[i]) >= owed[i] {
+					return
+				}
+				ts := c.targets()
+				h := bearer(fmt.Sprintf("churn%d", i))
+				h.Set("Last-Event-ID", last[i])
+				s, err := ssetest.Open(ctx, ts[rand.IntN(len(ts))]+"/events", h)
+				if err != nil {
+					time.Sleep(time.Duration(20+rand.IntN(80)) * time.Millisecond)
+					continue
+				}
+				keep := time.Now().Add(time.Duration(50+rand.IntN(700)) * time.Millisecond)
+				for time.Now().Before(keep) || settled.Load() && len(got[i]) < owed[i] {
+					ev, err := s.Next(200 * time.Millisecond)
+					if err == ssetest.ErrTimeout {
+						if settled.Load() && len(got[i]) >= owed[i] {
+							break
+						}
+						continue
+					}
+					if err != nil {
+						break // the instance went away: resume elsewhere
+					}
+					if ev.HasID {
+						last[i] = ev.ID
+					}
+					switch ev.Event {
+					case "reset":
+						got[i] = append(got[i], delivery{resets: 1})
+					case "n":
+						var d struct {
+							C string
+							S int
+						}
+						_ = json.Unmarshal([]byte(ev.Data), &d)
+						id, _ := store.ParseCursor(ev.ID)
+						got[i] = append(got[i], delivery{id: id, ch: d.C, seq: d.S})
+					}
+				}
+				s.Close()
+			}
+		})
+	}
+
+	wg.Wait()
+	mu.Lock()
+	published = len(acked)
+	for i := range c.streams {
+		mine := map[string]bool{}
+		for _, ch := range channelsOf(i) {
+			mine[ch] = true
+		}
+		for _, m := range acked {
+			if mine[m.ch] {
+				owed[i]++
+			}
+		}
+	}
+	mu.Unlock()
+	settled.Store(true)
+	clients.Wait()
+
+	for i := range c.streams {
+		mine := map[string]bool{}
+		for _, ch := range channelsOf(i) {
+			mine[ch] = true
+		}
+		seen := map[msg]store.Cursor{}
+		var prev store.Cursor
+		for _, d := range got[i] {
+			if d.resets > 0 {
+				resets++
+				continue
+			}
+			delivered++
+			m := msg{d.ch, d.seq}
+			if old, ok := seen[m]; ok && old == d.id {
+				dup++
+			} else if !ok && !prev.IsZero() && !prev.Before(d.id) {
+				t.Errorf("stream %d: event %s after %s: out of order", i, d.id, prev)
+			}
+			seen[m] = d.id
+			prev = d.id
+		}
+		for _, m := range acked {
+			if mine[m.ch] {
+				if _, ok := seen[m]; !ok {
+					lost++
+				}
+			}
+		}
+	}
+	t.Logf("churn: %d streams, %d events published, %d deliveries, %d lost, %d duplicated, %d resets",
+		c.streams, published, delivered, lost, dup, resets)
+	return lost, dup, resets, published, delivered
+}
+
+// TestResumeSeam: one instance, streams that drop and resume all the time.
+func TestResumeSeam(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"MAX_STREAMS_PER_USER": "100"})
+	c := churn{rdb: a.rdb, targets: func() []string { return []string{a.url} }, streams: 10, duration: 3 * time.Second}
+	lost, dup, resets, published, _ := c.run(t)
+	if lost != 0 || dup != 0 || resets != 0 || published == 0 {
+		t.Fatalf("lost %d, duplicated %d, resets %d (of %d published): want 0, 0, 0", lost, dup, resets, published)
+	}
+}
+
+// TestChaos: two instances on one Redis, 50 streams resuming on either, a
+// Redis restart and an instance killed with SIGKILL mid-run.
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the chaos run")
+	}
+	r := redistest.Start(t)
+	vars := map[string]string{"REDIS_URL": r.URL(), "MAX_STREAMS_PER_USER": "100", "HISTORY_MAXLEN": "100000"}
+	var mu sync.Mutex
+	procs := []*proc{startBinary(t, vars), startBinary(t, vars)}
+	targets := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		var urls []string
+		for _, p := range procs {
+			if p != nil {
+				urls = append(urls, "http://"+p.addr)
+			}
+		}
+		return urls
+	}
+	c := churn{
+		rdb: r.Client(), targets: targets, streams: 50, duration: 10 * time.Second,
+		faults: []fault{
+			{2 * time.Second, "Redis killed (SIGKILL) and restarted", r.Restart},
+			{5 * time.Second, "instance 2 killed with SIGKILL", func() {
+				mu.Lock()
+				p := procs[1]
+				procs[1] = nil
+				mu.Unlock()
+				_ = p.cmd.Process.Kill()
+			}},
+			{7 * time.Second, "instance 2 started again", func() {
+				p := startBinary(t, vars)
+				mu.Lock()
+				procs[1] = p
+				mu.Unlock()
+			}},
+		},
+	}
+	lost, dup, resets, published, delivered := c.run(t)
+	fmt.Printf("chaos: published=%d delivered=%d lost=%d duplicated=%d resets=%d\n", published, delivered, lost, dup, resets)
+	if lost != 0 || dup != 0 || resets != 0 {
+		t.Fatalf("lost %d, duplicated %d, resets %d: want none", lost, dup, resets)
+	}
+}
