@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ type app struct {
 	cfg   Config
 	redis *redistest.Server
 	rdb   *redis.Client
+	stop  func() // ends ssebridge as SIGTERM would, and waits for it
 }
 
 // startApp runs ssebridge with the test defaults overridden by vars, on a
@@ -60,12 +62,13 @@ func startApp(t *testing.T, r *redistest.Server, vars map[string]string) *app {
 		cancel()
 		t.Fatal("ssebridge did not start:", err)
 	}
-	t.Cleanup(func() {
+	a.stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error("ssebridge:", err)
 		}
 	})
+	t.Cleanup(a.stop)
 	a.awaitReady()
 	return a
 }

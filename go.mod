@@ -7,7 +7,9 @@ require (
 	github.com/caarlos0/env/v11 v11.4.2
 	github.com/labstack/echo/v4 v4.16.0
 	github.com/prometheus/client_golang v1.25.0
+	github.com/r3labs/sse/v2 v2.10.0
 	github.com/redis/go-redis/v9 v9.23.0
+	gopkg.in/cenkalti/backoff.v1 v1.1.0
 )
 
 require (

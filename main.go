@@ -59,6 +59,9 @@ type Config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 {
+		os.Exit(command(os.Args[1], os.Args[2:]))
+	}
 	cfg, err := loadConfig(env.ToMap(os.Environ()))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ssebridge: configuration:", err)
@@ -71,6 +74,26 @@ func main() {
 		log.Error("ssebridge stopped", "err", err)
 		os.Exit(1)
 	}
+}
+
+// command runs a subcommand: publish or tail.
+func command(name string, args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	var err error
+	switch name {
+	case "publish":
+		err = publishCommand(ctx, args, os.Stdout)
+	case "tail":
+		err = tailCommand(ctx, args, os.Stdout)
+	default:
+		err = errUsage
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ssebridge "+name+":", err)
+		return 1
+	}
+	return 0
 }
 
 // loadConfig reads Config from environ and checks it, naming the variable at fault.
