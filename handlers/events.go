@@ -125,6 +125,7 @@ func (ev *events) token(c echo.Context) string {
 // handler answers as JSON {"error": msg}.
 func (ev *events) refuse(code int, reason, msg string) error {
 	ev.refused.WithLabelValues(reason).Inc()
+	ev.o.Log.Debug("stream refused", "status", code, "reason", reason)
 	return echo.NewHTTPError(code, msg)
 }
 

@@ -1,0 +1,373 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+)
+
+// The whole flow in a real browser: the Django example, Redis, ssebridge,
+// and headless Chromium with its native EventSource.
+
+const python = "/usr/bin/python3" // Debian's, which sees python3-django and python3-redis
+
+// browserPrereqs skips the browser test, loudly, when Chromium or Django is
+// missing; in CI (.ci/run installs both) it fails instead.
+func browserPrereqs(t *testing.T) string {
+	chromium, err := exec.LookPath("chromium")
+	missing := ""
+	if err != nil {
+		missing = "chromium"
+	} else if out, err := exec.Command(python, "-c", "import django, redis").CombinedOutput(); err != nil {
+		missing = "python3-django/python3-redis (" + strings.TrimSpace(string(out)) + ")"
+	}
+	if missing == "" {
+		return chromium
+	}
+	msg := "BROWSER TESTS NOT RUN: " + missing + " is missing; apt-get install -y chromium python3-django python3-redis (.ci/run does)"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	fmt.Fprintf(os.Stderr, "\n*** %s ***\n\n", msg)
+	t.Skip(msg)
+	return ""
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startDjango runs the example with Django's development server.
+func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
+	cmd := exec.Command(python, "manage.py", "runserver", addr, "--noreload")
+	cmd.Dir = filepath.Join("examples", "django")
+	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "SSE_URL="+sseURL, "PYTHONUNBUFFERED=1")
+	log, err := os.Create(filepath.Join(t.TempDir(), "django.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(log.Name())
+			t.Logf("django log:\n%s", b)
+		}
+	})
+	url := "http://" + addr
+	eventually(t, 20*time.Second, "Django to answer", func() bool {
+		resp, err := http.Get(url + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return url
+}
+
+// page is one browser tab.
+type page struct {
+	t    *testing.T
+	name string
+	ctx  context.Context
+}
+
+// on returns the page reporting to t (a subtest's).
+func (p page) on(t *testing.T) page { p.t = t; return p }
+
+func (p page) do(actions ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		p.t.Fatalf("%s: %v", p.name, err)
+	}
+}
+
+// await waits until the expression is true on the page.
+func (p page) await(what, expr string) {
+	p.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`!!(`+expr+`)`))
+		cancel()
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+			defer cancel()
+			state, derr := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + '\n' + document.body.innerText + '\nevents: ' + JSON.stringify(window.sseLog)`))
+			p.t.Fatalf("%s: waiting for %s (last error: %v)\nthe page (%v):\n%s", p.name, what, err, derr, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p page) eval(expr string) []string {
+	p.t.Helper()
+	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[[]string](expr))
+	if err != nil {
+		p.t.Fatalf("%s: %v", p.name, err)
+	}
+	return v
+}
+
+// items returns the texts of a list on the page (#messages or #dms).
+func (p page) items(list string) []string {
+	return p.eval(`Array.from(document.querySelectorAll('#` + list + ` li'), li => li.textContent)`)
+}
+
+// log returns every event the page received, as "name data".
+func (p page) log() []string { return p.eval(`window.sseLog || []`) }
+
+func (p page) signIn(django, user string, rooms ...string) {
+	p.t.Helper()
+	actions := []chromedp.Action[chromedp.Void]{
+		chromedp.Navigate(django + "/"),
+		chromedp.SetValue("#user", user),
+	}
+	for _, r := range rooms {
+		actions = append(actions, chromedp.Click("#room-"+r))
+	}
+	// Wait for the next page's elements before polling it: a poll started on
+	// the page that is navigating away never answers.
+	p.do(append(actions, chromedp.Click("#signin"), chromedp.WaitVisible("#dms"))...)
+	p.await(user+"'s stream to be live", `document.getElementById('status') && document.getElementById('status').textContent === 'live'`)
+}
+
+// send submits a form of the page and waits for Django's answer (the page
+// clears the field then), so that posts are published in the order sent.
+func (p page) send(form, field, text string) {
+	p.t.Helper()
+	input := fmt.Sprintf(`document.querySelector('#%s [name=%s]')`, form, field)
+	p.do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`%s.value = %q; document.getElementById(%q).requestSubmit()`, input, text, form)))
+	p.await("the post to be answered", input+".value === ''")
+}
+
+func (p page) post(text string) { p.send("post", "text", text) }
+
+func (p page) dm(to, text string) {
+	p.do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`document.getElementById('dm-to').value = %q`, to)))
+	p.send("dm", "text", text)
+}
+
+func TestBrowserFlow(t *testing.T) {
+	top := t // what outlives the subtests (ssebridge restarted in one) is the top test's
+	chromium := browserPrereqs(t)
+	start := time.Now()
+	r := redistest.Start(t)
+	sseAddr, djangoAddr := freeAddr(t), freeAddr(t)
+	sseURL, djangoURL := "http://"+sseAddr, "http://"+djangoAddr
+	vars := map[string]string{
+		"REDIS_URL": r.URL(), "LISTEN_ADDR": sseAddr, "ALLOWED_ORIGINS": djangoURL,
+		"RETRY_INTERVAL": "500ms", "SESSION_RECHECK_INTERVAL": "1s", "LOG_LEVEL": "debug",
+	}
+	sse := startBinary(t, vars)
+	django := startDjango(t, djangoAddr, r.URL(), sseURL)
+
+	// A page on an origin ssebridge does not allow, on the same site (so
+	// Bob's cookie rides along): it must not get a stream.
+	foreign := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, `<!doctype html><script>
+			window.result = 'pending';
+			var es = new EventSource(%q, {withCredentials: true});
+			es.addEventListener('ready', function () { window.result = 'ready'; });
+			es.onerror = function () { if (es.readyState === EventSource.CLOSED) window.result = 'closed'; };
+		</script>`, sseURL+"/events")
+	}))
+	defer foreign.Close()
+
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chromium), chromedp.UserDataDir(t.TempDir()),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.WindowSize(1000, 800))
+	defer cancelAlloc()
+	browser, cancelBrowser := chromedp.NewContext(allocCtx)
+	defer cancelBrowser()
+	if err := chromedp.Do(browser); err != nil { // starts Chromium
+		t.Fatal(err)
+	}
+	// A tab lives as long as the context of its first action: open each
+	// tab with no timeout, so that the timeouts of later actions do not
+	// close it.
+	tab := func(name string, parent context.Context, opts ...chromedp.ContextOption) page {
+		ctx, _ := chromedp.NewContext(parent, opts...)
+		if err := chromedp.Do(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return page{t, name, ctx}
+	}
+	person := func(name string) page { // a browser profile of its own: its own cookies
+		return tab(name, browser, chromedp.WithNewBrowserContext())
+	}
+	alice, bob, carol := person("alice"), person("bob"), person("carol")
+	alice.signIn(django, "alice", "lobby")
+	bob.signIn(django, "bob", "lobby")
+	carol.signIn(django, "carol")
+	bobDMs := tab("bob's second tab", bob.ctx)
+	bobDMs.do(chromedp.Navigate(django+"/me"), chromedp.WaitVisible("#dms"))
+	bobDMs.await("bob's second stream", `document.getElementById('status').textContent === 'live'`)
+
+	t.Run("a message reaches the lobby, not Carol", func(t *testing.T) {
+		alice, bob, carol := alice.on(t), bob.on(t), carol.on(t)
+		alice.post("hello from alice")
+		for _, p := range []page{alice, bob} {
+			p.await("the message", `Array.from(document.querySelectorAll('#messages li')).some(li => li.textContent === 'alice: hello from alice')`)
+		}
+		// Carol is not in the lobby: once a later message to her arrives,
+		// the lobby message has certainly not.
+		alice.dm("carol", "marker for carol")
+		carol.await("the marker", `window.sseLog.some(e => e.includes('marker for carol'))`)
+		if slices.ContainsFunc(carol.log(), func(e string) bool { return strings.Contains(e, "hello from alice") }) {
+			t.Fatalf("carol got the lobby message: %q", carol.log())
+		}
+	})
+
+	t.Run("a direct message reaches only Bob", func(t *testing.T) {
+		alice, bob, carol := alice.on(t), bob.on(t), carol.on(t)
+		alice.dm("bob", "psst bob")
+		bob.await("the DM", `Array.from(document.querySelectorAll('#dms li')).some(li => li.textContent === 'alice: psst bob')`)
+		carol.dm("alice", "marker for alice")
+		alice.await("the marker", `window.sseLog.some(e => e.includes('marker for alice'))`)
+		carol.dm("carol", "marker 2 for carol")
+		carol.await("the marker", `window.sseLog.some(e => e.includes('marker 2 for carol'))`)
+		for _, p := range []page{alice, carol} {
+			if slices.ContainsFunc(p.log(), func(e string) bool { return strings.Contains(e, "psst bob") }) {
+				t.Fatalf("%s got bob's DM: %q", p.name, p.log())
+			}
+		}
+	})
+
+	t.Run("a foreign origin gets no stream with Bob's cookie", func(t *testing.T) {
+		evil := tab("bob on a foreign page", bob.ctx).on(t)
+		evil.do(chromedp.Navigate(foreign.URL))
+		evil.await("the EventSource to give up", `window.result !== 'pending'`)
+		if got, _ := chromedp.Run(evil.ctx, chromedp.Evaluate[string](`window.result`)); got != "closed" {
+			t.Fatalf("the foreign page's EventSource: %q, want closed", got)
+		}
+		resp, err := http.Get(sseURL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(body), `ssebridge_handshakes_refused_total{reason="origin"} `) {
+			t.Fatal("no refusal for origin counted")
+		}
+	})
+
+	t.Run("messages posted while ssebridge restarts arrive once, in order", func(t *testing.T) {
+		alice, bob := alice.on(t), bob.on(t)
+		if err := sse.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-sse.done; err != nil {
+			t.Fatalf("ssebridge exit: %v", err)
+		}
+		sse.done <- nil
+		for i := 1; i <= 3; i++ {
+			alice.post(fmt.Sprintf("during the restart %d", i))
+		}
+		// Django has published them durably; wait until all three are in
+		// Redis before ssebridge comes back, so they are truly missed live.
+		eventually(t, 10*time.Second, "three more events in the lobby's history", func() bool {
+			return r.Client().XLen(context.Background(), "sse:history:room:lobby").Val() == 4
+		})
+		sse = startBinary(top, vars)
+		want := []string{"alice: hello from alice", "alice: during the restart 1", "alice: during the restart 2", "alice: during the restart 3"}
+		for _, p := range []page{alice, bob} {
+			p.await("the messages posted during the restart", `document.querySelectorAll('#messages li').length >= 4`)
+			if got := p.items("messages"); !slices.Equal(got, want) {
+				t.Fatalf("%s's messages:\n%q\nwant\n%q", p.name, got, want)
+			}
+		}
+		// And nothing more comes: a new message is the next one.
+		alice.post("after the restart")
+		bob.await("the next message", `document.querySelectorAll('#messages li').length === 5`)
+		if got := bob.items("messages"); got[4] != "alice: after the restart" {
+			t.Fatalf("bob's messages: %q", got)
+		}
+	})
+
+	t.Run("sign-out ends Bob's streams; the old cookie opens nothing", func(t *testing.T) {
+		bob, bobDMs := bob.on(t), bobDMs.on(t)
+		cookies, err := chromedp.Call(bob.ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{sseURL}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var old string
+		for _, c := range cookies.Cookies {
+			if c.Name == "sse_session" {
+				old = c.Value
+			}
+		}
+		if old == "" {
+			t.Fatal("bob has no sse_session cookie for ssebridge's origin")
+		}
+		screenshot(t, bob, "bob-lobby.png")
+		bob.do(chromedp.Click("#signout"))
+		bobDMs.await("bob's other tab to be signed out", `document.getElementById('status').textContent === 'signed out'`)
+
+		_, err = chromedp.Call(bob.ctx, network.SetCookie, network.SetCookieParams{Name: "sse_session", Value: old, URL: sseURL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bob.do(chromedp.Navigate(sseURL + "/"))
+		status, err := chromedp.Run(bob.ctx, chromedp.Evaluate[int](`fetch('/events/check', {credentials: 'include'}).then(r => r.status)`, chromedp.EvalAwaitPromise))
+		if err != nil || status != 401 {
+			t.Fatalf("checking the old cookie: %d %v, want 401", status, err)
+		}
+		screenshot(t, bobDMs, "bob.png")
+	})
+	t.Logf("browser flow took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// screenshot keeps a picture of the page in artifacts/ (not committed; CI keeps it).
+func screenshot(t *testing.T, p page, name string) {
+	buf, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(100)) // quality 100: a PNG
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := os.Getenv("ARTIFACTS_DIR")
+	if dir == "" {
+		dir = "artifacts"
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", path)
+}
