@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"reflect"
@@ -56,6 +57,8 @@ type Config struct {
 	StreamQueue       int `env:"STREAM_QUEUE" envDefault:"256"`
 	StreamQueueBytes  int `env:"STREAM_QUEUE_BYTES" envDefault:"1048576"`
 	RedisPoolSize     int `env:"REDIS_POOL_SIZE" envDefault:"8"`
+
+	PprofAddr string `env:"PPROF_ADDR"` // e.g. 127.0.0.1:6060; unset: no profiling endpoint
 }
 
 func main() {
@@ -170,7 +173,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
-	ropts.PoolSize = cfg.RedisPoolSize
+	// A pool held open at its full size: an instance holds the same Redis
+	// connections with ten streams or a hundred thousand.
+	ropts.PoolSize, ropts.MinIdleConns = cfg.RedisPoolSize, cfg.RedisPoolSize
 	ropts.DialTimeout = 2 * time.Second
 	ropts.ClientName = "ssebridge" // so that CLIENT LIST shows what is ours
 	rdb := redis.NewClient(ropts)
@@ -252,6 +257,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		done <- struct{}{}
 	}()
 
+	if cfg.PprofAddr != "" {
+		// On its own listener, never on the public one.
+		go func() { log.Warn("pprof stopped", "err", http.ListenAndServe(cfg.PprofAddr, pprofMux())) }()
+	}
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("ssebridge listening", "addr", ln.Addr().String(), "session_cookie", cfg.SessionCookie)
@@ -278,4 +288,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		<-done
 	}
 	return nil
+}
+
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }

@@ -48,7 +48,8 @@ func (ev *events) stream(c echo.Context) error {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	c.Response().WriteHeader(http.StatusOK)
-	reason := s.Serve(c.Request().Context(), c.Response(), ev.o.Write)
+	// The writer under Echo's: Echo's own adds bookkeeping to every write.
+	reason := s.Serve(c.Request().Context(), c.Response().Writer, ev.o.Write)
 	ev.o.Hub.Close(s, reason)
 	return nil
 }

@@ -79,9 +79,9 @@ func TestHubSlowStreamDoesNotHoldOthers(t *testing.T) {
 		if n := queued(fast); n != 2 && n != 1 { // ready (first time only) + x
 			t.Fatalf("fast has %d queued", n)
 		}
-		fast.take()
+		fast.take(nil)
 	}
-	batch, ending := slow.take()
+	batch, ending := slow.take(nil)
 	if ending != ReasonSlow || len(batch) != 1 || string(batch[0][:6]) != "retry:" {
 		t.Fatalf("slow stream: ending %q with %d frames; want slow, just a retry: hint", ending, len(batch))
 	}

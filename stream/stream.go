@@ -97,7 +97,9 @@ func (s *Stream) queueLocked(frame []byte, cursor store.Cursor) bool {
 	}
 	s.queue = append(s.queue, frame)
 	s.queued += len(frame)
-	s.signal()
+	if len(s.queue) == 1 {
+		s.signal() // a longer queue means the writer was woken already
+	}
 	return true
 }
 
@@ -170,12 +172,14 @@ func (s *Stream) signal() {
 	}
 }
 
-// take empties the queue. The returned slice is the writer's to keep.
-func (s *Stream) take() (batch [][]byte, ending string) {
+// take empties the queue into the caller's hands and puts spare (emptied)
+// in its place, so that the writer and the hub trade two arrays back and
+// forth instead of allocating one per batch.
+func (s *Stream) take(spare [][]byte) (batch [][]byte, ending string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	batch = s.queue
-	s.queue, s.queued = nil, 0
+	s.queue, s.queued = spare[:0], 0
 	return batch, s.ending
 }
 
@@ -193,22 +197,33 @@ var ErrWrite = errors.New("write to client failed")
 // written together, with one flush, so a stream that fell behind catches up
 // in few system calls. It returns why the stream ended.
 func (s *Stream) Serve(ctx context.Context, w http.ResponseWriter, opts WriteOptions) string {
-	rc := http.NewResponseController(w)
-	idle := time.NewTimer(opts.Heartbeat)
-	defer idle.Stop()
+	wr := writer{w: w, rc: http.NewResponseController(w), timeout: opts.WriteTimeout}
+	// A ticker, checked against the last write, rather than a timer reset
+	// after every write: the per-event path stays free of timer work.
+	tick := time.NewTicker(opts.Heartbeat)
+	defer tick.Stop()
+	lastWrite := time.Now()
+	var spare [][]byte // the queue's other half: taking the queue allocates nothing
+	delivered := 0     // added to the shared counter now and then, not per batch
+	defer func() { s.delivered.Add(float64(delivered)) }()
 	for {
 		var batch [][]byte
 		ending, beat := "", false
 		select {
 		case <-ctx.Done():
 			return ReasonClient
-		case <-idle.C:
-			batch, beat = [][]byte{heartbeat}, true
+		case now := <-tick.C:
+			if now.Sub(lastWrite) < opts.Heartbeat/2 {
+				continue
+			}
+			batch, beat = heartbeatBatch, true
+			s.delivered.Add(float64(delivered))
+			delivered = 0
 		case <-s.wake:
-			batch, ending = s.take()
+			batch, ending = s.take(spare)
 		}
-		if err := write(rc, w, batch, opts.WriteTimeout); err != nil {
-			if _, why := s.take(); why != "" {
+		if err := wr.write(batch); err != nil {
+			if _, why := s.take(nil); why != "" {
 				return why // a slow stream's write fails at its deadline: it was ended as slow
 			}
 			if ctx.Err() != nil {
@@ -216,29 +231,52 @@ func (s *Stream) Serve(ctx context.Context, w http.ResponseWriter, opts WriteOpt
 			}
 			return ReasonWrite
 		}
+		lastWrite = wr.lastWrite
 		if !beat {
-			s.delivered.Add(float64(len(batch)))
+			if delivered += len(batch); delivered >= 256 {
+				s.delivered.Add(float64(delivered))
+				delivered = 0
+			}
+			clear(batch) // drop the frames, keep the array
+			spare = batch[:0]
 		}
 		if ending != "" {
 			return ending
 		}
-		idle.Reset(opts.Heartbeat)
 	}
 }
 
-func write(rc *http.ResponseController, w http.ResponseWriter, batch [][]byte, timeout time.Duration) error {
+var heartbeatBatch = [][]byte{heartbeat}
+
+// writer writes batches of frames to a response, each batch with one flush.
+type writer struct {
+	w         http.ResponseWriter
+	rc        *http.ResponseController
+	timeout   time.Duration
+	deadline  time.Time
+	lastWrite time.Time
+}
+
+func (wr *writer) write(batch [][]byte) error {
 	if len(batch) == 0 {
 		return nil
 	}
 	// A per-write deadline instead of a server WriteTimeout: the stream
-	// lives for hours, but no single write may hang on a dead peer.
-	_ = rc.SetWriteDeadline(time.Now().Add(timeout))
+	// lives for hours, but no write may hang on a dead peer for longer than
+	// the timeout. It is moved on once half of it has passed, not for
+	// every write: setting it costs as much as a small write.
+	now := time.Now()
+	wr.lastWrite = now
+	if wr.deadline.Sub(now) < wr.timeout/2 {
+		wr.deadline = now.Add(wr.timeout)
+		_ = wr.rc.SetWriteDeadline(wr.deadline)
+	}
 	for _, frame := range batch {
-		if _, err := w.Write(frame); err != nil {
+		if _, err := wr.w.Write(frame); err != nil {
 			return fmt.Errorf("%w: %v", ErrWrite, err)
 		}
 	}
-	if err := rc.Flush(); err != nil {
+	if err := wr.rc.Flush(); err != nil {
 		return fmt.Errorf("%w: %v", ErrWrite, err)
 	}
 	return nil

@@ -1,0 +1,347 @@
+// Command bench is a load generator for Server-Sent Events endpoints:
+// ssebridge, or any other (it drives Centrifugo's uni_sse and the bare
+// net/http fan-out in bench/bare for BENCHMARKS.md).
+//
+// It opens N streams, publishes M events at R per second (Redis PUBLISH,
+// ssebridge's durable script, or an HTTP publish API), each carrying its send
+// time and a sequence number, and reports connections, deliveries expected
+// and received, losses, duplicates, latency percentiles, throughput, the
+// server's memory per stream and its Redis connections, as text and as a
+// final JSON line.
+//
+//	go run ./bench -n 10000 -sessions -events 100 -rate 5
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+type headers []string
+
+func (h *headers) String() string     { return strings.Join(*h, ", ") }
+func (h *headers) Set(v string) error { *h = append(*h, v); return nil }
+
+// Result is the final JSON line.
+type Result struct {
+	Scenario        string  `json:"scenario"`
+	Streams         int     `json:"streams"`
+	Connected       int     `json:"connected"`
+	ConnectSeconds  float64 `json:"connect_seconds"`
+	Slow            int     `json:"slow"`
+	Events          int     `json:"events"`
+	Rate            float64 `json:"rate"`
+	Expected        int64   `json:"expected"`
+	Received        int64   `json:"received"`
+	Lost            int64   `json:"lost"`
+	Duplicated      int64   `json:"duplicated"`
+	P50ms           float64 `json:"p50_ms"`
+	P90ms           float64 `json:"p90_ms"`
+	P99ms           float64 `json:"p99_ms"`
+	MaxMs           float64 `json:"max_ms"`
+	DeliveriesPerS  float64 `json:"deliveries_per_s"`
+	RSSBaseKiB      int64   `json:"rss_base_kib,omitempty"`
+	RSSIdleKiB      int64   `json:"rss_idle_kib,omitempty"`
+	RSSEndKiB       int64   `json:"rss_end_kib,omitempty"`
+	RSSPerStreamKiB float64 `json:"rss_per_stream_kib,omitempty"`
+	RedisConns      int     `json:"redis_connections,omitempty"`
+}
+
+func main() {
+	var (
+		target     = flag.String("url", "http://127.0.0.1:8080/events", "stream URL; {i} is the stream's number")
+		n          = flag.Int("n", 1000, "streams to open")
+		offset     = flag.Int("offset", 0, "number of the first stream (to split a run over processes)")
+		scenario   = flag.String("scenario", "broadcast", "broadcast (every stream), room (one room of all streams), users (each event to one user)")
+		events     = flag.Int("events", 100, "events to publish")
+		rate       = flag.Float64("rate", 5, "events per second")
+		slow       = flag.Int("slow", 0, "streams that stop reading once connected")
+		mode       = flag.String("publish", "redis", "redis (PUBLISH), script (ssebridge's durable script) or http")
+		redisURL   = flag.String("redis", "redis://127.0.0.1:6379", "Redis for sessions, publishing and counting connections")
+		prefix     = flag.String("prefix", "sse:", "ssebridge's CHANNEL_PREFIX")
+		sessions   = flag.Bool("sessions", false, "create the streams' sessions in Redis first (session:bench{i})")
+		httpURL    = flag.String("http-url", "http://127.0.0.1:8080/publish", "with -publish http: the publish endpoint")
+		httpKey    = flag.String("http-key", "", "with -publish http: bearer token (ssebridge) or API key (centrifugo)")
+		httpStyle  = flag.String("http-style", "ssebridge", "with -publish http: ssebridge or centrifugo")
+		centSecret = flag.String("centrifugo-secret", "", "open Centrifugo uni_sse streams with HS256 tokens made with this secret")
+		pid        = flag.Int("pid", 0, "the server's pid, to report its memory")
+		sources    = flag.Int("sources", 0, "loopback source addresses 127.0.0.2… to spread connections over (0: one per 20,000)")
+		drain      = flag.Duration("drain", 10*time.Second, "how long to wait for late deliveries after the last publish")
+	)
+	var header headers
+	flag.Var(&header, "header", `request header, repeatable; {i} is the stream's number (default "Authorization: Bearer bench{i}")`)
+	flag.Parse()
+	if len(header) == 0 && *centSecret == "" {
+		header = headers{"Authorization: Bearer bench{i}"}
+	}
+	res, err := run(config{
+		target: *target, n: *n, offset: *offset, scenario: *scenario, events: *events, rate: *rate, slow: *slow,
+		mode: *mode, redisURL: *redisURL, prefix: *prefix, sessions: *sessions, httpURL: *httpURL, httpKey: *httpKey,
+		httpStyle: *httpStyle, centSecret: *centSecret, pid: *pid, sources: *sources, drain: *drain, header: header,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	b, _ := json.Marshal(res)
+	fmt.Println(string(b))
+	if res.Lost > 0 || res.Duplicated > 0 || res.Connected < res.Streams {
+		os.Exit(3)
+	}
+}
+
+type config struct {
+	target, scenario, mode, redisURL, prefix, httpURL, httpKey, httpStyle, centSecret string
+	n, offset, events, slow, pid, sources                                             int
+	rate                                                                              float64
+	sessions                                                                          bool
+	drain                                                                             time.Duration
+	header                                                                            []string
+}
+
+// channel returns the logical channel of event seq, and which stream (by
+// number) it is for, -1 for all.
+func (c config) channel(seq int) (string, int) {
+	switch c.scenario {
+	case "room":
+		return "room:bench", -1
+	case "users":
+		i := c.offset + seq%c.n
+		return "user:u" + strconv.Itoa(i), i
+	}
+	return "broadcast", -1
+}
+
+func run(c config) (Result, error) {
+	ctx := context.Background()
+	res := Result{Scenario: c.scenario, Streams: c.n, Slow: c.slow, Events: c.events, Rate: c.rate}
+	raiseFileLimit()
+	opts, err := redis.ParseURL(c.redisURL)
+	if err != nil {
+		return res, fmt.Errorf("-redis: %w", err)
+	}
+	opts.ClientName = "bench"
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+
+	if c.sessions {
+		if err := createSessions(ctx, rdb, c); err != nil {
+			return res, err
+		}
+	}
+	res.RSSBaseKiB = rssKiB(c.pid)
+
+	// Connect.
+	streams := make([]*stream, c.n)
+	start := time.Now()
+	var wg sync.WaitGroup
+	next := make(chan int)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	srcs := c.sources
+	if srcs == 0 {
+		srcs = c.n/20000 + 1
+	}
+	for range 64 {
+		wg.Go(func() {
+			for k := range next {
+				i := c.offset + k
+				u, path := streamURL(c, i)
+				var src net.IP
+				if srcs > 1 {
+					src = net.IPv4(127, 0, 0, byte(2+k%srcs))
+				}
+				s, err := dial(ctx, i, u, path, c.header, src, c.events)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				streams[k] = s
+			}
+		})
+	}
+	for k := range c.n {
+		next <- k
+	}
+	close(next)
+	wg.Wait()
+	res.ConnectSeconds = time.Since(start).Seconds()
+	res.Connected = c.n - int(failed.Load())
+	fmt.Fprintf(os.Stderr, "connected %d of %d streams in %.1fs", res.Connected, c.n, res.ConnectSeconds)
+	if e := firstErr.Load(); e != nil {
+		fmt.Fprintf(os.Stderr, " (first error: %s)", e)
+	}
+	fmt.Fprintln(os.Stderr)
+	defer func() {
+		for _, s := range streams {
+			if s != nil {
+				s.conn.Close()
+			}
+		}
+	}()
+
+	// Read; the first -slow streams never read again.
+	var delivered atomic.Int64
+	var readers sync.WaitGroup
+	for k, s := range streams {
+		if s != nil && k >= c.slow {
+			readers.Go(func() { s.read(&delivered) })
+		}
+	}
+	time.Sleep(time.Second) // let the server settle before measuring its idle memory
+	res.RSSIdleKiB = rssKiB(c.pid)
+	if res.RSSBaseKiB > 0 && res.Connected > 0 {
+		res.RSSPerStreamKiB = float64(res.RSSIdleKiB-res.RSSBaseKiB) / float64(res.Connected)
+	}
+	res.RedisConns = redisConns(ctx, rdb)
+
+	// Expected deliveries, to the streams that read.
+	expected := make([]int64, c.n)
+	for seq := range c.events {
+		if _, to := c.channel(seq); to >= 0 {
+			expected[to-c.offset]++
+		} else {
+			for k := range expected {
+				expected[k]++
+			}
+		}
+	}
+	for k, s := range streams {
+		if s != nil && k >= c.slow {
+			res.Expected += expected[k]
+		}
+	}
+
+	// Publish at the rate asked.
+	pub, err := newPublisher(c.mode, rdb, c.prefix, c.httpURL, c.httpKey, c.httpStyle)
+	if err != nil {
+		return res, err
+	}
+	pubStart := time.Now()
+	interval := time.Duration(float64(time.Second) / c.rate)
+	for seq := range c.events {
+		time.Sleep(time.Until(pubStart.Add(time.Duration(seq) * interval)))
+		ch, _ := c.channel(seq)
+		if err := pub(ctx, ch, benchPayload(seq)); err != nil {
+			return res, fmt.Errorf("publishing event %d: %w", seq, err)
+		}
+	}
+	deadline := time.Now().Add(c.drain)
+	for delivered.Load() < res.Expected && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	elapsed := time.Since(pubStart)
+	res.RSSEndKiB = rssKiB(c.pid)
+	for _, s := range streams {
+		if s != nil {
+			s.conn.Close()
+		}
+	}
+	readers.Wait()
+
+	var lat []int32
+	for k, s := range streams {
+		if s == nil || k < c.slow {
+			continue
+		}
+		u := int64(s.unique())
+		res.Received += u
+		res.Duplicated += int64(s.dups)
+		res.Lost += expected[k] - u
+		lat = append(lat, s.lat...)
+	}
+	p50, p90, p99, max := percentiles(lat)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	res.P50ms, res.P90ms, res.P99ms, res.MaxMs = ms(p50), ms(p90), ms(p99), ms(max)
+	res.DeliveriesPerS = float64(res.Received) / elapsed.Seconds()
+	report(res)
+	return res, nil
+}
+
+// streamURL returns where stream i connects, and its request path.
+func streamURL(c config, i int) (*url.URL, string) {
+	raw := strings.ReplaceAll(c.target, "{i}", strconv.Itoa(i))
+	if c.centSecret != "" {
+		ch, _ := c.channel(0)
+		if c.scenario == "users" {
+			ch = "user:u" + strconv.Itoa(i)
+		}
+		token := centrifugoToken(c.centSecret, "u"+strconv.Itoa(i), []string{ch})
+		connect, _ := json.Marshal(map[string]string{"token": token})
+		raw += "?cf_connect=" + url.QueryEscape(string(connect))
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		panic(err)
+	}
+	return u, u.RequestURI()
+}
+
+func createSessions(ctx context.Context, rdb *redis.Client, c config) error {
+	const batch = 1000
+	for from := 0; from < c.n; from += batch {
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for k := from; k < min(from+batch, c.n); k++ {
+				i := c.offset + k
+				p.Set(ctx, "session:bench"+strconv.Itoa(i), `{"user":"u`+strconv.Itoa(i)+`","rooms":["bench"]}`, time.Hour)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("creating sessions: %w", err)
+		}
+	}
+	return nil
+}
+
+// redisConns counts the Redis clients that are not this bench.
+func redisConns(ctx context.Context, rdb *redis.Client) int {
+	list, err := rdb.ClientList(ctx).Result()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(list), "\n") {
+		if !strings.Contains(line, " name=bench ") {
+			n++
+		}
+	}
+	return n
+}
+
+// raiseFileLimit lifts the soft open-file limit to the hard one: every
+// stream is a file.
+func raiseFileLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
+
+func report(r Result) {
+	fmt.Fprintf(os.Stderr, "scenario %s: %d/%d streams (%d not reading), %d events at %.0f/s\n",
+		r.Scenario, r.Connected, r.Streams, r.Slow, r.Events, r.Rate)
+	fmt.Fprintf(os.Stderr, "deliveries: expected %d, received %d, lost %d, duplicated %d; %.0f/s\n",
+		r.Expected, r.Received, r.Lost, r.Duplicated, r.DeliveriesPerS)
+	fmt.Fprintf(os.Stderr, "latency: p50 %.1fms  p90 %.1fms  p99 %.1fms  max %.1fms\n", r.P50ms, r.P90ms, r.P99ms, r.MaxMs)
+	if r.RSSIdleKiB > 0 {
+		fmt.Fprintf(os.Stderr, "server RSS: %d MiB before, %d MiB idle with the streams (%.1f KiB per stream), %d MiB at the end\n",
+			r.RSSBaseKiB/1024, r.RSSIdleKiB/1024, r.RSSPerStreamKiB, r.RSSEndKiB/1024)
+	}
+	fmt.Fprintf(os.Stderr, "redis connections (other than the bench's): %d\n", r.RedisConns)
+}
