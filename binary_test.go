@@ -113,7 +113,7 @@ func TestSIGTERM(t *testing.T) {
 	}
 	for i, r := range conns {
 		// Each stream gets a retry: hint (jittered around RETRY_INTERVAL), then its end.
-		rest, _ := readAll(r)
+		rest, err := readAll(r)
 		m := regexp.MustCompile(`retry: (\d+)\n\n`).FindStringSubmatch(rest)
 		if m == nil {
 			t.Fatalf("stream %d: no retry: before the end, got %q", i, rest)
@@ -121,8 +121,8 @@ func TestSIGTERM(t *testing.T) {
 		if ms, _ := strconv.Atoi(m[1]); ms < 1000 || ms > 3000 {
 			t.Errorf("stream %d: retry %dms, want within [1000, 3000]", i, ms)
 		}
-		if !strings.HasSuffix(rest, "0\r\n\r\n") { // the chunked body's last chunk: a clean end
-			t.Errorf("stream %d: not a clean end: %q", i, rest)
+		if err != nil || !strings.HasSuffix(rest, m[0]) { // the retry hint, then the connection's clean close
+			t.Errorf("stream %d: not a clean end after the retry hint: %q, %v", i, rest, err)
 		}
 	}
 	select {

@@ -278,7 +278,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	hub.Shutdown()
-	err = srv.Shutdown(sctx) // closes the listener, then waits for the streams to end
+	// Shutdown closes the listener and waits for the requests in flight;
+	// streams on connections ssebridge took over are waited for by the hub.
+	err = srv.Shutdown(sctx)
+	if err == nil {
+		err = hub.Wait(sctx)
+	}
 	if err != nil {
 		_ = srv.Close()
 		log.Warn("streams still open at the shutdown deadline were cut", "err", err)

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,10 +48,34 @@ func (ev *events) stream(c echo.Context) error {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+
+	// Take the connection over from net/http when it is HTTP/1.1: the
+	// stream then costs its buffers and goroutine stack, not net/http's.
+	if c.Request().ProtoMajor == 1 {
+		if conn, brw, err := http.NewResponseController(c.Response().Writer).Hijack(); err == nil {
+			h.Set("Connection", "close") // the body runs until the connection closes
+			var head strings.Builder
+			head.WriteString("HTTP/1.1 200 OK\r\n")
+			_ = h.Write(&head)
+			head.WriteString("\r\n")
+			_ = conn.SetWriteDeadline(time.Now().Add(ev.o.Write.WriteTimeout))
+			if _, err := brw.Writer.WriteString(head.String()); err == nil {
+				err = brw.Writer.Flush()
+			}
+			if err != nil {
+				conn.Close()
+				ev.o.Hub.Close(s, stream.ReasonWrite)
+				return nil
+			}
+			// A goroutine of the stream's own, so that net/http's, and the
+			// buffers it holds, go away now.
+			ev.o.Hub.Go(func() { ev.o.Hub.Close(s, s.ServeConn(conn, ev.o.Write)) })
+			return nil
+		}
+	}
 	c.Response().WriteHeader(http.StatusOK)
 	// The writer under Echo's: Echo's own adds bookkeeping to every write.
-	reason := s.Serve(c.Request().Context(), c.Response().Writer, ev.o.Write)
-	ev.o.Hub.Close(s, reason)
+	ev.o.Hub.Close(s, s.Serve(c.Request().Context(), c.Response().Writer, ev.o.Write))
 	return nil
 }
 

@@ -68,6 +68,7 @@ type Hub struct {
 	stopping bool
 
 	control chan control
+	writers sync.WaitGroup // the streams' own goroutines (ServeConn)
 
 	// seen is the newest durable id the feed delivered: a gap in the feed
 	// is filled from there. Only the feed's goroutine (Publish, Recover)
@@ -411,7 +412,22 @@ func (h *Hub) Shutdown() {
 	}
 }
 
-// Open streams now.
+// Go runs a stream's writer on a goroutine of its own, which Wait waits for.
+func (h *Hub) Go(f func()) { h.writers.Go(f) }
+
+// Wait waits until every goroutine started with Go has returned, or ctx ends.
+func (h *Hub) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { h.writers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Len is the number of open streams.
 func (h *Hub) Len() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
