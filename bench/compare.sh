@@ -6,6 +6,7 @@
 #
 #   bench/compare.sh                     # N=10000 streams, ROUNDS=1
 #   N=15000 ROUNDS=3 bench/compare.sh
+#   SYSTEMS="bare ssebridge-redis" LOADS=moderate MODERATE_RATE=2 bench/compare.sh
 #
 # Centrifugo is installed into a temporary directory with `go install`
 # (never committed); CENTRIFUGO=/path/to/centrifugo reuses a binary.
@@ -77,10 +78,11 @@ stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; redis
 
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
-systems=(bare ssebridge-redis ssebridge-http centrifugo)
+read -r -a systems <<<"${SYSTEMS:-bare ssebridge-redis ssebridge-http centrifugo}"
+read -r -a loads <<<"${LOADS:-moderate saturation}"
 for round in $(seq "$ROUNDS"); do
   for sys in "${systems[@]}"; do
-    for load in moderate saturation; do
+    for load in "${loads[@]}"; do
       if [ $load = moderate ]; then rate=$MODERATE_RATE; events=$MODERATE_EVENTS; else rate=$SATURATION_RATE; events=$SATURATION_EVENTS; fi
       start "$sys"
       echo "round $round: $sys, $load ($N streams, $rate events/s)" >&2
