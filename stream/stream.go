@@ -198,7 +198,7 @@ var ErrWrite = errors.New("write to client failed")
 // It is the path for connections that cannot be taken over (HTTP/2); see
 // ServeConn. It returns why the stream ended.
 func (s *Stream) Serve(ctx context.Context, w http.ResponseWriter, opts WriteOptions) string {
-	return s.serve(ctx, &responseSink{w: w, rc: http.NewResponseController(w), timeout: opts.WriteTimeout}, opts)
+	return s.serve(ctx, &responseSink{w: w, rc: http.NewResponseController(w), d: deadline{timeout: opts.WriteTimeout}}, opts)
 }
 
 // ServeConn writes the stream to conn, an HTTP/1.1 connection taken over
@@ -221,7 +221,7 @@ func (s *Stream) ServeConn(conn net.Conn, opts WriteOptions) string {
 		}
 	}()
 	defer gone()
-	return s.serve(ctx, &connSink{conn: conn, timeout: opts.WriteTimeout}, opts)
+	return s.serve(ctx, &connSink{conn: conn, d: deadline{timeout: opts.WriteTimeout}}, opts)
 }
 
 // A sink takes batches of frames, with a deadline on each write.
@@ -303,17 +303,13 @@ func (d *deadline) due() (time.Time, bool) {
 
 // connSink writes to a connection ssebridge took over.
 type connSink struct {
-	conn    net.Conn
-	timeout time.Duration
-	d       deadline
+	conn net.Conn
+	d    deadline
 }
 
 func (c *connSink) write(batch [][]byte) error {
 	if len(batch) == 0 {
 		return nil
-	}
-	if c.d.timeout == 0 {
-		c.d.timeout = c.timeout
 	}
 	if at, ok := c.d.due(); ok {
 		_ = c.conn.SetWriteDeadline(at)
@@ -327,18 +323,14 @@ func (c *connSink) write(batch [][]byte) error {
 
 // responseSink writes through net/http, with one flush per batch.
 type responseSink struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	timeout time.Duration
-	d       deadline
+	w  http.ResponseWriter
+	rc *http.ResponseController
+	d  deadline
 }
 
 func (r *responseSink) write(batch [][]byte) error {
 	if len(batch) == 0 {
 		return nil
-	}
-	if r.d.timeout == 0 {
-		r.d.timeout = r.timeout
 	}
 	if at, ok := r.d.due(); ok {
 		_ = r.rc.SetWriteDeadline(at)
