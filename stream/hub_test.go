@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -116,5 +118,26 @@ func TestHubReferencesBalance(t *testing.T) {
 	}
 	if h.Len() != 0 || len(h.users) != 0 || len(h.sessions) != 0 {
 		t.Fatal("the hub still knows closed streams")
+	}
+}
+
+// TestServeThroughNetHTTP covers the writer used when a connection cannot
+// be taken over (HTTP/2): frames in order, then the end.
+func TestServeThroughNetHTTP(t *testing.T) {
+	h, _ := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 8, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second, MarkInterval: time.Hour})
+	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Publish("user:alice", []byte(`{"event":"hi","data":"there"}`))
+	s.end(ReasonLogout, logoutFrame, true)
+	rec := httptest.NewRecorder()
+	if why := s.Serve(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second}); why != ReasonLogout {
+		t.Fatalf("ended for %q, want logout", why)
+	}
+	body := rec.Body.String()
+	want := "event: hi\ndata: there\n\nevent: logout\ndata: {}\n\n"
+	if !strings.HasPrefix(body, "retry: 1000\n") || !strings.HasSuffix(body, want) || !rec.Flushed {
+		t.Fatalf("body %q, flushed %v", body, rec.Flushed)
 	}
 }
