@@ -68,8 +68,9 @@ func (ev *events) stream(c echo.Context) error {
 				return nil
 			}
 			// A goroutine of the stream's own, so that net/http's, and the
-			// buffers it holds, go away now.
-			ev.o.Hub.Go(func() { ev.o.Hub.Close(s, s.ServeConn(conn, ev.o.Write)) })
+			// buffers it holds, go away now. It ends with the stream; the
+			// hub's Wait waits for that.
+			go func() { ev.o.Hub.Close(s, s.ServeConn(conn, ev.o.Write)) }()
 			return nil
 		}
 	}

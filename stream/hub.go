@@ -68,7 +68,9 @@ type Hub struct {
 	stopping bool
 
 	control chan control
-	writers sync.WaitGroup // the streams' own goroutines (ServeConn)
+	// Open streams, for Wait: added to in Open, under mu and only while
+	// not stopping, so never after Wait has begun; done in Close.
+	streams sync.WaitGroup
 
 	// seen is the newest durable id the feed delivered: a gap in the feed
 	// is filled from there. Only the feed's goroutine (Publish, Recover)
@@ -137,6 +139,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 		return nil, ErrTooManyForUser
 	}
 	h.open++
+	h.streams.Add(1)
 	addTo(h.users, spec.User, s)
 	addTo(h.sessions, spec.Session, s)
 	for _, c := range channels {
@@ -220,6 +223,11 @@ func (h *Hub) reset(ready []byte, pos store.Cursor, reason string) [][]byte {
 // ended. Its channels no longer needed by any stream are unsubscribed.
 func (h *Hub) Close(s *Stream, reason string) {
 	h.mu.Lock()
+	if s.closed {
+		h.mu.Unlock()
+		return
+	}
+	s.closed = true
 	channels := make([]string, 0, len(s.channels))
 	for c := range s.channels {
 		channels = append(channels, c)
@@ -232,6 +240,7 @@ func (h *Hub) Close(s *Stream, reason string) {
 	removeFrom(h.users, s.User, s)
 	removeFrom(h.sessions, s.session, s)
 	h.open--
+	h.streams.Done()
 	h.mu.Unlock()
 
 	h.sub.Release(channels...)
@@ -412,13 +421,12 @@ func (h *Hub) Shutdown() {
 	}
 }
 
-// Go runs a stream's writer on a goroutine of its own, which Wait waits for.
-func (h *Hub) Go(f func()) { h.writers.Go(f) }
-
-// Wait waits until every goroutine started with Go has returned, or ctx ends.
+// Wait waits until every stream opened has been closed, or ctx ends. After
+// Shutdown, that is every stream's writer having finished, whichever
+// goroutine runs it.
 func (h *Hub) Wait(ctx context.Context) error {
 	done := make(chan struct{})
-	go func() { h.writers.Wait(); close(done) }()
+	go func() { h.streams.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil

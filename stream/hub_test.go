@@ -141,3 +141,25 @@ func TestServeThroughNetHTTP(t *testing.T) {
 		t.Fatalf("body %q, flushed %v", body, rec.Flushed)
 	}
 }
+
+func TestHubWaitsForOpenStreams(t *testing.T) {
+	h, _ := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 8, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second, MarkInterval: time.Hour})
+	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Shutdown()
+	if _, err := h.Open(context.Background(), Spec{User: "bob", Session: "b"}); err != ErrShuttingDown {
+		t.Fatalf("open while stopping: %v", err)
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := h.Wait(done); err == nil {
+		t.Fatal("Wait returned while a stream is open")
+	}
+	h.Close(s, ReasonShutdown)
+	h.Close(s, ReasonShutdown) // twice is harmless
+	if err := h.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

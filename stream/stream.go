@@ -31,8 +31,10 @@ type Stream struct {
 	User    string
 	session string
 
-	// Guarded by the hub's mu: the channels the stream is subscribed to.
+	// Guarded by the hub's mu: the channels the stream is subscribed to, and
+	// whether Close has run.
 	channels map[string]struct{}
+	closed   bool
 
 	mu       sync.Mutex
 	queue    [][]byte // frames shared with every other stream they go to
