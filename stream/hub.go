@@ -185,14 +185,14 @@ func (h *Hub) opening(ctx context.Context, spec Spec, channels []string) ([][]by
 		if err != nil {
 			return nil, pos, err
 		}
-		return h.reset(ready, pos, store.ResetMalformed), pos, nil
+		return [][]byte{ready, h.resetFrame(pos, store.ResetMalformed)}, pos, nil
 	}
 	r, err := h.history.Since(ctx, channels, after)
 	if err != nil {
 		return nil, after, err
 	}
 	if r.Reset != "" {
-		return h.reset(ready, r.Position, r.Reset), r.Position, nil
+		return [][]byte{ready, h.resetFrame(r.Position, r.Reset)}, r.Position, nil
 	}
 	frames := [][]byte{ready}
 	size, last := 0, after
@@ -202,7 +202,7 @@ func (h *Hub) opening(ctx context.Context, spec Spec, channels []string) ([][]by
 			continue // refused when it was published live, refused again
 		}
 		if size += len(frame); size > h.opts.ReplayMaxBytes {
-			return h.reset(ready, r.Position, store.ResetTooLarge), r.Position, nil
+			return [][]byte{ready, h.resetFrame(r.Position, store.ResetTooLarge)}, r.Position, nil
 		}
 		frames = append(frames, frame)
 		last = ev.Cursor
@@ -211,12 +211,11 @@ func (h *Hub) opening(ctx context.Context, spec Spec, channels []string) ([][]by
 	return frames, last, nil
 }
 
-// reset tells the page that events were missed beyond recovery, so it
+// resetFrame tells the page that events were missed beyond recovery, so it
 // reloads its state, and moves its id to pos.
-func (h *Hub) reset(ready []byte, pos store.Cursor, reason string) [][]byte {
+func (h *Hub) resetFrame(pos store.Cursor, reason string) []byte {
 	h.metrics.Resets.WithLabelValues(reason).Inc()
-	reset := Envelope{Event: "reset", ID: pos.String(), Data: []byte(`{"reason":"` + reason + `"}`)}.Frame()
-	return [][]byte{ready, reset}
+	return Envelope{Event: "reset", ID: pos.String(), Data: []byte(`{"reason":"` + reason + `"}`)}.Frame()
 }
 
 // Close removes a stream that Serve has finished with and counts why it
@@ -333,7 +332,7 @@ func (h *Hub) Recover(ctx context.Context) {
 	}
 	if r.Reset != "" {
 		h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", r.Reset)
-		reset := h.reset(nil, r.Position, r.Reset)[1]
+		reset := h.resetFrame(r.Position, r.Reset)
 		for _, s := range streams {
 			s.resetTo(reset, r.Position)
 		}
