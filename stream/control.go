@@ -105,26 +105,26 @@ func (h *Hub) apply(ctx context.Context, c control) {
 }
 
 func (h *Hub) join(ctx context.Context, user, channel string) {
+	// Attached before Redis subscribes, so that nothing published once the
+	// subscription is in force can miss the stream.
 	h.mu.Lock()
-	var joined []*Stream
+	joined := 0
 	for s := range h.users[user] {
 		if _, ok := s.channels[channel]; !ok {
 			s.channels[channel] = struct{}{}
-			joined = append(joined, s)
+			h.attachLocked(s, channel)
+			joined++
 		}
 	}
 	h.mu.Unlock()
-	if len(joined) == 0 {
+	if joined == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// One reference per stream, as Close releases one per stream.
-	if err := h.sub.Retain(ctx, slices.Repeat([]string{channel}, len(joined))...); err != nil {
+	if err := h.sub.Retain(ctx, slices.Repeat([]string{channel}, joined)...); err != nil {
 		h.log.Warn("join: subscription not confirmed; it will be once Redis is back", "channel", channel, "err", err)
-	}
-	for _, s := range joined {
-		h.attach(s, []string{channel})
 	}
 }
 

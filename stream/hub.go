@@ -121,6 +121,7 @@ type Spec struct {
 // Redis cannot subscribe.
 func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	s := newStream(spec.User, spec.Session, h.opts.QueueEvents, h.opts.QueueBytes, h.metrics.Delivered)
+	s.replaying = true // set before anything can reach the stream
 	channels := []string{store.UserChannel(spec.User), store.BroadcastChannel}
 	for _, r := range spec.Rooms {
 		channels = append(channels, store.RoomChannel(r))
@@ -145,15 +146,19 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	for _, c := range channels {
 		s.channels[c] = struct{}{}
 	}
+	// Attached before Redis subscribes, so that nothing published once the
+	// subscriptions are in force can miss the stream; until the replay is
+	// queued, live events wait in s.held.
+	for _, c := range channels {
+		h.attachLocked(s, c)
+	}
 	h.mu.Unlock()
 	h.metrics.Open.Inc()
-	s.replaying = true // until the replay is queued; live events wait in s.held
 
 	if err := h.sub.Retain(ctx, channels...); err != nil {
 		h.Close(s, "")
 		return nil, fmt.Errorf("subscribing: %w", err)
 	}
-	h.attach(s, channels)
 	frames, last, err := h.opening(ctx, spec, channels)
 	if err != nil {
 		h.Close(s, "")
@@ -249,20 +254,12 @@ func (h *Hub) Close(s *Stream, reason string) {
 	}
 }
 
-// attach makes s receive the given channels, those of them it still wants:
-// a leave or a close may have come while Redis was subscribing.
-func (h *Hub) attach(s *Stream, channels []string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, c := range channels {
-		if _, ok := s.channels[c]; !ok {
-			continue
-		}
-		sh := h.shard(c)
-		sh.mu.Lock()
-		addTo(sh.subs, c, s)
-		sh.mu.Unlock()
-	}
+// attachLocked makes s receive channel; h.mu is held.
+func (h *Hub) attachLocked(s *Stream, channel string) {
+	sh := h.shard(channel)
+	sh.mu.Lock()
+	addTo(sh.subs, channel, s)
+	sh.mu.Unlock()
 }
 
 // Publish fans a message from Redis out to the streams of its channel. It
