@@ -191,7 +191,9 @@ func TestScale5000Streams(t *testing.T) {
 	rss := rssKiB(t, p.cmd.Process.Pid)
 	t.Logf("%d streams: %d Redis connections, %d Redis channels, RSS %d MiB (%.1f KiB per stream)",
 		n, ours, channels, rss/1024, float64(rss)/n)
-	if ours < 1 || ours > 9 { // the pub/sub connection and at most REDIS_POOL_SIZE (8) others
+	// The pub/sub connection and REDIS_POOL_SIZE (8) others, and one more
+	// that go-redis may dial while it fills the pool at start: a constant.
+	if ours < 1 || ours > 10 {
 		t.Errorf("%d Redis connections for %d streams; want a handful", ours, n)
 	}
 	if want := n + 10 + 2; channels != want { // users, rooms, broadcast, control

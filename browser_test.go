@@ -301,7 +301,7 @@ func TestBrowserFlow(t *testing.T) {
 		// Django has published them durably; wait until all three are in
 		// Redis before ssebridge comes back, so they are truly missed live.
 		eventually(t, 10*time.Second, "three more events in the lobby's history", func() bool {
-			return r.Client().XLen(context.Background(), "sse:history:room:lobby").Val() == 4
+			return r.Client().XLen(context.Background(), "sse:{room:lobby}:history").Val() == 4
 		})
 		sse = startBinary(top, vars)
 		want := []string{"alice: hello from alice", "alice: during the restart 1", "alice: during the restart 2", "alice: during the restart 3"}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/ssebridge/ssebridge/internal/redistest"
 	"github.com/ssebridge/ssebridge/internal/ssetest"
-	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // churn is a bounded run in which streams keep dropping and resuming with
@@ -36,7 +36,7 @@ type fault struct {
 }
 
 type delivery struct {
-	id     store.Cursor
+	id     wire.Cursor
 	ch     string
 	seq    int
 	resets int
@@ -157,7 +157,7 @@ func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
 							S int
 						}
 						_ = json.Unmarshal([]byte(ev.Data), &d)
-						id, _ := store.ParseCursor(ev.ID)
+						id, _ := wire.ParseCursor(ev.ID)
 						got[i] = append(got[i], delivery{id: id, ch: d.C, seq: d.S})
 					}
 				}
@@ -189,8 +189,8 @@ func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
 		for _, ch := range channelsOf(i) {
 			mine[ch] = true
 		}
-		seen := map[msg]store.Cursor{}
-		var prev store.Cursor
+		seen := map[msg]wire.Cursor{}
+		var prev wire.Cursor
 		for _, d := range got[i] {
 			if d.resets > 0 {
 				resets++

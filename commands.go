@@ -18,6 +18,7 @@ import (
 	"gopkg.in/cenkalti/backoff.v1"
 
 	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // publishCommand is `ssebridge publish`: a durable publish from a shell,
@@ -34,7 +35,7 @@ func publishCommand(ctx context.Context, args []string, stdout io.Writer) error 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := store.CheckChannel(*channel); err != nil {
+	if err := wire.CheckChannel(*channel); err != nil {
 		return fmt.Errorf("-channel: %w", err)
 	}
 	raw := json.RawMessage(*data)
@@ -50,7 +51,7 @@ func publishCommand(ctx context.Context, args []string, stdout io.Writer) error 
 		defer rdb.Close()
 		env, _ := json.Marshal(map[string]any{"event": *event, "data": raw})
 		// NewHistory's limits are not used here: the script reads them from Redis.
-		id, err := store.NewHistory(rdb, *prefix, 0, 0).Publish(ctx, *channel, env)
+		id, err := store.NewHistory(rdb, *prefix, 0, 0, 0).Publish(ctx, *channel, env)
 		if err != nil {
 			return err
 		}

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 func TestPublishCommand(t *testing.T) {
@@ -42,7 +42,7 @@ func TestPublishCommand(t *testing.T) {
 				t.Fatal(err)
 			}
 			id := strings.TrimSpace(out.String())
-			if _, err := store.ParseCursor(id); err != nil {
+			if _, err := wire.ParseCursor(id); err != nil {
 				t.Fatalf("printed %q, want the event id", id)
 			}
 			if ev := want(t, s, tt.event, tt.data); ev.ID != id {

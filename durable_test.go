@@ -15,6 +15,7 @@ import (
 
 	"github.com/ssebridge/ssebridge/internal/ssetest"
 	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // publishDurable runs the durable publish script as a backend does: from a
@@ -96,10 +97,10 @@ func TestDurableReset(t *testing.T) {
 	for i := 1; i < 10; i++ {
 		publishDurable(t, a.rdb, "room:lobby", fmt.Sprintf(`{"data":%d}`, i))
 	}
-	if n := a.rdb.XLen(context.Background(), "sse:history:room:lobby").Val(); n != 5 {
+	if n := a.rdb.XLen(context.Background(), "sse:{room:lobby}:history").Val(); n != 5 {
 		t.Fatalf("history holds %d events, want HISTORY_MAXLEN=5", n)
 	}
-	cur, _ := store.ParseCursor(first)
+	cur, _ := wire.ParseCursor(first)
 	tests := []struct{ name, lastID, reason string }{
 		{"malformed", "garbage", "malformed"},
 		{"no sequence", "abc:12", "malformed"},
@@ -112,7 +113,7 @@ func TestDurableReset(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := a.openResume(t, tok, tt.lastID)
 			ev := want(t, s, "reset", `{"reason":"`+tt.reason+`"}`)
-			if _, err := store.ParseCursor(ev.ID); err != nil {
+			if _, err := wire.ParseCursor(ev.ID); err != nil {
 				t.Fatalf("reset must carry a fresh id, got %q", ev.ID)
 			}
 			// Then live, from that id on.

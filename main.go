@@ -49,9 +49,13 @@ type Config struct {
 	HistoryMaxLen  int           `env:"HISTORY_MAXLEN" envDefault:"1000"`
 	HistoryTTL     time.Duration `env:"HISTORY_TTL" envDefault:"24h"`
 	ReplayMaxBytes int           `env:"REPLAY_MAX_BYTES" envDefault:"16777216"`
+	// Replayed bytes read from Redis and not yet written, all streams
+	// together: what a mass reconnect may hold in memory for replay.
+	ReplayInflightBytes int `env:"REPLAY_INFLIGHT_BYTES" envDefault:"67108864"`
 
 	MaxStreamsPerUser int `env:"MAX_STREAMS_PER_USER" envDefault:"16"`
 	MaxStreams        int `env:"MAX_STREAMS" envDefault:"100000"`
+	MaxRooms          int `env:"MAX_ROOMS" envDefault:"256"`
 	MaxEventBytes     int `env:"MAX_EVENT_BYTES" envDefault:"65536"`
 	MaxSessionBytes   int `env:"MAX_SESSION_BYTES" envDefault:"16384"`
 	StreamQueue       int `env:"STREAM_QUEUE" envDefault:"256"`
@@ -114,6 +118,7 @@ func loadConfig(environ map[string]string) (Config, error) {
 		"STREAM_QUEUE": int64(cfg.StreamQueue), "STREAM_QUEUE_BYTES": int64(cfg.StreamQueueBytes),
 		"REDIS_POOL_SIZE": int64(cfg.RedisPoolSize), "HISTORY_MAXLEN": int64(cfg.HistoryMaxLen),
 		"HISTORY_TTL": int64(cfg.HistoryTTL), "REPLAY_MAX_BYTES": int64(cfg.ReplayMaxBytes),
+		"REPLAY_INFLIGHT_BYTES": int64(cfg.ReplayInflightBytes), "MAX_ROOMS": int64(cfg.MaxRooms),
 	}
 	for name, v := range positive {
 		if v <= 0 {
@@ -175,7 +180,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	}
 	// A pool held open at its full size: an instance holds the same Redis
 	// connections with ten streams or a hundred thousand.
-	ropts.PoolSize, ropts.MinIdleConns = cfg.RedisPoolSize, cfg.RedisPoolSize
+	ropts.PoolSize, ropts.MinIdleConns, ropts.MaxActiveConns = cfg.RedisPoolSize, cfg.RedisPoolSize, cfg.RedisPoolSize
 	ropts.DialTimeout = 2 * time.Second
 	ropts.ClientName = "ssebridge" // so that CLIENT LIST shows what is ours
 	rdb := redis.NewClient(ropts)
@@ -186,14 +191,16 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 
 	feed := store.NewFeed(rdb, cfg.ChannelPrefix, cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
 	sessions := store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes)
-	history := store.NewHistory(rdb, cfg.ChannelPrefix, cfg.HistoryMaxLen, cfg.HistoryTTL)
+	history := store.NewHistory(rdb, cfg.ChannelPrefix, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL)
 	hub := stream.NewHub(feed, history, stream.Options{
-		MaxStreams:        cfg.MaxStreams,
-		MaxStreamsPerUser: cfg.MaxStreamsPerUser,
-		QueueEvents:       cfg.StreamQueue,
-		QueueBytes:        cfg.StreamQueueBytes,
-		MaxEventBytes:     cfg.MaxEventBytes,
-		ReplayMaxBytes:    cfg.ReplayMaxBytes,
+		MaxStreams:          cfg.MaxStreams,
+		MaxStreamsPerUser:   cfg.MaxStreamsPerUser,
+		MaxRooms:            cfg.MaxRooms,
+		QueueEvents:         cfg.StreamQueue,
+		QueueBytes:          cfg.StreamQueueBytes,
+		MaxEventBytes:       cfg.MaxEventBytes,
+		ReplayMaxBytes:      cfg.ReplayMaxBytes,
+		ReplayInflightBytes: cfg.ReplayInflightBytes,
 		// Well within HISTORY_TTL, so that a connected stream's id is never
 		// too old to resume from.
 		MarkInterval: cfg.HistoryTTL / 4,
@@ -209,6 +216,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		History:        history,
 		PublishToken:   cfg.PublishToken,
 		MaxEventBytes:  cfg.MaxEventBytes,
+		MaxRooms:       cfg.MaxRooms,
 		SessionCookie:  cfg.SessionCookie,
 		AllowedOrigins: cfg.AllowedOrigins,
 		Write:          stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
@@ -244,18 +252,30 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	done := make(chan struct{}, 3)
 	connected := func(ctx context.Context) {
 		// Redis may have restarted without its data: write the history
-		// settings again, then fetch what was published during the gap.
-		if err := history.Configure(ctx); err != nil {
+		// settings (and the durable marker) again, fetch what was published
+		// during the gap, and hold every stream to its session as it is now,
+		// since control messages sent meanwhile were lost.
+		if marker, err := history.Configure(ctx); err != nil {
 			log.Warn("history settings not written", "err", err)
+		} else {
+			feed.SetMarker(marker)
 		}
 		hub.Recover(ctx)
+		hub.RecheckSoon()
+	}
+	// Before the first stream: the publish script needs the marker, and the
+	// feed must know it. (Redis unreachable now: done once it connects.)
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	if marker, err := history.Configure(cctx); err == nil {
+		feed.SetMarker(marker)
+	}
+	cancel()
+	if err := hub.SubscribeControl(); err != nil {
+		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
 	go func() { feed.Run(workers, hub.Publish, connected); done <- struct{}{} }()
 	go func() { hub.Run(workers); done <- struct{}{} }()
-	go func() {
-		handlers.RecheckSessions(workers, hub, sessions, cfg.SessionRecheckInterval, log)
-		done <- struct{}{}
-	}()
+	go func() { hub.Recheck(workers, sessions, cfg.SessionRecheckInterval); done <- struct{}{} }()
 
 	if cfg.PprofAddr != "" {
 		// On its own listener, never on the public one.

@@ -29,7 +29,7 @@ func newPublisher(mode string, rdb *redis.Client, prefix, httpURL, httpKey, http
 			return rdb.Publish(ctx, prefix+channel, env).Err()
 		}, nil
 	case "script": // ssebridge's durable publish script
-		history := store.NewHistory(rdb, prefix, 0, 0)
+		history := store.NewHistory(rdb, prefix, 0, 0, 0)
 		return func(ctx context.Context, channel string, payload []byte) error {
 			env := append(append([]byte(`{"event":"bench","data":`), payload...), '}')
 			_, err := history.Publish(ctx, channel, env)

@@ -7,8 +7,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/ssebridge/ssebridge/store"
-	"github.com/ssebridge/ssebridge/stream"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // dev holds the try-out routes of embedded mode: the demo page logs in and
@@ -22,7 +21,7 @@ func (d *dev) info(c echo.Context) error {
 // login creates a session and sets its cookie, as the backend's login does.
 func (d *dev) login(c echo.Context) error {
 	user := strings.TrimSpace(c.FormValue("user"))
-	if err := store.CheckName(user); err != nil {
+	if err := wire.CheckName(user); err != nil {
 		return c.JSON(http.StatusBadRequest, map[string]string{"error": "user: " + err.Error()})
 	}
 	var rooms []string
@@ -30,13 +29,13 @@ func (d *dev) login(c echo.Context) error {
 		if r = strings.TrimSpace(r); r == "" {
 			continue
 		}
-		if err := store.CheckName(r); err != nil {
+		if err := wire.CheckName(r); err != nil {
 			return c.JSON(http.StatusBadRequest, map[string]string{"error": "rooms: " + err.Error()})
 		}
 		rooms = append(rooms, r)
 	}
 	const ttl = 24 * time.Hour
-	token, err := d.o.Sessions.Create(c.Request().Context(), store.Session{User: user, Rooms: rooms}, ttl)
+	token, err := d.o.Sessions.Create(c.Request().Context(), wire.Session{User: user, Rooms: rooms}, ttl)
 	if err != nil {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 	}
@@ -50,12 +49,12 @@ func (d *dev) login(c echo.Context) error {
 // publish publishes live on a logical channel, as the backend's PUBLISH does.
 func (d *dev) publish(c echo.Context) error {
 	channel := c.FormValue("channel")
-	if err := store.CheckChannel(channel); err != nil {
+	if err := wire.CheckChannel(channel); err != nil {
 		return c.JSON(http.StatusBadRequest, map[string]string{"error": err.Error()})
 	}
 	payload := []byte(c.FormValue("payload"))
 	if c.FormValue("durable") != "" {
-		if _, err := stream.ParseEnvelope(payload); err != nil {
+		if _, err := wire.ParseEnvelope(payload); err != nil {
 			return c.JSON(http.StatusBadRequest, map[string]string{"error": err.Error()})
 		}
 		id, err := d.o.History.Publish(c.Request().Context(), channel, payload)

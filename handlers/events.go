@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -11,8 +12,8 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/stream"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 type events struct {
@@ -23,6 +24,9 @@ type events struct {
 
 // stream serves GET /events: the EventSource stream.
 func (ev *events) stream(c echo.Context) error {
+	// Taken before the session is read: control messages published from
+	// here on reach the stream even if they arrive before it is registered.
+	ticket := ev.o.Hub.Ticket()
 	sess, rooms, err := ev.authorize(c)
 	if err != nil {
 		return err
@@ -31,7 +35,8 @@ func (ev *events) stream(c echo.Context) error {
 	if resume == "" {
 		resume = c.QueryParam("lastEventId") // for curl, and pages that keep the id themselves
 	}
-	s, err := ev.o.Hub.Open(c.Request().Context(), stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms, Resume: resume})
+	ctx := c.Request().Context()
+	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms, Resume: resume, Ticket: ticket})
 	switch {
 	case errors.Is(err, stream.ErrTooManyForUser):
 		return ev.refuseRetry(c, http.StatusTooManyRequests, "user_limit", "too many streams for this user")
@@ -39,6 +44,11 @@ func (ev *events) stream(c echo.Context) error {
 		return ev.refuseRetry(c, http.StatusTooManyRequests, "total_limit", "too many streams on this instance")
 	case errors.Is(err, stream.ErrShuttingDown):
 		return ev.refuseRetry(c, http.StatusServiceUnavailable, "shutdown", "shutting down")
+	case errors.Is(err, stream.ErrControlBacklog):
+		return ev.refuseRetry(c, http.StatusServiceUnavailable, "control_backlog", "too busy, try again")
+	case err != nil && ctx.Err() != nil:
+		ev.refused.WithLabelValues("client_gone").Inc() // nobody is left to answer
+		return nil
 	case err != nil:
 		ev.o.Log.Warn("stream refused: redis unavailable", "user", sess.User, "err", err)
 		return ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
@@ -53,6 +63,13 @@ func (ev *events) stream(c echo.Context) error {
 	// stream then costs its buffers and goroutine stack, not net/http's.
 	if c.Request().ProtoMajor == 1 {
 		if conn, brw, err := http.NewResponseController(c.Response().Writer).Hijack(); err == nil {
+			if brw.Reader.Buffered() > 0 {
+				// Bytes after the request: the client speaks on a stream,
+				// which no EventSource does.
+				conn.Close()
+				ev.o.Hub.Close(s, stream.ReasonUpload)
+				return nil
+			}
 			h.Set("Connection", "close") // the body runs until the connection closes
 			var head strings.Builder
 			head.WriteString("HTTP/1.1 200 OK\r\n")
@@ -96,20 +113,20 @@ func (ev *events) check(c echo.Context) error {
 
 // authorize checks the origin and the session, and returns the rooms the
 // stream asks for (all of the session's when it names none).
-func (ev *events) authorize(c echo.Context) (store.Session, []string, error) {
+func (ev *events) authorize(c echo.Context) (wire.Session, []string, error) {
 	if !ev.origins.admit(c) {
-		return store.Session{}, nil, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
+		return wire.Session{}, nil, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
 	}
 	token := ev.token(c)
 	if token == "" {
-		return store.Session{}, nil, ev.refuse(http.StatusUnauthorized, "no_token",
+		return wire.Session{}, nil, ev.refuse(http.StatusUnauthorized, "no_token",
 			"no session: send the "+ev.o.SessionCookie+" cookie or an Authorization: Bearer header")
 	}
 	sess, err := ev.o.Sessions.Lookup(c.Request().Context(), token)
 	switch {
-	case errors.Is(err, store.ErrNoSession):
+	case errors.Is(err, wire.ErrNoSession):
 		return sess, nil, ev.refuse(http.StatusUnauthorized, "unknown_session", "unknown or expired session")
-	case errors.Is(err, store.ErrBadSession):
+	case errors.Is(err, wire.ErrBadSession):
 		ev.o.Log.Warn("stream refused: malformed session in redis", "err", err)
 		return sess, nil, ev.refuse(http.StatusUnauthorized, "bad_session", err.Error())
 	case err != nil:
@@ -117,20 +134,21 @@ func (ev *events) authorize(c echo.Context) (store.Session, []string, error) {
 		return sess, nil, ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
 	}
 
-	param := c.QueryParam("rooms")
+	param := strings.Join(c.QueryParams()["rooms"], ",")
 	if param == "" {
-		return sess, sess.Rooms, nil
+		if len(sess.Rooms) > ev.o.MaxRooms {
+			return sess, nil, ev.refuse(http.StatusForbidden, "too_many_rooms",
+				fmt.Sprintf("the session lists %d rooms, more than MAX_ROOMS (%d): name the rooms with ?rooms=", len(sess.Rooms), ev.o.MaxRooms))
+		}
+		return sess, slices.Compact(slices.Sorted(slices.Values(sess.Rooms))), nil
 	}
-	var rooms []string
-	for _, r := range strings.Split(param, ",") {
-		if err := store.CheckName(r); err != nil {
-			return sess, nil, ev.refuse(http.StatusBadRequest, "bad_room", "rooms: "+err.Error())
-		}
-		if !slices.Contains(sess.Rooms, r) {
+	rooms, err := wire.ParseRooms(param, ev.o.MaxRooms)
+	if err != nil {
+		return sess, nil, ev.refuse(http.StatusBadRequest, "bad_room", "rooms: "+err.Error())
+	}
+	for _, r := range rooms {
+		if !sess.Allows(r) {
 			return sess, nil, ev.refuse(http.StatusForbidden, "room_not_allowed", "room "+strconv.Quote(r)+" is not in the session")
-		}
-		if !slices.Contains(rooms, r) {
-			rooms = append(rooms, r)
 		}
 	}
 	return sess, rooms, nil

@@ -25,6 +25,7 @@ type Options struct {
 	History        *store.History
 	PublishToken   string // bearer token of POST /publish; "" turns it off
 	MaxEventBytes  int
+	MaxRooms       int // rooms of one stream
 	SessionCookie  string
 	AllowedOrigins []string
 	Write          stream.WriteOptions

@@ -11,8 +11,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/ssebridge/ssebridge/store"
-	"github.com/ssebridge/ssebridge/stream"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // publisher serves POST /publish: durable publish for backends without
@@ -48,7 +47,7 @@ func (p *publisher) publish(c echo.Context) error {
 	if err := dec.Decode(&req); err != nil {
 		return echo.NewHTTPError(http.StatusBadRequest, `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
 	}
-	if err := store.CheckChannel(req.Channel); err != nil {
+	if err := wire.CheckChannel(req.Channel); err != nil {
 		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
 	}
 	if req.Data == nil {
@@ -61,7 +60,7 @@ func (p *publisher) publish(c echo.Context) error {
 	if len(envelope) > p.o.MaxEventBytes {
 		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("event is %d bytes, over MAX_EVENT_BYTES (%d)", len(envelope), p.o.MaxEventBytes))
 	}
-	if _, err := stream.ParseEnvelope(envelope); err != nil {
+	if _, err := wire.ParseEnvelope(envelope); err != nil {
 		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
 	}
 	id, err := p.o.History.Publish(c.Request().Context(), req.Channel, envelope)

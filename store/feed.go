@@ -13,13 +13,19 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/wire"
 )
 
-// Feed is the process's single Redis pub/sub connection. Streams share it:
-// it subscribes to a channel when the first stream needs it, unsubscribes
-// when the last one leaves, and after a lost connection resubscribes
-// everything. So an instance holds the same few Redis connections whether
-// it serves ten streams or a hundred thousand.
+// ErrFeedLost means the pub/sub connection was lost before Redis confirmed
+// the subscriptions that Sync waited for.
+var ErrFeedLost = errors.New("redis pub/sub connection lost")
+
+// Feed is the process's single Redis pub/sub connection. Streams share it,
+// so an instance holds the same few Redis connections whether it serves ten
+// streams or a hundred thousand. It subscribes and unsubscribes when told
+// (the hub decides, and serialises the calls per channel), confirms with
+// Sync, and after a lost connection resubscribes everything.
 type Feed struct {
 	rdb       *redis.Client
 	prefix    string
@@ -27,10 +33,11 @@ type Feed struct {
 	log       *slog.Logger
 	metrics   *FeedMetrics
 
-	mu   sync.Mutex // guards ps and refs, and orders SUBSCRIBE/UNSUBSCRIBE as refs change
-	ps   *redis.PubSub
-	refs map[string]int // logical channel name → streams that need it
+	mu       sync.Mutex // guards ps and channels; commands are written under it, in call order
+	ps       *redis.PubSub
+	channels map[string]struct{} // logical names this instance must be subscribed to
 
+	marker    atomic.Pointer[string] // the deployment's durable-framing marker
 	barrier   barrier
 	connected atomic.Bool
 }
@@ -66,92 +73,91 @@ func NewFeedMetrics(reg prometheus.Registerer) *FeedMetrics {
 // the connection has been quiet for pingEvery, and takes a connection whose
 // ping goes unanswered for another pingEvery as dead.
 func NewFeed(rdb *redis.Client, prefix string, pingEvery time.Duration, log *slog.Logger, m *FeedMetrics) *Feed {
-	return &Feed{
+	f := &Feed{
 		rdb:       rdb,
 		prefix:    prefix,
 		pingEvery: pingEvery,
 		log:       log,
 		metrics:   m,
 		ps:        rdb.Subscribe(context.Background()),
-		refs:      make(map[string]int),
+		channels:  make(map[string]struct{}),
 	}
+	f.marker.Store(new(string))
+	return f
 }
 
 // Connected reports whether the pub/sub connection is up and subscribed.
 func (f *Feed) Connected() bool { return f.connected.Load() }
 
-// Retain adds one reference to each channel and subscribes to those that had
-// none. It returns once Redis has confirmed the new subscriptions, so that an
-// event published after Retain returns is delivered. If Redis cannot be
-// reached the channels stay retained and are subscribed on reconnection.
-func (f *Feed) Retain(ctx context.Context, names ...string) error {
+// SetMarker sets the marker that durable messages carry (History.Configure
+// returns it). Until it is set, no message counts as durable.
+func (f *Feed) SetMarker(m string) { f.marker.Store(&m) }
+
+// Subscribe subscribes to channels. It only writes the command: Sync
+// confirms it. If Redis cannot be reached the channels stay in the set and
+// are subscribed when the connection is made again.
+func (f *Feed) Subscribe(names ...string) error {
 	f.mu.Lock()
-	var fresh []string
-	for _, n := range names {
-		f.refs[n]++
-		if f.refs[n] == 1 {
-			fresh = append(fresh, f.prefix+n)
-		}
+	defer f.mu.Unlock()
+	full := make([]string, len(names))
+	for i, n := range names {
+		f.channels[n] = struct{}{}
+		full[i] = f.prefix + n
 	}
-	if len(fresh) == 0 {
-		f.mu.Unlock()
-		return nil
+	f.metrics.Channels.Set(float64(len(f.channels)))
+	return f.ps.Subscribe(context.Background(), full...)
+}
+
+// Unsubscribe unsubscribes from channels.
+func (f *Feed) Unsubscribe(names ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	full := make([]string, len(names))
+	for i, n := range names {
+		delete(f.channels, n)
+		full[i] = f.prefix + n
 	}
-	f.metrics.Channels.Set(float64(len(f.refs)))
-	err := f.ps.Subscribe(ctx, fresh...)
-	var done <-chan struct{}
-	if err == nil {
-		// Redis answers in order: the reply to a PING sent after SUBSCRIBE
-		// proves the subscription is in force.
-		done, err = f.barrier.send(ctx, f.ps)
-	}
+	f.metrics.Channels.Set(float64(len(f.channels)))
+	// go-redis forgets the channels even if the command cannot be sent, so a
+	// reconnection will not bring them back.
+	_ = f.ps.Unsubscribe(context.Background(), full...)
+}
+
+// Sync returns once Redis has confirmed every Subscribe written before it:
+// from then on, whatever is published on those channels reaches Run. Redis
+// answers in order on the connection, so the reply to a PING written after
+// them is the proof.
+func (f *Feed) Sync(ctx context.Context) error {
+	f.mu.Lock()
+	done, err := f.barrier.send(ctx, f.ps)
 	f.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	select {
-	case <-done:
-		return nil
+	case err := <-done:
+		return err
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// Release drops one reference to each channel and unsubscribes from those
-// left with none.
-func (f *Feed) Release(names ...string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var gone []string
-	for _, n := range names {
-		f.refs[n]--
-		if f.refs[n] <= 0 {
-			delete(f.refs, n)
-			gone = append(gone, f.prefix+n)
-		}
-	}
-	if len(gone) == 0 {
-		return
-	}
-	f.metrics.Channels.Set(float64(len(f.refs)))
-	// go-redis forgets the channels even if the command cannot be sent, so a
-	// reconnection will not bring them back.
-	_ = f.ps.Unsubscribe(context.Background(), gone...)
-}
-
 // Run reads the pub/sub connection until ctx ends, handing each message to
-// deliver with its logical channel name. deliver must not block: it runs on
-// the one goroutine that reads for every stream of the process.
+// deliver with its logical channel name, its framing read; err is set (and
+// m zero) for a message that cannot be read, for the caller to count.
+// deliver must not block: it runs on the one goroutine that reads for
+// every stream of the process.
 //
 // connected runs on the same goroutine each time the connection is up and
 // subscribed, the first time and after every loss, before any message that
 // follows: what was published while it was down can be fetched there and
 // delivered ahead of what comes next.
-func (f *Feed) Run(ctx context.Context, deliver func(channel string, payload []byte), connected func(context.Context)) {
+func (f *Feed) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(context.Context)) {
 	defer func() {
 		f.mu.Lock()
 		_ = f.ps.Close()
 		f.mu.Unlock()
+		f.barrier.releaseAll(ErrFeedLost)
 	}()
 	backoff := newBackoff(100*time.Millisecond, 2*time.Second)
 	pingSent := false
@@ -182,9 +188,9 @@ func (f *Feed) Run(ctx context.Context, deliver func(channel string, payload []b
 				f.metrics.Reconnects.Inc()
 				f.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "err", err)
 			}
-			// Waiters would otherwise hang for a reply that will never come;
-			// their channels are resubscribed with the new connection.
-			f.barrier.releaseAll()
+			// Waiters would otherwise hang for a reply that will never
+			// come; they learn that their subscriptions are not confirmed.
+			f.barrier.releaseAll(ErrFeedLost)
 			if !sleep(ctx, backoff.next()) {
 				return
 			}
@@ -198,27 +204,28 @@ func (f *Feed) Run(ctx context.Context, deliver func(channel string, payload []b
 		switch m := msg.(type) {
 		case *redis.Message:
 			f.metrics.Messages.Inc()
-			deliver(strings.TrimPrefix(m.Channel, f.prefix), []byte(m.Payload))
+			w, err := wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
+			deliver(strings.TrimPrefix(m.Channel, f.prefix), w, err)
 		case *redis.Pong:
 			if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
-				f.barrier.release(seq)
+				f.barrier.release(seq, nil)
 			}
 		}
 	}
 }
 
 // redial replaces the pub/sub connection with a new one subscribed to every
-// retained channel.
+// channel in the set.
 func (f *Feed) redial(ctx context.Context) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	_ = f.ps.Close()
 	f.ps = f.rdb.Subscribe(ctx)
-	if len(f.refs) == 0 {
+	if len(f.channels) == 0 {
 		return
 	}
-	channels := make([]string, 0, len(f.refs))
-	for n := range f.refs {
+	channels := make([]string, 0, len(f.channels))
+	for n := range f.channels {
 		channels = append(channels, f.prefix+n)
 	}
 	_ = f.ps.Subscribe(ctx, channels...)
@@ -227,25 +234,26 @@ func (f *Feed) redial(ctx context.Context) {
 func (f *Feed) channelCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.refs)
+	return len(f.channels)
 }
 
 // barrier matches PING replies to the callers waiting for them.
 type barrier struct {
 	mu      sync.Mutex
 	seq     uint64
-	waiters map[uint64]chan struct{}
+	waiters map[uint64]chan error
 }
 
 // send writes a PING carrying a new sequence number and returns a channel
-// closed when its reply (or any later one) arrives.
-func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan struct{}, error) {
+// that gets nil when its reply (or any later one) arrives, or an error when
+// the connection is lost first.
+func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan error, error) {
 	b.mu.Lock()
 	b.seq++
 	seq := b.seq
-	done := make(chan struct{})
+	done := make(chan error, 1)
 	if b.waiters == nil {
-		b.waiters = make(map[uint64]chan struct{})
+		b.waiters = make(map[uint64]chan error)
 	}
 	b.waiters[seq] = done
 	b.mu.Unlock()
@@ -258,18 +266,18 @@ func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan struct{}, 
 	return done, nil
 }
 
-func (b *barrier) release(upTo uint64) {
+func (b *barrier) release(upTo uint64, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for seq, ch := range b.waiters {
 		if seq <= upTo {
-			close(ch)
+			ch <- err
 			delete(b.waiters, seq)
 		}
 	}
 }
 
-func (b *barrier) releaseAll() { b.release(^uint64(0)) }
+func (b *barrier) releaseAll(err error) { b.release(^uint64(0), err) }
 
 func isTimeout(err error) bool {
 	var ne net.Error

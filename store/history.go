@@ -2,13 +2,15 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	_ "embed"
-	"errors"
+	"encoding/hex"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // PublishScript is the durable publish script, as a backend runs it:
@@ -17,70 +19,70 @@ import (
 //go:embed publish.lua
 var PublishScript string
 
+//go:embed read.lua
+var readScript string
+
 // History keeps each channel's recent durable events in a capped Redis
 // stream, so that a stream that reconnects with its last id gets what it
-// missed, and so that a Redis gap can be filled.
+// missed, and so that a gap in the pub/sub feed can be filled.
 type History struct {
-	rdb    *redis.Client
-	prefix string
-	maxlen int
-	ttl    time.Duration
-	script *redis.Script
+	rdb      *redis.Client
+	prefix   string
+	maxlen   int
+	maxBytes int
+	ttl      time.Duration
+	publish  *redis.Script
+	read     *redis.Script
 }
-
-// Durable is one event read back from history.
-type Durable struct {
-	Cursor   Cursor
-	Channel  string
-	Envelope []byte
-}
-
-// Replay is what a stream that resumes must send before it goes live.
-type Replay struct {
-	Events   []Durable // after the resume cursor, in order
-	Position Cursor    // the newest durable id now
-	Reset    string    // why the cursor cannot be resumed; "" when it can
-}
-
-// Reasons a resume cursor cannot be honoured.
-const (
-	ResetMalformed = "malformed" // not a cursor
-	ResetEpoch     = "epoch"     // from before Redis lost its data, or from another Redis
-	ResetFuture    = "foreign"   // newer than any event: not from this Redis
-	ResetTooOld    = "too_old"   // older than HISTORY_TTL
-	ResetTrimmed   = "trimmed"   // events after it were trimmed by HISTORY_MAXLEN
-	ResetTooLarge  = "too_large" // more to replay than REPLAY_MAX_BYTES
-)
 
 // NewHistory returns the history of channels named prefix+name, keeping
-// maxlen events per channel for ttl after the channel's last publish.
-func NewHistory(rdb *redis.Client, prefix string, maxlen int, ttl time.Duration) *History {
-	return &History{rdb: rdb, prefix: prefix, maxlen: maxlen, ttl: ttl, script: redis.NewScript(PublishScript)}
+// maxlen events per channel for ttl after the channel's last publish, and
+// refusing envelopes over maxBytes.
+func NewHistory(rdb *redis.Client, prefix string, maxlen, maxBytes int, ttl time.Duration) *History {
+	return &History{
+		rdb: rdb, prefix: prefix, maxlen: maxlen, maxBytes: maxBytes, ttl: ttl,
+		publish: redis.NewScript(PublishScript),
+		read:    redis.NewScript(readScript),
+	}
 }
 
-// Configure writes maxlen and ttl where the publish script reads them, so a
-// backend calling the script needs to know neither.
-func (h *History) Configure(ctx context.Context) error {
-	err := h.rdb.HSet(ctx, h.prefix+"config", "maxlen", h.maxlen, "ttl", int(h.ttl.Seconds())).Err()
-	if err != nil {
-		return fmt.Errorf("writing history config: %w", err)
+// Configure writes maxlen, ttl and the size limit where the publish script reads them, so a
+// backend calling the script needs to know neither, and makes sure the
+// deployment has a marker for durable framing. It returns the marker: the
+// one already there, or a new random one if Redis had none (first start,
+// or Redis lost its data). Every instance so reads the same marker.
+func (h *History) Configure(ctx context.Context) (marker string, err error) {
+	key := h.prefix + "config"
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
 	}
-	return nil
+	var get *redis.StringCmd
+	_, err = h.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key, "maxlen", h.maxlen, "ttl", int(h.ttl.Seconds()), "maxbytes", h.maxBytes)
+		p.HSetNX(ctx, key, "marker", hex.EncodeToString(b))
+		get = p.HGet(ctx, key, "marker")
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("writing history config: %w", err)
+	}
+	return get.Val(), nil
 }
 
 // Publish appends envelope to channel's history and publishes it live, in
 // one atomic step, and returns its id.
-func (h *History) Publish(ctx context.Context, channel string, envelope []byte) (Cursor, error) {
-	s, err := h.script.Run(ctx, h.rdb, nil, h.prefix, channel, envelope).Text()
+func (h *History) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+	s, err := h.publish.Run(ctx, h.rdb, nil, h.prefix, channel, envelope).Text()
 	if err != nil {
-		return Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
-	return ParseCursor(s)
+	return wire.ParseCursor(s)
 }
 
 // Position takes a new id that follows every durable event published so
 // far: where a new stream starts.
-func (h *History) Position(ctx context.Context) (Cursor, error) {
+func (h *History) Position(ctx context.Context) (wire.Cursor, error) {
 	return h.Publish(ctx, "", nil)
 }
 
@@ -92,74 +94,93 @@ func (h *History) Mark(ctx context.Context, channel string) error {
 	return err
 }
 
-// Since returns the durable events of channels after cursor, in order, in
-// one round trip; or, when they cannot all be had, why the stream must reset.
-func (h *History) Since(ctx context.Context, channels []string, after Cursor) (Replay, error) {
-	var (
-		pos   *redis.StringCmd
-		clock *redis.TimeCmd
-		xr    = make([]*redis.XMessageSliceCmd, len(channels))
-		trim  = make([]*redis.StringCmd, len(channels))
-	)
-	start := Cursor{Epoch: after.Epoch, MS: after.MS, N: after.N + 1}.entryID()
-	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		pos = p.Get(ctx, h.prefix+"position")
-		clock = p.Time(ctx)
-		for i, ch := range channels {
-			key := h.prefix + "history:" + ch
-			xr[i] = p.XRange(ctx, key, start, "+")
-			trim[i] = p.Get(ctx, key+":trimmed")
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return Replay{}, fmt.Errorf("reading history: %w", err)
+// pageEvents bounds the events of one page, as maxBytes bounds their size:
+// it keeps each script call short, since Redis runs nothing else meanwhile.
+const pageEvents = 1000
+
+// Read returns one page of the durable events of channels, each after its
+// own cursor in after, up to until (zero on a first read: the newest id
+// now), in order, up to about maxBytes of envelopes. On a first read it
+// also says when the cursors cannot be honoured (Page.Reset). Each page is
+// one script call, atomic; pages read up to the same until add up to one
+// consistent snapshot.
+func (h *History) Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error) {
+	if len(after) != len(channels) {
+		return wire.Page{}, fmt.Errorf("reading history: %d cursors for %d channels", len(after), len(channels))
 	}
-	if pos.Val() == "" {
-		// Redis lost its data (or was never used): the cursor is from
+	args := make([]any, 0, 4+2*len(channels))
+	untilID := ""
+	if !until.IsZero() {
+		untilID = until.EntryID()
+	}
+	args = append(args, h.prefix, maxBytes, pageEvents, untilID)
+	for i, ch := range channels {
+		args = append(args, ch, after[i].EntryID())
+	}
+	res, err := h.read.Run(ctx, h.rdb, nil, args...).Slice()
+	if err != nil {
+		return wire.Page{}, fmt.Errorf("reading history: %w", err)
+	}
+	if len(res) != 5 {
+		return wire.Page{}, fmt.Errorf("reading history: %d values from the script, want 5", len(res))
+	}
+	pos, _ := res[0].(string)
+	now, _ := res[1].(int64)
+	done, _ := res[2].(int64)
+	trimmed, _ := res[3].([]any)
+	flat, _ := res[4].([]any)
+
+	if pos == "" {
+		// Redis lost its data (or was never used): the cursors are from
 		// another epoch. Start a new one.
 		position, err := h.Position(ctx)
-		return Replay{Position: position, Reset: ResetEpoch}, err
+		return wire.Page{Position: position, Reset: wire.ResetEpoch}, err
 	}
-	position, err := ParseCursor(pos.Val())
+	position, err := wire.ParseCursor(pos)
 	if err != nil {
-		return Replay{}, fmt.Errorf("reading history: position %q: %w", pos.Val(), err)
+		return wire.Page{}, fmt.Errorf("reading history: cursor %q: %w", pos, err)
 	}
-	r := Replay{Position: position}
-	switch {
-	case after.Epoch != position.Epoch:
-		r.Reset = ResetEpoch
-	case position.Before(after):
-		r.Reset = ResetFuture
-	case after.MS+uint64(h.ttl.Milliseconds()) < uint64(clock.Val().UnixMilli()):
-		r.Reset = ResetTooOld
-	}
-	if r.Reset != "" {
-		return r, nil
-	}
-	for i, ch := range channels {
-		if w := trim[i].Val(); w != "" {
-			if trimmed, err := parseEntryID(after.Epoch, w); err == nil && after.Before(trimmed) {
-				return Replay{Position: position, Reset: ResetTrimmed}, nil
-			}
+	p := wire.Page{Position: position, More: done == 0}
+	if !until.IsZero() {
+		if until.Epoch != position.Epoch {
+			return wire.Page{Position: position, Reset: wire.ResetEpoch}, nil
 		}
-		for _, m := range xr[i].Val() {
-			c, err := parseEntryID(after.Epoch, m.ID)
-			env, ok := m.Values["e"].(string)
-			if err != nil || !ok {
-				continue // not written by publish.lua
-			}
-			r.Events = append(r.Events, Durable{Cursor: c, Channel: ch, Envelope: []byte(env)})
-		}
+		p.Position = until
+	} else if p.Reset = h.check(after, position, now, trimmed); p.Reset != "" {
+		return wire.Page{Position: position, Reset: p.Reset}, nil
 	}
-	slices.SortFunc(r.Events, func(a, b Durable) int {
+	for i := 0; i+2 < len(flat); i += 3 {
+		idx, _ := flat[i].(int64)
+		id, _ := flat[i+1].(string)
+		env, _ := flat[i+2].(string)
+		c, err := wire.ParseEntryID(position.Epoch, id)
+		if err != nil || idx < 1 || int(idx) > len(channels) || env == "" {
+			continue // not written by publish.lua
+		}
+		p.Events = append(p.Events, wire.Durable{Cursor: c, Channel: channels[idx-1], Envelope: []byte(env)})
+	}
+	return p, nil
+}
+
+// check says why cursors cannot be resumed against the current position,
+// or "".
+func (h *History) check(after []wire.Cursor, position wire.Cursor, nowMS int64, trimmed []any) string {
+	for i, a := range after {
 		switch {
-		case a.Cursor.Before(b.Cursor):
-			return -1
-		case b.Cursor.Before(a.Cursor):
-			return 1
+		case a.Epoch != position.Epoch:
+			return wire.ResetEpoch
+		case position.Before(a):
+			return wire.ResetFuture
+		case a.MS+uint64(h.ttl.Milliseconds()) < uint64(nowMS):
+			return wire.ResetTooOld
 		}
-		return 0
-	})
-	return r, nil
+		if i < len(trimmed) {
+			if w, _ := trimmed[i].(string); w != "" {
+				if t, err := wire.ParseEntryID(a.Epoch, w); err == nil && a.Before(t) {
+					return wire.ResetTrimmed
+				}
+			}
+		}
+	}
+	return ""
 }

@@ -7,7 +7,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Publisher publishes events into Redis as a backend would.
+// Publisher publishes live events into Redis as a backend would.
 type Publisher struct {
 	rdb    *redis.Client
 	prefix string

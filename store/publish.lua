@@ -1,5 +1,6 @@
--- ssebridge durable publish (store/publish.lua, embedded in the binary): append an event to its channel's history and
--- publish it live with its new id, in one atomic step.
+-- ssebridge durable publish (store/publish.lua, embedded in the binary):
+-- append an event to its channel's history and publish it live with its new
+-- id, in one atomic step.
 --
 --   EVALSHA <sha> 0 <prefix> <channel> <envelope>
 --   EVAL "<this file>" 0 sse: room:lobby '{"event":"chat","data":{"text":"hi"}}'
@@ -15,23 +16,34 @@
 -- stay within the retention.
 --
 -- Keys (all under prefix; named here, not passed as KEYS, so that a backend
--- calls the script with 0 keys; hence no Redis Cluster):
---   <prefix>position         the id of the last durable event, on every channel
---   <prefix>config           hash: maxlen, ttl (written by ssebridge at start)
---   <prefix>history:<channel>          a stream: the channel's last maxlen events
---   <prefix>history:<channel>:trimmed  the id of the newest event trimmed from it
+-- calls the script with 0 keys). A channel's two keys share the hash tag
+-- {<channel>}; channel names never hold braces, so no channel's keys can be
+-- another's:
+--   <prefix>cursor                  the id of the last durable event, on every channel
+--   <prefix>config                  hash: maxlen, ttl, maxbytes, marker (written by ssebridge when it connects)
+--   <prefix>{<channel>}:history     a stream: the channel's last maxlen events
+--   <prefix>{<channel>}:trimmed     the id of the newest event trimmed from it
+--
+-- The live message is framed "\0<marker> <id>\n<envelope>". The marker is a
+-- random value that ssebridge writes into config; a payload published raw
+-- cannot carry it, so it cannot pose as a durable event.
 --
 -- Ids grow across all channels together (milliseconds from the server's clock,
 -- then a counter within the millisecond), so one id is a cursor over every
 -- channel a browser's stream has. The epoch changes if Redis loses the
--- position key (a restart without persistence): older ids then mean nothing.
+-- cursor key (a restart without persistence): older ids then mean nothing.
 local prefix, channel, envelope = ARGV[1], ARGV[2], ARGV[3]
-local posKey = prefix .. 'position'
-local histKey = prefix .. 'history:' .. channel
-local trimKey = histKey .. ':trimmed'
-
-local maxlen = tonumber(redis.call('HGET', prefix .. 'config', 'maxlen')) or 1000
-local ttl = tonumber(redis.call('HGET', prefix .. 'config', 'ttl')) or 86400
+local conf = redis.call('HMGET', prefix .. 'config', 'maxlen', 'ttl', 'marker', 'maxbytes')
+local maxlen, ttl, marker, maxbytes = tonumber(conf[1]) or 1000, tonumber(conf[2]) or 86400, conf[3], tonumber(conf[4]) or 65536
+if not marker then
+  return redis.error_reply('ssebridge has not written ' .. prefix .. 'config yet: start ssebridge (it writes it when it connects to Redis), then publish')
+end
+if #envelope > maxbytes then
+  return redis.error_reply('envelope is ' .. #envelope .. ' bytes, over MAX_EVENT_BYTES (' .. maxbytes .. ')')
+end
+local posKey = prefix .. 'cursor'
+local histKey = prefix .. '{' .. channel .. '}:history'
+local trimKey = prefix .. '{' .. channel .. '}:trimmed'
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -55,9 +67,10 @@ local id = string.format('%d-%d', ms, n)
 local cursor = epoch .. ':' .. id
 
 redis.call('SET', posKey, cursor)
+local frame = '\0' .. marker .. ' ' .. cursor .. '\n'
 if envelope == '' then
   if channel ~= '' then
-    redis.call('PUBLISH', prefix .. channel, '\0' .. cursor .. '\n')
+    redis.call('PUBLISH', prefix .. channel, frame)
   end
   return cursor
 end
@@ -71,5 +84,5 @@ elseif redis.call('EXISTS', trimKey) == 1 then
   redis.call('EXPIRE', trimKey, ttl)
 end
 redis.call('EXPIRE', histKey, ttl)
-redis.call('PUBLISH', prefix .. channel, '\0' .. cursor .. '\n' .. envelope)
+redis.call('PUBLISH', prefix .. channel, frame .. envelope)
 return cursor

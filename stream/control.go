@@ -2,147 +2,163 @@ package stream
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
-	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
-// ErrBadControl and ErrBacklog label refused control messages.
-var (
-	ErrBadControl = errors.New("bad_control")
-	ErrBacklog    = errors.New("control_backlog")
-)
+// ErrControlBacklog means more control messages arrived while a stream was
+// being opened than the hub remembers, so it cannot know which of them
+// concern the stream: the stream is refused, to be retried.
+var ErrControlBacklog = errors.New("too many control messages while the stream was opening")
 
-// control is a message on the control channel: the backend changing what a
-// user's open streams receive.
-type control struct {
-	Op   string `json:"op"`
-	User string `json:"user"`
-	Room string `json:"room"`
+// errTooManyRooms labels a join refused because the stream has MaxRooms.
+var errTooManyRooms = errors.New("too_many_rooms")
+
+// controlLogSize is how many control messages the hub remembers for the
+// streams being opened.
+const controlLogSize = 4096
+
+// Ticket marks a point in the sequence of control messages.
+type Ticket struct {
+	seq uint64
+	set bool
 }
 
-func parseControl(payload []byte) (control, error) {
-	var c control
-	if err := json.Unmarshal(payload, &c); err != nil {
-		return c, fmt.Errorf("%w: not a JSON object: %v", ErrBadControl, err)
+// Ticket returns the current point in the sequence of control messages.
+// Taken before a session is read and given to Open, it lets Open apply to
+// the new stream what was published in between.
+func (h *Hub) Ticket() Ticket {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return Ticket{seq: h.controls.seq, set: true}
+}
+
+// controlLog is a ring of the latest control messages. Guarded by Hub.mu.
+type controlLog struct {
+	seq  uint64 // of the newest message
+	ring [controlLogSize]wire.Control
+}
+
+func (l *controlLog) add(c wire.Control) {
+	l.seq++
+	l.ring[l.seq%controlLogSize] = c
+}
+
+// since returns the messages for user after t, and false if some of them
+// are no longer in the ring.
+func (l *controlLog) since(t Ticket, user string) ([]wire.Control, bool) {
+	if !t.set {
+		return nil, true
 	}
-	if err := store.CheckName(c.User); err != nil {
-		return c, fmt.Errorf("%w: user: %v", ErrBadControl, err)
+	if l.seq-t.seq >= controlLogSize {
+		return nil, false
 	}
-	switch c.Op {
-	case "join", "leave":
-		if err := store.CheckName(c.Room); err != nil {
-			return c, fmt.Errorf("%w: room: %v", ErrBadControl, err)
+	var out []wire.Control
+	for seq := t.seq + 1; seq <= l.seq; seq++ {
+		if c := l.ring[seq%controlLogSize]; c.User == user {
+			out = append(out, c)
 		}
-	case "logout":
-	default:
-		return c, fmt.Errorf("%w: unknown op %q (want join, leave or logout)", ErrBadControl, c.Op)
 	}
-	return c, nil
+	return out, true
 }
 
-// enqueueControl hands a control message to Run. Joining a room waits for
-// Redis to confirm the subscription, which the goroutine that reads Redis
-// cannot wait for itself.
-func (h *Hub) enqueueControl(payload []byte) {
-	c, err := parseControl(payload)
-	if err != nil {
-		h.drop(store.ControlChannel, err)
+// control applies a control message to the user's open streams, at once, on
+// the feed's goroutine: nothing in it waits for Redis (a join's
+// subscription is confirmed by the stream's own writer), so no message is
+// queued, dropped or held behind another. Streams still being opened get it
+// when Open has attached them.
+func (h *Hub) control(c wire.Control) {
+	h.mu.Lock()
+	h.controls.add(c)
+	var now []*Stream
+	for s := range h.users[c.User] {
+		if s.attaching {
+			s.pending = append(s.pending, c)
+			continue
+		}
+		now = append(now, s)
+	}
+	h.mu.Unlock()
+	h.metrics.Control.WithLabelValues(c.Op).Inc()
+	for _, s := range now {
+		h.apply(s, c)
+	}
+}
+
+func (h *Hub) apply(s *Stream, c wire.Control) {
+	switch c.Op {
+	case wire.OpLogout:
+		s.end(ReasonLogout, logoutFrame, true)
+	case wire.OpJoin:
+		h.join(s, wire.RoomChannel(c.Room))
+	case wire.OpLeave:
+		h.leave(s, wire.RoomChannel(c.Room))
+	}
+}
+
+// join attaches s to a room's channel. What the channel carries from the
+// join on must reach the stream, durable events included, even those
+// published before Redis has the subscription in force: so the stream
+// holds live events and its writer, once the subscription is confirmed,
+// replays the channel from the newest id the feed had delivered when the
+// join was applied, then lets live events flow again.
+func (h *Hub) join(s *Stream, channel string) {
+	if s.has(channel) {
 		return
 	}
-	select {
-	case h.control <- c:
-	default:
-		h.drop(store.ControlChannel, fmt.Errorf("%w: %d control messages waiting", ErrBacklog, cap(h.control)))
+	if h.roomCount(s) >= h.opts.MaxRooms {
+		h.drop(wire.ControlChannel, fmt.Errorf("%w: user %s already has %d rooms on a stream (MAX_ROOMS)", errTooManyRooms, s.User, h.opts.MaxRooms))
+		return
+	}
+	s.rewind(channel, *h.seen.Load())
+	if _, err := h.attach(s, channel); err != nil {
+		// The feed resubscribes once Redis is back; meanwhile the writer's
+		// Sync fails and ends the stream, to resume from its own id.
+		h.log.Warn("join: subscription not written", "channel", channel, "err", err)
 	}
 }
 
-// Run subscribes to the control channel and applies control messages until
-// ctx ends. Every MarkInterval it also moves idle streams' ids on, through
-// Redis, so that they arrive behind every event published before them.
-func (h *Hub) Run(ctx context.Context) {
-	if err := h.sub.Retain(ctx, store.ControlChannel); err != nil && ctx.Err() == nil {
-		h.log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
+// leave detaches s from a room's channel at once, and forgets what of it
+// was waiting to be written: access ends when the leave is applied.
+func (h *Hub) leave(s *Stream, channel string) {
+	if h.detach(s, channel) {
+		s.drop(channel)
 	}
-	defer h.sub.Release(store.ControlChannel)
+}
+
+func (h *Hub) roomCount(s *Stream) int {
+	n := 0
+	for _, c := range s.channelList() {
+		if _, ok := wire.RoomOf(c); ok {
+			n++
+		}
+	}
+	return n
+}
+
+// Run moves idle streams' ids on every MarkInterval, through Redis, so that
+// they arrive behind every event published before them and no connected
+// stream's id grows older than the retention. It returns when ctx ends.
+func (h *Hub) Run(ctx context.Context) {
 	mark := time.NewTicker(h.opts.MarkInterval)
 	defer mark.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case c := <-h.control:
-			h.apply(ctx, c)
 		case <-mark.C:
 			if h.Len() == 0 {
 				continue
 			}
-			if err := h.history.Mark(ctx, store.BroadcastChannel); err != nil {
+			if err := h.history.Mark(ctx, wire.BroadcastChannel); err != nil {
 				h.log.Warn("moving stream ids on", "err", err)
 			}
 		}
 	}
 }
 
-func (h *Hub) apply(ctx context.Context, c control) {
-	switch c.Op {
-	case "logout":
-		h.mu.Lock()
-		streams := collect(h.users[c.User])
-		h.mu.Unlock()
-		for _, s := range streams {
-			s.end(ReasonLogout, logoutFrame, true)
-		}
-	case "join":
-		h.join(ctx, c.User, store.RoomChannel(c.Room))
-	case "leave":
-		h.leave(c.User, store.RoomChannel(c.Room))
-	}
-}
-
-func (h *Hub) join(ctx context.Context, user, channel string) {
-	// Attached before Redis subscribes, so that nothing published once the
-	// subscription is in force can miss the stream.
-	h.mu.Lock()
-	joined := 0
-	for s := range h.users[user] {
-		if _, ok := s.channels[channel]; !ok {
-			s.channels[channel] = struct{}{}
-			h.attachLocked(s, channel)
-			joined++
-		}
-	}
-	h.mu.Unlock()
-	if joined == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	// One reference per stream, as Close releases one per stream.
-	if err := h.sub.Retain(ctx, slices.Repeat([]string{channel}, joined)...); err != nil {
-		h.log.Warn("join: subscription not confirmed; it will be once Redis is back", "channel", channel, "err", err)
-	}
-}
-
-func (h *Hub) leave(user, channel string) {
-	h.mu.Lock()
-	var left int
-	for s := range h.users[user] {
-		if _, ok := s.channels[channel]; ok {
-			delete(s.channels, channel)
-			sh := h.shard(channel)
-			sh.mu.Lock()
-			removeFrom(sh.subs, channel, s)
-			sh.mu.Unlock()
-			left++
-		}
-	}
-	h.mu.Unlock()
-	if left > 0 {
-		h.sub.Release(slices.Repeat([]string{channel}, left)...)
-	}
-}
+// SubscribeControl makes Redis send the control channel, before any stream.
+func (h *Hub) SubscribeControl() error { return h.sub.Subscribe(wire.ControlChannel) }

@@ -5,28 +5,32 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // Subscriber keeps Redis subscribed to the channels the hub's streams need.
 // store.Feed is the real one; the hub's unit tests use a fake.
 type Subscriber interface {
-	Retain(ctx context.Context, channels ...string) error
-	Release(channels ...string)
+	// Subscribe and Unsubscribe write the command; the hub calls them
+	// serialised per channel, in the order membership changed.
+	Subscribe(channels ...string) error
+	Unsubscribe(channels ...string)
+	// Sync returns once every Subscribe written before it is in force.
+	Sync(ctx context.Context) error
 }
 
 // History reads durable events back. store.History is the real one; the
 // hub's unit tests use a fake.
 type History interface {
-	Position(ctx context.Context) (store.Cursor, error)
+	Position(ctx context.Context) (wire.Cursor, error)
 	Mark(ctx context.Context, channel string) error
-	Since(ctx context.Context, channels []string, after store.Cursor) (store.Replay, error)
+	Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error)
 }
 
 // Errors Hub.Open returns.
@@ -34,23 +38,32 @@ var (
 	ErrTooManyStreams = errors.New("too many streams on this instance")
 	ErrTooManyForUser = errors.New("too many streams for this user")
 	ErrShuttingDown   = errors.New("shutting down")
+	// ErrNotSubscribed wraps the feed's error when Redis did not confirm the
+	// stream's subscriptions.
+	ErrNotSubscribed = errors.New("subscriptions not confirmed by redis")
 )
 
 // Options are the hub's limits.
 type Options struct {
-	MaxStreams        int           // open streams on this instance
-	MaxStreamsPerUser int           // open streams of one user
-	QueueEvents       int           // events queued per stream before it counts as slow
-	QueueBytes        int           // bytes queued per stream before it counts as slow
-	MaxEventBytes     int           // largest published payload
-	ReplayMaxBytes    int           // most a resuming stream replays; past it, reset
-	MarkInterval      time.Duration // how often idle streams' ids are moved on
-	Retry             time.Duration // the retry: hint sent to browsers
+	MaxStreams          int           // open streams on this instance
+	MaxStreamsPerUser   int           // open streams of one user
+	MaxRooms            int           // rooms of one stream
+	QueueEvents         int           // events queued per stream before it counts as slow
+	QueueBytes          int           // bytes queued per stream before it counts as slow
+	MaxEventBytes       int           // largest published payload
+	ReplayMaxBytes      int           // most one catch-up replays; past it, reset
+	ReplayInflightBytes int           // most replayed bytes read and not yet written, all streams together
+	MarkInterval        time.Duration // how often idle streams' ids are moved on
+	Retry               time.Duration // the retry: hint sent to browsers
 }
+
+// replayPageBytes is the size of one history read: small enough that many
+// streams can catch up at once, large enough to take few round trips.
+const replayPageBytes = 256 << 10
 
 // Hub fans published messages out to streams. A message is encoded once and
 // the same bytes are queued on every stream; a stream whose queue is full is
-// ended as slow and never holds up the others.
+// ended as slow and never holds up the others. See doc.go for who owns what.
 type Hub struct {
 	sub     Subscriber
 	history History
@@ -58,53 +71,47 @@ type Hub struct {
 	log     *slog.Logger
 	metrics *Metrics
 
-	seed   maphash.Seed
-	shards [64]shard // channel → streams, split to keep fan-outs on different channels apart
+	members membership
 
-	mu       sync.Mutex // guards the fields below and every Stream.channels
+	mu       sync.Mutex // guards the fields below and every Stream.attaching/pending
 	users    map[string]map[*Stream]struct{}
 	sessions map[string]map[*Stream]struct{}
 	open     int
 	stopping bool
+	controls controlLog
 
-	control chan control
 	// Open streams, for Wait: added to in Open, under mu and only while
 	// not stopping, so never after Wait has begun; done in Close.
 	streams sync.WaitGroup
 
-	// seen is the newest durable id the feed delivered: a gap in the feed
-	// is filled from there. Only the feed's goroutine (Publish, Recover)
-	// touches it.
-	seen store.Cursor
+	// seen is the newest durable id the feed delivered. A gap in the feed
+	// is filled from there; a joined channel is replayed from there.
+	seen atomic.Pointer[wire.Cursor]
+
+	replaySlots chan struct{} // one per page of replay in flight
+	recheckNow  chan struct{}
+	cut         context.Context
+	cutAll      context.CancelFunc
 }
 
-type shard struct {
-	mu   sync.RWMutex
-	subs map[string]map[*Stream]struct{}
-}
-
-// NewHub returns a hub that subscribes through sub. Call Run to process
-// control messages.
+// NewHub returns a hub that subscribes through sub. Call Run to keep idle
+// streams' ids fresh.
 func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *Metrics) *Hub {
 	h := &Hub{
-		sub:      sub,
-		history:  history,
-		opts:     opts,
-		log:      log,
-		metrics:  m,
-		seed:     maphash.MakeSeed(),
-		users:    make(map[string]map[*Stream]struct{}),
-		sessions: make(map[string]map[*Stream]struct{}),
-		control:  make(chan control, 1024),
+		sub:         sub,
+		history:     history,
+		opts:        opts,
+		log:         log,
+		metrics:     m,
+		users:       make(map[string]map[*Stream]struct{}),
+		sessions:    make(map[string]map[*Stream]struct{}),
+		replaySlots: make(chan struct{}, max(1, opts.ReplayInflightBytes/replayPageBytes)),
+		recheckNow:  make(chan struct{}, 1),
 	}
-	for i := range h.shards {
-		h.shards[i].subs = make(map[string]map[*Stream]struct{})
-	}
+	h.members.init()
+	h.seen.Store(&wire.Cursor{})
+	h.cut, h.cutAll = context.WithCancel(context.Background())
 	return h
-}
-
-func (h *Hub) shard(channel string) *shard {
-	return &h.shards[maphash.String(h.seed, channel)%uint64(len(h.shards))]
 }
 
 // Spec says whose stream to open.
@@ -113,19 +120,21 @@ type Spec struct {
 	Session string // the session token, to end the stream when the session goes
 	Rooms   []string
 	Resume  string // Last-Event-ID: the id of the last event the browser got, if any
+	// Ticket, taken before the session was read, lets Open apply the
+	// control messages that arrived between that read and the stream's
+	// registration, which would otherwise miss it.
+	Ticket Ticket
 }
 
-// Open registers a stream for spec's user, subscribed to the user's channel,
-// the broadcast channel and spec's rooms, with the ready event queued first.
-// It fails when a limit is reached, when the hub is shutting down, or when
-// Redis cannot subscribe.
+// Open registers a stream for spec's user, attached to the user's channel,
+// the broadcast channel and spec's rooms, and returns once Redis has
+// confirmed the subscriptions: from then on nothing published on them can
+// miss the stream. What the stream sends first (ready, then a replay or a
+// reset) is written by its writer. Open fails when a limit is reached, when
+// the hub is shutting down, or when Redis does not confirm.
 func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
-	s := newStream(spec.User, spec.Session, h.opts.QueueEvents, h.opts.QueueBytes, h.metrics.Delivered)
-	s.replaying = true // set before anything can reach the stream
-	channels := []string{store.UserChannel(spec.User), store.BroadcastChannel}
-	for _, r := range spec.Rooms {
-		channels = append(channels, store.RoomChannel(r))
-	}
+	s := newStream(h, spec.User, spec.Session)
+	s.resume = spec.Resume
 
 	h.mu.Lock()
 	switch {
@@ -139,267 +148,202 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 		h.mu.Unlock()
 		return nil, ErrTooManyForUser
 	}
+	missed, ok := h.controls.since(spec.Ticket, spec.User)
+	if !ok {
+		h.mu.Unlock()
+		return nil, ErrControlBacklog
+	}
 	h.open++
 	h.streams.Add(1)
 	addTo(h.users, spec.User, s)
 	addTo(h.sessions, spec.Session, s)
-	for _, c := range channels {
-		s.channels[c] = struct{}{}
-	}
-	// Attached before Redis subscribes, so that nothing published once the
-	// subscriptions are in force can miss the stream; until the replay is
-	// queued, live events wait in s.held.
-	for _, c := range channels {
-		h.attachLocked(s, c)
-	}
+	s.attaching = true // control messages for it wait in s.pending until it is attached
 	h.mu.Unlock()
 	h.metrics.Open.Inc()
 
-	if err := h.sub.Retain(ctx, channels...); err != nil {
-		h.Close(s, "")
-		return nil, fmt.Errorf("subscribing: %w", err)
+	channels := []string{wire.UserChannel(spec.User), wire.BroadcastChannel}
+	for _, r := range spec.Rooms {
+		channels = append(channels, wire.RoomChannel(r))
 	}
-	frames, last, err := h.opening(ctx, spec, channels)
-	if err != nil {
-		h.Close(s, "")
-		return nil, fmt.Errorf("reading history: %w", err)
+	var subErr error
+	for _, c := range channels {
+		if _, err := h.attach(s, c); err != nil && subErr == nil {
+			subErr = err
+		}
 	}
-	if !s.goLive(frames, last) {
-		h.endSlow(s)
+	h.mu.Lock()
+	s.attaching = false
+	missed = append(missed, s.pending...)
+	s.pending = nil
+	h.mu.Unlock()
+	for _, c := range missed {
+		h.apply(s, c)
+	}
+
+	if subErr == nil {
+		subErr = h.sub.Sync(ctx)
+	}
+	if subErr != nil {
+		h.Close(s, "")
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %w", ErrNotSubscribed, subErr)
 	}
 	return s, nil
 }
 
-// opening returns what a stream sends first: retry: and ready, then either
-// the durable events it missed since spec.Resume or a reset; and the newest
-// durable id among them. Subscriptions are in force already, so nothing
-// published from here on is missed, and the stream's last id drops what
-// the replay and the live feed both bring.
-func (h *Hub) opening(ctx context.Context, spec Spec, channels []string) ([][]byte, store.Cursor, error) {
-	if spec.Resume == "" {
-		pos, err := h.history.Position(ctx)
-		if err != nil {
-			return nil, pos, err
-		}
-		return [][]byte{readyFrame(spec.User, spec.Rooms, h.opts.Retry, pos.String())}, pos, nil
-	}
-	ready := readyFrame(spec.User, spec.Rooms, h.opts.Retry, "")
-	after, err := store.ParseCursor(spec.Resume)
-	if err != nil {
-		pos, err := h.history.Position(ctx)
-		if err != nil {
-			return nil, pos, err
-		}
-		return [][]byte{ready, h.resetFrame(pos, store.ResetMalformed)}, pos, nil
-	}
-	r, err := h.history.Since(ctx, channels, after)
-	if err != nil {
-		return nil, after, err
-	}
-	if r.Reset != "" {
-		return [][]byte{ready, h.resetFrame(r.Position, r.Reset)}, r.Position, nil
-	}
-	frames := [][]byte{ready}
-	size, last := 0, after
-	for _, ev := range r.Events {
-		frame, err := EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes)
-		if err != nil {
-			continue // refused when it was published live, refused again
-		}
-		if size += len(frame); size > h.opts.ReplayMaxBytes {
-			return [][]byte{ready, h.resetFrame(r.Position, store.ResetTooLarge)}, r.Position, nil
-		}
-		frames = append(frames, frame)
-		last = ev.Cursor
-	}
-	h.metrics.Replayed.Add(float64(len(frames) - 1))
-	return frames, last, nil
-}
-
-// resetFrame tells the page that events were missed beyond recovery, so it
-// reloads its state, and moves its id to pos.
-func (h *Hub) resetFrame(pos store.Cursor, reason string) []byte {
-	h.metrics.Resets.WithLabelValues(reason).Inc()
-	return Envelope{Event: "reset", ID: pos.String(), Data: []byte(`{"reason":"` + reason + `"}`)}.Frame()
-}
-
-// Close removes a stream that Serve has finished with and counts why it
-// ended. Its channels no longer needed by any stream are unsubscribed.
+// Close removes a stream that its writer has finished with and counts why
+// it ended. Channels that no stream needs any more are unsubscribed.
 func (h *Hub) Close(s *Stream, reason string) {
 	h.mu.Lock()
-	if s.closed {
+	if s.removed {
 		h.mu.Unlock()
 		return
 	}
-	s.closed = true
-	channels := make([]string, 0, len(s.channels))
-	for c := range s.channels {
-		channels = append(channels, c)
-		sh := h.shard(c)
-		sh.mu.Lock()
-		removeFrom(sh.subs, c, s)
-		sh.mu.Unlock()
-	}
-	clear(s.channels)
+	s.removed = true
 	removeFrom(h.users, s.User, s)
 	removeFrom(h.sessions, s.session, s)
 	h.open--
-	h.streams.Done()
 	h.mu.Unlock()
 
-	h.sub.Release(channels...)
+	h.detachAll(s)
 	h.metrics.Open.Dec()
 	if reason != "" {
 		h.metrics.Closed.WithLabelValues(reason).Inc()
 	}
+	h.streams.Done()
 }
 
-// attachLocked makes s receive channel; h.mu is held.
-func (h *Hub) attachLocked(s *Stream, channel string) {
-	sh := h.shard(channel)
-	sh.mu.Lock()
-	addTo(sh.subs, channel, s)
-	sh.mu.Unlock()
-}
-
-// Publish fans a message from Redis out to the streams of its channel. It
-// never blocks on a stream, so it can run on the goroutine reading Redis.
-func (h *Hub) Publish(channel string, payload []byte) {
-	if channel == store.ControlChannel {
-		h.enqueueControl(payload)
-		return
-	}
-	cursor, envelope, durable, err := store.ParseDurable(payload)
-	var frame []byte
-	if err != nil {
-		err = fmt.Errorf("%w: %v", ErrBadEnvelope, err)
-	} else {
-		if durable {
-			frame, err = EncodeDurable(cursor, envelope, h.opts.MaxEventBytes)
-		} else {
-			frame, err = EncodeMessage(payload, h.opts.MaxEventBytes)
+// Publish takes a message from the feed and fans it out to the streams of
+// its channel, or applies it if it is a control message. err is the feed's
+// when the message could not be read. Publish never blocks on a stream, so
+// it can run on the goroutine reading Redis.
+func (h *Hub) Publish(channel string, m wire.Message, err error) {
+	if err == nil && channel == wire.ControlChannel {
+		var c wire.Control
+		if c, err = wire.ParseControl(m.Body); err == nil {
+			h.control(c)
+			return
 		}
 	}
-	if durable && err == nil {
-		h.seen = cursor
+	var frame []byte
+	if err == nil {
+		if m.Durable() {
+			frame, err = wire.EncodeDurable(m.Cursor, m.Body, h.opts.MaxEventBytes)
+			h.saw(m.Cursor)
+		} else {
+			frame, err = wire.EncodeMessage(m.Body, h.opts.MaxEventBytes)
+		}
 	}
 	if err != nil {
 		h.drop(channel, err)
 		return
 	}
-	h.fanOut(channel, frame, cursor)
+	h.fanOut(channel, frame, m.Cursor)
+}
+
+// saw records the newest durable id delivered through the feed.
+func (h *Hub) saw(c wire.Cursor) {
+	if h.seen.Load().Before(c) {
+		h.seen.Store(&c)
+	}
 }
 
 // Recover fills a gap in the Redis feed: after the pub/sub connection came
 // back, it replays the durable events published meanwhile on every channel
-// with streams, from the oldest position among them. Streams skip what they
-// have; those that cannot be brought up to date get a reset.
+// with streams, from the newest id the feed had delivered, page by page
+// through the usual fan-out (a stream that cannot keep up is ended as slow
+// and resumes by itself). If history cannot be read, every stream is ended
+// with a retry hint, to resume from its own id: none is moved silently
+// past the gap. It runs on the feed's goroutine, before any later message.
 func (h *Hub) Recover(ctx context.Context) {
-	h.mu.Lock()
-	from := h.seen
-	channels := make(map[string]struct{})
-	var streams []*Stream
-	for _, set := range h.users {
-		for s := range set {
-			streams = append(streams, s)
-			for c := range s.channels {
-				channels[c] = struct{}{}
-			}
-		}
-	}
-	h.mu.Unlock()
-	if from.IsZero() { // nothing durable came through the feed yet
-		for _, s := range streams {
+	from := *h.seen.Load()
+	if from.IsZero() {
+		// Nothing durable came through the feed yet: the oldest stream
+		// position is where a gap could start.
+		for _, s := range h.all() {
 			if p := s.position(); !p.IsZero() && (from.IsZero() || p.Before(from)) {
 				from = p
 			}
 		}
 	}
-	if from.IsZero() {
+	channels := h.allChannels()
+	if from.IsZero() || len(channels) == 0 {
 		return
 	}
-	names := make([]string, 0, len(channels))
-	for c := range channels {
-		names = append(names, c)
-	}
-	r, err := h.history.Since(ctx, names, from)
-	if err != nil {
-		h.log.Warn("durable events published while Redis was away could not be read", "err", err)
-		return
-	}
-	if r.Reset != "" {
-		h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", r.Reset)
-		reset := h.resetFrame(r.Position, r.Reset)
-		for _, s := range streams {
-			s.resetTo(reset, r.Position)
+	after := make([]wire.Cursor, len(channels))
+	var until wire.Cursor
+	events := 0
+	for {
+		for i := range after {
+			after[i] = from
 		}
-		h.seen = r.Position
-		return
-	}
-	for _, ev := range r.Events {
-		frame, err := EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes)
-		if err == nil {
-			h.fanOut(ev.Channel, frame, ev.Cursor)
+		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
+		if err != nil {
+			h.log.Warn("durable events published while Redis was away could not be read: streams told to reconnect", "err", err)
+			for _, s := range h.all() {
+				h.endRetry(s, ReasonRedis)
+			}
+			return
 		}
-		h.seen = ev.Cursor
+		if page.Reset != "" {
+			h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", page.Reset)
+			reset := h.resetFrame(page.Position, page.Reset)
+			for _, s := range h.all() {
+				if !s.offerReset(reset, page.Position) {
+					h.endSlow(s)
+				}
+			}
+			h.saw(page.Position)
+			return
+		}
+		until = page.Position
+		for _, ev := range page.Events {
+			if frame, err := wire.EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes); err == nil {
+				h.fanOut(ev.Channel, frame, ev.Cursor)
+			}
+			from = ev.Cursor
+		}
+		events += len(page.Events)
+		if !page.More {
+			break
+		}
 	}
-	h.metrics.Recovered.Add(float64(len(r.Events)))
-	h.log.Info("durable events published while Redis was away were delivered", "events", len(r.Events))
+	h.saw(until)
+	h.metrics.Recovered.Add(float64(events))
+	h.log.Info("durable events published while Redis was away were delivered", "events", events)
 }
 
 func (h *Hub) drop(channel string, err error) {
-	reason := err
-	for u := errors.Unwrap(reason); u != nil; u = errors.Unwrap(reason) {
-		reason = u
-	}
-	h.metrics.Dropped.WithLabelValues(reason.Error()).Inc()
+	h.metrics.Dropped.WithLabelValues(dropReason(err)).Inc()
 	h.log.Warn("published message refused", "channel", channel, "err", err)
 }
 
-func (h *Hub) fanOut(channel string, frame []byte, cursor store.Cursor) {
-	sh := h.shard(channel)
-	var slow []*Stream
-	sh.mu.RLock()
-	for s := range sh.subs[channel] {
-		if !s.offer(frame, cursor) {
-			slow = append(slow, s)
+// dropReason is the metric label of a refused message: the sentinel error
+// it wraps, never free text.
+func dropReason(err error) string {
+	for _, sentinel := range []error{wire.ErrTooLarge, wire.ErrBadField, wire.ErrBadEnvelope, wire.ErrForged, wire.ErrBadControl, wire.ErrBadCursor, errTooManyRooms} {
+		if errors.Is(err, sentinel) {
+			return sentinel.Error()
 		}
 	}
-	sh.mu.RUnlock()
-	for _, s := range slow {
-		h.endSlow(s)
-	}
+	return "other"
 }
 
 // endSlow ends a stream whose queue is full. The retry hint brings it back
 // soon, to resume from its last id; its writer may well be stuck on a full
 // socket and only learn of it at its write deadline.
 func (h *Hub) endSlow(s *Stream) {
-	if s.end(ReasonSlow, retryFrame(h.jitteredRetry()), false) {
+	if s.end(ReasonSlow, wire.RetryFrame(h.jitteredRetry()), false) {
 		h.log.Info("stream closed: queue full", "user", s.User)
 	}
 }
 
-// Sessions returns the tokens of the sessions that have open streams.
-func (h *Hub) Sessions() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	tokens := make([]string, 0, len(h.sessions))
-	for t := range h.sessions {
-		tokens = append(tokens, t)
-	}
-	return tokens
-}
-
-// EndSession ends the streams opened with a session that no longer exists,
-// with a logout event so that pages stop reconnecting.
-func (h *Hub) EndSession(token string) {
-	h.mu.Lock()
-	streams := collect(h.sessions[token])
-	h.mu.Unlock()
-	for _, s := range streams {
-		s.end(ReasonSession, logoutFrame, true)
-	}
+// endRetry ends a stream for a passing reason, with a retry hint: the
+// browser comes back and resumes from its own id.
+func (h *Hub) endRetry(s *Stream, reason string) {
+	s.end(reason, wire.RetryFrame(h.jitteredRetry()), false)
 }
 
 // Shutdown refuses new streams and ends the open ones with a retry hint,
@@ -407,19 +351,15 @@ func (h *Hub) EndSession(token string) {
 func (h *Hub) Shutdown() {
 	h.mu.Lock()
 	h.stopping = true
-	var all []*Stream
-	for _, set := range h.users {
-		all = append(all, collect(set)...)
-	}
 	h.mu.Unlock()
-	for _, s := range all {
-		s.end(ReasonShutdown, retryFrame(h.jitteredRetry()), true)
+	for _, s := range h.all() {
+		s.end(ReasonShutdown, wire.RetryFrame(h.jitteredRetry()), true)
 	}
 }
 
-// Wait waits until every stream opened has been closed, or ctx ends. After
-// Shutdown, that is every stream's writer having finished, whichever
-// goroutine runs it.
+// Wait waits until every stream opened has been closed, or ctx ends; then
+// it cuts the connections of the streams still open, so that no writer
+// blocked on a full socket outlives the deadline.
 func (h *Hub) Wait(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { h.streams.Wait(); close(done) }()
@@ -427,6 +367,7 @@ func (h *Hub) Wait(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		h.cutAll()
 		return ctx.Err()
 	}
 }
@@ -438,9 +379,28 @@ func (h *Hub) Len() int {
 	return h.open
 }
 
+func (h *Hub) all() []*Stream {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []*Stream
+	for _, set := range h.users {
+		for s := range set {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 func (h *Hub) jitteredRetry() int64 {
 	ms := h.opts.Retry.Milliseconds()
 	return ms/2 + rand.Int64N(ms+1)
+}
+
+// resetFrame tells the page that events were missed beyond recovery, so it
+// reloads its state, and moves its id to pos.
+func (h *Hub) resetFrame(pos wire.Cursor, reason string) []byte {
+	h.metrics.Resets.WithLabelValues(reason).Inc()
+	return wire.Envelope{Event: "reset", ID: pos.String(), Data: []byte(`{"reason":"` + reason + `"}`)}.Frame()
 }
 
 var logoutFrame = []byte("event: logout\ndata: {}\n\n")
@@ -453,9 +413,9 @@ func readyFrame(user string, rooms []string, retry time.Duration, id string) []b
 		User  string   `json:"user"`
 		Rooms []string `json:"rooms"`
 	}{user, rooms})
-	frame := retryFrame(retry.Milliseconds())
+	frame := wire.RetryFrame(retry.Milliseconds())
 	frame = frame[:len(frame)-1] // one block: retry: and the ready event together
-	return append(frame, Envelope{Event: "ready", ID: id, Data: data}.Frame()...)
+	return append(frame, wire.Envelope{Event: "ready", ID: id, Data: data}.Frame()...)
 }
 
 func addTo(m map[string]map[*Stream]struct{}, key string, s *Stream) {
@@ -473,12 +433,4 @@ func removeFrom(m map[string]map[*Stream]struct{}, key string, s *Stream) {
 	if len(set) == 0 {
 		delete(m, key)
 	}
-}
-
-func collect(set map[*Stream]struct{}) []*Stream {
-	out := make([]*Stream, 0, len(set))
-	for s := range set {
-		out = append(out, s)
-	}
-	return out
 }

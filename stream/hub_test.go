@@ -2,8 +2,10 @@ package stream
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -12,138 +14,296 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
-// refs is a Subscriber that counts references, as store.Feed does, with no Redis.
-type refs struct {
-	mu sync.Mutex
-	n  map[string]int
+// commands is a Subscriber that records what would be written to Redis,
+// and fails the test if a channel is subscribed twice in a row or
+// unsubscribed while not subscribed: what the hub's membership must never do.
+type commands struct {
+	t    testing.TB
+	mu   sync.Mutex
+	subs map[string]bool
+	n    int
 }
 
-func (r *refs) Retain(_ context.Context, channels ...string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, c := range channels {
-		r.n[c]++
+func (c *commands) Subscribe(channels ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range channels {
+		if c.subs[ch] {
+			c.t.Errorf("SUBSCRIBE %s while subscribed", ch)
+		}
+		c.subs[ch] = true
+		c.n++
 	}
 	return nil
 }
 
-func (r *refs) Release(channels ...string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, c := range channels {
-		if r.n[c]--; r.n[c] == 0 {
-			delete(r.n, c)
+func (c *commands) Unsubscribe(channels ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range channels {
+		if !c.subs[ch] {
+			c.t.Errorf("UNSUBSCRIBE %s while not subscribed", ch)
 		}
+		delete(c.subs, ch)
+		c.n++
 	}
 }
 
-func (r *refs) count(c string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.n[c]
+func (c *commands) Sync(context.Context) error { return nil }
+
+func (c *commands) subscribed() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for ch := range c.subs {
+		out = append(out, ch)
+	}
+	return out
 }
 
 // noHistory is a History with no durable event ever published.
 type noHistory struct{}
 
-func (noHistory) Position(context.Context) (store.Cursor, error) {
-	return store.Cursor{Epoch: "e"}, nil
+func (noHistory) Position(context.Context) (wire.Cursor, error) {
+	return wire.Cursor{Epoch: "e", MS: 1}, nil
 }
 
 func (noHistory) Mark(context.Context, string) error { return nil }
 
-func (noHistory) Since(_ context.Context, _ []string, after store.Cursor) (store.Replay, error) {
-	return store.Replay{Position: after}, nil
+func (noHistory) Read(_ context.Context, _ []string, _ []wire.Cursor, until wire.Cursor, _ int) (wire.Page, error) {
+	if until.IsZero() {
+		until = wire.Cursor{Epoch: "e", MS: 1}
+	}
+	return wire.Page{Position: until}, nil
 }
 
-func newTestHub(opts Options) (*Hub, *refs) {
-	r := &refs{n: map[string]int{}}
-	return NewHub(r, noHistory{}, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry())), r
+var testOpts = Options{MaxStreams: 1000, MaxStreamsPerUser: 100, MaxRooms: 64, QueueEvents: 8, QueueBytes: 1 << 20,
+	MaxEventBytes: 1 << 10, ReplayMaxBytes: 1 << 20, ReplayInflightBytes: 1 << 20, Retry: time.Second, MarkInterval: time.Hour}
+
+func newTestHub(t testing.TB, opts Options) (*Hub, *commands) {
+	c := &commands{t: t, subs: map[string]bool{}}
+	return NewHub(c, noHistory{}, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry())), c
 }
 
-func queued(s *Stream) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.queue)
+func live(payload string) wire.Message { return wire.Message{Body: []byte(payload)} }
+
+// recorder is a ResponseWriter that tests can read while a writer writes.
+type recorder struct {
+	*httptest.ResponseRecorder
+	mu      sync.Mutex
+	written chan struct{}
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, err := r.ResponseRecorder.Write(b)
+	select {
+	case r.written <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+func (r *recorder) body() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.Body.String()
+}
+
+// await waits until the body holds s.
+func (r *recorder) await(t *testing.T, s string) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for !strings.Contains(r.body(), s) {
+		select {
+		case <-r.written:
+		case <-timeout:
+			t.Fatalf("body %q: no %q within 5s", r.body(), s)
+		}
+	}
+}
+
+// serveInto runs the stream's writer into a recorder until the stream ends.
+func serveInto(s *Stream) (*recorder, chan string) {
+	rec := &recorder{ResponseRecorder: httptest.NewRecorder(), written: make(chan struct{}, 1)}
+	done := make(chan string, 1)
+	go func() { done <- s.Serve(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second}) }()
+	return rec, done
 }
 
 func TestHubSlowStreamDoesNotHoldOthers(t *testing.T) {
-	h, _ := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 4, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second, MarkInterval: time.Hour})
+	opts := testOpts
+	opts.QueueEvents = 4
+	h, _ := newTestHub(t, opts)
 	ctx := context.Background()
 	slow, _ := h.Open(ctx, Spec{User: "slow", Session: "a"})
 	fast, _ := h.Open(ctx, Spec{User: "fast", Session: "b"})
-	// Nobody serves slow; fast is drained after each publish as a writer would.
-	for range 10 {
-		h.Publish("broadcast", []byte("x"))
-		if n := queued(fast); n != 2 && n != 1 { // ready (first time only) + x
-			t.Fatalf("fast has %d queued", n)
-		}
-		fast.take(nil)
+	// Neither has a writer: both go live as their opening would leave them.
+	for _, s := range []*Stream{slow, fast} {
+		s.startAt(wire.Cursor{Epoch: "e", MS: 1})
+		h.goLive(s, wire.Cursor{Epoch: "e", MS: 1}, 0)
 	}
-	batch, ending := slow.take(nil)
+	for range 10 {
+		h.Publish("broadcast", live("x"), nil)
+		if batch, _, _ := fast.take(nil); len(batch) != 1 {
+			t.Fatalf("fast got %d frames", len(batch))
+		}
+	}
+	batch, ending, _ := slow.take(nil)
 	if ending != ReasonSlow || len(batch) != 1 || string(batch[0][:6]) != "retry:" {
 		t.Fatalf("slow stream: ending %q with %d frames; want slow, just a retry: hint", ending, len(batch))
 	}
 }
 
-func TestHubReferencesBalance(t *testing.T) {
-	h, r := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 8, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second, MarkInterval: time.Hour})
+// TestMembershipChurn opens, closes, joins and leaves from many goroutines
+// at once. The subscriber fails the test on any SUBSCRIBE or UNSUBSCRIBE
+// out of turn; at the end no channel may be left subscribed.
+func TestMembershipChurn(t *testing.T) {
+	h, c := newTestHub(t, testOpts)
 	ctx := context.Background()
-	a1, _ := h.Open(ctx, Spec{User: "alice", Session: "a", Rooms: []string{"lobby"}})
-	a2, _ := h.Open(ctx, Spec{User: "alice", Session: "a"})
-	if r.count("user:alice") != 2 || r.count("room:lobby") != 1 || r.count("broadcast") != 2 {
-		t.Fatalf("after open: %v", r.n)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			var mine []*Stream
+			for range 400 {
+				user := fmt.Sprintf("u%d", r.IntN(4))
+				room := fmt.Sprintf("r%d", r.IntN(6))
+				switch r.IntN(4) {
+				case 0:
+					s, err := h.Open(ctx, Spec{User: user, Session: user, Rooms: []string{room}})
+					if err == nil {
+						mine = append(mine, s)
+					}
+				case 1:
+					if len(mine) > 0 {
+						i := r.IntN(len(mine))
+						h.Close(mine[i], ReasonClient)
+						mine = append(mine[:i], mine[i+1:]...)
+					}
+				case 2:
+					h.control(wire.Control{Op: wire.OpJoin, User: user, Room: room})
+				case 3:
+					h.control(wire.Control{Op: wire.OpLeave, User: user, Room: room})
+				}
+			}
+			for _, s := range mine {
+				h.Close(s, ReasonClient)
+			}
+		})
 	}
-	h.join(ctx, "alice", "room:team")
-	h.join(ctx, "alice", "room:team") // already in: no second reference
-	if r.count("room:team") != 2 {
-		t.Fatalf("after join: %v", r.n)
+	wg.Wait()
+	if left := c.subscribed(); len(left) != 0 {
+		t.Fatalf("subscribed with no stream: %v", left)
 	}
-	h.leave("alice", "room:lobby")
-	if r.count("room:lobby") != 0 {
-		t.Fatalf("after leave: %v", r.n)
-	}
-	h.Close(a1, ReasonClient)
-	h.Close(a2, ReasonClient)
-	if len(r.n) != 0 {
-		t.Fatalf("references left after every stream closed: %v", r.n)
-	}
-	for i := range h.shards {
-		if len(h.shards[i].subs) != 0 {
-			t.Fatalf("shard %d still holds %v", i, h.shards[i].subs)
-		}
-	}
-	if h.Len() != 0 || len(h.users) != 0 || len(h.sessions) != 0 {
+	if h.Len() != 0 || len(h.users) != 0 || len(h.sessions) != 0 || len(h.allChannels()) != 0 {
 		t.Fatal("the hub still knows closed streams")
+	}
+}
+
+// TestControlBeforeRegistration: a leave or logout published after the
+// session was read but before the stream was registered still applies.
+func TestControlBeforeRegistration(t *testing.T) {
+	h, _ := newTestHub(t, testOpts)
+	ticket := h.Ticket()
+	h.control(wire.Control{Op: wire.OpLeave, User: "alice", Room: "lobby"})
+	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "team"})
+	h.control(wire.Control{Op: wire.OpLeave, User: "bob", Room: "team"})
+	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "a", Rooms: []string{"lobby"}, Ticket: ticket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(s.rooms(), ","); got != "team" {
+		t.Fatalf("rooms %q, want team (lobby left, team joined before registration)", got)
+	}
+	ticket = h.Ticket()
+	h.control(wire.Control{Op: wire.OpLogout, User: "carol"})
+	h.control(wire.Control{Op: wire.OpLogout, User: "alice"})
+	s2, err := h.Open(context.Background(), Spec{User: "alice", Session: "a", Ticket: ticket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2.ended() != ReasonLogout {
+		t.Fatalf("stream opened across a logout: ending %q", s2.ended())
+	}
+}
+
+// TestOpeningOrder: a stream ended while it opens writes its final frame
+// last, never before ready.
+func TestOpeningOrder(t *testing.T) {
+	h, _ := newTestHub(t, testOpts)
+	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Publish("user:alice", live(`{"event":"hi","data":"there"}`), nil)
+	h.control(wire.Control{Op: wire.OpLogout, User: "alice"})
+	rec, done := serveInto(s)
+	if why := <-done; why != ReasonLogout {
+		t.Fatalf("ended for %q, want logout", why)
+	}
+	if body := rec.body(); body != "event: logout\ndata: {}\n\n" {
+		t.Fatalf("body %q: a stream logged out before its opening is written gets logout alone", body)
+	}
+
+	s, _ = h.Open(context.Background(), Spec{User: "bob", Session: "b"})
+	rec, done = serveInto(s)
+	rec.await(t, "event: ready")
+	h.Publish("user:bob", live(`{"event":"hi","data":"there"}`), nil)
+	h.control(wire.Control{Op: wire.OpLogout, User: "bob"})
+	if why := <-done; why != ReasonLogout {
+		t.Fatalf("ended for %q, want logout", why)
+	}
+	body := rec.body()
+	ready, logout := strings.Index(body, "event: ready"), strings.Index(body, "event: logout")
+	if ready < 0 || logout < ready || !strings.HasSuffix(body, "event: logout\ndata: {}\n\n") {
+		t.Fatalf("body %q: want ready first, logout last", body)
+	}
+}
+
+// TestLeaveDropsHeld: events of a room that arrived while a stream was
+// catching up are not written after the stream left the room.
+func TestLeaveDropsHeld(t *testing.T) {
+	h, _ := newTestHub(t, testOpts)
+	s, _ := h.Open(context.Background(), Spec{User: "alice", Session: "a", Rooms: []string{"lobby"}})
+	h.Publish("room:lobby", live(`{"event":"secret","data":1}`), nil)
+	h.Publish("user:alice", live(`{"event":"mine","data":1}`), nil)
+	h.control(wire.Control{Op: wire.OpLeave, User: "alice", Room: "lobby"})
+	h.control(wire.Control{Op: wire.OpLogout, User: "alice"}) // so that the writer stops
+	rec, done := serveInto(s)
+	<-done
+	if body := rec.body(); strings.Contains(body, "secret") {
+		t.Fatalf("left room's event written: %q", body)
 	}
 }
 
 // TestServeThroughNetHTTP covers the writer used when a connection cannot
 // be taken over (HTTP/2): frames in order, then the end.
 func TestServeThroughNetHTTP(t *testing.T) {
-	h, _ := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 8, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second, MarkInterval: time.Hour})
+	h, _ := newTestHub(t, testOpts)
 	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.Publish("user:alice", []byte(`{"event":"hi","data":"there"}`))
-	s.end(ReasonLogout, logoutFrame, true)
-	rec := httptest.NewRecorder()
-	if why := s.Serve(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second}); why != ReasonLogout {
+	rec, done := serveInto(s)
+	rec.await(t, "event: ready")
+	h.Publish("user:alice", live(`{"event":"hi","data":"there"}`), nil)
+	h.control(wire.Control{Op: wire.OpLogout, User: "alice"})
+	if why := <-done; why != ReasonLogout {
 		t.Fatalf("ended for %q, want logout", why)
 	}
-	body := rec.Body.String()
-	want := "event: hi\ndata: there\n\nevent: logout\ndata: {}\n\n"
-	if !strings.HasPrefix(body, "retry: 1000\n") || !strings.HasSuffix(body, want) || !rec.Flushed {
+	body := rec.body()
+	if !strings.HasPrefix(body, "retry: 1000\n") || !strings.Contains(body, "event: hi\ndata: there\n\n") || !strings.HasSuffix(body, "event: logout\ndata: {}\n\n") || !rec.Flushed {
 		t.Fatalf("body %q, flushed %v", body, rec.Flushed)
 	}
 }
 
 func TestHubWaitsForOpenStreams(t *testing.T) {
-	h, _ := newTestHub(Options{MaxStreams: 10, MaxStreamsPerUser: 10, QueueEvents: 8, QueueBytes: 1 << 20, MaxEventBytes: 1 << 10, Retry: time.Second, MarkInterval: time.Hour})
+	h, _ := newTestHub(t, testOpts)
 	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "a"})
 	if err != nil {
 		t.Fatal(err)

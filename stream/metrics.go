@@ -4,13 +4,16 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics are the hub's Prometheus metrics.
 type Metrics struct {
-	Open      prometheus.Gauge
-	Delivered prometheus.Counter
-	Dropped   *prometheus.CounterVec // by reason
-	Closed    *prometheus.CounterVec // by reason
-	Replayed  prometheus.Counter
-	Recovered prometheus.Counter
-	Resets    *prometheus.CounterVec // by reason
+	Open        prometheus.Gauge
+	Delivered   prometheus.Counter
+	Dropped     *prometheus.CounterVec // by reason
+	Closed      *prometheus.CounterVec // by reason
+	Replayed    prometheus.Counter
+	Recovered   prometheus.Counter
+	Resets      *prometheus.CounterVec // by reason
+	Control     *prometheus.CounterVec // by op
+	Rechecked   *prometheus.CounterVec // by outcome
+	ReplayPages prometheus.Gauge
 }
 
 // NewMetrics registers the hub's metrics.
@@ -18,7 +21,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Open: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ssebridge_streams_open",
-			Help: "Streams open now.",
+			Help: "Streams open now (MAX_STREAMS).",
 		}),
 		Delivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ssebridge_events_delivered_total",
@@ -26,15 +29,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssebridge_events_dropped_total",
-			Help: "Published messages refused before fan-out, by reason.",
+			Help: "Published messages refused before fan-out, by reason (too_large: MAX_EVENT_BYTES; forged_durable; bad_control; too_many_rooms: MAX_ROOMS).",
 		}, []string{"reason"}),
 		Closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssebridge_streams_closed_total",
-			Help: "Streams ended, by reason (slow: queue overflowed).",
+			Help: "Streams ended, by reason (slow: STREAM_QUEUE or STREAM_QUEUE_BYTES overflowed).",
 		}, []string{"reason"}),
 		Replayed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ssebridge_events_replayed_total",
-			Help: "Durable events replayed to streams that resumed with Last-Event-ID.",
+			Help: "Durable events replayed to streams that resumed with Last-Event-ID or joined a room.",
 		}),
 		Recovered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ssebridge_events_recovered_total",
@@ -42,9 +45,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		Resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssebridge_resets_total",
-			Help: "reset events sent: a resume id that could not be honoured, by reason.",
+			Help: "reset events sent: a resume id that could not be honoured, by reason (too_large: REPLAY_MAX_BYTES).",
 		}, []string{"reason"}),
+		Control: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssebridge_control_applied_total",
+			Help: "Control messages applied, by op.",
+		}, []string{"op"}),
+		Rechecked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssebridge_session_recheck_total",
+			Help: "Streams changed by the session recheck, by outcome (ended, left_room, user_changed).",
+		}, []string{"outcome"}),
+		ReplayPages: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ssebridge_replay_pages_inflight",
+			Help: "Pages of replay read from Redis and not yet written (REPLAY_INFLIGHT_BYTES / 256 KiB at most).",
+		}),
 	}
-	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets)
+	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets, m.Control, m.Rechecked, m.ReplayPages)
 	return m
 }

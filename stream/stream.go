@@ -1,17 +1,12 @@
 package stream
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"net"
-	"net/http"
+	"maps"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // Why a stream ended. Each is a label of the streams-closed metric.
@@ -19,83 +14,122 @@ const (
 	ReasonClient   = "client"   // the browser went away
 	ReasonSlow     = "slow"     // its queue overflowed
 	ReasonLogout   = "logout"   // the backend logged the user out
-	ReasonSession  = "session"  // the session key is gone
+	ReasonSession  = "session"  // the session key is gone or now names another user
 	ReasonShutdown = "shutdown" // this instance is stopping
 	ReasonWrite    = "write"    // a write failed or timed out
+	ReasonRedis    = "redis"    // history could not be read, or a subscription not confirmed
+	ReasonUpload   = "upload"   // the client sent bytes on the stream's connection
 )
 
 // Stream is one open EventSource connection. The hub queues encoded events
-// on it without ever waiting; the request's own goroutine writes them out in
-// Serve. Streams are made by Hub.Open.
+// on it without ever waiting; one writer goroutine (Serve or ServeConn)
+// writes them out. Streams are made by Hub.Open.
+//
+// Its fields have three owners. members guards the membership fields and
+// is only taken inside a channel's stripe lock (membership.go). mu guards
+// the queue and the catch-up state, and is never held while taking another
+// lock. The writer goroutine alone touches the sink.
 type Stream struct {
 	User    string
 	session string
+	resume  string // the Last-Event-ID it was opened with
+	hub     *Hub
 
-	// Guarded by the hub's mu: the channels the stream is subscribed to, and
-	// whether Close has run.
-	channels map[string]struct{}
-	closed   bool
+	// Guarded by the hub's mu: whether Open is still attaching it (control
+	// messages for it wait in pending meanwhile), and whether Close ran.
+	attaching bool
+	pending   []wire.Control
+	removed   bool
+
+	members  sync.Mutex
+	channels map[string]struct{} // logical channels the stream is attached to
+	closed   bool                // Close has run: attach nothing more
 
 	mu       sync.Mutex
 	queue    [][]byte // frames shared with every other stream they go to
 	queued   int      // bytes in queue
-	maxQueue int
-	maxBytes int
+	limits   limits
 	ending   string // why the stream is ending; "" while it is open
+	final    []byte // written after everything else once ending is set
+	keep     bool   // on ending, write what is queued before final
 	wake     chan struct{}
-
-	// last is the newest durable event queued: a durable event at or
-	// before it is a duplicate (already replayed) and is skipped.
-	last store.Cursor
-	// While the stream replays history, live events wait in held so that
-	// they follow the replay, in order, without duplicates.
-	replaying bool
-	held      []heldEvent
+	last     wire.Cursor // the newest durable event queued or replayed: one at or before it is a duplicate
+	catching catchUp     // while set, the writer replays history and live events wait in held
 
 	delivered prometheus.Counter
 }
 
-type heldEvent struct {
-	frame  []byte
-	cursor store.Cursor // zero for a live event
+// limits bound a stream's queue; past them the stream is slow.
+type limits struct{ events, bytes int }
+
+// catchUp is what the writer must replay before live events flow again.
+type catchUp struct {
+	on     bool
+	replay bool                   // every channel must be replayed after from (a resume)
+	from   wire.Cursor            // where the replay starts, or the stream's id if none is needed
+	base   map[string]wire.Cursor // channels joined meanwhile: replayed after their own cursor
+	gen    uint64                 // counts joins, so that a pass knows it missed one
+	held   []heldEvent            // live events that arrived meanwhile, in order
+	size   int                    // bytes in held
 }
 
-func newStream(user, session string, maxQueue, maxBytes int, delivered prometheus.Counter) *Stream {
+// catchUpState is a copy of what a pass of catch-up needs.
+type catchUpState struct {
+	on, replay bool
+	from       wire.Cursor
+	base       map[string]wire.Cursor
+	gen        uint64
+}
+
+type heldEvent struct {
+	frame   []byte
+	cursor  wire.Cursor // zero for a live event
+	channel string
+}
+
+func newStream(h *Hub, user, session string) *Stream {
 	return &Stream{
-		delivered: delivered,
 		User:      user,
 		session:   session,
+		hub:       h,
 		channels:  make(map[string]struct{}),
-		maxQueue:  maxQueue,
-		maxBytes:  maxBytes,
+		limits:    limits{h.opts.QueueEvents, h.opts.QueueBytes},
 		wake:      make(chan struct{}, 1),
+		delivered: h.metrics.Delivered,
+		// Until its opening is written, a stream only holds.
+		catching: catchUp{on: true},
 	}
 }
 
-// offer queues a frame without blocking; cursor is the id of a durable
-// event, zero for a live one. It reports false when the queue is full, in
-// events or in bytes: the caller then ends the stream as slow.
-func (s *Stream) offer(frame []byte, cursor store.Cursor) bool {
+// offer queues a frame of channel without blocking; cursor is the id of a
+// durable event, zero for a live one. It reports false when the queue is
+// full, in events or in bytes: the caller then ends the stream as slow.
+func (s *Stream) offer(channel string, frame []byte, cursor wire.Cursor) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.ending != "":
 		return true // already on its way out; nothing more to do
-	case s.replaying:
-		s.held = append(s.held, heldEvent{frame, cursor})
+	case s.catching.on:
+		c := &s.catching
+		if len(c.held) >= s.limits.events || c.size+len(frame) > s.limits.bytes {
+			return false
+		}
+		c.held = append(c.held, heldEvent{frame, cursor, channel})
+		c.size += len(frame)
 		return true
 	}
 	return s.queueLocked(frame, cursor)
 }
 
-func (s *Stream) queueLocked(frame []byte, cursor store.Cursor) bool {
+func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
 	if !cursor.IsZero() {
 		if !s.last.Before(cursor) {
 			return true // replayed already
 		}
 		s.last = cursor
 	}
-	if len(s.queue) >= s.maxQueue || s.queued+len(frame) > s.maxBytes {
+	if len(s.queue) >= s.limits.events || s.queued+len(frame) > s.limits.bytes {
 		return false
 	}
 	s.queue = append(s.queue, frame)
@@ -106,43 +140,114 @@ func (s *Stream) queueLocked(frame []byte, cursor store.Cursor) bool {
 	return true
 }
 
-// goLive queues the frames that open the stream (ready, then a reset or the
-// replay), outside the queue's limits, then what was held meanwhile, and
-// lets live events flow. last is the newest durable event in frames.
-func (s *Stream) goLive(frames [][]byte, last store.Cursor) bool {
+// rewind asks the writer to replay history again before live events flow:
+// channel was joined, and what it carried between the join and the
+// subscription taking effect must not be lost. The replay covers every
+// channel after the stream's last id, and channel after since.
+func (s *Stream) rewind(channel string, since wire.Cursor) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, f := range frames {
-		s.queue = append(s.queue, f)
-		s.queued += len(f)
+	if s.ending != "" {
+		return
 	}
-	s.last = last
-	s.replaying = false
+	c := &s.catching
+	if !c.on {
+		*c = catchUp{on: true, from: s.last, gen: c.gen}
+	}
+	if c.base == nil {
+		c.base = make(map[string]wire.Cursor)
+	}
+	c.base[channel] = since
+	c.gen++
 	s.signal()
-	ok := true
-	for _, h := range s.held {
-		ok = ok && s.queueLocked(h.frame, h.cursor)
-	}
-	s.held = nil
-	return ok
 }
 
-// resetTo queues a reset that moves the stream's id to pos. A stream still
-// opening is left alone: its own opening reads the history after this.
-func (s *Stream) resetTo(reset []byte, pos store.Cursor) {
+// drop forgets held events of a channel the stream just left: access was
+// revoked, so nothing of it may be written from now on.
+func (s *Stream) drop(channel string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.replaying || s.ending != "" {
-		return
+	c := &s.catching
+	kept := c.held[:0]
+	for _, e := range c.held {
+		if e.channel == channel {
+			c.size -= len(e.frame)
+			continue
+		}
+		kept = append(kept, e)
+	}
+	clear(c.held[len(kept):])
+	c.held = kept
+	delete(c.base, channel)
+}
+
+// catchUpState returns what the writer must replay.
+func (s *Stream) catchUpState() catchUpState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := &s.catching
+	return catchUpState{on: c.on, replay: c.replay, from: c.from, base: maps.Clone(c.base), gen: c.gen}
+}
+
+// replayFrom makes the catch-up replay every channel after from.
+func (s *Stream) replayFrom(from wire.Cursor) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.catching.from, s.catching.replay = from, true
+}
+
+// startAt sets the stream's id to pos, where a new stream starts: nothing
+// before it is owed, and what follows arrives live.
+func (s *Stream) startAt(pos wire.Cursor) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.catching.from = pos
+	s.last = pos
+}
+
+// goLive ends a catch-up whose replay reached pos, unless a channel was
+// joined since the pass that reached it began (gen): the stream's id moves
+// to pos, what was held meanwhile and is newer is queued, and live events
+// flow again. held reports false when the held events overflow the queue.
+func (s *Stream) goLive(pos wire.Cursor, gen uint64) (live, held bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.catching.gen != gen {
+		return false, true
+	}
+	events := s.catching.held
+	s.catching = catchUp{gen: gen}
+	s.last = s.last.Max(pos)
+	held = true
+	for _, e := range events {
+		held = held && s.queueLocked(e.frame, e.cursor)
+	}
+	if len(s.queue) > 0 {
+		s.signal()
+	}
+	return true, held
+}
+
+// offerReset queues a reset that moves the stream's id to pos. A stream
+// catching up is left alone: its own read of history will see the same.
+func (s *Stream) offerReset(reset []byte, pos wire.Cursor) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ending != "" || s.catching.on {
+		return true
+	}
+	if len(s.queue) >= s.limits.events || s.queued+len(reset) > s.limits.bytes {
+		return false
 	}
 	s.queue = append(s.queue, reset)
 	s.queued += len(reset)
 	s.last = pos
 	s.signal()
+	return true
 }
 
-// position is the newest durable event queued on the stream.
-func (s *Stream) position() store.Cursor {
+// position is the newest durable event queued or replayed on the stream.
+func (s *Stream) position() wire.Cursor {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.last
@@ -156,16 +261,21 @@ func (s *Stream) end(reason string, final []byte, keep bool) bool {
 		s.mu.Unlock()
 		return false
 	}
-	s.ending = reason
+	s.ending, s.final, s.keep = reason, final, keep
 	if !keep {
 		s.queue, s.queued = nil, 0
 	}
-	if final != nil {
-		s.queue = append(s.queue, final)
-	}
+	s.catching.held, s.catching.size = nil, 0
 	s.mu.Unlock()
 	s.signal()
 	return true
+}
+
+// ended reports why the stream is ending, or "".
+func (s *Stream) ended() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ending
 }
 
 func (s *Stream) signal() {
@@ -177,173 +287,19 @@ func (s *Stream) signal() {
 
 // take empties the queue into the caller's hands and puts spare (emptied)
 // in its place, so that the writer and the hub trade two arrays back and
-// forth instead of allocating one per batch.
-func (s *Stream) take(spare [][]byte) (batch [][]byte, ending string) {
+// forth instead of allocating one per batch. Once the stream is ending,
+// final follows the batch; rewind says that a catch-up must run next.
+func (s *Stream) take(spare [][]byte) (batch [][]byte, ending string, rewind bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	batch = s.queue
 	s.queue, s.queued = spare[:0], 0
-	return batch, s.ending
-}
-
-// WriteOptions say how Serve writes.
-type WriteOptions struct {
-	Heartbeat    time.Duration // a comment after this long without a write
-	WriteTimeout time.Duration // how long one batch may take to write
-}
-
-// ErrWrite wraps a failed write to the client.
-var ErrWrite = errors.New("write to client failed")
-
-// Serve writes the stream to w, net/http's writer, until the stream ends or
-// ctx (the request's context) is done. It owns w: nothing else writes to it.
-// It is the path for connections that cannot be taken over (HTTP/2); see
-// ServeConn. It returns why the stream ended.
-func (s *Stream) Serve(ctx context.Context, w http.ResponseWriter, opts WriteOptions) string {
-	return s.serve(ctx, &responseSink{w: w, rc: http.NewResponseController(w), d: deadline{timeout: opts.WriteTimeout}}, opts)
-}
-
-// ServeConn writes the stream to conn, an HTTP/1.1 connection taken over
-// from net/http (whose response head has been written), until the stream
-// ends or the client goes away; it closes conn. Owning the connection
-// spares net/http's per-connection buffers (some 10 KiB per stream) and
-// lets a batch go out in one writev, without chunked framing.
-func (s *Stream) ServeConn(conn net.Conn, opts WriteOptions) string {
-	defer conn.Close()
-	// The client never speaks again on an event stream: a read returns
-	// only when it goes away, which ends the stream at once.
-	ctx, gone := context.WithCancel(context.Background())
-	go func() {
-		var b [1]byte
-		for {
-			if _, err := conn.Read(b[:]); err != nil {
-				gone()
-				return
-			}
+	if s.ending != "" {
+		if s.final != nil {
+			batch = append(batch, s.final)
+			s.final = nil
 		}
-	}()
-	defer gone()
-	return s.serve(ctx, &connSink{conn: conn, d: deadline{timeout: opts.WriteTimeout}}, opts)
-}
-
-// A sink takes batches of frames, with a deadline on each write.
-type sink interface {
-	write(batch [][]byte) error
-}
-
-// serve is the stream's write loop: queued frames are written together,
-// with one system call, so a stream that fell behind catches up in few.
-func (s *Stream) serve(ctx context.Context, out sink, opts WriteOptions) string {
-	// A ticker, checked against the last write, rather than a timer reset
-	// after every write: the per-event path stays free of timer work.
-	tick := time.NewTicker(opts.Heartbeat)
-	defer tick.Stop()
-	lastWrite := time.Now()
-	var spare [][]byte // the queue's other half: taking the queue allocates nothing
-	delivered := 0     // added to the shared counter now and then, not per batch
-	defer func() { s.delivered.Add(float64(delivered)) }()
-	for {
-		var batch [][]byte
-		ending, beat := "", false
-		select {
-		case <-ctx.Done():
-			return ReasonClient
-		case now := <-tick.C:
-			if now.Sub(lastWrite) < opts.Heartbeat/2 {
-				continue
-			}
-			batch, beat = [][]byte{heartbeat}, true
-			s.delivered.Add(float64(delivered))
-			delivered = 0
-		case <-s.wake:
-			batch, ending = s.take(spare)
-		}
-		n := len(batch)
-		if err := out.write(batch); err != nil {
-			if _, why := s.take(nil); why != "" {
-				return why // a slow stream's write fails at its deadline: it was ended as slow
-			}
-			if ctx.Err() != nil {
-				return ReasonClient
-			}
-			return ReasonWrite
-		}
-		if n > 0 {
-			lastWrite = time.Now()
-		}
-		if !beat {
-			if delivered += n; delivered >= 256 {
-				s.delivered.Add(float64(delivered))
-				delivered = 0
-			}
-			clear(batch) // drop the frames, keep the array
-			spare = batch[:0]
-		}
-		if ending != "" {
-			return ending
-		}
+		return batch, s.ending, false
 	}
-}
-
-// deadline moves a connection's write deadline on once half of it has
-// passed, not for every write: setting it costs as much as a small write.
-// The stream lives for hours, but no write may hang on a dead peer for
-// longer than the timeout.
-type deadline struct {
-	timeout time.Duration
-	at      time.Time
-}
-
-func (d *deadline) due() (time.Time, bool) {
-	now := time.Now()
-	if d.at.Sub(now) >= d.timeout/2 {
-		return d.at, false
-	}
-	d.at = now.Add(d.timeout)
-	return d.at, true
-}
-
-// connSink writes to a connection ssebridge took over.
-type connSink struct {
-	conn net.Conn
-	d    deadline
-}
-
-func (c *connSink) write(batch [][]byte) error {
-	if len(batch) == 0 {
-		return nil
-	}
-	if at, ok := c.d.due(); ok {
-		_ = c.conn.SetWriteDeadline(at)
-	}
-	bufs := net.Buffers(batch) // one writev for the whole batch
-	if _, err := bufs.WriteTo(c.conn); err != nil {
-		return fmt.Errorf("%w: %v", ErrWrite, err)
-	}
-	return nil
-}
-
-// responseSink writes through net/http, with one flush per batch.
-type responseSink struct {
-	w  http.ResponseWriter
-	rc *http.ResponseController
-	d  deadline
-}
-
-func (r *responseSink) write(batch [][]byte) error {
-	if len(batch) == 0 {
-		return nil
-	}
-	if at, ok := r.d.due(); ok {
-		_ = r.rc.SetWriteDeadline(at)
-	}
-	for _, frame := range batch {
-		if _, err := r.w.Write(frame); err != nil {
-			return fmt.Errorf("%w: %v", ErrWrite, err)
-		}
-	}
-	if err := r.rc.Flush(); err != nil {
-		return fmt.Errorf("%w: %v", ErrWrite, err)
-	}
-	return nil
+	return batch, "", s.catching.on
 }

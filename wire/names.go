@@ -1,7 +1,8 @@
-package store
+package wire
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -64,4 +65,28 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// RoomOf returns the room a logical channel names, if it is a room channel.
+func RoomOf(channel string) (string, bool) {
+	return strings.CutPrefix(channel, "room:")
+}
+
+// ParseRooms reads a ?rooms= list: names separated by commas, each checked,
+// duplicates dropped. At most max names are accepted, so that one request
+// cannot make the service subscribe to an unbounded number of channels.
+func ParseRooms(list string, max int) ([]string, error) {
+	var rooms []string
+	for r := range strings.SplitSeq(list, ",") {
+		if err := CheckName(r); err != nil {
+			return nil, err
+		}
+		if !slices.Contains(rooms, r) {
+			if len(rooms) == max {
+				return nil, fmt.Errorf("more than %d rooms", max)
+			}
+			rooms = append(rooms, r)
+		}
+	}
+	return rooms, nil
 }

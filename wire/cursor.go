@@ -1,9 +1,7 @@
-package store
+package wire
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 )
@@ -50,7 +48,19 @@ func alnum(s string) bool {
 	return true
 }
 
-func (c Cursor) String() string { return c.Epoch + ":" + c.entryID() }
+func (c Cursor) String() string { return c.Epoch + ":" + c.EntryID() }
+
+// Max returns the later of c and d; a zero cursor is no position, so the
+// other wins.
+func (c Cursor) Max(d Cursor) Cursor {
+	if d.IsZero() {
+		return c
+	}
+	if c.IsZero() || c.Before(d) {
+		return d
+	}
+	return c
+}
 
 // IsZero reports whether c is no cursor at all (a live event's).
 func (c Cursor) IsZero() bool { return c.Epoch == "" }
@@ -64,26 +74,13 @@ func (c Cursor) Before(d Cursor) bool {
 	return c.MS < d.MS || c.MS == d.MS && c.N < d.N
 }
 
-// entryID is the id of the event's entry in its channel's history stream.
-func (c Cursor) entryID() string {
+// EntryID is the id of the event's entry in its channel's history stream:
+// the cursor without its epoch.
+func (c Cursor) EntryID() string {
 	return strconv.FormatUint(c.MS, 10) + "-" + strconv.FormatUint(c.N, 10)
 }
 
-// parseEntryID reads a history stream entry id into a cursor of epoch.
-func parseEntryID(epoch, id string) (Cursor, error) {
+// ParseEntryID reads a history stream entry id into a cursor of epoch.
+func ParseEntryID(epoch, id string) (Cursor, error) {
 	return ParseCursor(epoch + ":" + id)
-}
-
-// ParseDurable splits a message published by publish.lua, "\x00<cursor>\n<envelope>".
-// ok is false for a live message, which a backend published with PUBLISH.
-func ParseDurable(payload []byte) (c Cursor, envelope []byte, ok bool, err error) {
-	if len(payload) == 0 || payload[0] != 0 {
-		return Cursor{}, payload, false, nil
-	}
-	head, envelope, found := bytes.Cut(payload[1:], []byte{'\n'})
-	if !found {
-		return Cursor{}, nil, true, fmt.Errorf("%w: durable message without an envelope", ErrBadCursor)
-	}
-	c, err = ParseCursor(string(head))
-	return c, envelope, true, err
 }

@@ -1,4 +1,4 @@
-package stream
+package wire
 
 import (
 	"bytes"
@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-
-	"github.com/ssebridge/ssebridge/store"
 )
 
 // Reasons a published message is refused. Each is a label of the
@@ -148,8 +146,13 @@ func EncodeMessage(payload []byte, maxBytes int) ([]byte, error) {
 }
 
 // EncodeDurable encodes a durable event; its id: is its cursor, whatever id
-// the envelope holds, since that id is what the browser resumes from.
-func EncodeDurable(cursor store.Cursor, envelope []byte, maxBytes int) ([]byte, error) {
+// the envelope holds, since that id is what the browser resumes from. An
+// empty envelope is a mark: an id: line alone, which moves the browser's
+// last event id on without firing any event.
+func EncodeDurable(cursor Cursor, envelope []byte, maxBytes int) ([]byte, error) {
+	if len(envelope) == 0 {
+		return []byte("id: " + cursor.String() + "\n\n"), nil
+	}
 	if len(envelope) > maxBytes {
 		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, len(envelope), maxBytes)
 	}
@@ -163,9 +166,9 @@ func EncodeDurable(cursor store.Cursor, envelope []byte, maxBytes int) ([]byte, 
 
 // Heartbeat is the comment line that keeps idle streams and the proxies
 // between them alive; EventSource ignores it.
-var heartbeat = []byte(": ping\n\n")
+var Heartbeat = []byte(": ping\n\n")
 
-// retryFrame tells the browser how long to wait before it reconnects.
-func retryFrame(ms int64) []byte {
+// RetryFrame tells the browser how long to wait before it reconnects.
+func RetryFrame(ms int64) []byte {
 	return []byte("retry: " + strconv.FormatInt(ms, 10) + "\n\n")
 }

@@ -1,0 +1,35 @@
+// Package stream is the hub: open streams, which channels each receives,
+// fan-out of published messages, bounded queues, catch-up from history,
+// and the writer that puts SSE bytes on each connection.
+//
+// An event's way through: store.Feed reads it from Redis and hands it to
+// Hub.Publish on the feed's one goroutine; Publish encodes it once (package
+// wire) and fanOut queues the same bytes on every stream of its channel
+// without waiting; each stream's writer goroutine writes its queue out.
+//
+// Who owns what, and the concurrency rules:
+//
+//   - Hub.mu guards the indexes by user and by session, the open count, the
+//     control log and each Stream's attaching/pending/removed. It is never
+//     held across I/O.
+//   - Channel membership (membership.go) is the hub's alone: a channel is
+//     subscribed when its first stream attaches and unsubscribed when its
+//     last detaches, under the channel's stripe lock, so a subscribe and an
+//     unsubscribe of one channel are written to Redis in the order the set
+//     changed. The feed executes, confirms (Sync) and resubscribes after a
+//     reconnection; it keeps no counts.
+//   - A Stream's members lock guards its channel set and is only taken
+//     inside a stripe lock. Its mu guards its queue, its catch-up state and
+//     why it is ending; nothing else is locked while mu is held.
+//   - The writer goroutine (Serve, ServeConn) owns the connection: it alone
+//     writes, including the opening and every replay (resume.go). Its owner
+//     is the HTTP handler that opened the stream, which calls Close when
+//     the writer returns; Hub.Wait waits for all of them.
+//   - Control messages are applied at once on the feed's goroutine
+//     (control.go); nothing there waits for Redis. Hub.Recheck holds open
+//     streams to their sessions as Redis has them now (recheck.go).
+//
+// A stream never slows another: fan-out only appends to queues bounded in
+// events and bytes, and a stream over its bounds is ended with a retry
+// hint, to resume from its last id.
+package stream

@@ -1,0 +1,184 @@
+package stream
+
+import (
+	"hash/maphash"
+	"sync"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// Channel membership: which streams receive which channel, and so which
+// channels Redis must send this instance.
+//
+// The hub is the single owner of it. A channel is subscribed when its set
+// of streams goes from empty to non-empty and unsubscribed when it empties,
+// and both the change of the set and the command to Redis happen under the
+// channel's stripe lock: so a subscribe and an unsubscribe of one channel
+// are written to Redis in the order the set changed, and can never cross.
+// The feed executes; it keeps no counts.
+//
+// Two kinds of lock, both picked by a hash of the channel:
+//   - a stripe (mutex) serialises membership changes of a channel and is
+//     held across the feed's write of SUBSCRIBE or UNSUBSCRIBE;
+//   - a shard (RWMutex) guards the channel → streams map, and is held only
+//     for the map's change or for one fan-out, never across I/O.
+//
+// Lock order: stripe, then the stream's members, then the shard.
+
+const (
+	stripeCount = 256
+	shardCount  = 64
+)
+
+type shard struct {
+	mu   sync.RWMutex
+	subs map[string]map[*Stream]struct{}
+}
+
+type membership struct {
+	seed    maphash.Seed
+	stripes [stripeCount]sync.Mutex
+	shards  [shardCount]shard
+}
+
+func (m *membership) init() {
+	m.seed = maphash.MakeSeed()
+	for i := range m.shards {
+		m.shards[i].subs = make(map[string]map[*Stream]struct{})
+	}
+}
+
+func (m *membership) hash(channel string) uint64 { return maphash.String(m.seed, channel) }
+
+func (m *membership) shard(channel string) *shard {
+	return &m.shards[m.hash(channel)%shardCount]
+}
+
+func (m *membership) stripe(channel string) *sync.Mutex {
+	return &m.stripes[m.hash(channel)%stripeCount]
+}
+
+// attach makes s receive channel, subscribing Redis if s is its first
+// stream. It reports false, and does nothing, when s is closed or has the
+// channel already. The subscription is written, not confirmed: the caller
+// waits on the feed's Sync for that.
+func (h *Hub) attach(s *Stream, channel string) (bool, error) {
+	st := h.members.stripe(channel)
+	st.Lock()
+	defer st.Unlock()
+	s.members.Lock()
+	_, has := s.channels[channel]
+	if s.closed || has {
+		s.members.Unlock()
+		return false, nil
+	}
+	s.channels[channel] = struct{}{}
+	s.members.Unlock()
+
+	sh := h.members.shard(channel)
+	sh.mu.Lock()
+	set := sh.subs[channel]
+	first := set == nil
+	if first {
+		set = make(map[*Stream]struct{})
+		sh.subs[channel] = set
+	}
+	set[s] = struct{}{}
+	sh.mu.Unlock()
+	if first {
+		return true, h.sub.Subscribe(channel)
+	}
+	return true, nil
+}
+
+// detach stops s receiving channel, unsubscribing Redis if s was its last
+// stream. It reports whether s had the channel.
+func (h *Hub) detach(s *Stream, channel string) bool {
+	st := h.members.stripe(channel)
+	st.Lock()
+	defer st.Unlock()
+	s.members.Lock()
+	_, had := s.channels[channel]
+	delete(s.channels, channel)
+	s.members.Unlock()
+	if !had {
+		return false
+	}
+	sh := h.members.shard(channel)
+	sh.mu.Lock()
+	set := sh.subs[channel]
+	delete(set, s)
+	last := len(set) == 0
+	if last {
+		delete(sh.subs, channel)
+	}
+	sh.mu.Unlock()
+	if last {
+		h.sub.Unsubscribe(channel)
+	}
+	return true
+}
+
+// detachAll marks s closed, so that nothing attaches it again, and detaches
+// it from every channel.
+func (h *Hub) detachAll(s *Stream) {
+	s.members.Lock()
+	s.closed = true
+	channels := make([]string, 0, len(s.channels))
+	for c := range s.channels {
+		channels = append(channels, c)
+	}
+	s.members.Unlock()
+	for _, c := range channels {
+		h.detach(s, c)
+	}
+}
+
+// channelList returns the channels s is attached to.
+func (s *Stream) channelList() []string {
+	s.members.Lock()
+	defer s.members.Unlock()
+	out := make([]string, 0, len(s.channels))
+	for c := range s.channels {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (s *Stream) has(channel string) bool {
+	s.members.Lock()
+	defer s.members.Unlock()
+	_, ok := s.channels[channel]
+	return ok
+}
+
+// fanOut queues frame on every stream of channel. It never blocks on a
+// stream: one whose queue is full is ended as slow.
+func (h *Hub) fanOut(channel string, frame []byte, cursor wire.Cursor) {
+	sh := h.members.shard(channel)
+	var slow []*Stream
+	sh.mu.RLock()
+	for s := range sh.subs[channel] {
+		if !s.offer(channel, frame, cursor) {
+			slow = append(slow, s)
+		}
+	}
+	sh.mu.RUnlock()
+	for _, s := range slow {
+		h.endSlow(s)
+	}
+}
+
+// allChannels returns every channel with streams.
+func (h *Hub) allChannels() []string {
+	var out []string
+	for i := range h.members.shards {
+		sh := &h.members.shards[i]
+		sh.mu.RLock()
+		for c := range sh.subs {
+			out = append(out, c)
+		}
+		sh.mu.RUnlock()
+	}
+	return out
+}

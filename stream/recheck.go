@@ -1,0 +1,107 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// Sessions reads sessions back. store.Sessions is the real one.
+type Sessions interface {
+	// LookupMany reads the sessions of tokens in one round trip; errs holds
+	// each one's wire.ErrNoSession or wire.ErrBadSession, err Redis's.
+	LookupMany(ctx context.Context, tokens []string) (sessions []wire.Session, errs []error, err error)
+}
+
+// Recheck holds the open streams to their sessions as they are now. The
+// session in Redis is the source of truth; control messages are only the
+// fast path, and can be missed (published while this instance was away
+// from Redis, or never sent). So every interval, and at once after the
+// feed reconnects (RecheckSoon), the sessions of all open streams are read
+// in one pipelined round trip and:
+//   - a stream whose session is gone or malformed ends with logout;
+//   - a stream whose session now names another user ends with a retry
+//     hint, to come back as whoever the session is now;
+//   - a stream leaves every room its session no longer lists.
+//
+// While Redis is unreachable nothing is changed.
+func (h *Hub) Recheck(ctx context.Context, sessions Sessions, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-h.recheckNow:
+		}
+		if err := h.recheck(ctx, sessions); err != nil && ctx.Err() == nil {
+			h.log.Warn("session recheck skipped", "err", err)
+		}
+	}
+}
+
+// RecheckSoon asks Recheck to run now rather than at its next interval.
+func (h *Hub) RecheckSoon() {
+	select {
+	case h.recheckNow <- struct{}{}:
+	default:
+	}
+}
+
+func (h *Hub) recheck(ctx context.Context, sessions Sessions) error {
+	h.mu.Lock()
+	tokens := make([]string, 0, len(h.sessions))
+	for t := range h.sessions {
+		tokens = append(tokens, t)
+	}
+	h.mu.Unlock()
+	found, errs, err := sessions.LookupMany(ctx, tokens)
+	if err != nil {
+		return err
+	}
+	for i, token := range tokens {
+		switch {
+		case errors.Is(errs[i], wire.ErrNoSession), errors.Is(errs[i], wire.ErrBadSession):
+			for _, s := range h.streamsOf(token) {
+				if s.end(ReasonSession, logoutFrame, true) {
+					h.metrics.Rechecked.WithLabelValues("ended").Inc()
+				}
+			}
+		case errs[i] != nil:
+			// Unreadable now: judged at the next recheck.
+		default:
+			h.hold(token, found[i])
+		}
+	}
+	return nil
+}
+
+// hold brings the streams of a session in line with it.
+func (h *Hub) hold(token string, sess wire.Session) {
+	for _, s := range h.streamsOf(token) {
+		if s.User != sess.User {
+			h.endRetry(s, ReasonSession)
+			h.metrics.Rechecked.WithLabelValues("user_changed").Inc()
+			continue
+		}
+		for _, c := range s.channelList() {
+			if room, ok := wire.RoomOf(c); ok && !sess.Allows(room) {
+				h.leave(s, c)
+				h.metrics.Rechecked.WithLabelValues("left_room").Inc()
+			}
+		}
+	}
+}
+
+func (h *Hub) streamsOf(token string) []*Stream {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Stream, 0, len(h.sessions[token]))
+	for s := range h.sessions[token] {
+		out = append(out, s)
+	}
+	return out
+}

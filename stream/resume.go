@@ -1,0 +1,226 @@
+package stream
+
+import (
+	"context"
+	"slices"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// The resume seam, in one place.
+//
+// A stream holds live events (Stream.catching) from the moment it is made
+// until its writer has written what it must replay; meanwhile Open has
+// attached it and Redis has confirmed its subscriptions, so nothing
+// published after that point can miss it. The writer then:
+//
+//  1. reads pages of history up to a fixed position P, taken by the first
+//     read (every event up to P was published before the read began, so
+//     the pages add up to one snapshot, however much is published during
+//     the replay), and writes each page straight to the client: a replay
+//     is paced by the client and by REPLAY_INFLIGHT_BYTES, never by the
+//     live queue's slow-reader rule;
+//  2. moves the stream's last id to P and queues what was held, dropping
+//     any durable event at or before P (it was in the replay): no gap, no
+//     duplicate.
+//
+// A join runs the same seam again on a live stream (Stream.rewind): the new
+// channel's events that Redis sent before the subscription took effect are
+// in history, and the replay brings them in order.
+
+// opening writes what a stream sends first, from its writer: retry: and
+// ready, then the durable events it missed since its Last-Event-ID, or a
+// reset. It returns why the stream ended if a write failed, else "".
+func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
+	if s.ended() != "" {
+		return "" // ended while it was opening: the writer writes only the final frame
+	}
+	var from wire.Cursor
+	reset := ""
+	if s.resume != "" {
+		c, err := wire.ParseCursor(s.resume)
+		if err != nil {
+			reset = wire.ResetMalformed
+		}
+		from = c
+	}
+	rooms := s.rooms()
+	if !from.IsZero() {
+		if err := out.write([][]byte{readyFrame(s.User, rooms, h.opts.Retry, "")}); err != nil {
+			return s.writeFailed(ctx)
+		}
+		s.replayFrom(from)
+		return h.catchUp(ctx, s, out)
+	}
+	pos, err := h.history.Position(ctx)
+	if err != nil {
+		h.log.Warn("stream ended: no position from redis", "user", s.User, "err", err)
+		h.endRetry(s, ReasonRedis)
+		return ""
+	}
+	frames := [][]byte{readyFrame(s.User, rooms, h.opts.Retry, pos.String())}
+	if reset != "" {
+		frames = [][]byte{readyFrame(s.User, rooms, h.opts.Retry, ""), h.resetFrame(pos, reset)}
+	}
+	if err := out.write(frames); err != nil {
+		return s.writeFailed(ctx)
+	}
+	// Subscriptions were confirmed before pos was taken: whatever follows
+	// pos arrives live. Only a channel joined meanwhile needs a replay.
+	s.startAt(pos)
+	return h.catchUp(ctx, s, out)
+}
+
+// catchUp runs the seam until the stream is live: passes of replay, again
+// if a channel was joined during one. It returns why the stream ended if a
+// write failed, else "".
+func (h *Hub) catchUp(ctx context.Context, s *Stream, out sink) string {
+	var horizon wire.Cursor // the last event replayed
+	synced := make(map[string]bool)
+	for {
+		st := s.catchUpState()
+		if !st.on || s.ended() != "" {
+			return ""
+		}
+		if len(st.base) == 0 && !st.replay {
+			if h.goLive(s, st.from, st.gen) {
+				return ""
+			}
+			continue
+		}
+		if unsynced(st.base, synced) {
+			// A joined channel is read only once its subscription is in
+			// force, or an event between the read and the subscription
+			// would be missed.
+			if err := h.sub.Sync(ctx); err != nil {
+				h.log.Warn("stream ended: subscription not confirmed", "user", s.User, "err", err)
+				h.endRetry(s, ReasonRedis)
+				return ""
+			}
+			for c := range st.base {
+				synced[c] = true
+			}
+		}
+		pos, why, ok := h.replay(ctx, s, out, st, &horizon)
+		if why != "" || !ok {
+			return why
+		}
+		if h.goLive(s, pos, st.gen) {
+			return ""
+		}
+		// A channel was joined during the pass: another pass, from where
+		// this one stopped.
+		s.replayFrom(pos)
+	}
+}
+
+// goLive lets live events flow on s once its replay reached pos; a stream
+// whose held events overflow its queue is ended as slow, to resume from
+// the id it has now. It reports false when a join calls for another pass.
+func (h *Hub) goLive(s *Stream, pos wire.Cursor, gen uint64) bool {
+	live, held := s.goLive(pos, gen)
+	if !held {
+		h.endSlow(s)
+	}
+	return live
+}
+
+func unsynced(base map[string]wire.Cursor, synced map[string]bool) bool {
+	for c := range base {
+		if !synced[c] {
+			return true
+		}
+	}
+	return false
+}
+
+// replay writes one pass of replay: pages of the stream's channels' events
+// after st.from (a joined channel after its own cursor), up to the position
+// the first page fixes, which it returns. ok is false when the stream was
+// ended meanwhile (the writer then writes its final frame); why is set when
+// a write failed.
+func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, horizon *wire.Cursor) (pos wire.Cursor, why string, ok bool) {
+	var until wire.Cursor
+	total := 0
+	for {
+		if s.ended() != "" {
+			return pos, "", false
+		}
+		channels := s.channelList()
+		after := make([]wire.Cursor, len(channels))
+		for i, c := range channels {
+			// Never before from: what the stream has was written in id
+			// order, and a replay must not go back behind it.
+			after[i] = st.from.Max(st.base[c]).Max(*horizon)
+		}
+		release, err := h.replaySlot(ctx)
+		if err != nil {
+			return pos, s.writeFailed(ctx), false
+		}
+		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
+		if err != nil {
+			release()
+			h.log.Warn("stream ended: history could not be read", "user", s.User, "err", err)
+			h.endRetry(s, ReasonRedis)
+			return pos, "", false
+		}
+		var frames [][]byte
+		if page.Reset != "" {
+			frames = [][]byte{h.resetFrame(page.Position, page.Reset)}
+		} else {
+			for _, ev := range page.Events {
+				frame, err := wire.EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes)
+				if err != nil {
+					continue // refused when it was published live, refused again
+				}
+				total += len(frame)
+				frames = append(frames, frame)
+			}
+			if total > h.opts.ReplayMaxBytes {
+				frames = [][]byte{h.resetFrame(page.Position, wire.ResetTooLarge)}
+				page.Reset = wire.ResetTooLarge
+			}
+		}
+		err = out.write(frames)
+		release()
+		if err != nil {
+			return pos, s.writeFailed(ctx), false
+		}
+		if page.Reset != "" {
+			return page.Position, "", true
+		}
+		h.metrics.Replayed.Add(float64(len(frames)))
+		until = page.Position
+		if n := len(page.Events); n > 0 {
+			*horizon = page.Events[n-1].Cursor
+		}
+		if !page.More {
+			return until, "", true
+		}
+	}
+}
+
+// replaySlot waits for room among the replay pages in flight, so that a
+// mass reconnect cannot pull more history into memory than
+// REPLAY_INFLIGHT_BYTES allows; the returned func gives the room back.
+func (h *Hub) replaySlot(ctx context.Context) (func(), error) {
+	select {
+	case h.replaySlots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	h.metrics.ReplayPages.Inc()
+	return func() { <-h.replaySlots; h.metrics.ReplayPages.Dec() }, nil
+}
+
+// rooms returns the rooms a stream is attached to, sorted.
+func (s *Stream) rooms() []string {
+	var rooms []string
+	for _, c := range s.channelList() {
+		if r, ok := wire.RoomOf(c); ok {
+			rooms = append(rooms, r)
+		}
+	}
+	slices.Sort(rooms)
+	return rooms
+}

@@ -1,0 +1,80 @@
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Errors of a session lookup. Anything else is Redis being unreachable.
+var (
+	// ErrNoSession means no session is stored under the token: never
+	// created, expired or deleted by a logout.
+	ErrNoSession = errors.New("no such session")
+	// ErrBadSession means a stored value is not a session; the error
+	// wrapping it says why. It is the backend's bug, and the stream is refused.
+	ErrBadSession = errors.New("malformed session")
+)
+
+// Session is what the backend stored for a logged-in user.
+type Session struct {
+	User  string
+	Rooms []string
+}
+
+// Allows reports whether the session lists room.
+func (s Session) Allows(room string) bool {
+	for _, r := range s.Rooms {
+		if r == room {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseSession checks a stored session value: a JSON object whose "user" is
+// a valid name (string or integer) and whose optional "rooms" is an array of
+// valid room names. Other fields are ignored.
+func ParseSession(raw []byte) (Session, error) {
+	var v struct {
+		User  json.RawMessage `json:"user"`
+		Rooms []string        `json:"rooms"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return Session{}, fmt.Errorf("%w: not a JSON object with \"user\" and \"rooms\": %v", ErrBadSession, err)
+	}
+	user, err := parseUser(v.User)
+	if err != nil {
+		return Session{}, fmt.Errorf("%w: %v", ErrBadSession, err)
+	}
+	for _, r := range v.Rooms {
+		if err := CheckName(r); err != nil {
+			return Session{}, fmt.Errorf("%w: room: %v", ErrBadSession, err)
+		}
+	}
+	return Session{User: user, Rooms: v.Rooms}, nil
+}
+
+func parseUser(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", errors.New(`"user" is missing`)
+	}
+	var user string
+	switch raw[0] {
+	case '"':
+		if err := json.Unmarshal(raw, &user); err != nil {
+			return "", fmt.Errorf(`"user": %v`, err)
+		}
+	default:
+		n, err := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil {
+			return "", errors.New(`"user" is neither a string nor an integer`)
+		}
+		user = strconv.FormatInt(n, 10)
+	}
+	if err := CheckName(user); err != nil {
+		return "", fmt.Errorf(`"user": %v`, err)
+	}
+	return user, nil
+}
