@@ -131,7 +131,9 @@ func (r *recorder) await(t *testing.T, s string) {
 func serveInto(s *Stream) (*recorder, chan string) {
 	rec := &recorder{ResponseRecorder: httptest.NewRecorder(), written: make(chan struct{}, 1)}
 	done := make(chan string, 1)
-	go func() { done <- s.Serve(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second}) }()
+	go func() {
+		done <- s.Serve(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second})
+	}()
 	return rec, done
 }
 
