@@ -38,6 +38,8 @@ type Options struct {
 
 	// Dev, when set, adds the try-out routes of embedded mode.
 	Dev *Dev
+
+	now func() time.Time // the clock of log rate limits; time.Now when nil (tests set it)
 }
 
 // Dev is what the try-out routes need: they log in and publish as a backend would.
