@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ssebridge/ssebridge/internal/ratelog"
 	"github.com/ssebridge/ssebridge/static"
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/stream"
@@ -66,6 +67,9 @@ func New(o Options) *echo.Echo {
 		}
 	}
 
+	// Lines that may repeat with every request: one a minute per reason.
+	logLimit := ratelog.New(time.Minute, o.now)
+
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ssebridge_handshakes_refused_total",
 		Help: "Stream requests refused, by reason.",
@@ -84,14 +88,7 @@ func New(o Options) *echo.Echo {
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
-	e.GET("/readyz", func(c echo.Context) error {
-		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
-		defer cancel()
-		if err := o.Ready(ctx); err != nil {
-			return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
-		}
-		return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
-	})
+	e.GET("/readyz", (&readiness{ready: o.Ready, log: o.Log, limit: logLimit}).serve)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})))
 	e.GET("/*", echo.WrapHandler(http.FileServerFS(static.FS)))
 
