@@ -97,7 +97,7 @@ func newServer(t *testing.T, s setup) *server {
 		Retry:         2 * time.Second,
 		Ready:         func(context.Context) error { return nil },
 		Registry:      prometheus.NewRegistry(),
-		Log:           slog.New(slog.NewTextHandler(srv.log, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Log:           slog.New(slog.NewTextHandler(srv.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		now:           srv.clock.Now,
 	}
 	if s.withRedis {
