@@ -153,7 +153,20 @@ func (ev *events) token(c echo.Context) string {
 func (ev *events) refuse(code int, reason, msg string) error {
 	ev.refused.WithLabelValues(reason).Inc()
 	ev.o.Log.Debug("stream refused", "status", code, "reason", reason)
+	if reason == "no_token" {
+		ev.hint(reason, "no session cookie "+strconv.Quote(ev.o.SessionCookie)+
+			" and no Authorization header: is the cookie sent (SameSite, domain, withCredentials: true)?")
+	}
 	return echo.NewHTTPError(code, msg)
+}
+
+// hint logs at info, at most once a minute per reason, a refusal that a
+// developer fixes in configuration or in the page. (An origin refusal is
+// told by origins.admit, which knows the origin.) Never a token.
+func (ev *events) hint(reason, msg string) {
+	if ok, suppressed := ev.origins.limit.Allow(reason); ok {
+		ev.o.Log.Info(msg, "reason", reason, "suppressed", suppressed)
+	}
 }
 
 // refuseRetry refuses for a passing reason, with Retry-After.

@@ -76,7 +76,7 @@ func New(o Options) *echo.Echo {
 	}, []string{"reason"})
 	o.Registry.MustRegister(refused)
 
-	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins), refused: refused}
+	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused}
 	e.GET("/events", ev.stream)
 	e.GET("/events/check", ev.check)
 	e.OPTIONS("/events", ev.preflight)
