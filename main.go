@@ -63,6 +63,7 @@ type Config struct {
 
 func main() {
 	if len(os.Args) > 1 {
+		redis.SetLogger(newRedisLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
 		os.Exit(command(os.Args[1], os.Args[2:]))
 	}
 	cfg, err := loadConfig(env.ToMap(os.Environ()))
@@ -71,6 +72,8 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// go-redis logs by itself (dial errors); its logger is process-wide.
+	redis.SetLogger(newRedisLogger(log))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, cfg, log, nil); err != nil {
