@@ -5,7 +5,9 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -64,7 +66,7 @@ type Config struct {
 func main() {
 	if len(os.Args) > 1 {
 		redis.SetLogger(newRedisLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
-		os.Exit(command(os.Args[1], os.Args[2:]))
+		os.Exit(command(os.Args[1], os.Args[2:], os.Stdout, os.Stderr))
 	}
 	cfg, err := loadConfig(env.ToMap(os.Environ()))
 	if err != nil {
@@ -82,24 +84,39 @@ func main() {
 	}
 }
 
-// command runs a subcommand: publish or tail.
-func command(name string, args []string) int {
+// command runs a subcommand, publish or tail, or prints the help, and
+// returns the exit code: 0, 1 when the command failed, 2 for a usage error.
+func command(name string, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	var err error
 	switch name {
+	case "help", "-h", "-help", "--help":
+		writeHelp(stdout)
+		return 0
 	case "publish":
-		err = publishCommand(ctx, args, os.Stdout)
+		err = publishCommand(ctx, args, stdout, stderr)
 	case "tail":
-		err = tailCommand(ctx, args, os.Stdout)
+		err = tailCommand(ctx, args, stdout, stderr)
 	default:
-		err = errUsage
+		fmt.Fprintf(stderr, "ssebridge: unknown command %q\n\n", name)
+		writeHelp(stderr)
+		return 2
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ssebridge "+name+":", err)
-		return 1
+	var usage usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0 // the flag package printed the flags
+	case errors.As(err, &usage):
+		if !usage.printed {
+			fmt.Fprintln(stderr, "ssebridge "+name+":", err)
+		}
+		return 2
 	}
-	return 0
+	fmt.Fprintln(stderr, "ssebridge "+name+":", err)
+	return 1
 }
 
 // loadConfig reads Config from environ and checks it, naming the variable at fault.
@@ -171,6 +188,30 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		redisURL = "redis://" + mr.Addr()
 		log.Warn("REDIS_URL is not set: started an embedded Redis-compatible server, FOR TRYING OUT ONLY; the /dev routes are on",
 			"addr", mr.Addr(), "try", "redis-cli -p "+mr.Port())
+		// Once listening, leave the addresses where `ssebridge publish` and
+		// `ssebridge tail` on this machine find them; remove them at the end.
+		var removeTryOut func()
+		defer func() {
+			if removeTryOut != nil {
+				removeTryOut()
+			}
+		}()
+		next := listening
+		listening = func(addr string) {
+			path, t := tryOutPath(), tryOut{
+				URL: clientURL(addr), Redis: redisURL, ChannelPrefix: cfg.ChannelPrefix,
+				SessionCookie: cfg.SessionCookie, PID: os.Getpid(), Started: time.Now().Round(time.Second),
+			}
+			var err error
+			if removeTryOut, err = writeTryOut(path, t); err != nil {
+				log.Warn("try-out file not written: publish and tail need -redis, -url and -token", "err", err)
+			} else {
+				log.Info("try-out: `ssebridge publish` and `ssebridge tail` on this machine use this instance with no flags", "file", path)
+			}
+			if next != nil {
+				next(addr)
+			}
+		}
 	}
 	ropts, err := redis.ParseURL(redisURL)
 	if err != nil {
