@@ -190,28 +190,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 			"addr", mr.Addr(), "try", "redis-cli -p "+mr.Port())
 		// Once listening, leave the addresses where `ssebridge publish` and
 		// `ssebridge tail` on this machine find them; remove them at the end.
-		var removeTryOut func()
-		defer func() {
-			if removeTryOut != nil {
-				removeTryOut()
-			}
-		}()
-		next := listening
-		listening = func(addr string) {
-			path, t := tryOutPath(), tryOut{
-				URL: clientURL(addr), Redis: redisURL, ChannelPrefix: cfg.ChannelPrefix,
-				SessionCookie: cfg.SessionCookie, PID: os.Getpid(), Started: time.Now().Round(time.Second),
-			}
-			var err error
-			if removeTryOut, err = writeTryOut(path, t); err != nil {
-				log.Warn("try-out file not written: publish and tail need -redis, -url and -token", "err", err)
-			} else {
-				log.Info("try-out: `ssebridge publish` and `ssebridge tail` on this machine use this instance with no flags", "file", path)
-			}
-			if next != nil {
-				next(addr)
-			}
-		}
+		var endTryOut func()
+		listening, endTryOut = announceTryOut(cfg, redisURL, log, listening)
+		defer endTryOut()
 	}
 	ropts, err := redis.ParseURL(redisURL)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,6 +26,33 @@ type tryOut struct {
 	PID           int       `json:"pid"`
 	Started       time.Time `json:"started"`
 	Instance      string    `json:"instance"` // tells this server's file from a later one's
+}
+
+// announceTryOut wraps a server's listening callback so that it also
+// writes the try-out file; end removes it, if it was written.
+func announceTryOut(cfg Config, redisURL string, log *slog.Logger, listening func(string)) (wrapped func(string), end func()) {
+	var remove func()
+	wrapped = func(addr string) {
+		path, t := tryOutPath(), tryOut{
+			URL: clientURL(addr), Redis: redisURL, ChannelPrefix: cfg.ChannelPrefix,
+			SessionCookie: cfg.SessionCookie, PID: os.Getpid(), Started: time.Now().Round(time.Second),
+		}
+		var err error
+		if remove, err = writeTryOut(path, t); err != nil {
+			log.Warn("try-out file not written: publish and tail need -redis, -url and -token", "err", err)
+		} else {
+			log.Info("try-out: `ssebridge publish` and `ssebridge tail` on this machine use this instance with no flags", "file", path)
+		}
+		if listening != nil {
+			listening(addr)
+		}
+	}
+	end = func() {
+		if remove != nil {
+			remove()
+		}
+	}
+	return wrapped, end
 }
 
 // tryOutPath is $XDG_CACHE_HOME/ssebridge/tryout.json (~/.cache/… on
