@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"strings"
 	"time"
@@ -21,44 +22,127 @@ import (
 	"github.com/ssebridge/ssebridge/wire"
 )
 
+// usageError is a mistake in a command's arguments: exit code 2. When
+// printed is set, the flag package has already said what is wrong.
+type usageError struct {
+	err     error
+	printed bool
+}
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+// parseFlags parses args into fs, and returns which flags were given.
+func parseFlags(fs *flag.FlagSet, args []string) (map[string]bool, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, usageError{err, true}
+	}
+	if fs.NArg() > 0 {
+		return nil, usageError{err: fmt.Errorf("unexpected argument %q: every value goes with a flag (-h lists them)", fs.Arg(0))}
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	return given, nil
+}
+
 // publishCommand is `ssebridge publish`: a durable publish from a shell,
-// through Redis (-redis, or REDIS_URL) or through POST /publish.
-func publishCommand(ctx context.Context, args []string, stdout io.Writer) error {
+// through Redis (-redis, or REDIS_URL), through POST /publish (-url,
+// -token, or PUBLISH_TOKEN), or, given none of them, through the embedded
+// Redis of a try-out server on this machine (see tryOut).
+func publishCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	channel := fs.String("channel", "", "broadcast, user:<id> or room:<name>")
 	event := fs.String("event", "message", "event name")
-	data := fs.String("data", "", "event data: JSON, or text sent as a string")
-	redisURL := fs.String("redis", os.Getenv("REDIS_URL"), "publish through this Redis (default $REDIS_URL)")
-	prefix := fs.String("prefix", envOr("CHANNEL_PREFIX", "sse:"), "CHANNEL_PREFIX, with -redis")
-	url := fs.String("url", "http://localhost:8080", "ssebridge's base URL, without -redis")
-	token := fs.String("token", os.Getenv("PUBLISH_TOKEN"), "PUBLISH_TOKEN, without -redis")
-	if err := fs.Parse(args); err != nil {
+	data := fs.String("data", "", "event data, required: JSON, or text sent as a string")
+	redisURL := fs.String("redis", "", "publish through this Redis; redis:// may be left out (default $REDIS_URL)")
+	prefix := fs.String("prefix", "", "CHANNEL_PREFIX, with -redis (default $CHANNEL_PREFIX, or sse:)")
+	url := fs.String("url", "http://localhost:8080", "ssebridge's base URL, for POST /publish")
+	token := fs.String("token", "", "PUBLISH_TOKEN, for POST /publish (default $PUBLISH_TOKEN)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: ssebridge publish -channel CHANNEL [-event NAME] -data DATA [-redis URL | -url URL -token TOKEN]
+
+Publishes a durable event and prints its id. Through Redis with -redis (or
+$REDIS_URL); else through POST /publish with -url and -token (or
+$PUBLISH_TOKEN); else, when a server without REDIS_URL runs on this machine,
+through its embedded Redis (try-out mode, said on stderr).
+
+`)
+		fs.PrintDefaults()
+	}
+	given, err := parseFlags(fs, args)
+	if err != nil {
 		return err
 	}
 	if err := wire.CheckChannel(*channel); err != nil {
-		return fmt.Errorf("-channel: %w", err)
+		return usageError{err: fmt.Errorf("-channel: %w", err)}
+	}
+	if !given["data"] || *data == "" || *data == `""` {
+		return usageError{err: errors.New(`-data is required and must not be empty: browsers drop an event with no data (-data '{"text":"hi"}', or plain text)`)}
 	}
 	raw := json.RawMessage(*data)
 	if !json.Valid(raw) {
 		raw, _ = json.Marshal(*data)
 	}
-	if *redisURL != "" {
-		opts, err := redis.ParseURL(*redisURL)
+	envelope, err := compactJSON(struct {
+		Event string          `json:"event"`
+		Data  json.RawMessage `json:"data"`
+	}{*event, raw})
+	if err != nil {
+		return err
+	}
+	if !given["prefix"] {
+		*prefix = envOr("CHANNEL_PREFIX", "sse:")
+	}
+
+	switch {
+	case given["redis"]:
+	case given["url"] || given["token"]:
+	case os.Getenv("REDIS_URL") != "":
+		*redisURL = os.Getenv("REDIS_URL")
+	case os.Getenv("PUBLISH_TOKEN") != "":
+	default:
+		t, path, ok, err := findTryOut()
 		if err != nil {
-			return fmt.Errorf("-redis: %w", err)
+			return fmt.Errorf("try-out file: %w", err)
 		}
-		rdb := redis.NewClient(opts)
-		defer rdb.Close()
-		env, _ := json.Marshal(map[string]any{"event": *event, "data": raw})
-		// NewHistory's limits are not used here: the script reads them from Redis.
-		id, err := store.NewHistory(rdb, *prefix, 0, 0, 0).Publish(ctx, *channel, env)
+		if ok {
+			fmt.Fprintf(stderr, "publish: try-out mode: through the embedded Redis %s of the ssebridge at %s (from %s)\n", t.Redis, t.URL, path)
+			*redisURL = t.Redis
+			if !given["prefix"] {
+				*prefix = t.ChannelPrefix
+			}
+			id, err := publishRedis(ctx, *redisURL, *prefix, *channel, envelope)
+			if err != nil {
+				return fmt.Errorf("%w\n%s", err, t.stale(path))
+			}
+			fmt.Fprintln(stdout, id)
+			return nil
+		}
+	}
+	if *token == "" {
+		*token = os.Getenv("PUBLISH_TOKEN")
+	}
+
+	if *redisURL != "" {
+		id, err := publishRedis(ctx, *redisURL, *prefix, *channel, envelope)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, id)
 		return nil
 	}
-	body, _ := json.Marshal(map[string]any{"channel": *channel, "event": *event, "data": raw})
+	body, err := compactJSON(struct {
+		Channel string          `json:"channel"`
+		Event   string          `json:"event"`
+		Data    json.RawMessage `json:"data"`
+	}{*channel, *event, raw})
+	if err != nil {
+		return err
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(*url, "/")+"/publish", bytes.NewReader(body))
 	if err != nil {
 		return err
@@ -67,29 +151,89 @@ func publishCommand(ctx context.Context, args []string, stdout io.Writer) error 
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (no ssebridge there? -url names it; -redis publishes through Redis instead)", err)
 	}
 	defer resp.Body.Close()
 	var answer struct{ ID, Error string }
-	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil {
-		return fmt.Errorf("POST /publish: %s", resp.Status)
-	}
-	if resp.StatusCode != http.StatusOK {
+	_ = json.NewDecoder(resp.Body).Decode(&answer)
+	switch {
+	case resp.StatusCode == http.StatusOK && answer.ID != "":
+		fmt.Fprintln(stdout, answer.ID)
+		return nil
+	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
+		return fmt.Errorf("POST /publish: %s: that ssebridge has no POST /publish: it is on only with PUBLISH_TOKEN set there (then pass it with -token); or publish through Redis with -redis", resp.Status)
+	case answer.Error != "":
 		return fmt.Errorf("POST /publish: %s: %s", resp.Status, answer.Error)
 	}
-	fmt.Fprintln(stdout, answer.ID)
-	return nil
+	return fmt.Errorf("POST /publish: %s", resp.Status)
+}
+
+// publishRedis publishes envelope durably through the Redis at url.
+func publishRedis(ctx context.Context, url, prefix, channel string, envelope []byte) (wire.Cursor, error) {
+	if !strings.Contains(url, "://") {
+		url = "redis://" + url // 127.0.0.1:6379
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return wire.Cursor{}, fmt.Errorf("-redis: %w", err)
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	// NewHistory's limits are not used here: the script reads them from Redis.
+	return store.NewHistory(rdb, prefix, 0, 0, 0).Publish(ctx, channel, envelope)
+}
+
+// compactJSON is json.Marshal without HTML escaping: '<' stays one byte.
+func compactJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	err := enc.Encode(v)
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), err
 }
 
 // tailCommand is `ssebridge tail`: print a stream's events, resuming with
 // the last id after every drop, until interrupted or refused for good.
-func tailCommand(ctx context.Context, args []string, stdout io.Writer) error {
+func tailCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("tail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	url := fs.String("url", "http://localhost:8080/events", "the stream's URL")
 	token := fs.String("token", "", "session token, sent as Authorization: Bearer")
 	lastID := fs.String("last-event-id", "", "resume after this id")
-	if err := fs.Parse(args); err != nil {
+	user := fs.String("user", "tail", "try-out mode: the user of the session tail makes itself")
+	rooms := fs.String("rooms", "lobby", "try-out mode: that session's rooms, comma-separated")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `usage: ssebridge tail -url URL -token TOKEN [-last-event-id ID]
+       ssebridge tail [-user USER] [-rooms A,B]    (try-out mode)
+
+Prints a stream's events, one line each, and resumes from the last id when
+the stream drops. Without -url and -token, when a server without REDIS_URL
+runs on this machine, it makes itself a session there (POST /dev/login, as
+-user in -rooms) and tails that (try-out mode, said on stderr).
+
+`)
+		fs.PrintDefaults()
+	}
+	given, err := parseFlags(fs, args)
+	if err != nil {
 		return err
+	}
+	if !given["url"] && !given["token"] {
+		t, path, ok, err := findTryOut()
+		if err != nil {
+			return fmt.Errorf("try-out file: %w", err)
+		}
+		if ok {
+			tok, err := tryOutLogin(ctx, t, *user, *rooms)
+			if err != nil {
+				return fmt.Errorf("try-out mode: %w\n%s", err, t.stale(path))
+			}
+			*url, *token = t.URL+"/events", tok
+			fmt.Fprintf(stderr, "tail: try-out mode: %s as user %q in rooms %q, with a session from POST /dev/login (from %s)\n", *url, *user, *rooms, path)
+		}
+	}
+	if *token == "" {
+		return usageError{err: errors.New("-token is required: a session token, as the backend stored it under session:<token> (try-out mode, with no flags, needs a server without REDIS_URL running on this machine)")}
 	}
 	client := sse.NewClient(*url, sse.ClientMaxBufferSize(1<<20))
 	client.Headers["Authorization"] = "Bearer " + *token
@@ -122,9 +266,9 @@ func tailCommand(ctx context.Context, args []string, stdout io.Writer) error {
 		case refused != nil:
 			return refused
 		case err != nil:
-			fmt.Fprintln(os.Stderr, "tail:", err, "- retrying")
+			fmt.Fprintln(stderr, "tail:", err, "- retrying")
 		default:
-			fmt.Fprintln(os.Stderr, "tail: stream ended, resuming")
+			fmt.Fprintln(stderr, "tail: stream ended, resuming")
 		}
 		select {
 		case <-ctx.Done():
@@ -134,11 +278,36 @@ func tailCommand(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 }
 
+// tryOutLogin makes a session on a try-out server, as its demo page does,
+// and returns its token.
+func tryOutLogin(ctx context.Context, t tryOut, user, rooms string) (string, error) {
+	form := neturl.Values{"user": {user}, "rooms": {rooms}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.URL+"/dev/login", strings.NewReader(form.Encode()))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var answer struct{ Error string }
+		_ = json.NewDecoder(resp.Body).Decode(&answer)
+		return "", fmt.Errorf("POST /dev/login: %s: %s", resp.Status, answer.Error)
+	}
+	for _, c := range resp.Cookies() {
+		if c.Name == t.SessionCookie && c.Value != "" {
+			return c.Value, nil
+		}
+	}
+	return "", fmt.Errorf("POST /dev/login set no %s cookie", t.SessionCookie)
+}
+
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
 	}
 	return def
 }
-
-var errUsage = errors.New("usage: ssebridge [publish|tail] [flags]")

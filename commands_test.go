@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -13,7 +14,9 @@ import (
 )
 
 func TestPublishCommand(t *testing.T) {
+	tryOutEnv(t) // no try-out file, no REDIS_URL or PUBLISH_TOKEN from the machine
 	a := startApp(t, nil, map[string]string{"PUBLISH_TOKEN": "s3cret"})
+	b := startApp(t, a.redis, nil) // no PUBLISH_TOKEN: no POST /publish
 	s := a.open(a.session("alice", "lobby"), "")
 	ctx := context.Background()
 	tests := []struct {
@@ -27,11 +30,17 @@ func TestPublishCommand(t *testing.T) {
 		{"through Redis", []string{"-redis", a.redis.URL(), "-channel", "user:alice", "-data", "plain words"}, "", "message", "plain words"},
 		{"wrong token", []string{"-url", a.url, "-token", "nope", "-channel", "room:lobby", "-data", "1"}, "401", "", ""},
 		{"bad channel", []string{"-url", a.url, "-token", "s3cret", "-channel", "lobby", "-data", "1"}, "-channel", "", ""},
+		{"Redis address without redis://", []string{"-redis", a.redis.Addr, "-channel", "room:lobby", "-data", "<b>"}, "", "message", "<b>"},
+		{"'<' in JSON data through Redis", []string{"-redis", a.redis.URL(), "-channel", "room:lobby", "-data", `{"t":"<b>"}`}, "", "message", `{"t":"<b>"}`},
+		{"no -data", []string{"-url", a.url, "-token", "s3cret", "-channel", "room:lobby"}, "-data is required", "", ""},
+		{"empty -data", []string{"-url", a.url, "-token", "s3cret", "-channel", "room:lobby", "-data", ""}, "-data is required", "", ""},
+		{"server without PUBLISH_TOKEN", []string{"-url", b.url, "-token", "x", "-channel", "room:lobby", "-data", "1"}, "PUBLISH_TOKEN set there", "", ""},
+		{"no server there", []string{"-url", "http://127.0.0.1:1", "-token", "x", "-channel", "room:lobby", "-data", "1"}, "no ssebridge there?", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			err := publishCommand(ctx, tt.args, &out)
+			var out, stderr bytes.Buffer
+			err := publishCommand(ctx, tt.args, &out, &stderr)
 			if tt.errHas != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
 					t.Fatalf("error %v, want it to say %q", err, tt.errHas)
@@ -84,7 +93,9 @@ func TestTailCommandResumes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- tailCommand(ctx, []string{"-url", first.url + "/events", "-token", tok}, &out) }()
+	go func() {
+		done <- tailCommand(ctx, []string{"-url", first.url + "/events", "-token", tok}, &out, io.Discard)
+	}()
 	defer func() { cancel(); <-done }()
 
 	// The stream is up once the ready event is printed.

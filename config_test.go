@@ -1,6 +1,9 @@
 package main
 
 import (
+	"errors"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -34,5 +37,25 @@ func TestLoadConfig(t *testing.T) {
 				t.Fatalf("%s=%q: error %v, want it to name %q", tt.name, tt.value, err, tt.wantInErr)
 			}
 		})
+	}
+}
+
+// TestLoadConfigREADME: the configuration error the README quotes is the
+// one the binary prints.
+func TestLoadConfigREADME(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary)
+	cmd.Env = []string{"HEARTBEAT_INTERVAL=soon"}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("exit: %v, want 2; output %s", err, out)
+	}
+	msg := strings.TrimSpace(string(out))
+	if !strings.Contains(string(readme), "`"+msg+"`") {
+		t.Fatalf("README.md does not quote the real message:\n%s", msg)
 	}
 }

@@ -15,6 +15,7 @@ import (
 // TestEmbeddedTryOut runs ssebridge as the README's first command does: no
 // REDIS_URL, so an embedded Redis, and the /dev routes for the demo page.
 func TestEmbeddedTryOut(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // where the try-out file goes
 	cfg, err := loadConfig(map[string]string{"LISTEN_ADDR": "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)

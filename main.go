@@ -5,7 +5,9 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -67,7 +69,8 @@ type Config struct {
 
 func main() {
 	if len(os.Args) > 1 {
-		os.Exit(command(os.Args[1], os.Args[2:]))
+		redis.SetLogger(newRedisLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
+		os.Exit(command(os.Args[1], os.Args[2:], os.Stdout, os.Stderr))
 	}
 	cfg, err := loadConfig(env.ToMap(os.Environ()))
 	if err != nil {
@@ -75,6 +78,8 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// go-redis logs by itself (dial errors); its logger is process-wide.
+	redis.SetLogger(newRedisLogger(log))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if err := run(ctx, cfg, log, nil); err != nil {
@@ -83,24 +88,39 @@ func main() {
 	}
 }
 
-// command runs a subcommand: publish or tail.
-func command(name string, args []string) int {
+// command runs a subcommand, publish or tail, or prints the help, and
+// returns the exit code: 0, 1 when the command failed, 2 for a usage error.
+func command(name string, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	var err error
 	switch name {
+	case "help", "-h", "-help", "--help":
+		writeHelp(stdout)
+		return 0
 	case "publish":
-		err = publishCommand(ctx, args, os.Stdout)
+		err = publishCommand(ctx, args, stdout, stderr)
 	case "tail":
-		err = tailCommand(ctx, args, os.Stdout)
+		err = tailCommand(ctx, args, stdout, stderr)
 	default:
-		err = errUsage
+		fmt.Fprintf(stderr, "ssebridge: unknown command %q\n\n", name)
+		writeHelp(stderr)
+		return 2
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ssebridge "+name+":", err)
-		return 1
+	var usage usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0 // the flag package printed the flags
+	case errors.As(err, &usage):
+		if !usage.printed {
+			fmt.Fprintln(stderr, "ssebridge "+name+":", err)
+		}
+		return 2
 	}
-	return 0
+	fmt.Fprintln(stderr, "ssebridge "+name+":", err)
+	return 1
 }
 
 // loadConfig reads Config from environ and checks it, naming the variable at fault.
@@ -173,6 +193,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		redisURL = "redis://" + mr.Addr()
 		log.Warn("REDIS_URL is not set: started an embedded Redis-compatible server, FOR TRYING OUT ONLY; the /dev routes are on",
 			"addr", mr.Addr(), "try", "redis-cli -p "+mr.Port())
+		// Once listening, leave the addresses where `ssebridge publish` and
+		// `ssebridge tail` on this machine find them; remove them at the end.
+		var endTryOut func()
+		listening, endTryOut = announceTryOut(cfg, redisURL, log, listening)
+		defer endTryOut()
 	}
 	ropts, err := redis.ParseURL(redisURL)
 	if err != nil {
@@ -226,7 +251,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 				return fmt.Errorf("redis: %w", err)
 			}
 			if !feed.Connected() {
-				return errors.New("redis pub/sub is not subscribed")
+				return handlers.ErrNotSubscribed
 			}
 			return nil
 		},

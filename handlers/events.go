@@ -25,9 +25,9 @@ type events struct {
 // stream serves GET /events: the EventSource stream.
 func (ev *events) stream(c echo.Context) error {
 	// Taken before the session is read: control messages published from
-	// here on reach the stream even if they arrive before it is registered.
-	ticket := ev.o.Hub.Ticket()
-	sess, rooms, err := ev.authorize(c)
+	// then on reach the stream even if they arrive before it is registered.
+	var ticket stream.Ticket
+	sess, rooms, err := ev.authorize(c, func() { ticket = ev.o.Hub.Ticket() })
 	if err != nil {
 		return err
 	}
@@ -37,21 +37,12 @@ func (ev *events) stream(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms, Resume: resume, Ticket: ticket})
-	switch {
-	case errors.Is(err, stream.ErrTooManyForUser):
-		return ev.refuseRetry(c, http.StatusTooManyRequests, "user_limit", "too many streams for this user")
-	case errors.Is(err, stream.ErrTooManyStreams):
-		return ev.refuseRetry(c, http.StatusTooManyRequests, "total_limit", "too many streams on this instance")
-	case errors.Is(err, stream.ErrShuttingDown):
-		return ev.refuseRetry(c, http.StatusServiceUnavailable, "shutdown", "shutting down")
-	case errors.Is(err, stream.ErrControlBacklog):
-		return ev.refuseRetry(c, http.StatusServiceUnavailable, "control_backlog", "too busy, try again")
-	case err != nil && ctx.Err() != nil:
+	if err != nil && ctx.Err() != nil {
 		ev.refused.WithLabelValues("client_gone").Inc() // nobody is left to answer
 		return nil
-	case err != nil:
-		ev.o.Log.Warn("stream refused: redis unavailable", "user", sess.User, "err", err)
-		return ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
+	}
+	if err != nil {
+		return ev.openRefusal(c, sess.User, err)
 	}
 
 	h := c.Response().Header()
@@ -97,13 +88,34 @@ func (ev *events) stream(c echo.Context) error {
 	return nil
 }
 
+// openRefusal answers a stream the hub would not open.
+func (ev *events) openRefusal(c echo.Context, user string, err error) error {
+	switch {
+	case errors.Is(err, stream.ErrTooManyForUser):
+		return ev.refuseRetry(c, http.StatusTooManyRequests, "user_limit", "too many streams for this user")
+	case errors.Is(err, stream.ErrTooManyStreams):
+		return ev.refuseRetry(c, http.StatusTooManyRequests, "total_limit", "too many streams on this instance")
+	case errors.Is(err, stream.ErrShuttingDown):
+		return ev.refuseRetry(c, http.StatusServiceUnavailable, "shutdown", "shutting down")
+	case errors.Is(err, stream.ErrControlBacklog):
+		return ev.refuseRetry(c, http.StatusServiceUnavailable, "control_backlog", "too busy, try again")
+	}
+	ev.o.Log.Warn("stream refused: redis unavailable", "user", user, "err", err)
+	return ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
+}
+
 // check serves GET /events/check: the answer GET /events would give, without
 // opening a stream. EventSource hides the status of a refused stream; this
 // lets a page tell a final refusal (401, 403) from a passing one.
 func (ev *events) check(c echo.Context) error {
-	sess, rooms, err := ev.authorize(c)
+	sess, rooms, err := ev.authorize(c, nil)
 	if err != nil {
 		return err
+	}
+	if ev.o.Hub != nil {
+		if err := ev.o.Hub.Admits(sess.User); err != nil {
+			return ev.openRefusal(c, sess.User, err)
+		}
 	}
 	if rooms == nil {
 		rooms = []string{}
@@ -112,8 +124,9 @@ func (ev *events) check(c echo.Context) error {
 }
 
 // authorize checks the origin and the session, and returns the rooms the
-// stream asks for (all of the session's when it names none).
-func (ev *events) authorize(c echo.Context) (wire.Session, []string, error) {
+// stream asks for (all of the session's when it names none). beforeLookup,
+// if set, runs right before the session is read.
+func (ev *events) authorize(c echo.Context, beforeLookup func()) (wire.Session, []string, error) {
 	if !ev.origins.admit(c) {
 		return wire.Session{}, nil, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
 	}
@@ -121,6 +134,9 @@ func (ev *events) authorize(c echo.Context) (wire.Session, []string, error) {
 	if token == "" {
 		return wire.Session{}, nil, ev.refuse(http.StatusUnauthorized, "no_token",
 			"no session: send the "+ev.o.SessionCookie+" cookie or an Authorization: Bearer header")
+	}
+	if beforeLookup != nil {
+		beforeLookup()
 	}
 	sess, err := ev.o.Sessions.Lookup(c.Request().Context(), token)
 	switch {
@@ -171,7 +187,20 @@ func (ev *events) token(c echo.Context) string {
 func (ev *events) refuse(code int, reason, msg string) error {
 	ev.refused.WithLabelValues(reason).Inc()
 	ev.o.Log.Debug("stream refused", "status", code, "reason", reason)
+	if reason == "no_token" {
+		ev.hint(reason, "no session cookie "+strconv.Quote(ev.o.SessionCookie)+
+			" and no Authorization header: is the cookie sent (SameSite, domain, withCredentials: true)?")
+	}
 	return echo.NewHTTPError(code, msg)
+}
+
+// hint logs at info, at most once a minute per reason, a refusal that a
+// developer fixes in configuration or in the page. (An origin refusal is
+// told by origins.admit, which knows the origin.) Never a token.
+func (ev *events) hint(reason, msg string) {
+	if ok, suppressed := ev.origins.limit.Allow(reason); ok {
+		ev.o.Log.Info(msg, "reason", reason, "suppressed", suppressed)
+	}
 }
 
 // refuseRetry refuses for a passing reason, with Retry-After.

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ssebridge/ssebridge/internal/ratelog"
 	"github.com/ssebridge/ssebridge/static"
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/stream"
@@ -39,6 +40,8 @@ type Options struct {
 
 	// Dev, when set, adds the try-out routes of embedded mode.
 	Dev *Dev
+
+	now func() time.Time // the clock of log rate limits; time.Now when nil (tests set it)
 }
 
 // Dev is what the try-out routes need: they log in and publish as a backend would.
@@ -50,6 +53,7 @@ type Dev struct {
 func New(o Options) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
+	e.JSONSerializer = jsonSerializer{}
 	e.Use(middleware.Recover())
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
 		code, msg := http.StatusInternalServerError, "internal error"
@@ -64,13 +68,16 @@ func New(o Options) *echo.Echo {
 		}
 	}
 
+	// Lines that may repeat with every request: one a minute per reason.
+	logLimit := ratelog.New(time.Minute, o.now)
+
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ssebridge_handshakes_refused_total",
 		Help: "Stream requests refused, by reason.",
 	}, []string{"reason"})
 	o.Registry.MustRegister(refused)
 
-	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins), refused: refused}
+	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused}
 	e.GET("/events", ev.stream)
 	e.GET("/events/check", ev.check)
 	e.OPTIONS("/events", ev.preflight)
@@ -82,14 +89,7 @@ func New(o Options) *echo.Echo {
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
-	e.GET("/readyz", func(c echo.Context) error {
-		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
-		defer cancel()
-		if err := o.Ready(ctx); err != nil {
-			return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
-		}
-		return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
-	})
+	e.GET("/readyz", (&readiness{ready: o.Ready, log: o.Log, limit: logLimit}).serve)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})))
 	e.GET("/*", echo.WrapHandler(http.FileServerFS(static.FS)))
 

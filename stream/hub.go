@@ -126,6 +126,26 @@ type Spec struct {
 	Ticket Ticket
 }
 
+// Admits says whether Open would take a stream of user now: nil, or the
+// error Open would return for a limit or a shutdown.
+func (h *Hub) Admits(user string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.admitsLocked(user)
+}
+
+func (h *Hub) admitsLocked(user string) error {
+	switch {
+	case h.stopping:
+		return ErrShuttingDown
+	case h.open >= h.opts.MaxStreams:
+		return ErrTooManyStreams
+	case len(h.users[user]) >= h.opts.MaxStreamsPerUser:
+		return ErrTooManyForUser
+	}
+	return nil
+}
+
 // Open registers a stream for spec's user, attached to the user's channel,
 // the broadcast channel and spec's rooms, and returns once Redis has
 // confirmed the subscriptions: from then on nothing published on them can
@@ -137,16 +157,9 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	s.resume = spec.Resume
 
 	h.mu.Lock()
-	switch {
-	case h.stopping:
+	if err := h.admitsLocked(spec.User); err != nil {
 		h.mu.Unlock()
-		return nil, ErrShuttingDown
-	case h.open >= h.opts.MaxStreams:
-		h.mu.Unlock()
-		return nil, ErrTooManyStreams
-	case len(h.users[spec.User]) >= h.opts.MaxStreamsPerUser:
-		h.mu.Unlock()
-		return nil, ErrTooManyForUser
+		return nil, err
 	}
 	missed, ok := h.controls.since(spec.Ticket, spec.User)
 	if !ok {

@@ -1,0 +1,42 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/ssebridge/ssebridge/internal/ratelog"
+)
+
+// ErrNotSubscribed is what Options.Ready returns when Redis answers but the
+// pub/sub connection is not subscribed.
+var ErrNotSubscribed = errors.New("redis pub/sub not subscribed")
+
+// readiness serves GET /readyz. Anyone may ask it, so it answers a plain
+// reason; the detail (Redis's address, the dial error) is for the log.
+type readiness struct {
+	ready func(context.Context) error
+	log   *slog.Logger
+	limit *ratelog.Limiter
+}
+
+func (r *readiness) serve(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	err := r.ready(ctx)
+	if err == nil {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
+	}
+	reason := "redis unreachable"
+	if errors.Is(err, ErrNotSubscribed) {
+		reason = ErrNotSubscribed.Error()
+	}
+	if ok, suppressed := r.limit.Allow(reason); ok {
+		r.log.Warn("not ready: "+reason, "err", err, "suppressed", suppressed)
+	}
+	return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": reason})
+}

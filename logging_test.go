@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestRedisLogThroughSlog: go-redis's own lines (here: dial errors, eight
+// at once from the pool) come out as ssebridge's structured lines, a burst
+// of one kind as one line.
+func TestRedisLogThroughSlog(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close() // nothing listens there now: every dial is refused
+
+	cmd := exec.Command(binary)
+	cmd.Env = []string{"REDIS_URL=redis://" + closed, "LISTEN_ADDR=127.0.0.1:0", "LOG_LEVEL=info"}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	var all []string
+	timeout := time.After(10 * time.Second)
+	// Up to go-redis's first dial error, then on to the end after SIGTERM.
+	for seen := false; ; {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				goto done
+			}
+			all = append(all, line)
+			if !seen && strings.Contains(line, "failed to dial") {
+				seen = true
+				if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+					t.Fatal(err)
+				}
+			}
+		case <-timeout:
+			t.Fatalf("no dial error logged within 10s:\n%s", strings.Join(all, "\n"))
+		}
+	}
+done:
+	dial := 0
+	for _, line := range all {
+		if !strings.HasPrefix(line, "time=") {
+			t.Errorf("an unstructured line: %q", line)
+		}
+		if strings.Contains(line, "failed to dial") {
+			dial++
+			if !strings.Contains(line, "level=WARN") || !strings.Contains(line, "source=go-redis") || !strings.Contains(line, closed) {
+				t.Errorf("go-redis line %q: want level=WARN, source=go-redis and the address", line)
+			}
+		}
+	}
+	if dial != 1 {
+		t.Errorf("%d dial-error lines, want 1 (a burst of one kind is one line a minute):\n%s", dial, strings.Join(all, "\n"))
+	}
+}
