@@ -13,11 +13,14 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+
+	"github.com/ssebridge/ssebridge/static"
 )
 
 // Tests of /ssebridge.js itself in headless Chromium: resuming after a
@@ -80,14 +83,17 @@ func setCookie(t *testing.T, browser context.Context, sseURL, token string) {
 	}
 }
 
-// jsPages serves the test page at /: it loads ssebridge.js from ?src= and
+// jsPages serves the test page at /, and /ssebridge.js as ssebridge does.
+// The page loads ssebridge.js from ?src= and
 // opens the stream ?events= with the options ?opts= (a JS object literal)
 // added to its own. The page records what it receives in window.got (the
 // data of "n" events, and resets), window.readies, window.problems and
 // window.ended; window.h is the helper's handle; window.sseLog is every
 // callback, for failure messages.
 func jsPages(t *testing.T) *httptest.Server {
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /ssebridge.js", http.FileServerFS(static.FS))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		opts := q.Get("opts")
 		if opts == "" {
@@ -109,7 +115,8 @@ func jsPages(t *testing.T) *httptest.Server {
     onend: function (why, status, message) { window.ended = why + ' ' + status; log('end ' + why + ' ' + status + ' ' + message); },
   }, %s));
 </script>`, q.Get("src")+"/ssebridge.js", q.Get("events"), opts)
-	}))
+	})
+	s := httptest.NewServer(mux)
 	t.Cleanup(s.Close)
 	return s
 }
@@ -237,12 +244,19 @@ func (p *gateProxy) serve(c net.Conn) {
 	_, _ = io.Copy(c, up)
 }
 
-// cut drops every connection (a page's stream, and any idle keep-alive one
-// its next request could reuse) and holds new ones.
-func (p *gateProxy) cut() {
+// hold holds new connections; those open go on.
+func (p *gateProxy) hold() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.gate = make(chan struct{})
+}
+
+// cut drops every connection (a page's stream, and any idle keep-alive one
+// its next request could reuse) and holds new ones.
+func (p *gateProxy) cut() {
+	p.hold()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for c := range p.conns {
 		c.Close()
 	}
@@ -349,13 +363,18 @@ func TestBrowserJSProblem(t *testing.T) {
 
 // Three tabs of one page share one stream: the leader's. When its tab
 // closes, another takes over from the last id relayed: the remaining tabs
-// get every durable event once, in order.
+// get every durable event once, in order, those published between the two
+// streams included.
 func TestBrowserJSSharedStream(t *testing.T) {
 	browser := jsBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
-	setCookie(t, browser, a.url, a.session("alice"))
-	at := pageURL(pages, a.url, a.url+"/events", "{}")
+	// Streams go through the proxy, and nothing else does (the pages load
+	// ssebridge.js from their own server): the proxy can hold the next
+	// leader's stream until the old one is gone and events were missed.
+	proxy := startGateProxy(t, a.url[len("http://"):])
+	setCookie(t, browser, proxy.url(), a.session("alice"))
+	at := pageURL(pages, pages.URL, proxy.url()+"/events", "{}")
 	var tabs []page
 	var closers []func()
 	for i := range 3 {
@@ -390,14 +409,14 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	}
 
 	// Close the leader's tab while events keep coming.
-	var published int
+	var sent atomic.Int64 // events published
+	sent.Store(3)
 	stop, done := make(chan struct{}), make(chan error, 1)
 	go func() {
 		defer close(done)
 		for i := 4; i < 10000; i++ {
 			select {
 			case <-stop:
-				published = i - 1
 				return
 			case <-time.After(5 * time.Millisecond): // a steady flow, not synchronisation
 			}
@@ -405,17 +424,29 @@ func TestBrowserJSSharedStream(t *testing.T) {
 				done <- err
 				return
 			}
+			sent.Store(int64(i))
 		}
 		done <- fmt.Errorf("still publishing after 10000 events")
 	}()
 	tabs[l[0]].await("events during the flow", `window.got.length >= 10`)
+	proxy.hold()
 	closers[l[0]]()
+	eventually(t, 10*time.Second, "the old leader's stream to end", func() bool { return a.metric("ssebridge_streams_open") == 0 })
+	gap := sent.Load()
+	eventually(t, 10*time.Second, "events to be published with no stream open", func() bool { return sent.Load() >= gap+5 })
+	replayed := a.metric("ssebridge_events_replayed_total")
+	proxy.open()
+
 	rest := slices.Delete(slices.Clone(tabs), l[0], l[0]+1)
 	for _, p := range rest {
 		p.await("the new leader's stream", `window.readies >= 2`)
 	}
-	if l := leaders(rest); len(l) != 1 {
+	l = leaders(rest)
+	if len(l) != 1 {
 		t.Fatalf("leaders after the hand-over: %v, want one", l)
+	}
+	if from := rest[l[0]].eval(`[new URL(window.h.source().url).searchParams.get('lastEventId') || '']`); from[0] == "" {
+		t.Fatalf("the new leader opened its stream without ?lastEventId=: %s", rest[l[0]].eval(`[window.h.source().url]`))
 	}
 	eventually(t, 10*time.Second, "one stream open again", func() bool { return a.metric("ssebridge_streams_open") == 1 })
 	// Let the flow go on over the new leader's stream, then stop it.
@@ -424,7 +455,7 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	last := published + 1
+	last := int(sent.Load()) + 1
 	durableN(t, a, last)
 	for _, p := range rest {
 		p.await("the last event", `window.got.includes('`+strconv.Itoa(last)+`')`)
@@ -435,5 +466,8 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	if n := a.metric("ssebridge_streams_open"); n != 1 {
 		t.Fatalf("%v streams open for two tabs, want 1", n)
 	}
-	t.Logf("%d events, the leader's tab closed in the middle of them", last)
+	if n := a.metric("ssebridge_events_replayed_total") - replayed; n < 5 {
+		t.Fatalf("%v events replayed to the new leader, want at least the 5 published with no stream open", n)
+	}
+	t.Logf("%d events; the leader's tab closed after event %d; the next stream was held until event %d at least", last, gap, gap+5)
 }
