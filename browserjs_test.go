@@ -364,7 +364,7 @@ func TestBrowserJSProblem(t *testing.T) {
 // Three tabs of one page share one stream: the leader's. When its tab
 // closes, another takes over from the last id relayed: the remaining tabs
 // get every durable event once, in order, those published between the two
-// streams included.
+// streams included. A logout ends the stream in every tab.
 func TestBrowserJSSharedStream(t *testing.T) {
 	browser := jsBrowser(t)
 	pages := jsPages(t)
@@ -469,5 +469,12 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	if n := a.metric("ssebridge_events_replayed_total") - replayed; n < 5 {
 		t.Fatalf("%v events replayed to the new leader, want at least the 5 published with no stream open", n)
 	}
+
+	// A logout, which only the leader's stream sees, ends it in every tab.
+	a.publish("control", `{"op":"logout","user":"alice"}`)
+	for _, p := range rest {
+		p.await("the end of the stream", `window.ended === 'logout undefined'`)
+	}
+	eventually(t, 10*time.Second, "no stream open", func() bool { return a.metric("ssebridge_streams_open") == 0 })
 	t.Logf("%d events; the leader's tab closed after event %d; the next stream was held until event %d at least", last, gap, gap+5)
 }
