@@ -1,0 +1,480 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/chromedp"
+
+	"github.com/ssebridge/ssebridge/static"
+)
+
+// Tests of /ssebridge.js itself in headless Chromium: resuming after a
+// refusal, reporting a refusal it cannot read, and one stream for all tabs.
+
+// jsPrereqs is browserPrereqs without Django: these tests need Chromium
+// only. Missing, it skips loudly, except in CI, where it fails.
+func jsPrereqs(t *testing.T) string {
+	chromium, err := exec.LookPath("chromium")
+	if err == nil {
+		return chromium
+	}
+	msg := "BROWSER TESTS NOT RUN: chromium is missing; apt-get install -y chromium (.ci/run does)"
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	fmt.Fprintf(os.Stderr, "\n*** %s ***\n\n", msg)
+	t.Skip(msg)
+	return ""
+}
+
+// jsBrowser starts headless Chromium for the test.
+func jsBrowser(t *testing.T) context.Context {
+	chromium := jsPrereqs(t)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chromium), chromedp.UserDataDir(t.TempDir()),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true))
+	t.Cleanup(cancelAlloc)
+	browser, cancel := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancel)
+	if err := chromedp.Do(browser); err != nil { // starts Chromium
+		t.Fatal(err)
+	}
+	return browser
+}
+
+// jsTab opens a tab of the browser's default profile (all such tabs share
+// cookies, Web Locks and BroadcastChannels) at url. The tab lives until
+// close is called or the test ends.
+func jsTab(t *testing.T, browser context.Context, name, url string) (p page, close func()) {
+	t.Helper()
+	ctx, cancel := chromedp.NewContext(browser) // no timeout: the tab lives as long as ctx
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p = page{t, name, ctx}
+	p.do(chromedp.Navigate(url))
+	return p, cancel
+}
+
+// setCookie gives the browser the session cookie for ssebridge's host (all
+// ports of 127.0.0.1: the test pages are on the same site).
+func setCookie(t *testing.T, browser context.Context, sseURL, token string) {
+	t.Helper()
+	_, err := chromedp.Call(browser, network.SetCookie, network.SetCookieParams{Name: "sse_session", Value: token, URL: sseURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// jsPages serves the test page at /, and /ssebridge.js as ssebridge does.
+// The page loads ssebridge.js from ?src= and
+// opens the stream ?events= with the options ?opts= (a JS object literal)
+// added to its own. The page records what it receives in window.got (the
+// data of "n" events, and resets), window.readies, window.problems and
+// window.ended; window.h is the helper's handle; window.sseLog is every
+// callback, for failure messages.
+func jsPages(t *testing.T) *httptest.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /ssebridge.js", http.FileServerFS(static.FS))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		opts := q.Get("opts")
+		if opts == "" {
+			opts = "{}"
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<!doctype html><meta charset="utf-8"><title>ssebridge.js test</title>
+<script src=%q></script>
+<script>
+  window.got = []; window.readies = 0; window.problems = []; window.ended = ''; window.sseLog = [];
+  function log(s) { window.sseLog.push(s); }
+  window.h = SSEBridge.open(%q, Object.assign({
+    on: {
+      ready: function (e) { window.readies++; log('ready ' + e.lastEventId); },
+      n: function (e) { window.got.push(e.data); log('n ' + e.data + ' ' + e.lastEventId); },
+      reset: function (e) { window.got.push('reset ' + e.data); log('reset ' + e.data); },
+    },
+    onproblem: function (info) { window.problems.push(info); log('problem ' + JSON.stringify(info)); },
+    onend: function (why, status, message) { window.ended = why + ' ' + status; log('end ' + why + ' ' + status + ' ' + message); },
+  }, %s));
+</script>`, q.Get("src")+"/ssebridge.js", q.Get("events"), opts)
+	})
+	s := httptest.NewServer(mux)
+	t.Cleanup(s.Close)
+	return s
+}
+
+func pageURL(pages *httptest.Server, src, events, opts string) string {
+	return pages.URL + "/?" + url.Values{"src": {src}, "events": {events}, "opts": {opts}}.Encode()
+}
+
+// awaitWithin is page.await with a deadline of its own.
+func (p page) awaitWithin(within time.Duration, what, expr string) {
+	p.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`!!(`+expr+`)`))
+		cancel()
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
+			defer cancel()
+			state, derr := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify(window.sseLog)`))
+			p.t.Fatalf("%s: waiting %v for %s (last error: %v)\nthe page's log (%v): %s", p.name, within, what, err, derr, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p page) bool(expr string) bool {
+	p.t.Helper()
+	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[bool](`!!(`+expr+`)`))
+	if err != nil {
+		p.t.Fatalf("%s: %v", p.name, err)
+	}
+	return v
+}
+
+func (p page) got() []string { return p.eval(`window.got`) }
+
+// gateProxy forwards TCP connections to ssebridge. cut drops every
+// connection and holds new ones (accepted, not forwarded) until open: the
+// test decides what ssebridge sees when a page reconnects.
+type gateProxy struct {
+	l        net.Listener
+	upstream string
+	mu       sync.Mutex
+	gate     chan struct{} // closed while connections go through
+	conns    map[net.Conn]struct{}
+	done     chan struct{}
+}
+
+func startGateProxy(t *testing.T, upstream string) *gateProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &gateProxy{l: l, upstream: upstream, gate: make(chan struct{}), conns: map[net.Conn]struct{}{}, done: make(chan struct{})}
+	close(p.gate)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { p.serve(c) })
+		}
+	})
+	t.Cleanup(func() {
+		close(p.done)
+		l.Close()
+		p.mu.Lock()
+		for c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		wg.Wait()
+	})
+	return p
+}
+
+func (p *gateProxy) url() string { return "http://" + p.l.Addr().String() }
+
+// track keeps c for cut and the cleanup; false once the proxy is closed.
+func (p *gateProxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.done:
+		c.Close()
+		return false
+	default:
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *gateProxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	c.Close()
+}
+
+func (p *gateProxy) serve(c net.Conn) {
+	if !p.track(c) {
+		return
+	}
+	defer p.untrack(c)
+	p.mu.Lock()
+	gate := p.gate
+	p.mu.Unlock()
+	select {
+	case <-gate:
+	case <-p.done:
+		return
+	}
+	up, err := net.Dial("tcp", p.upstream)
+	if err != nil || !p.track(up) {
+		return
+	}
+	defer p.untrack(up)
+	go func() { _, _ = io.Copy(up, c); up.Close() }()
+	_, _ = io.Copy(c, up)
+}
+
+// hold holds new connections; those open go on.
+func (p *gateProxy) hold() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.gate = make(chan struct{})
+}
+
+// cut drops every connection (a page's stream, and any idle keep-alive one
+// its next request could reuse) and holds new ones.
+func (p *gateProxy) cut() {
+	p.hold()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// open forwards the held connections, and new ones.
+func (p *gateProxy) open() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	close(p.gate)
+}
+
+// durable publishes n on alice's channel as a durable event and returns its id.
+func durableN(t *testing.T, a *app, n int) string {
+	return publishDurable(t, a.rdb, "user:alice", fmt.Sprintf(`{"event":"n","data":"%d"}`, n))
+}
+
+func seq(from, to int) []string {
+	var s []string
+	for i := from; i <= to; i++ {
+		s = append(s, strconv.Itoa(i))
+	}
+	return s
+}
+
+// A stream refused for a while (429) and reopened by the helper resumes
+// where it was: the durable events published while it was refused arrive,
+// once, in order, with no reset.
+func TestBrowserJSResumeAfterRefusal(t *testing.T) {
+	browser := jsBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{
+		"ALLOWED_ORIGINS": pages.URL, "MAX_STREAMS_PER_USER": "1", "RETRY_INTERVAL": "500ms",
+	})
+	proxy := startGateProxy(t, a.url[len("http://"):])
+	token := a.session("alice")
+	setCookie(t, browser, proxy.url(), token)
+	tab, _ := jsTab(t, browser, "alice", pageURL(pages, proxy.url(), proxy.url()+"/events", "{}"))
+	tab.await("the stream", `window.readies === 1`)
+	durableN(t, a, 1)
+	durableN(t, a, 2)
+	tab.await("events 1 and 2", `window.got.length === 2`)
+
+	// Drop the page's stream, and hold its reconnection until another
+	// stream of alice's has the only slot: then it is refused with 429,
+	// and the EventSource gives up (CLOSED); the helper reopens it.
+	refused := `ssebridge_handshakes_refused_total{reason="user_limit"}`
+	proxy.cut()
+	eventually(t, 10*time.Second, "the page's stream to end on the server", func() bool {
+		return a.metric("ssebridge_streams_open") == 0
+	})
+	other := a.open(token, "")
+	proxy.open()
+	eventually(t, 20*time.Second, "the browser's reconnection and a reopening by the helper to be refused", func() bool {
+		return a.metric(refused) >= 2
+	})
+	for i := 3; i <= 5; i++ {
+		durableN(t, a, i)
+	}
+	n := a.metric(refused)
+	eventually(t, 20*time.Second, "one more reopening to be refused after the events", func() bool {
+		return a.metric(refused) > n
+	})
+	other.Close()
+	tab.await("the helper to reopen the stream", `window.readies === 2`)
+	durableN(t, a, 6)
+	tab.await("event 6", `window.got.includes('6')`)
+	if got, want := tab.got(), seq(1, 6); !slices.Equal(got, want) {
+		t.Fatalf("the page got %q, want %q (every durable event once, in order, no reset)", got, want)
+	}
+}
+
+// A refusal the helper cannot read (the page's origin is not allowed, so
+// CORS hides /events/check's answer too; or ssebridge cannot be reached)
+// is reported to onproblem after maxSilentTries tries, and the helper
+// keeps trying.
+func TestBrowserJSProblem(t *testing.T) {
+	browser := jsBrowser(t)
+	pages := jsPages(t) // not in ALLOWED_ORIGINS
+	a := startApp(t, nil, nil)
+	setCookie(t, browser, a.url, a.session("alice"))
+	foreign, _ := jsTab(t, browser, "a page on a foreign origin", pageURL(pages, a.url, a.url+"/events", "{}"))
+	unreachable, _ := jsTab(t, browser, "a page whose ssebridge is down",
+		pageURL(pages, a.url, "http://"+freeAddr(t)+"/events", "{maxSilentTries: 2}"))
+
+	// The default, 5 tries, takes 7.5 to 15 s of backoff (0.5-1 s, doubling).
+	foreign.awaitWithin(30*time.Second, "onproblem", `window.problems.length > 0`)
+	want := `window.problems[0].tries === 5 && /failed to fetch/i.test(window.problems[0].reason) &&
+		['ALLOWED_ORIGINS', 'SameSite', 'not reachable'].every(s => window.problems[0].hint.includes(s))`
+	if !foreign.bool(want) {
+		t.Fatalf("onproblem's info: %q", foreign.eval(`[JSON.stringify(window.problems[0])]`))
+	}
+	if foreign.bool(`window.ended`) {
+		t.Fatal("the helper gave up")
+	}
+
+	// The browser retries by itself while the server cannot be reached;
+	// the helper counts those tries too, and goes on reporting.
+	unreachable.awaitWithin(30*time.Second, "onproblem twice", `window.problems.length >= 2`)
+	if !unreachable.bool(`window.problems[0].tries === 2 && window.problems[1].tries === 3 && window.problems[0].hint.includes('not reachable')`) {
+		t.Fatalf("onproblem's info: %q", unreachable.eval(`[JSON.stringify(window.problems)]`))
+	}
+}
+
+// Three tabs of one page share one stream: the leader's. When its tab
+// closes, another takes over from the last id relayed: the remaining tabs
+// get every durable event once, in order, those published between the two
+// streams included. A logout ends the stream in every tab.
+func TestBrowserJSSharedStream(t *testing.T) {
+	browser := jsBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
+	// Streams go through the proxy, and nothing else does (the pages load
+	// ssebridge.js from their own server): the proxy can hold the next
+	// leader's stream until the old one is gone and events were missed.
+	proxy := startGateProxy(t, a.url[len("http://"):])
+	setCookie(t, browser, proxy.url(), a.session("alice"))
+	at := pageURL(pages, pages.URL, proxy.url()+"/events", "{}")
+	var tabs []page
+	var closers []func()
+	for i := range 3 {
+		p, close := jsTab(t, browser, fmt.Sprintf("tab %d", i+1), at)
+		p.await("the stream to be ready", `window.readies >= 1`)
+		tabs, closers = append(tabs, p), append(closers, close)
+	}
+	leaders := func(tabs []page) []int {
+		var l []int
+		for i, p := range tabs {
+			if p.bool(`window.h.isLeader()`) {
+				l = append(l, i)
+			}
+		}
+		return l
+	}
+	l := leaders(tabs)
+	if len(l) != 1 {
+		t.Fatalf("leaders: tabs %v, want one", l)
+	}
+	if n := a.metric("ssebridge_streams_open"); n != 1 {
+		t.Fatalf("%v streams open for three tabs, want 1", n)
+	}
+	for i := 1; i <= 3; i++ {
+		durableN(t, a, i)
+	}
+	for _, p := range tabs {
+		p.await("events 1 to 3", `window.got.length === 3`)
+		if got := p.got(); !slices.Equal(got, seq(1, 3)) {
+			t.Fatalf("%s got %q", p.name, got)
+		}
+	}
+
+	// Close the leader's tab while events keep coming.
+	var sent atomic.Int64 // events published
+	sent.Store(3)
+	stop, done := make(chan struct{}), make(chan error, 1)
+	go func() {
+		defer close(done)
+		for i := 4; i < 10000; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond): // a steady flow, not synchronisation
+			}
+			if _, err := evalPublish(a.rdb, "user:alice", fmt.Sprintf(`{"event":"n","data":"%d"}`, i)); err != nil {
+				done <- err
+				return
+			}
+			sent.Store(int64(i))
+		}
+		done <- fmt.Errorf("still publishing after 10000 events")
+	}()
+	tabs[l[0]].await("events during the flow", `window.got.length >= 10`)
+	proxy.hold()
+	closers[l[0]]()
+	eventually(t, 10*time.Second, "the old leader's stream to end", func() bool { return a.metric("ssebridge_streams_open") == 0 })
+	gap := sent.Load()
+	eventually(t, 10*time.Second, "events to be published with no stream open", func() bool { return sent.Load() >= gap+5 })
+	replayed := a.metric("ssebridge_events_replayed_total")
+	proxy.open()
+
+	rest := slices.Delete(slices.Clone(tabs), l[0], l[0]+1)
+	for _, p := range rest {
+		p.await("the new leader's stream", `window.readies >= 2`)
+	}
+	l = leaders(rest)
+	if len(l) != 1 {
+		t.Fatalf("leaders after the hand-over: %v, want one", l)
+	}
+	if from := rest[l[0]].eval(`[new URL(window.h.source().url).searchParams.get('lastEventId') || '']`); from[0] == "" {
+		t.Fatalf("the new leader opened its stream without ?lastEventId=: %s", rest[l[0]].eval(`[window.h.source().url]`))
+	}
+	eventually(t, 10*time.Second, "one stream open again", func() bool { return a.metric("ssebridge_streams_open") == 1 })
+	// Let the flow go on over the new leader's stream, then stop it.
+	rest[0].await("events over the new stream", `window.got.length >= `+strconv.Itoa(len(rest[0].got())+10))
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	last := int(sent.Load()) + 1
+	durableN(t, a, last)
+	for _, p := range rest {
+		p.await("the last event", `window.got.includes('`+strconv.Itoa(last)+`')`)
+		if got, want := p.got(), seq(1, last); !slices.Equal(got, want) {
+			t.Fatalf("%s got %d events, want %d once each, in order: %q", p.name, len(got), len(want), got)
+		}
+	}
+	if n := a.metric("ssebridge_streams_open"); n != 1 {
+		t.Fatalf("%v streams open for two tabs, want 1", n)
+	}
+	if n := a.metric("ssebridge_events_replayed_total") - replayed; n < 5 {
+		t.Fatalf("%v events replayed to the new leader, want at least the 5 published with no stream open", n)
+	}
+
+	// A logout, which only the leader's stream sees, ends it in every tab.
+	a.publish("control", `{"op":"logout","user":"alice"}`)
+	for _, p := range rest {
+		p.await("the end of the stream", `window.ended === 'logout undefined'`)
+	}
+	eventually(t, 10*time.Second, "no stream open", func() bool { return a.metric("ssebridge_streams_open") == 0 })
+	t.Logf("%d events; the leader's tab closed after event %d; the next stream was held until event %d at least", last, gap, gap+5)
+}
