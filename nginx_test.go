@@ -588,8 +588,114 @@ func TestNginxFailoverHTTP2(t *testing.T) {
 	if len(conns) != 1 {
 		t.Errorf("the browser's streams came over %d connections, want one HTTP/2 connection", len(conns))
 	}
+	t.Run("with no instance, nginx's retry answer keeps EventSource alive; a bare 502 closes it", func(t *testing.T) {
+		// nginx in front of two ports where nothing listens: the committed
+		// config, and the same without the error_page line.
+		nowhere := setup
+		nowhere.upstreamA, nowhere.upstreamB = freeAddr(t), freeAddr(t)
+		withRetry := startNginx(t, nowhere)
+		nowhere.edit = func(conf string) string {
+			const line = "error_page 502 503 504 = @sse_retry;"
+			if strings.Count(conf, line) != 1 {
+				t.Fatalf("deploy/nginx.conf has no single %q", line)
+			}
+			return strings.Replace(conf, line, "", 1)
+		}
+		bare := startNginx(t, nowhere)
+
+		tab := func(name, url string) page {
+			ctx, _ := chromedp.NewContext(first)
+			if err := chromedp.Do(ctx); err != nil { // opened with no timeout: it lives as long as the test
+				t.Fatal(err)
+			}
+			p := page{t, name, ctx}
+			p.do(chromedp.Navigate(url)) // nginx's own 502 page: a document of that origin
+			return p
+		}
+		plain := watchES(t, tab("bare 502", bare.origin+"/"), bare.origin+"/events")
+		same := watchES(t, tab("retry answer", withRetry.origin+"/"), withRetry.origin+"/events")
+		// From the first tab, another origin: the retry answer carries CORS headers.
+		cross := watchES(t, pages[0].on(t), withRetry.origin+"/events")
+		eventually(t, 10*time.Second, "the bare 502 to close its EventSource", func() bool { return plain().Closed })
+		for what, w := range map[string]func() watched{"same-origin": same, "cross-origin": cross} {
+			// Two answers opened: it reconnected after the first by itself.
+			eventually(t, 10*time.Second, what+" EventSource to reconnect after nginx's answer", func() bool {
+				s := w()
+				if s.Closed {
+					t.Fatalf("%s EventSource closed for good after nginx's retry answer: %+v", what, s)
+				}
+				return s.Opens >= 2
+			})
+			t.Logf("%s, no instance up: %+v", what, w())
+		}
+		t.Logf("bare 502: %+v", plain())
+	})
+
+	t.Run("an instance's own 503 (its Redis is down) becomes a retry too", func(t *testing.T) {
+		// B alone is up (A was killed); without Redis it refuses a new
+		// stream with 503, which nginx turns into its retry answer
+		// (proxy_intercept_errors); once Redis is back the stream opens.
+		from := len(ngx.events(t))
+		r.Stop()
+		es := watchES(t, pages[0].on(t), ngx.origin+"/events")
+		eventually(t, 10*time.Second, "a refusal by the instance answered with nginx's retry", func() bool {
+			if w := es(); w.Closed {
+				t.Fatalf("the EventSource closed for good on the instance's 503: %+v", w)
+			}
+			for _, l := range ngx.events(t)[from:] {
+				if l.retryAnswer() && strings.Contains(l.upStatus, "503") {
+					return true
+				}
+			}
+			return false
+		})
+		r.Restart()
+		eventually(t, 15*time.Second, "the stream to open once Redis is back", func() bool {
+			w := es()
+			if w.Closed {
+				t.Fatalf("the EventSource closed for good: %+v", w)
+			}
+			return w.Readies == 1
+		})
+		t.Logf("Redis down, then back: %+v", es())
+	})
+
 	t.Logf("%d durable events, %d streams in 2 tabs over %d HTTP/2 connection; %d reconnects failed over to the next instance, %d answered by nginx's retry; B replayed %v events after A's crash and %v after its own restart; took %v",
 		len(ids), streams, len(conns), failover, retries, replayedB1, replayedB2, time.Since(start).Round(time.Millisecond))
+}
+
+// watchJS opens one more EventSource in a page and counts what happens to it.
+const watchJS = `((url) => {
+	const s = {opens: 0, errors: 0, readies: 0, closed: false};
+	const es = new EventSource(url, {withCredentials: true});
+	es.onopen = () => { s.opens++; };
+	es.onerror = () => { s.errors++; if (es.readyState === EventSource.CLOSED) s.closed = true; };
+	es.addEventListener('ready', () => { s.readies++; });
+	s.es = es;
+	(window.watched = window.watched || []).push(s);
+	return window.watched.length - 1;
+})(%q)`
+
+type watched struct {
+	Opens, Errors, Readies int
+	Closed                 bool
+}
+
+// watchES opens an EventSource to url in p and returns a probe of its state.
+func watchES(t *testing.T, p page, url string) func() watched {
+	t.Helper()
+	i, err := chromedp.Run(p.ctx, chromedp.Evaluate[int](fmt.Sprintf(watchJS, url)))
+	if err != nil {
+		t.Fatalf("%s: %v", p.name, err)
+	}
+	return func() watched {
+		w, err := chromedp.Run(p.ctx, chromedp.Evaluate[watched](fmt.Sprintf(
+			`(s => ({Opens: s.opens, Errors: s.errors, Readies: s.readies, Closed: s.closed}))(window.watched[%d])`, i)))
+		if err != nil {
+			t.Fatalf("%s: %v", p.name, err)
+		}
+		return w
+	}
 }
 
 func port(addr string) string {
