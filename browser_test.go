@@ -58,11 +58,21 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// startDjango runs the example with Django's development server.
+// startDjango runs the example with Django's development server, with the
+// repository's clients/django first on the path: the package under test, not
+// one that may be installed.
 func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
+	pkg, err := filepath.Abs(filepath.Join("clients", "django"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pythonPath := pkg
+	if p := os.Getenv("PYTHONPATH"); p != "" {
+		pythonPath += string(os.PathListSeparator) + p
+	}
 	cmd := exec.Command(python, "manage.py", "runserver", addr, "--noreload")
 	cmd.Dir = filepath.Join("examples", "django")
-	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "SSE_URL="+sseURL, "PYTHONUNBUFFERED=1")
+	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "SSE_URL="+sseURL, "PYTHONUNBUFFERED=1", "PYTHONPATH="+pythonPath)
 	log, err := os.Create(filepath.Join(t.TempDir(), "django.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -1,10 +1,8 @@
 """The example's pages. Django does everything a real app would (who is
 signed in, what they may post); ssebridge only carries the events."""
 
-import json
 import re
 
-from django.conf import settings
 from django.http import HttpResponseBadRequest, HttpResponseForbidden, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -28,7 +26,7 @@ def signin(request):
         request.session["user"] = user
         request.session["rooms"] = rooms
         response = redirect("room", room=rooms[0]) if rooms else redirect("me")
-        sse.create_session(response, user, rooms)
+        sse.login(response, user, rooms)
         return response
     return render(request, "chat/signin.html", {"rooms": ROOMS})
 
@@ -36,8 +34,8 @@ def signin(request):
 @require_POST
 def signout(request):
     response = redirect("signin")
-    user = _user(request)
-    sse.end_session(request, response, user=user)
+    # Deletes the ssebridge session and ends the user's open streams at once.
+    sse.logout(request, response)
     request.session.flush()
     return response
 
@@ -50,7 +48,6 @@ def _page(request, room):
         "user": user,
         "room": room,
         "rooms": request.session.get("rooms", []),
-        "sse_url": settings.SSE_URL,
     })
 
 
@@ -72,7 +69,7 @@ def post(request, room):
     text = request.POST.get("text", "").strip()
     if not text:
         return HttpResponseBadRequest("empty message")
-    event_id = sse.publish("room:" + room, "chat", {"from": user, "text": text})
+    event_id = sse.publish_durable(sse.room(room), "chat", {"from": user, "text": text})
     return JsonResponse({"id": event_id})
 
 
@@ -85,5 +82,5 @@ def direct(request):
         return HttpResponseForbidden("sign in first")
     if not NAME.match(to) or not text:
         return HttpResponseBadRequest("need a recipient and a message")
-    event_id = sse.publish("user:" + to, "dm", {"from": user, "text": text})
+    event_id = sse.publish_durable(sse.user(to), "dm", {"from": user, "text": text})
     return JsonResponse({"id": event_id})

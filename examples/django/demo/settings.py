@@ -9,7 +9,7 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["*"]
 
-INSTALLED_APPS = ["django.contrib.sessions", "chat"]
+INSTALLED_APPS = ["django.contrib.sessions", "ssebridge_django", "chat"]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -31,11 +31,12 @@ SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = True
 
-# Where browsers reach ssebridge, and the Redis both share.
-SSE_URL = os.environ.get("SSE_URL", "http://127.0.0.1:8080")
-SSEBRIDGE_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-SSEBRIDGE_COOKIE = os.environ.get("SESSION_COOKIE", "sse_session")
-SSEBRIDGE_COOKIE_SECURE = os.environ.get("SSEBRIDGE_COOKIE_SECURE", "0") == "1"
-SSEBRIDGE_COOKIE_DOMAIN = os.environ.get("SSEBRIDGE_COOKIE_DOMAIN") or None
-if os.environ.get("SSEBRIDGE_PUBLISH_SCRIPT"):
-    SSEBRIDGE_PUBLISH_SCRIPT = os.environ["SSEBRIDGE_PUBLISH_SCRIPT"]
+# ssebridge_django's settings (its package docstring lists them all): where
+# browsers reach ssebridge, the Redis both share, and the cookie.
+SSEBRIDGE = {
+    "URL": os.environ.get("SSE_URL", "http://127.0.0.1:8080"),
+    "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "COOKIE": os.environ.get("SESSION_COOKIE", "sse_session"),
+    "COOKIE_SECURE": os.environ.get("SSEBRIDGE_COOKIE_SECURE", "0") == "1",
+    "COOKIE_DOMAIN": os.environ.get("SSEBRIDGE_COOKIE_DOMAIN") or None,
+}

@@ -1,0 +1,61 @@
+"""Django's side of ssebridge (https://github.com/ssebridge/ssebridge).
+
+ssebridge pushes events from Redis to browsers over Server-Sent Events. This
+package writes what ssebridge reads: sessions and their cookie, events (live
+or durable) and control messages.
+
+    import ssebridge_django as sse
+
+    def signin(request):
+        ...                                           # your own authentication
+        response = redirect("home")
+        sse.login(response, user.username, rooms=["lobby"])
+        return response
+
+    def signout(request):
+        response = redirect("signin")
+        sse.logout(request, response)
+        return response
+
+    sse.publish(sse.room("lobby"), "chat", {"from": "alice", "text": "hi"})         # live
+    event_id = sse.publish_durable(sse.user("bob"), "dm", {"text": "psst"})         # durable
+    sse.set_rooms(request, ["lobby", "team-7"])                                     # session + join
+
+Settings: one dict, SSEBRIDGE, every key optional (ssebridge_django.conf.DEFAULTS).
+Add "ssebridge_django" to INSTALLED_APPS for the template tags
+({% load ssebridge %}), the ssebridge_publish command and the settings check.
+"""
+
+from .conf import redis_client
+from .publishing import (
+    BROADCAST,
+    SCRIPT_SHA,
+    join,
+    leave,
+    logout_user,
+    publish,
+    publish_durable,
+    room,
+    user,
+)
+from .sessions import get_session, login, logout, set_rooms, token
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BROADCAST",
+    "SCRIPT_SHA",
+    "get_session",
+    "join",
+    "leave",
+    "login",
+    "logout",
+    "logout_user",
+    "publish",
+    "publish_durable",
+    "redis_client",
+    "room",
+    "set_rooms",
+    "token",
+    "user",
+]

@@ -1,0 +1,115 @@
+"""ssebridge's settings for Django: one dict, read when used (never at import).
+
+    SSEBRIDGE = {
+        "REDIS_URL": "redis://127.0.0.1:6379/0",   # the Redis ssebridge reads (its REDIS_URL)
+        "URL": "https://push.example.com",         # where browsers reach ssebridge
+        "COOKIE_SECURE": True,
+    }
+
+Every key is optional; DEFAULTS lists them. A key that is not one of them is
+an error (a typo would otherwise be silently ignored).
+"""
+
+import threading
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS = {
+    # The Redis shared with ssebridge (ssebridge's REDIS_URL).
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # Extra keyword arguments for redis.Redis.from_url (timeouts, TLS, ...).
+    "REDIS_OPTIONS": {},
+    # Where browsers reach ssebridge: the base of {% ssebridge_url %} and
+    # {% ssebridge_script %}.
+    "URL": "http://127.0.0.1:8080",
+    # ssebridge's SESSION_PREFIX, CHANNEL_PREFIX and SESSION_COOKIE.
+    "SESSION_PREFIX": "session:",
+    "CHANNEL_PREFIX": "sse:",
+    "COOKIE": "sse_session",
+    # Seconds a session (and its cookie) lasts.
+    "SESSION_TTL": 86400,
+    # The cookie's attributes. It is always HttpOnly. It must reach ssebridge:
+    # same site ("Lax"), and COOKIE_DOMAIN=".example.com" when ssebridge is
+    # on another host of the site. "None" needs COOKIE_SECURE.
+    "COOKIE_SAMESITE": "Lax",
+    "COOKIE_SECURE": False,
+    "COOKIE_DOMAIN": None,
+    "COOKIE_PATH": "/",
+}
+
+_SAMESITE = {"lax", "strict", "none"}
+
+
+def get(name):
+    """The value of one setting: the project's SSEBRIDGE[name], or its default."""
+    if name not in DEFAULTS:
+        raise KeyError(name)
+    return _user_settings().get(name, DEFAULTS[name])
+
+
+def _user_settings():
+    value = getattr(settings, "SSEBRIDGE", None) or {}
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured("SSEBRIDGE must be a dict, not %s" % type(value).__name__)
+    return value
+
+
+def problems():
+    """What is wrong with settings.SSEBRIDGE, as a list of sentences."""
+    try:
+        user = _user_settings()
+    except ImproperlyConfigured as e:
+        return [str(e)]
+    out = []
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        out.append("SSEBRIDGE has unknown keys %s (known: %s)" % (", ".join(unknown), ", ".join(sorted(DEFAULTS))))
+    samesite = user.get("COOKIE_SAMESITE", DEFAULTS["COOKIE_SAMESITE"])
+    if samesite is not None and str(samesite).lower() not in _SAMESITE:
+        out.append('SSEBRIDGE["COOKIE_SAMESITE"] must be "Lax", "Strict", "None" or None, not %r' % (samesite,))
+    elif samesite is not None and str(samesite).lower() == "none" and not user.get("COOKIE_SECURE", False):
+        out.append('SSEBRIDGE["COOKIE_SAMESITE"] = "None" needs SSEBRIDGE["COOKIE_SECURE"] = True (browsers drop the cookie otherwise)')
+    ttl = user.get("SESSION_TTL", DEFAULTS["SESSION_TTL"])
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+        out.append('SSEBRIDGE["SESSION_TTL"] must be a positive number of seconds, not %r' % (ttl,))
+    return out
+
+
+def check():
+    """Raise ImproperlyConfigured if the settings are wrong."""
+    found = problems()
+    if found:
+        raise ImproperlyConfigured("; ".join(found))
+
+
+# The Redis client, made on first use from the settings of that moment, and
+# made again if a test changes SSEBRIDGE (override_settings).
+_lock = threading.Lock()
+_client = None
+
+
+def redis_client():
+    """The redis.Redis client (a connection pool) shared by this package."""
+    global _client
+    client = _client
+    if client is None:
+        import redis
+
+        with _lock:
+            if _client is None:
+                _client = redis.Redis.from_url(get("REDIS_URL"), **get("REDIS_OPTIONS"))
+            client = _client
+    return client
+
+
+@receiver(setting_changed)
+def _reset(setting, **kwargs):
+    global _client
+    if setting == "SSEBRIDGE":
+        with _lock:
+            old, _client = _client, None
+        if old is not None:
+            old.connection_pool.disconnect()

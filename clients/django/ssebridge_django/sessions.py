@@ -1,0 +1,139 @@
+"""The ssebridge session: a JSON value in Redis under a random token, and a
+cookie holding that token, which the browser sends to ssebridge."""
+
+import json
+import secrets
+
+from django.core.exceptions import ImproperlyConfigured
+
+from . import conf
+from .publishing import check_name, control
+
+
+def _key(token):
+    return conf.get("SESSION_PREFIX") + token
+
+
+def _cookie_attrs():
+    samesite = conf.get("COOKIE_SAMESITE")
+    secure = bool(conf.get("COOKIE_SECURE"))
+    if samesite is not None and str(samesite).lower() == "none" and not secure:
+        raise ImproperlyConfigured('SSEBRIDGE["COOKIE_SAMESITE"] = "None" needs SSEBRIDGE["COOKIE_SECURE"] = True')
+    return {
+        "httponly": True,
+        "samesite": samesite,
+        "secure": secure,
+        "domain": conf.get("COOKIE_DOMAIN"),
+        "path": conf.get("COOKIE_PATH"),
+    }
+
+
+def login(response, user, rooms=()):
+    """Start an ssebridge session for user and set its cookie on response.
+
+    user is a string or an integer, rooms the room names the user's streams
+    may have. Stores {"user": ..., "rooms": [...]} under a new random token
+    for SESSION_TTL seconds and sets the cookie (HttpOnly, COOKIE_SAMESITE,
+    COOKIE_SECURE). Returns the token (a secret: do not log it).
+    """
+    if isinstance(user, bool) or not isinstance(user, (str, int)):
+        raise ValueError("user must be a string or an integer, not %r" % (user,))
+    check_name("user id", user)
+    rooms = _rooms(rooms)
+    ttl = int(conf.get("SESSION_TTL"))
+    attrs = _cookie_attrs()
+    token = secrets.token_urlsafe(32)
+    value = json.dumps({"user": user, "rooms": rooms}, separators=(",", ":"))
+    conf.redis_client().set(_key(token), value, ex=ttl)
+    response.set_cookie(conf.get("COOKIE"), token, max_age=ttl, **attrs)
+    return token
+
+
+def _rooms(rooms):
+    if isinstance(rooms, str):
+        raise ValueError("rooms must be a list of names, not a string")
+    out = []
+    for r in rooms:
+        r = check_name("room name", r)
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def token(request):
+    """The request's ssebridge token (its cookie), or None."""
+    return request.COOKIES.get(conf.get("COOKIE")) or None
+
+
+def get_session(request):
+    """The request's ssebridge session as a dict ({"user":..., "rooms":[...]}),
+    or None when there is none (no cookie, expired, logged out)."""
+    t = token(request)
+    if t is None:
+        return None
+    raw = conf.redis_client().get(_key(t))
+    return json.loads(raw) if raw is not None else None
+
+
+def logout(request, response, end_streams=True):
+    """End the request's ssebridge session: delete it from Redis, clear the
+    cookie on response and, with end_streams, publish a logout control
+    message for its user, which ends every open stream of that user at once
+    (on every device: the control message names a user, not a session).
+    Without it, this session's streams end within ssebridge's
+    SESSION_RECHECK_INTERVAL.
+
+    Returns the session's user, or None if there was no session.
+    """
+    t = token(request)
+    user = None
+    if t is not None:
+        pipe = conf.redis_client().pipeline(transaction=True)
+        pipe.get(_key(t))
+        pipe.delete(_key(t))
+        raw, _ = pipe.execute()
+        if raw is not None:
+            user = json.loads(raw).get("user")
+    if end_streams and user is not None:
+        control("logout", user)
+    attrs = _cookie_attrs()
+    response.set_cookie(conf.get("COOKIE"), "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT", **attrs)
+    return user
+
+
+def set_rooms(request, rooms):
+    """Set the rooms of the request's session, for future streams, and
+    join/leave the user's open streams to match, now: one atomic step.
+
+    Returns the new list of rooms, or None if the request has no session.
+    """
+    import redis
+
+    t = token(request)
+    if t is None:
+        return None
+    rooms = _rooms(rooms)
+    key = _key(t)
+    with conf.redis_client().pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                if raw is None:
+                    return None
+                session = json.loads(raw)
+                before = [str(r) for r in session.get("rooms") or []]
+                session["rooms"] = rooms
+                pipe.multi()
+                # KEEPTTL: the session keeps its expiry.
+                pipe.set(key, json.dumps(session, separators=(",", ":")), keepttl=True)
+                for r in rooms:
+                    if r not in before:
+                        control("join", session["user"], r, pipe=pipe)
+                for r in before:
+                    if r not in rooms:
+                        control("leave", session["user"], r, pipe=pipe)
+                pipe.execute()
+                return rooms
+            except redis.WatchError:
+                continue

@@ -1,0 +1,134 @@
+import json
+
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpResponse
+from django.test import RequestFactory
+
+import ssebridge_django as sse
+
+from .base import RedisTestCase
+
+
+class LoginTests(RedisTestCase):
+    def test_session_written_with_ttl_and_json(self):
+        token = sse.login(HttpResponse(), "alice", ["lobby", "team-7"])
+        self.assertGreaterEqual(len(token), 43)  # secrets.token_urlsafe(32)
+        raw = self.redis.get("session:" + token)
+        self.assertEqual(json.loads(raw), {"user": "alice", "rooms": ["lobby", "team-7"]})
+        ttl = self.redis.ttl("session:" + token)
+        self.assertTrue(86400 - 5 <= ttl <= 86400, ttl)
+
+    def test_tokens_are_random(self):
+        self.assertNotEqual(sse.login(HttpResponse(), "alice"), sse.login(HttpResponse(), "alice"))
+
+    def test_integer_user_and_no_rooms(self):
+        token = sse.login(HttpResponse(), 42)
+        self.assertEqual(json.loads(self.redis.get("session:" + token)), {"user": 42, "rooms": []})
+
+    def test_default_cookie_flags(self):
+        response = HttpResponse()
+        token = sse.login(response, "alice", ["lobby"])
+        c = response.cookies["sse_session"]
+        self.assertEqual(c.value, token)
+        self.assertTrue(c["httponly"])
+        self.assertEqual(c["samesite"], "Lax")
+        self.assertFalse(c["secure"])
+        self.assertEqual(c["max-age"], 86400)
+        self.assertEqual(c["path"], "/")
+        self.assertEqual(c["domain"], "")
+
+    def test_configured_cookie_and_prefix(self):
+        self.configure(COOKIE="nodejskey", SESSION_PREFIX="s:", SESSION_TTL=60,
+                       COOKIE_SECURE=True, COOKIE_SAMESITE="Strict", COOKIE_DOMAIN=".example.com")
+        response = HttpResponse()
+        token = sse.login(response, "alice")
+        c = response.cookies["nodejskey"]
+        self.assertEqual(c.value, token)
+        self.assertTrue(c["secure"])
+        self.assertTrue(c["httponly"])
+        self.assertEqual(c["samesite"], "Strict")
+        self.assertEqual(c["domain"], ".example.com")
+        self.assertEqual(c["max-age"], 60)
+        self.assertTrue(0 < self.redis.ttl("s:" + token) <= 60)
+        self.assertIsNone(self.redis.get("session:" + token))
+
+    def test_samesite_none_needs_secure(self):
+        self.configure(COOKIE_SAMESITE="None")
+        with self.assertRaises(ImproperlyConfigured):
+            sse.login(HttpResponse(), "alice")
+        self.assertEqual(self.redis.dbsize(), 0)
+
+    def test_bad_names_refused_before_anything_is_written(self):
+        for user, rooms in [("", []), ("a b", []), ("x" * 129, []), (True, []), (None, []),
+                            ("alice", ["lob by"]), ("alice", "lobby")]:
+            with self.subTest(user=user, rooms=rooms), self.assertRaises(ValueError):
+                sse.login(HttpResponse(), user, rooms)
+        self.assertEqual(self.redis.dbsize(), 0)
+
+
+class LogoutTests(RedisTestCase):
+    def request_with(self, token):
+        request = RequestFactory().get("/")
+        if token is not None:
+            request.COOKIES["sse_session"] = token
+        return request
+
+    def test_logout_deletes_clears_and_publishes(self):
+        token = sse.login(HttpResponse(), "alice", ["lobby"])
+        control = self.subscribe("sse:control")
+        response = HttpResponse()
+        self.assertEqual(sse.logout(self.request_with(token), response), "alice")
+        self.assertIsNone(self.redis.get("session:" + token))
+        c = response.cookies["sse_session"]
+        self.assertEqual(c.value, "")
+        self.assertEqual(c["max-age"], 0)
+        self.assertIn("1970", c["expires"])
+        self.assertTrue(c["httponly"])
+        self.assertEqual(c["samesite"], "Lax")
+        self.assertEqual(self.next_json(control), ("sse:control", {"op": "logout", "user": "alice"}))
+
+    def test_logout_without_ending_streams(self):
+        token = sse.login(HttpResponse(), "alice")
+        control = self.subscribe("sse:control")
+        sse.logout(self.request_with(token), HttpResponse(), end_streams=False)
+        self.assertIsNone(self.redis.get("session:" + token))
+        sse.logout_user("marker")
+        # The marker is the first message: logout published nothing.
+        self.assertEqual(self.next_json(control)[1], {"op": "logout", "user": "marker"})
+
+    def test_logout_without_a_session(self):
+        control = self.subscribe("sse:control")
+        for token in (None, "unknown-token"):
+            response = HttpResponse()
+            self.assertIsNone(sse.logout(self.request_with(token), response))
+            self.assertEqual(response.cookies["sse_session"]["max-age"], 0)
+        sse.logout_user("marker")
+        self.assertEqual(self.next_json(control)[1], {"op": "logout", "user": "marker"})
+
+    def test_get_session(self):
+        token = sse.login(HttpResponse(), "alice", ["lobby"])
+        self.assertEqual(sse.get_session(self.request_with(token)), {"user": "alice", "rooms": ["lobby"]})
+        self.assertEqual(sse.token(self.request_with(token)), token)
+        self.assertIsNone(sse.get_session(self.request_with(None)))
+        self.assertIsNone(sse.get_session(self.request_with("nope")))
+
+
+class SetRoomsTests(RedisTestCase):
+    def test_updates_session_keeps_ttl_and_publishes_join_leave(self):
+        self.configure(SESSION_TTL=600)
+        token = sse.login(HttpResponse(), "alice", ["lobby", "team-7"])
+        request = RequestFactory().get("/")
+        request.COOKIES["sse_session"] = token
+        control = self.subscribe("sse:control")
+        self.assertEqual(sse.set_rooms(request, ["team-7", "team-9"]), ["team-7", "team-9"])
+        self.assertEqual(json.loads(self.redis.get("session:" + token)), {"user": "alice", "rooms": ["team-7", "team-9"]})
+        self.assertTrue(590 <= self.redis.ttl("session:" + token) <= 600)
+        self.assertEqual(self.next_json(control)[1], {"op": "join", "user": "alice", "room": "team-9"})
+        self.assertEqual(self.next_json(control)[1], {"op": "leave", "user": "alice", "room": "lobby"})
+
+    def test_no_session(self):
+        request = RequestFactory().get("/")
+        self.assertIsNone(sse.set_rooms(request, ["lobby"]))
+        request.COOKIES["sse_session"] = "gone"
+        self.assertIsNone(sse.set_rooms(request, ["lobby"]))
+        self.assertEqual(self.redis.dbsize(), 0)
