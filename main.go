@@ -325,11 +325,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	hub.Shutdown()
 	// Shutdown closes the listener and waits for the requests in flight;
 	// streams on connections ssebridge took over are waited for by the hub.
-	err = srv.Shutdown(sctx)
-	if err == nil {
-		err = hub.Wait(sctx)
-	}
-	if err != nil {
+	// At the deadline, both cut what is still open: net/http its own
+	// connections, the hub the ones it took over.
+	if err := errors.Join(srv.Shutdown(sctx), hub.Wait(sctx)); err != nil {
 		_ = srv.Close()
 		log.Warn("streams still open at the shutdown deadline were cut", "err", err)
 	}

@@ -86,6 +86,7 @@ func (h *Hub) catchUp(ctx context.Context, s *Stream, out sink) string {
 			if h.goLive(s, st.from, st.gen) {
 				return ""
 			}
+			s.replayFrom(st.from) // durable events were skipped meanwhile
 			continue
 		}
 		if unsynced(st.base, synced) {
@@ -108,8 +109,8 @@ func (h *Hub) catchUp(ctx context.Context, s *Stream, out sink) string {
 		if h.goLive(s, pos, st.gen) {
 			return ""
 		}
-		// A channel was joined during the pass: another pass, from where
-		// this one stopped.
+		// A channel was joined during the pass, or durable events were
+		// skipped: another pass, from where this one stopped.
 		s.replayFrom(pos)
 	}
 }

@@ -68,7 +68,11 @@ type catchUp struct {
 	replay bool                   // every channel must be replayed after from (a resume)
 	from   wire.Cursor            // where the replay starts, or the stream's id if none is needed
 	base   map[string]wire.Cursor // channels joined meanwhile: replayed after their own cursor
-	gen    uint64                 // counts joins, so that a pass knows it missed one
+	gen    uint64                 // counts joins and skips, so that a pass knows it must run again
+	// skipping is set when held overflowed with a durable event: durable
+	// events are no longer held (the next pass replays them) until a new
+	// pass starts.
+	skipping bool
 	held   []heldEvent            // live events that arrived meanwhile, in order
 	size   int                    // bytes in held
 }
@@ -112,8 +116,19 @@ func (s *Stream) offer(channel string, frame []byte, cursor wire.Cursor) bool {
 		return true // already on its way out; nothing more to do
 	case s.catching.on:
 		c := &s.catching
+		if c.skipping && !cursor.IsZero() {
+			return true // history has it: the next pass replays it
+		}
 		if len(c.held) >= s.limits.events || c.size+len(frame) > s.limits.bytes {
-			return false
+			if cursor.IsZero() {
+				return false // a live event cannot be had again: slow
+			}
+			// A durable event is in history: rather than end the stream,
+			// skip durable events for now and run another pass of replay
+			// once this one is done (gen tells the writer).
+			c.skipping = true
+			c.gen++
+			return true
 		}
 		c.held = append(c.held, heldEvent{frame, cursor, channel})
 		c.size += len(frame)
@@ -181,11 +196,13 @@ func (s *Stream) drop(channel string) {
 	delete(c.base, channel)
 }
 
-// catchUpState returns what the writer must replay.
+// catchUpState returns what the writer must replay, as a pass of replay
+// begins.
 func (s *Stream) catchUpState() catchUpState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := &s.catching
+	c.skipping = false // from here on, what the pass does not read is held
 	return catchUpState{on: c.on, replay: c.replay, from: c.from, base: maps.Clone(c.base), gen: c.gen}
 }
 

@@ -1,0 +1,456 @@
+package main
+
+// Tests of the hardening issue: each reproduces a way the service lost
+// events, kept revoked access or could be exhausted cheaply, against a real
+// redis-server, and holds the fix to it.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+	"github.com/ssebridge/ssebridge/internal/ssetest"
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// controlMsg publishes a control message.
+func (a *app) controlMsg(op, user, room string) {
+	a.t.Helper()
+	b, _ := json.Marshal(map[string]string{"op": op, "user": user, "room": room})
+	a.publish("control", string(b))
+}
+
+// wantEnd reads what is left of a stream and wants it to end (EOF) after a
+// retry: hint, with no event in between.
+func wantEnd(t *testing.T, s *ssetest.Stream) {
+	t.Helper()
+	sawRetry := false
+	for {
+		ev, err := s.Next(10 * time.Second)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("stream did not end: %v", err)
+		}
+		switch {
+		case ev.Retry != "":
+			sawRetry = true
+		case ev.Comment != "" && ev.Event == "" && ev.Data == "":
+		default:
+			t.Fatalf("want the stream to end with retry:, got %+v", ev)
+		}
+	}
+	if !sawRetry {
+		t.Fatal("the stream ended without a retry: hint")
+	}
+}
+
+// TestMembershipRace churns streams and join/leave control messages over
+// many rooms from several users, on two instances of one Redis, while
+// stable streams sit in the same rooms. Afterwards no channel may stay
+// subscribed without a stream, and every stable stream must get every
+// event of its rooms (an unsubscribe crossed with a subscribe would have
+// cut one off).
+func TestMembershipRace(t *testing.T) {
+	r := redistest.Start(t)
+	apps := []*app{startApp(t, r, nil), startApp(t, r, nil)}
+	const rooms = 200
+	all := make([]string, rooms)
+	for i := range all {
+		all[i] = fmt.Sprintf("r%d", i)
+	}
+	// One stable stream per instance, in every room.
+	stable := make([]*ssetest.Stream, len(apps))
+	for i, a := range apps {
+		stable[i] = a.open(a.session(fmt.Sprintf("stable%d", i), all...), "")
+	}
+
+	var wg sync.WaitGroup
+	for w := range 8 {
+		a := apps[w%2]
+		user := fmt.Sprintf("churn%d", w)
+		tok := a.session(user, all...)
+		wg.Go(func() {
+			rnd := rand.New(rand.NewPCG(uint64(w), 7))
+			for range 120 {
+				picked := all[rnd.IntN(rooms):]
+				picked = picked[:min(len(picked), 1+rnd.IntN(8))]
+				s, err := ssetest.Open(context.Background(), a.url+"/events?rooms="+strings.Join(picked, ","), bearer(tok))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for range 4 {
+					room := all[rnd.IntN(rooms)]
+					a.controlMsg("join", user, room)
+					a.controlMsg("leave", user, room)
+				}
+				// A join in flight while the stream closes.
+				a.controlMsg("join", user, all[rnd.IntN(rooms)])
+				s.Close()
+			}
+		})
+	}
+	wg.Wait()
+
+	// Every churning stream is closed: the channels left subscribed are
+	// the stable streams', the control channel, and nothing else.
+	wantChannels := []string{"sse:broadcast", "sse:control"}
+	for i := range apps {
+		wantChannels = append(wantChannels, fmt.Sprintf("sse:user:stable%d", i))
+	}
+	for _, room := range all {
+		wantChannels = append(wantChannels, "sse:room:"+room)
+	}
+	slices.Sort(wantChannels)
+	eventually(t, 10*time.Second, "only the stable streams' channels to stay subscribed", func() bool {
+		got := r.Client().PubSubChannels(context.Background(), "sse:*").Val()
+		slices.Sort(got)
+		return slices.Equal(got, wantChannels)
+	})
+	for _, room := range all {
+		n := r.Client().PubSubNumSub(context.Background(), "sse:room:"+room).Val()["sse:room:"+room]
+		if n != 2 {
+			t.Fatalf("room %s has %d subscribers, want the 2 instances", room, n)
+		}
+	}
+	ids := make([]string, rooms)
+	for i, room := range all {
+		ids[i] = publishDurable(t, r.Client(), "room:"+room, fmt.Sprintf(`{"event":"n","data":%d}`, i))
+	}
+	for _, s := range stable {
+		for i := range all {
+			ev := want(t, s, "n", fmt.Sprint(i))
+			if ev.ID != ids[i] {
+				t.Fatalf("event %d has id %s, want %s", i, ev.ID, ids[i])
+			}
+		}
+	}
+	for _, a := range apps {
+		a.stop()
+	}
+	eventually(t, 10*time.Second, "every channel to be unsubscribed once both instances stopped", func() bool {
+		return len(r.Client().PubSubChannels(context.Background(), "sse:*").Val()) == 0
+	})
+}
+
+// TestWideResume resumes a stream of 200 rooms again and again while
+// events are published across them: every resume must bring exactly what
+// was missed, in order, with no hole (a replay read channel by channel
+// could see a later event of one channel and not an earlier one of another).
+func TestWideResume(t *testing.T) {
+	a := startApp(t, nil, nil)
+	rooms := make([]string, 200)
+	for i := range rooms {
+		rooms[i] = fmt.Sprintf("w%d", i)
+	}
+	tok := a.session("wide", rooms...)
+	s := a.openResume(t, tok, "")
+
+	const publishers, each = 4, 800
+	const total = publishers * each
+	var mu sync.Mutex
+	var published []wire.Cursor
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range each {
+				room := rooms[(p*each+i)%len(rooms)]
+				id, err := evalPublish(a.rdb, "room:"+room, fmt.Sprintf(`{"event":"n","data":"%d-%d"}`, p, i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				c, _ := wire.ParseCursor(id)
+				mu.Lock()
+				published = append(published, c)
+				mu.Unlock()
+			}
+		})
+	}
+	var got []wire.Cursor
+	seen := map[string]bool{}
+	last := ""
+	for resumes := 0; len(got) < total; resumes++ {
+		// Read a few, then drop the stream and resume from the last id.
+		for range 1 + resumes%12 {
+			ev, err := s.NextEvent(10 * time.Second)
+			if err != nil {
+				t.Fatalf("after %d events and %d resumes: %v", len(got), resumes, err)
+			}
+			if ev.Event != "n" || seen[ev.Data] {
+				t.Fatalf("after %d resumes: %+v (a duplicate, or a reset)", resumes, ev)
+			}
+			seen[ev.Data] = true
+			c, _ := wire.ParseCursor(ev.ID)
+			got = append(got, c)
+			last = ev.ID
+			if len(got) == total {
+				break
+			}
+		}
+		s.Close()
+		s = a.openResume(t, tok, last)
+	}
+	wg.Wait()
+	slices.SortFunc(published, func(x, y wire.Cursor) int {
+		if x.Before(y) {
+			return -1
+		}
+		return 1
+	})
+	for i := range published {
+		if got[i] != published[i] {
+			t.Fatalf("event %d: id %v, want %v: a hole", i, got[i], published[i])
+		}
+	}
+}
+
+// TestBigReplay resumes over far more history than the live queue holds,
+// while events keep coming: the replay is paced by the client, not judged
+// by the slow-reader rule, and what is published meanwhile follows it,
+// every event once, in order.
+func TestBigReplay(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"STREAM_QUEUE": "16", "STREAM_QUEUE_BYTES": "65536", "HISTORY_MAXLEN": "5000"})
+	tok := a.session("alice", "lobby")
+	s := a.openResume(t, tok, "")
+	first := publishDurable(t, a.rdb, "room:lobby", `{"event":"n","data":0}`)
+	want(t, s, "n", "0")
+	s.Close()
+	const n, more = 2000, 300
+	pad := strings.Repeat("p", 2000) // 4 MB of history: more than the socket buffers hold
+	for i := 1; i < n; i++ {
+		publishDurable(t, a.rdb, "room:lobby", fmt.Sprintf(`{"event":"n","data":"%d %s"}`, i, pad))
+	}
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for i := n; i < n+more; i++ {
+			if _, err := evalPublish(a.rdb, "room:lobby", fmt.Sprintf(`{"event":"n","data":"%d %s"}`, i, pad)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	s = a.openResume(t, tok, first)
+	for i := 1; i < n+more; i++ {
+		ev, err := s.NextEvent(10 * time.Second)
+		if err != nil || ev.Event != "n" || !strings.HasPrefix(ev.Data, fmt.Sprint(i, " ")) {
+			t.Fatalf("event %d: got %q %.20q %v", i, ev.Event, ev.Data, err)
+		}
+	}
+	<-published
+	if got := a.metric(`ssebridge_streams_closed_total{reason="slow"}`); got != 0 {
+		t.Errorf("%v streams ended as slow", got)
+	}
+}
+
+// TestGapRecoveryFails: when what was published during a pub/sub gap cannot
+// be read back, streams that may have missed it are told to reconnect
+// (and so resume from their own id), not moved silently past the gap.
+func TestGapRecoveryFails(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"REDIS_PING_INTERVAL": "200ms"})
+	s := a.open(a.session("alice", "lobby"), "")
+	publishDurable(t, a.rdb, "room:lobby", `{"event":"n","data":0}`)
+	want(t, s, "n", "0")
+	ctx := context.Background()
+	// A history key that cannot be read as a stream.
+	if err := a.rdb.Del(ctx, "sse:{room:lobby}:history").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.rdb.Set(ctx, "sse:{room:lobby}:history", "not a stream", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	wantEnd(t, s)
+	if got := a.metric(`ssebridge_streams_closed_total{reason="redis"}`); got != 1 {
+		t.Errorf("closed for redis: %v, want 1", got)
+	}
+}
+
+// TestMarkIsIDOnly: the mark that moves idle streams' ids on is an id:
+// line alone, which fires no event in a browser.
+func TestMarkIsIDOnly(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"HISTORY_TTL": "2s"}) // a mark every 500ms
+	s := a.open(a.session("alice"), "")
+	ev, err := s.NextEvent(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ev.HasID || ev.Event != "" || ev.Data != "" {
+		t.Fatalf("mark: %+v; want an id: line alone", ev)
+	}
+}
+
+// TestControlBurst: thousands of control messages at once are all applied,
+// in order; a leave at the end of the burst is in force before the next
+// message on the room.
+func TestControlBurst(t *testing.T) {
+	a := startApp(t, nil, nil)
+	s := a.open(a.session("alice", "lobby"), "")
+	ctx := context.Background()
+	pipe := a.rdb.Pipeline()
+	for i := range 3000 {
+		b, _ := json.Marshal(map[string]string{"op": []string{"join", "leave"}[i%2], "user": "alice", "room": fmt.Sprintf("x%d", i/2)})
+		pipe.Publish(ctx, "sse:control", b)
+	}
+	b, _ := json.Marshal(map[string]string{"op": "leave", "user": "alice", "room": "lobby"})
+	pipe.Publish(ctx, "sse:control", b)
+	pipe.Publish(ctx, "sse:room:lobby", "secret")
+	pipe.Publish(ctx, "sse:user:alice", "marker")
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantNothingBefore(t, s, "marker")
+	if got := a.metric(`ssebridge_control_applied_total{op="leave"}`); got != 1501 {
+		t.Errorf("leaves applied: %v, want 1501", got)
+	}
+}
+
+// TestSessionRecheck: the session in Redis is the truth. A session
+// rewritten to another user ends its streams; a room taken out of it is
+// left; and after a pub/sub reconnection (when control messages may have
+// been lost) every session is rechecked at once.
+func TestSessionRecheck(t *testing.T) {
+	ctx := context.Background()
+	t.Run("user changed", func(t *testing.T) {
+		a := startApp(t, nil, map[string]string{"SESSION_RECHECK_INTERVAL": "100ms"})
+		tok := a.session("alice", "lobby")
+		s := a.open(tok, "")
+		a.rdb.Set(ctx, a.cfg.SessionPrefix+tok, `{"user":"mallory","rooms":["lobby"]}`, time.Hour)
+		wantEnd(t, s)
+	})
+	t.Run("room taken out", func(t *testing.T) {
+		a := startApp(t, nil, map[string]string{"SESSION_RECHECK_INTERVAL": "100ms"})
+		tok := a.session("alice", "lobby", "team")
+		s := a.open(tok, "")
+		a.rdb.Set(ctx, a.cfg.SessionPrefix+tok, `{"user":"alice","rooms":["team"]}`, time.Hour)
+		eventually(t, 5*time.Second, "the recheck to leave lobby", func() bool {
+			return a.metric(`ssebridge_session_recheck_total{outcome="left_room"}`) == 1
+		})
+		a.publish("room:lobby", "secret")
+		a.publish("room:team", "marker")
+		wantNothingBefore(t, s, "marker")
+	})
+	t.Run("after a reconnection", func(t *testing.T) {
+		a := startApp(t, nil, map[string]string{"SESSION_RECHECK_INTERVAL": "1h", "REDIS_PING_INTERVAL": "200ms"})
+		tok := a.session("alice", "lobby", "team")
+		s := a.open(tok, "")
+		// The backend takes lobby out and publishes leave while this
+		// instance is away from pub/sub: the control message is lost.
+		a.rdb.Set(ctx, a.cfg.SessionPrefix+tok, `{"user":"alice","rooms":["team"]}`, time.Hour)
+		if err := a.rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "the recheck after the reconnection to leave lobby", func() bool {
+			return a.metric(`ssebridge_session_recheck_total{outcome="left_room"}`) == 1
+		})
+		a.publish("room:lobby", "secret")
+		a.publish("room:team", "marker")
+		wantNothingBefore(t, s, "marker")
+	})
+}
+
+// TestForgedDurable: a live payload that starts like the durable framing
+// (a backend relaying a user's text as it is) is refused and counted; it
+// can neither set an id nor make later durable events look already seen.
+func TestForgedDurable(t *testing.T) {
+	a := startApp(t, nil, nil)
+	s := a.open(a.session("alice"), "")
+	a.publish("user:alice", "\x00ffffffffff:99999999999999-0\n{\"event\":\"forged\",\"data\":\"x\"}")
+	a.publish("user:alice", "\x00\n")
+	id := publishDurable(t, a.rdb, "user:alice", `{"event":"real","data":"y"}`)
+	if ev := want(t, s, "real", "y"); ev.ID != id {
+		t.Fatalf("id %q, want %q", ev.ID, id)
+	}
+	if got := a.metric(`ssebridge_events_dropped_total{reason="forged_durable"}`); got != 2 {
+		t.Errorf("forged refused: %v, want 2", got)
+	}
+}
+
+// TestKeyCollision: no channel's history can be another channel's keys
+// (user:alice:trimmed was the trim marker of user:alice).
+func TestKeyCollision(t *testing.T) {
+	a := startApp(t, nil, nil)
+	tok := a.session("alice")
+	s := a.openResume(t, tok, "")
+	first := publishDurable(t, a.rdb, "user:alice", `{"event":"n","data":1}`)
+	want(t, s, "n", "1")
+	s.Close()
+	publishDurable(t, a.rdb, "user:alice:trimmed", `{"event":"other","data":1}`)
+	publishDurable(t, a.rdb, "user:alice", `{"event":"n","data":2}`)
+	s = a.openResume(t, tok, first)
+	want(t, s, "n", "2")
+}
+
+// TestUploadEndsStream: bytes sent up an event stream end it at once,
+// instead of costing a core to read one byte at a time.
+func TestUploadEndsStream(t *testing.T) {
+	a := startApp(t, nil, nil)
+	c := rawStream(t, strings.TrimPrefix(a.url, "http://"), a.session("alice"))
+	defer c.Close()
+	go func() {
+		junk := make([]byte, 64<<10)
+		for range 64 {
+			if _, err := c.Write(junk); err != nil {
+				return
+			}
+		}
+	}()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("the stream stayed open while the client uploaded: %v", err)
+	}
+	eventually(t, 5*time.Second, "the upload to be counted", func() bool {
+		return a.metric(`ssebridge_streams_closed_total{reason="upload"}`) == 1
+	})
+}
+
+// TestShutdownCutsBlockedWriters: at SHUTDOWN_TIMEOUT, a stream whose
+// writer is stuck on a client that reads nothing is cut, so that no
+// writer outlives the service.
+func TestShutdownCutsBlockedWriters(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"SHUTDOWN_TIMEOUT": "1s", "WRITE_TIMEOUT": "1h", "STREAM_QUEUE": "100000", "STREAM_QUEUE_BYTES": "1073741824"})
+	c := rawStream(t, strings.TrimPrefix(a.url, "http://"), a.session("stuck"))
+	defer c.Close()
+	chunk := strings.Repeat("x", 60_000)
+	const n = 600 // 36 MB: far more than the socket buffers hold (some 10 MB)
+	for i := range n {
+		a.publish("user:stuck", fmt.Sprintf(`{"event":"big","id":"%d","data":"%s"}`, i, chunk))
+		if i%50 == 49 {
+			// Paced, so that Redis's output buffer for this instance's
+			// pub/sub connection never overflows; queued on the stream.
+			eventually(t, 10*time.Second, "the events to reach the stream", func() bool {
+				return a.metric("ssebridge_redis_messages_total") > float64(i)
+			})
+		}
+	}
+	stopped := make(chan struct{})
+	go func() { a.stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ssebridge did not stop within 10s of a 1s SHUTDOWN_TIMEOUT")
+	}
+	// Cut, the connection ends after what the socket buffers held; not
+	// cut, the writer would go on as the client reads, to the last event.
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	got, err := io.Copy(io.Discard, c)
+	if err != nil {
+		t.Fatalf("after %d bytes: %v", got, err)
+	}
+	if got > n*60_000/2 {
+		t.Fatalf("the client could read %d MB after the shutdown deadline: the stuck stream was not cut", got>>20)
+	}
+}
