@@ -33,12 +33,14 @@ func ParseEnvelope(payload []byte) (Envelope, error) {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Envelope{Event: "message", Data: payload}, nil
 	}
+	// The payload itself, not trimmed: white space that JSON does not allow
+	// around a value (\v, NBSP...) makes it a payload sent whole.
 	var raw struct {
 		Event json.RawMessage `json:"event"`
 		Data  json.RawMessage `json:"data"`
 		ID    json.RawMessage `json:"id"`
 	}
-	if err := json.Unmarshal(trimmed, &raw); err != nil || raw.Data == nil {
+	if err := json.Unmarshal(payload, &raw); err != nil || raw.Data == nil {
 		return Envelope{Event: "message", Data: payload}, nil
 	}
 	env := Envelope{Event: "message"}
