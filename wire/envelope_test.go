@@ -31,6 +31,8 @@ func TestEncodeMessage(t *testing.T) {
 		{"broken JSON is sent whole", `{"data":`, "event: message\ndata: {\"data\":\n\n", nil},
 		{"JSON behind a vertical tab is sent whole", "\v{\"data\":1}", "event: message\ndata: \v{\"data\":1}\n\n", nil},
 		{"JSON behind a no-break space is sent whole", "\u00a0{\"data\":1}", "event: message\ndata: \u00a0{\"data\":1}\n\n", nil},
+		{"keys are matched exactly", `{"Event":"logout","DATA":"x"}`, "event: message\ndata: {\"Event\":\"logout\",\"DATA\":\"x\"}\n\n", nil},
+		{"a key of other case is not the key", `{"data":1,"Data":2,"EVENT":"x"}`, "event: message\ndata: 1\n\n", nil},
 		{"JSON white space around the object", " \t\r\n{\"data\":1}\n", "event: message\ndata: 1\n\n", nil},
 		{"LF in event", `{"event":"a\nb","data":1}`, "", ErrBadField},
 		{"CR in event", `{"event":"a\rb","data":1}`, "", ErrBadField},
