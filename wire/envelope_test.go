@@ -54,26 +54,3 @@ func TestEncodeMessage(t *testing.T) {
 		})
 	}
 }
-
-func FuzzEncodeMessage(f *testing.F) {
-	for _, s := range []string{`{"event":"a","data":"b\nc"}`, `{"id":"1","data":{}}`, "plain"} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, payload []byte) {
-		frame, err := EncodeMessage(payload, 1<<16)
-		if err != nil {
-			return
-		}
-		// Whatever was published, the frame is exactly one event: it ends
-		// with the only blank line, and every line is a known field.
-		s := string(frame)
-		if !strings.HasSuffix(s, "\n\n") || strings.Contains(s[:len(s)-1], "\n\n") || strings.Contains(s, "\r") {
-			t.Fatalf("frame is not one event: %q", s)
-		}
-		for _, line := range strings.Split(s[:len(s)-2], "\n") {
-			if !strings.HasPrefix(line, "id: ") && !strings.HasPrefix(line, "event: ") && !strings.HasPrefix(line, "data: ") {
-				t.Fatalf("unexpected line %q in %q", line, s)
-			}
-		}
-	})
-}
