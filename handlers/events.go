@@ -67,7 +67,8 @@ func (ev *events) stream(c echo.Context) error {
 			_ = h.Write(&head)
 			head.WriteString("\r\n")
 			_ = conn.SetWriteDeadline(time.Now().Add(ev.o.Write.WriteTimeout))
-			if _, err := brw.Writer.WriteString(head.String()); err == nil {
+			_, err = brw.Writer.WriteString(head.String())
+			if err == nil {
 				err = brw.Writer.Flush()
 			}
 			if err != nil {

@@ -33,14 +33,15 @@ func ParseEnvelope(payload []byte) (Envelope, error) {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Envelope{Event: "message", Data: payload}, nil
 	}
-	var raw struct {
-		Event json.RawMessage `json:"event"`
-		Data  json.RawMessage `json:"data"`
-		ID    json.RawMessage `json:"id"`
-	}
-	if err := json.Unmarshal(trimmed, &raw); err != nil || raw.Data == nil {
+	// The payload itself, not trimmed: white space that JSON does not allow
+	// around a value (\v, NBSP...) makes it a payload sent whole. A map, not
+	// a struct: encoding/json matches struct fields without regard to case,
+	// and {"Data":...} is not an envelope.
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &obj); err != nil || obj["data"] == nil {
 		return Envelope{Event: "message", Data: payload}, nil
 	}
+	raw := struct{ Event, Data, ID json.RawMessage }{obj["event"], obj["data"], obj["id"]}
 	env := Envelope{Event: "message"}
 	if raw.Event != nil && string(raw.Event) != "null" {
 		if err := json.Unmarshal(raw.Event, &env.Event); err != nil {
