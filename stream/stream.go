@@ -73,8 +73,8 @@ type catchUp struct {
 	// events are no longer held (the next pass replays them) until a new
 	// pass starts.
 	skipping bool
-	held   []heldEvent            // live events that arrived meanwhile, in order
-	size   int                    // bytes in held
+	held     []heldEvent // live events that arrived meanwhile, in order
+	size     int         // bytes in held
 }
 
 // catchUpState is a copy of what a pass of catch-up needs.
