@@ -91,7 +91,7 @@ func (h *Hub) control(c wire.Control) {
 func (h *Hub) apply(s *Stream, c wire.Control) {
 	switch c.Op {
 	case wire.OpLogout:
-		s.end(ReasonLogout, logoutFrame, true)
+		s.finish(ReasonLogout, logoutFrame)
 	case wire.OpJoin:
 		h.join(s, wire.RoomChannel(c.Room))
 	case wire.OpLeave:

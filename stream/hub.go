@@ -348,7 +348,7 @@ func dropReason(err error) string {
 // soon, to resume from its last id; its writer may well be stuck on a full
 // socket and only learn of it at its write deadline.
 func (h *Hub) endSlow(s *Stream) {
-	if s.end(ReasonSlow, wire.RetryFrame(h.jitteredRetry()), false) {
+	if s.end(ReasonSlow, wire.RetryFrame(h.jitteredRetry())) {
 		h.log.Info("stream closed: queue full", "user", s.User)
 	}
 }
@@ -356,7 +356,7 @@ func (h *Hub) endSlow(s *Stream) {
 // endRetry ends a stream for a passing reason, with a retry hint: the
 // browser comes back and resumes from its own id.
 func (h *Hub) endRetry(s *Stream, reason string) {
-	s.end(reason, wire.RetryFrame(h.jitteredRetry()), false)
+	s.end(reason, wire.RetryFrame(h.jitteredRetry()))
 }
 
 // Shutdown refuses new streams and ends the open ones with a retry hint,
@@ -366,7 +366,7 @@ func (h *Hub) Shutdown() {
 	h.stopping = true
 	h.mu.Unlock()
 	for _, s := range h.all() {
-		s.end(ReasonShutdown, wire.RetryFrame(h.jitteredRetry()), true)
+		s.finish(ReasonShutdown, wire.RetryFrame(h.jitteredRetry()))
 	}
 }
 

@@ -66,7 +66,7 @@ func (h *Hub) recheck(ctx context.Context, sessions Sessions) error {
 		switch {
 		case errors.Is(errs[i], wire.ErrNoSession), errors.Is(errs[i], wire.ErrBadSession):
 			for _, s := range h.streamsOf(token) {
-				if s.end(ReasonSession, logoutFrame, true) {
+				if s.finish(ReasonSession, logoutFrame) {
 					h.metrics.Rechecked.WithLabelValues("ended").Inc()
 				}
 			}

@@ -51,7 +51,6 @@ type Stream struct {
 	limits   limits
 	ending   string // why the stream is ending; "" while it is open
 	final    []byte // written after everything else once ending is set
-	keep     bool   // on ending, write what is queued before final
 	wake     chan struct{}
 	last     wire.Cursor // the newest durable event queued or replayed: one at or before it is a duplicate
 	catching catchUp     // while set, the writer replays history and live events wait in held
@@ -270,16 +269,34 @@ func (s *Stream) position() wire.Cursor {
 	return s.last
 }
 
-// end asks the writer to stop after writing final. Unless keep is set, what
-// is still queued is dropped. It reports whether this call ended the stream.
-func (s *Stream) end(reason string, final []byte, keep bool) bool {
+// end asks the writer to stop: what is still queued is dropped, and final
+// (if any) is written instead. It reports whether this call ended the
+// stream.
+func (s *Stream) end(reason string, final []byte) bool {
+	return s.stop(reason, final, dropQueued)
+}
+
+// finish asks the writer to stop once it has written what is queued, then
+// final.
+func (s *Stream) finish(reason string, final []byte) bool {
+	return s.stop(reason, final, keepQueued)
+}
+
+type endMode bool
+
+const (
+	dropQueued endMode = false
+	keepQueued endMode = true
+)
+
+func (s *Stream) stop(reason string, final []byte, mode endMode) bool {
 	s.mu.Lock()
 	if s.ending != "" {
 		s.mu.Unlock()
 		return false
 	}
-	s.ending, s.final, s.keep = reason, final, keep
-	if !keep {
+	s.ending, s.final = reason, final
+	if mode == dropQueued {
 		s.queue, s.queued = nil, 0
 	}
 	s.catching.held, s.catching.size = nil, 0

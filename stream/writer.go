@@ -53,7 +53,7 @@ func (s *Stream) watch(conn net.Conn, gone context.CancelFunc) {
 	var b [64]byte
 	n, _ := conn.Read(b[:])
 	if n > 0 {
-		s.end(ReasonUpload, nil, false)
+		s.end(ReasonUpload, nil)
 	}
 	gone()
 }
