@@ -5,12 +5,16 @@ package main
 // redis-server, and holds the fix to it.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,13 +24,6 @@ import (
 	"github.com/ssebridge/ssebridge/internal/ssetest"
 	"github.com/ssebridge/ssebridge/wire"
 )
-
-// controlMsg publishes a control message.
-func (a *app) controlMsg(op, user, room string) {
-	a.t.Helper()
-	b, _ := json.Marshal(map[string]string{"op": op, "user": user, "room": room})
-	a.publish("control", string(b))
-}
 
 // wantEnd reads what is left of a stream and wants it to end (EOF) after a
 // retry: hint, with no event in between.
@@ -470,5 +467,81 @@ func TestShutdownCutsBlockedWriters(t *testing.T) {
 	}
 	if got > n*60_000/2 {
 		t.Fatalf("the client could read %d MB after the shutdown deadline: the stuck stream was not cut", got>>20)
+	}
+}
+
+// TestMassResumeMemory: sixteen streams resume at once over 60 MB of
+// history each and read nothing. The replay is read in pages and bounded
+// in flight across all streams (REPLAY_INFLIGHT_BYTES), so the process
+// holds a few MB of it, not the histories (which took it to 2.86 GB).
+func TestMassResumeMemory(t *testing.T) {
+	r := redistest.Start(t)
+	p := startBinary(t, map[string]string{
+		"REDIS_URL": r.URL(), "HISTORY_MAXLEN": "1000", "MAX_EVENT_BYTES": "65536",
+		"REPLAY_MAX_BYTES": "134217728", "REPLAY_INFLIGHT_BYTES": "4194304", "WRITE_TIMEOUT": "1m",
+	})
+	rdb := r.Client()
+	ctx := context.Background()
+	eventually(t, 10*time.Second, "ssebridge to configure Redis", func() bool {
+		return rdb.HExists(ctx, "sse:config", "marker").Val()
+	})
+	chunk := strings.Repeat("x", 60_000)
+	first := publishDurable(t, rdb, "room:big", `{"event":"n","data":"first"}`)
+	const n = 999 // 60 MB
+	for i := range n {
+		publishDurable(t, rdb, "room:big", fmt.Sprintf(`{"event":"n","data":"%d %s"}`, i, chunk))
+	}
+	rdb.Set(ctx, "session:mass", `{"user":"mass","rooms":["big"]}`, time.Hour)
+
+	var conns []net.Conn
+	for range 16 {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /events HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer mass\r\nLast-Event-ID: %s\r\n\r\n", p.addr, first)
+		conns = append(conns, c)
+	}
+	metric := func(series string) float64 {
+		resp, err := http.Get("http://" + p.addr + "/metrics")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return 0
+	}
+	// Every slot taken: each stream has a page read and waits on its
+	// client's full socket.
+	eventually(t, 20*time.Second, "the replay slots to be all in use", func() bool {
+		return metric("ssebridge_replay_pages_inflight") == 16
+	})
+	rss := rssKiB(t, p.cmd.Process.Pid)
+	t.Logf("16 resumes over %d MB of history each, none reading: RSS %d MiB", n*60_000>>20, rss>>10)
+	if rss > 200<<10 {
+		t.Errorf("RSS %d MiB with replays bounded to 4 MiB in flight", rss>>10)
+	}
+	// And the replay does go on: one client reads its stream to the end.
+	br := bufio.NewReaderSize(conns[0], 1<<17)
+	events := 0
+	_ = conns[0].SetReadDeadline(time.Now().Add(60 * time.Second))
+	for events < n {
+		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("after %d events: %v", events, err)
+		}
+		if string(line) == "event: n\n" {
+			events++
+		}
 	}
 }
