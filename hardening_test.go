@@ -545,3 +545,23 @@ func TestMassResumeMemory(t *testing.T) {
 		}
 	}
 }
+
+// TestRoomLimits: MAX_ROOMS bounds the channels one stream subscribes.
+func TestRoomLimits(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"MAX_ROOMS": "3"})
+	tok := a.session("alice", "a", "b", "c", "d")
+	if se := a.refusal(bearer(tok), ""); se.Response.StatusCode != 403 || !strings.Contains(se.Body, "MAX_ROOMS") {
+		t.Fatalf("session over MAX_ROOMS: %d %s", se.Response.StatusCode, se.Body)
+	}
+	if se := a.refusal(bearer(tok), "?rooms=a,b,c,d"); se.Response.StatusCode != 400 {
+		t.Fatalf("?rooms= over MAX_ROOMS: %d %s", se.Response.StatusCode, se.Body)
+	}
+	s := a.open(tok, "?rooms=a,b,c")
+	a.publish("control", `{"op":"join","user":"alice","room":"d"}`)
+	a.publish("room:d", "not for alice")
+	a.publish("room:a", "marker")
+	wantNothingBefore(t, s, "marker")
+	if got := a.metric(`ssebridge_events_dropped_total{reason="too_many_rooms"}`); got != 1 {
+		t.Errorf("joins refused: %v, want 1", got)
+	}
+}
