@@ -57,6 +57,10 @@ type Options struct {
 	Retry               time.Duration // the retry: hint sent to browsers
 }
 
+// syncTimeout bounds how long Open waits for Redis to confirm a stream's
+// subscriptions.
+const syncTimeout = 10 * time.Second
+
 // replayPageBytes is the size of one history read: small enough that many
 // streams can catch up at once, large enough to take few round trips.
 const replayPageBytes = 256 << 10
@@ -194,7 +198,11 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	}
 
 	if subErr == nil {
-		subErr = h.sub.Sync(ctx)
+		// Bounded: a stream is better refused with a Retry-After than left
+		// waiting on a Redis that does not answer.
+		sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+		subErr = h.sub.Sync(sctx)
+		cancel()
 	}
 	if subErr != nil {
 		h.Close(s, "")

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/ssebridge/ssebridge/wire"
@@ -20,7 +21,7 @@ type Sessions interface {
 // fast path, and can be missed (published while this instance was away
 // from Redis, or never sent). So every interval, and at once after the
 // feed reconnects (RecheckSoon), the sessions of all open streams are read
-// in one pipelined round trip and:
+// in pipelined round trips of a thousand, and:
 //   - a stream whose session is gone or malformed ends with logout;
 //   - a stream whose session now names another user ends with a retry
 //     hint, to come back as whoever the session is now;
@@ -58,6 +59,19 @@ func (h *Hub) recheck(ctx context.Context, sessions Sessions) error {
 		tokens = append(tokens, t)
 	}
 	h.mu.Unlock()
+	// In batches: a round trip each, and at most recheckBatch sessions
+	// (each up to MAX_SESSION_BYTES) in memory at once.
+	for batch := range slices.Chunk(tokens, recheckBatch) {
+		if err := h.recheckBatch(ctx, sessions, batch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const recheckBatch = 1000
+
+func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []string) error {
 	found, errs, err := sessions.LookupMany(ctx, tokens)
 	if err != nil {
 		return err
