@@ -87,6 +87,6 @@ func writeHelp(w io.Writer) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.Name, def, v.Help)
 	}
 	tw.Flush()
-	b.WriteString("\nSee README.md for the contract: sessions, channels, events, HTTP routes.\n")
+	b.WriteString("\nSee docs/protocol.md for the contract (sessions, channels, events, HTTP routes) and docs/configuration.md for these settings.\n")
 	io.WriteString(w, b.String())
 }

@@ -30,7 +30,7 @@ import (
 	"github.com/ssebridge/ssebridge/stream"
 )
 
-// Config is read from the environment only. README.md lists every variable.
+// Config is read from the environment only. docs/configuration.md lists every variable.
 type Config struct {
 	ListenAddr     string     `env:"LISTEN_ADDR" envDefault:":8080"`
 	RedisURL       string     `env:"REDIS_URL"`
