@@ -248,7 +248,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		Retry:        cfg.RetryInterval,
 	}, log, stream.NewMetrics(reg))
 	if cfg.RedisURL == "" {
-		dev = &handlers.Dev{Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix)}
+		dev = &handlers.Dev{
+			Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix),
+			DeleteSession: func(ctx context.Context, token string) error {
+				return rdb.Del(ctx, cfg.SessionPrefix+token).Err()
+			},
+		}
 	}
 
 	e := handlers.New(handlers.Options{
