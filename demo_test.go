@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -142,5 +143,38 @@ func TestDemoPageTryOut(t *testing.T) {
 	})
 	if n := metricOver(t, http.DefaultClient, base, `ssebridge_streams_closed_total{reason="logout"}`); n != 1 {
 		t.Fatalf(`ssebridge_streams_closed_total{reason="logout"} = %v, want 1`, n)
+	}
+}
+
+// TestDemoPageLogoutRoute: POST /dev/logout with no session only clears the
+// cookie, and it does not exist with REDIS_URL.
+func TestDemoPageLogoutRoute(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	base := "http://" + runApp(t, nil)
+	for _, cookie := range []string{"", "sse_session=no-such-token"} {
+		req, _ := http.NewRequest("POST", base+"/dev/logout", nil)
+		if cookie != "" {
+			req.Header.Set("Cookie", cookie)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), `"not logged in"`) ||
+			!strings.Contains(resp.Header.Get("Set-Cookie"), "sse_session=;") {
+			t.Errorf("logout with cookie %q: %d %s, Set-Cookie %q", cookie, resp.StatusCode, body, resp.Header.Get("Set-Cookie"))
+		}
+	}
+
+	a := startApp(t, nil, nil)
+	resp, err := http.Post(a.url+"/dev/logout", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == 200 {
+		t.Error("POST /dev/logout answered 200 with REDIS_URL set")
 	}
 }
