@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +26,14 @@ import (
 // runApp runs ssebridge in-process with environ (LISTEN_ADDR defaults to a
 // free loopback port) until the test ends, and returns its address.
 func runApp(t *testing.T, environ map[string]string) string {
+	addr, _ := runAppStop(t, environ)
+	return addr
+}
+
+// runAppStop is runApp that also returns stop, which ends ssebridge as
+// SIGTERM would and waits for run to return (at most once; the test's end
+// calls it too).
+func runAppStop(t *testing.T, environ map[string]string) (string, func()) {
 	t.Helper()
 	env := map[string]string{"LISTEN_ADDR": "127.0.0.1:0"}
 	for k, v := range environ {
@@ -39,18 +49,19 @@ func runApp(t *testing.T, environ map[string]string) string {
 	go func() { done <- run(ctx, cfg, log, func(a string) { addr <- a }) }()
 	select {
 	case a := <-addr:
-		t.Cleanup(func() {
+		stop := sync.OnceFunc(func() {
 			cancel()
 			if err := <-done; err != nil {
 				t.Error("ssebridge:", err)
 			}
 		})
-		return a
+		t.Cleanup(stop)
+		return a, stop
 	case err := <-done:
 		cancel()
 		t.Fatal("ssebridge did not start:", err)
 	}
-	return ""
+	return "", nil
 }
 
 // browserWith starts headless Chromium with the flags of PITFALLS.md and
@@ -156,8 +167,8 @@ const tenStreamsJS = `(() => {
 func TestTLSHTTP2(t *testing.T) {
 	r := redistest.Start(t)
 	cert, key, pool := selfSignedCert(t, t.TempDir())
-	addr := runApp(t, map[string]string{
-		"REDIS_URL": r.URL(), "TLS_CERT_FILE": cert, "TLS_KEY_FILE": key,
+	addr, stop := runAppStop(t, map[string]string{
+		"REDIS_URL": r.URL(), "TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "SHUTDOWN_TIMEOUT": "8s",
 	})
 	base := "https://" + addr
 	client := h2Client(pool) // trusts the test's certificate only
@@ -259,5 +270,55 @@ func TestTLSHTTP2(t *testing.T) {
 		if n := connections(proxy); n < 6 {
 			t.Fatalf("the browser holds %d connections, want one per stream, 6", n)
 		}
+	})
+
+	t.Run("shutdown: HTTP/2 streams end with retry:, at once", func(t *testing.T) {
+		eventually(t, 5*time.Second, "the browsers' streams to end", func() bool {
+			return metricOver(t, client, base, "ssebridge_streams_open") == 0
+		})
+		// Two streams on the one connection of Go's client.
+		var bodies []*bufio.Reader
+		for range 2 {
+			req, _ := http.NewRequest("GET", base+"/events", nil)
+			req.Header.Set("Cookie", "sse_session="+token)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+				t.Fatalf("GET /events: %s over %s", resp.Status, resp.Proto)
+			}
+			bodies = append(bodies, bufio.NewReader(resp.Body))
+		}
+		readUntil := func(b *bufio.Reader, prefix string) {
+			t.Helper()
+			for {
+				line, err := b.ReadString('\n')
+				if strings.HasPrefix(line, prefix) {
+					return
+				}
+				if err != nil {
+					t.Fatalf("the stream ended (%v) before a line %q", err, prefix)
+				}
+			}
+		}
+		for _, b := range bodies {
+			readUntil(b, "event: ready")
+		}
+		start := time.Now()
+		stopped := make(chan struct{})
+		go func() { stop(); close(stopped) }()
+		for _, b := range bodies {
+			readUntil(b, "retry:") // the shutdown's hint, then the end
+			if rest, err := io.ReadAll(b); err != nil || strings.TrimSpace(string(rest)) != "" {
+				t.Fatalf("after retry: %q, %v; want a clean end", rest, err)
+			}
+		}
+		// Well within SHUTDOWN_TIMEOUT: the streams were told, not cut.
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("the HTTP/2 streams ended %v after the stop (SHUTDOWN_TIMEOUT 8s)", d)
+		}
+		<-stopped
 	})
 }
