@@ -41,6 +41,8 @@ var configHelp = map[string]string{
 	"STREAM_QUEUE_BYTES":       "bytes queued for one stream before it counts as slow",
 	"REDIS_POOL_SIZE":          "connections for session lookups (plus one for pub/sub)",
 	"PPROF_ADDR":               "e.g. 127.0.0.1:6060: Go's profiling endpoints on their own listener; unset: none",
+	"TLS_CERT_FILE":            "PEM certificate chain: with TLS_KEY_FILE, serve HTTPS and HTTP/2 (both or neither)",
+	"TLS_KEY_FILE":             "PEM private key of TLS_CERT_FILE",
 }
 
 // configVar is one environment variable of Config.

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -65,6 +66,11 @@ type Config struct {
 	RedisPoolSize     int `env:"REDIS_POOL_SIZE" envDefault:"8"`
 
 	PprofAddr string `env:"PPROF_ADDR"` // e.g. 127.0.0.1:6060; unset: no profiling endpoint
+
+	// Both set: serve HTTPS (and HTTP/2) with this PEM certificate chain
+	// and key. Both unset: plain HTTP (TLS ends at a proxy, or nowhere).
+	TLSCertFile string `env:"TLS_CERT_FILE"`
+	TLSKeyFile  string `env:"TLS_KEY_FILE"`
 }
 
 func main() {
@@ -153,6 +159,12 @@ func loadConfig(environ map[string]string) (Config, error) {
 			return cfg, fmt.Errorf("ALLOWED_ORIGINS: %q is not an origin such as https://app.example.com", o)
 		}
 	}
+	switch {
+	case cfg.TLSCertFile != "" && cfg.TLSKeyFile == "":
+		return cfg, errors.New("TLS_KEY_FILE must be set too: TLS_CERT_FILE is set (both or neither)")
+	case cfg.TLSKeyFile != "" && cfg.TLSCertFile == "":
+		return cfg, errors.New("TLS_CERT_FILE must be set too: TLS_KEY_FILE is set (both or neither)")
+	}
 	return cfg, nil
 }
 
@@ -181,6 +193,10 @@ func namedEnvError(err error) error {
 // run serves until ctx ends, then shuts down within cfg.ShutdownTimeout.
 // listening, if set, is told the address once the listener is up.
 func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr string)) error {
+	tlsConfig, err := loadTLS(cfg)
+	if err != nil {
+		return err
+	}
 	var dev *handlers.Dev
 	redisURL := cfg.RedisURL
 	if redisURL == "" {
@@ -232,7 +248,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		Retry:        cfg.RetryInterval,
 	}, log, stream.NewMetrics(reg))
 	if cfg.RedisURL == "" {
-		dev = &handlers.Dev{Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix)}
+		dev = &handlers.Dev{
+			Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix),
+			DeleteSession: func(ctx context.Context, token string) error {
+				return rdb.Del(ctx, cfg.SessionPrefix+token).Err()
+			},
+		}
 	}
 
 	e := handlers.New(handlers.Options{
@@ -266,6 +287,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	}
 	srv := &http.Server{
 		Handler:           e,
+		TLSConfig:         tlsConfig, // nil: plain HTTP
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		// No WriteTimeout: it would cut every stream. Each write of a stream
@@ -308,8 +330,16 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	}
 
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("ssebridge listening", "addr", ln.Addr().String(), "session_cookie", cfg.SessionCookie)
+	go func() {
+		if tlsConfig != nil {
+			// ServeTLS adds "h2" to the protocols offered: HTTP/2 with no
+			// more set-up. Streams on it use net/http's writer (Stream.Serve).
+			serveErr <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		serveErr <- srv.Serve(ln)
+	}()
+	log.Info("ssebridge listening", "addr", ln.Addr().String(), "tls", tlsConfig != nil, "session_cookie", cfg.SessionCookie)
 	if listening != nil {
 		listening(ln.Addr().String())
 	}
@@ -336,6 +366,27 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		<-done
 	}
 	return nil
+}
+
+// loadTLS reads TLS_CERT_FILE and TLS_KEY_FILE, naming the one at fault;
+// nil when neither is set.
+func loadTLS(cfg Config) (*tls.Config, error) {
+	if cfg.TLSCertFile == "" {
+		return nil, nil
+	}
+	certPEM, err := os.ReadFile(cfg.TLSCertFile)
+	if err != nil {
+		return nil, fmt.Errorf("TLS_CERT_FILE: %w", err)
+	}
+	keyPEM, err := os.ReadFile(cfg.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("TLS_KEY_FILE: %w", err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("TLS_CERT_FILE %s and TLS_KEY_FILE %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
 func pprofMux() *http.ServeMux {

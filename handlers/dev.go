@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -67,4 +69,42 @@ func (d *dev) publish(c echo.Context) error {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 	}
 	return c.JSON(http.StatusOK, map[string]string{"status": "published"})
+}
+
+// logout ends the session as the backend's logout does: it deletes the
+// session key (no new stream, and open ones end at the next recheck), then
+// publishes a logout control message (that user's open streams get
+// event: logout and end now), and clears the cookie. With no cookie, or a
+// session already gone, there is nothing to end: it only clears the cookie.
+func (d *dev) logout(c echo.Context) error {
+	clearCookie := func() {
+		c.SetCookie(&http.Cookie{
+			Name: d.o.SessionCookie, Value: "", Path: "/", MaxAge: -1,
+			HttpOnly: true, SameSite: http.SameSiteLaxMode,
+		})
+	}
+	ck, err := c.Cookie(d.o.SessionCookie)
+	if err != nil || ck.Value == "" {
+		clearCookie()
+		return c.JSON(http.StatusOK, map[string]string{"status": "not logged in"})
+	}
+	ctx := c.Request().Context()
+	sess, err := d.o.Sessions.Lookup(ctx, ck.Value)
+	if errors.Is(err, wire.ErrNoSession) || errors.Is(err, wire.ErrBadSession) {
+		clearCookie()
+		return c.JSON(http.StatusOK, map[string]string{"status": "not logged in"})
+	}
+	if err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+	}
+	if err := d.o.Dev.DeleteSession(ctx, ck.Value); err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": "deleting the session: " + err.Error()})
+	}
+	clearCookie() // the session is gone: the cookie is worthless now, whatever follows
+	msg, _ := json.Marshal(map[string]string{"op": "logout", "user": sess.User})
+	if err := d.o.Dev.Publisher.Publish(ctx, wire.ControlChannel, msg); err != nil {
+		// Open streams still end at the next session recheck.
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+	}
+	return c.JSON(http.StatusOK, map[string]string{"status": "logged out", "user": sess.User})
 }

@@ -47,6 +47,9 @@ type Options struct {
 // Dev is what the try-out routes need: they log in and publish as a backend would.
 type Dev struct {
 	Publisher *store.Publisher
+	// DeleteSession deletes the session stored under token, as the
+	// backend's logout does.
+	DeleteSession func(ctx context.Context, token string) error
 }
 
 // New returns the service's routes.
@@ -98,6 +101,7 @@ func New(o Options) *echo.Echo {
 		e.GET("/dev", d.info)
 		e.POST("/dev/login", d.login)
 		e.POST("/dev/publish", d.publish)
+		e.POST("/dev/logout", d.logout)
 	}
 	return e
 }
