@@ -292,6 +292,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		IdleTimeout:       120 * time.Second,
 		// No WriteTimeout: it would cut every stream. Each write of a stream
 		// has its own deadline instead (WRITE_TIMEOUT).
+		// net/http's own complaints (TLS handshakes that fail, …) go to the
+		// same structured log, at debug: scanners make plenty of them.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
 	workers, cancelWorkers := context.WithCancel(context.Background())

@@ -153,7 +153,15 @@ func (f *Feed) Sync(ctx context.Context) error {
 // follows: what was published while it was down can be fetched there and
 // delivered ahead of what comes next.
 func (f *Feed) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(context.Context)) {
+	// A read waits up to pingEvery whatever ctx says: closing the
+	// connection when ctx ends stops it at once.
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		_ = f.ps.Close()
+		f.mu.Unlock()
+	})
 	defer func() {
+		stop()
 		f.mu.Lock()
 		_ = f.ps.Close()
 		f.mu.Unlock()
