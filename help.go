@@ -40,6 +40,14 @@ var configHelp = map[string]string{
 	"STREAM_QUEUE":             "events queued for one stream before it counts as slow",
 	"STREAM_QUEUE_BYTES":       "bytes queued for one stream before it counts as slow",
 	"REDIS_POOL_SIZE":          "connections for session lookups (plus one for pub/sub)",
+	"REDIS_SENTINEL_ADDRS":     "comma-separated host:port of Redis Sentinels, instead of REDIS_URL (docs/SENTINEL.md)",
+	"REDIS_SENTINEL_MASTER":    "with REDIS_SENTINEL_ADDRS: the name the sentinels monitor the primary under",
+	"REDIS_SENTINEL_USERNAME":  "ACL user for the sentinels",
+	"REDIS_SENTINEL_PASSWORD":  "password of the sentinels (their requirepass)",
+	"REDIS_USERNAME":           "ACL user for the Redis data nodes (with REDIS_URL: instead of the URL's)",
+	"REDIS_PASSWORD":           "password of the Redis data nodes (with REDIS_URL: instead of the URL's)",
+	"DURABLE_WAIT_REPLICAS":    "POST /publish answers only once this many replicas have the event (WAIT), else 503; 0: no wait",
+	"DURABLE_WAIT_TIMEOUT":     "how long POST /publish waits for DURABLE_WAIT_REPLICAS",
 	"PPROF_ADDR":               "e.g. 127.0.0.1:6060: Go's profiling endpoints on their own listener; unset: none",
 }
 
