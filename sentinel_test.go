@@ -108,6 +108,22 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	urls := []string{"http://" + startBinary(t, vars).addr, "http://" + startBinary(t, vars).addr}
 
+	// Connections: what the two instances hold on the primary and on the sentinels.
+	conns := func(n *redistest.Node) int {
+		c := n.Client()
+		defer c.Close()
+		list, _ := c.ClientList(ctx).Result()
+		return strings.Count(list, "name=ssebridge ")
+	}
+	onSentinels := func() int {
+		n := 0
+		for _, w := range sen.Watchers {
+			n += conns(w)
+		}
+		return n
+	}
+	t.Logf("connections named ssebridge at the start, two instances: %d on the primary, %d on the sentinels", conns(primary), onSentinels())
+
 	// Every stream connects once before publishing starts, so every event
 	// of its channels is owed to it.
 	got := make([][]gotEvent, streams)
@@ -415,6 +431,7 @@ func TestSentinelFailover(t *testing.T) {
 	eventually(t, 20*time.Second, "publishing on the new primary", func() bool { return count("a", true) >= a0+200 && count("b", true) >= b0+20 })
 	close(stop)
 	pubWG.Wait()
+	t.Logf("connections named ssebridge at the end, two instances: %d on the new primary, %d on the sentinels", conns(replica), onSentinels())
 
 	// What the new primary holds: every event that survived, per channel.
 	survived := map[string]wire.Cursor{}
