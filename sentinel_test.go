@@ -281,7 +281,11 @@ func TestSentinelFailover(t *testing.T) {
 
 	// The streams.
 	var clients sync.WaitGroup
-	deadline := time.Now().Add(90 * time.Second)
+	// The clients give up 45 s from now, or 15 s after the test has said
+	// what they are owed, whichever comes first.
+	var giveUp atomic.Int64
+	giveUp.Store(time.Now().Add(45 * time.Second).UnixNano())
+	inTime := func() bool { return time.Now().UnixNano() < giveUp.Load() }
 	for i := range streams {
 		steady := i < 4
 		clients.Go(func() {
@@ -297,7 +301,7 @@ func TestSentinelFailover(t *testing.T) {
 				}
 				return n >= len(owed[i])
 			}
-			for time.Now().Before(deadline) && ctx.Err() == nil && !has() {
+			for inTime() && ctx.Err() == nil && !has() {
 				h := bearer(fmt.Sprintf("sent%d", i))
 				h.Set("Last-Event-ID", last[i])
 				s, err := ssetest.Open(ctx, urls[rand.IntN(2)]+"/events", h)
@@ -311,7 +315,7 @@ func TestSentinelFailover(t *testing.T) {
 				for steady || time.Now().Before(keep) {
 					ev, err := s.Next(200 * time.Millisecond)
 					if err == ssetest.ErrTimeout {
-						if has() || ctx.Err() != nil {
+						if has() || ctx.Err() != nil || !inTime() {
 							break
 						}
 						continue
@@ -343,7 +347,7 @@ func TestSentinelFailover(t *testing.T) {
 	defer cancel()
 
 	// 1. Everything up: publishing through the primary.
-	eventually(t, 20*time.Second, "publishing through the primary", func() bool { return count("a", false) >= 200 && count("b", false) >= 20 })
+	eventually(t, 15*time.Second, "publishing through the primary", func() bool { return count("a", false) >= 200 && count("b", false) >= 20 })
 
 	// 2. The replica held back: its link cut, and kept down by a wrong
 	// masterauth, so that the next events are acknowledged by the primary
@@ -378,7 +382,7 @@ func TestSentinelFailover(t *testing.T) {
 
 	// 4. The failover: the sentinels name the replica, publishing resumes.
 	var switched time.Duration
-	eventually(t, 30*time.Second, "the sentinels to promote the replica", func() bool {
+	eventually(t, 15*time.Second, "the sentinels to promote the replica", func() bool {
 		a, err := sen.MasterAddr(ctx)
 		switched = time.Since(killAt)
 		return err == nil && a == replica.Addr
@@ -395,7 +399,7 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	mu.Unlock()
 	var probe *ssetest.Stream
-	eventually(t, 30*time.Second, "a stream to resume on the new primary", func() bool {
+	eventually(t, 10*time.Second, "a stream to resume on the new primary", func() bool {
 		h := bearer("sent0")
 		h.Set("Last-Event-ID", lastLost.String())
 		var err error
@@ -405,14 +409,26 @@ func TestSentinelFailover(t *testing.T) {
 	if ev, err := probe.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
 		t.Fatalf("probe: want ready, got %+v %v", ev, err)
 	}
-	ev, err := probe.NextEvent(5 * time.Second)
+	ev, err := probe.NextEvent(2 * time.Second)
 	probe.Close()
-	if err != nil || ev.Event != "reset" || ev.Data != `{"reason":"foreign"}` {
-		t.Fatalf("resuming from %s, lost in the failover: want a reset, foreign; got %+v %v", lastLost, ev, err)
+	// The new primary's cursor, read after the probe: if it is still behind
+	// the lost id, it was when the probe resumed. (A POST /publish in flight
+	// at the kill, retried by go-redis, could have moved it on: then no
+	// reset is owed, as docs/SENTINEL.md says.)
+	cur, cerr := admin.Get(ctx, "sse:cursor").Result()
+	position, _ := wire.ParseCursor(cur)
+	switch {
+	case cerr != nil:
+		t.Fatal("reading the new primary's cursor:", cerr)
+	case position.Before(lastLost) && (err != nil || ev.Event != "reset" || ev.Data != `{"reason":"foreign"}`):
+		t.Fatalf("resuming from %s, lost in the failover (the new primary is at %s): want a reset, foreign; got %+v %v", lastLost, position, ev, err)
+	case position.Before(lastLost):
+		t.Logf("resuming from %s, acknowledged by the old primary alone: reset %s, new id %s", lastLost, ev.Data, ev.ID)
+	default:
+		t.Logf("resuming from %s: the new primary had already published past it (%s): %+v %v", lastLost, position, ev, err)
 	}
-	t.Logf("resuming from %s, acknowledged by the old primary alone: reset %s, new id %s", lastLost, ev.Data, ev.ID)
 	close(gate)
-	eventually(t, 30*time.Second, "publishing (no WAIT) to resume on the promoted replica", func() bool { return count("a", true) > 0 })
+	eventually(t, 10*time.Second, "publishing (no WAIT) to resume on the promoted replica", func() bool { return count("a", true) > 0 })
 	mu.Lock()
 	failoverA := resumedA.Sub(killAt)
 	mu.Unlock()
@@ -422,13 +438,13 @@ func TestSentinelFailover(t *testing.T) {
 	// replica of the new one, and WAIT publishes succeed again.
 	primary.Start()
 	restartedAt := time.Since(killAt)
-	eventually(t, 40*time.Second, "POST /publish with DURABLE_WAIT_REPLICAS=1 to succeed again", func() bool { return count("b", true) > 0 })
+	eventually(t, 30*time.Second, "POST /publish with DURABLE_WAIT_REPLICAS=1 to succeed again", func() bool { return count("b", true) > 0 })
 	mu.Lock()
 	failoverB := resumedB.Sub(killAt)
 	mu.Unlock()
 	t.Logf("FAILOVER: old primary restarted %v after the kill; POST /publish with WAIT resumed %v after the kill", restartedAt.Round(time.Millisecond), failoverB.Round(time.Millisecond))
 	a0, b0 := count("a", true), count("b", true)
-	eventually(t, 20*time.Second, "publishing on the new primary", func() bool { return count("a", true) >= a0+200 && count("b", true) >= b0+20 })
+	eventually(t, 15*time.Second, "publishing on the new primary", func() bool { return count("a", true) >= a0+200 && count("b", true) >= b0+20 })
 	close(stop)
 	pubWG.Wait()
 	t.Logf("connections named ssebridge at the end, two instances: %d on the new primary, %d on the sentinels", conns(replica), onSentinels())
@@ -506,6 +522,7 @@ func TestSentinelFailover(t *testing.T) {
 		})
 		owed[i] = keys
 	}
+	giveUp.Store(min(giveUp.Load(), time.Now().Add(15*time.Second).UnixNano()))
 	settled.Store(true)
 	settledAt := time.Now()
 	clients.Wait()
