@@ -202,6 +202,9 @@ func checkTopology(cfg *Config) error {
 	if cfg.DurableWaitReplicas < 0 {
 		return errors.New("DURABLE_WAIT_REPLICAS must not be negative")
 	}
+	if cfg.DurableWaitReplicas > 0 && !sentinel && cfg.RedisURL == "" {
+		return errors.New("DURABLE_WAIT_REPLICAS needs REDIS_URL or REDIS_SENTINEL_ADDRS: the embedded try-out server has no replicas")
+	}
 	if cfg.DurableWaitReplicas > 0 && cfg.DurableWaitTimeout < time.Millisecond {
 		// WAIT takes milliseconds, and 0 would mean forever.
 		return errors.New("DURABLE_WAIT_TIMEOUT must be at least 1ms")
@@ -398,9 +401,8 @@ func redisClient(cfg Config, url string) (*redis.Client, error) {
 	// A pool held open at its full size: an instance holds the same Redis
 	// connections with ten streams or a hundred thousand.
 	size := cfg.RedisPoolSize
-	var rdb *redis.Client
 	if len(cfg.RedisSentinelAddrs) > 0 {
-		rdb = redis.NewFailoverClient(&redis.FailoverOptions{
+		return redis.NewFailoverClient(&redis.FailoverOptions{
 			MasterName:       cfg.RedisSentinelMaster,
 			SentinelAddrs:    cfg.RedisSentinelAddrs,
 			SentinelUsername: cfg.RedisSentinelUsername,
@@ -411,8 +413,7 @@ func redisClient(cfg Config, url string) (*redis.Client, error) {
 			DialTimeout: 2 * time.Second,
 			ReadTimeout: waitReadTimeout(cfg),
 			ClientName:  "ssebridge",
-		})
-		return rdb, nil
+		}), nil
 	}
 	ropts, err := redis.ParseURL(url)
 	if err != nil {

@@ -39,7 +39,8 @@ func TestSentinelConfig(t *testing.T) {
 		{"not host:port", map[string]string{"REDIS_SENTINEL_ADDRS": "s26379", "REDIS_SENTINEL_MASTER": "m"}, []string{"REDIS_SENTINEL_ADDRS", "s26379"}},
 		{"password for the embedded server", map[string]string{"REDIS_PASSWORD": "x"}, []string{"REDIS_PASSWORD"}},
 		{"negative wait", map[string]string{"DURABLE_WAIT_REPLICAS": "-1"}, []string{"DURABLE_WAIT_REPLICAS"}},
-		{"zero wait timeout", map[string]string{"DURABLE_WAIT_REPLICAS": "1", "DURABLE_WAIT_TIMEOUT": "0s"}, []string{"DURABLE_WAIT_TIMEOUT"}},
+		{"wait on the embedded server", map[string]string{"DURABLE_WAIT_REPLICAS": "1"}, []string{"DURABLE_WAIT_REPLICAS", "REDIS_URL"}},
+		{"zero wait timeout", map[string]string{"REDIS_URL": "redis://r:6379", "DURABLE_WAIT_REPLICAS": "1", "DURABLE_WAIT_TIMEOUT": "0s"}, []string{"DURABLE_WAIT_TIMEOUT"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := loadConfig(tt.environ)
