@@ -65,6 +65,20 @@ type Config struct {
 	StreamQueueBytes  int `env:"STREAM_QUEUE_BYTES" envDefault:"1048576"`
 	RedisPoolSize     int `env:"REDIS_POOL_SIZE" envDefault:"8"`
 
+	// Redis Sentinel (docs/SENTINEL.md), instead of REDIS_URL: go-redis's
+	// failover client asks the sentinels where the primary is, and follows
+	// it when they fail over.
+	RedisSentinelAddrs    []string `env:"REDIS_SENTINEL_ADDRS" envSeparator:","`
+	RedisSentinelMaster   string   `env:"REDIS_SENTINEL_MASTER"`
+	RedisSentinelUsername string   `env:"REDIS_SENTINEL_USERNAME"`
+	RedisSentinelPassword string   `env:"REDIS_SENTINEL_PASSWORD"`
+	RedisUsername         string   `env:"REDIS_USERNAME"`
+	RedisPassword         string   `env:"REDIS_PASSWORD"`
+	// A durable publish through ssebridge (POST /publish) is acknowledged
+	// only once this many replicas have it (WAIT), else 503.
+	DurableWaitReplicas int           `env:"DURABLE_WAIT_REPLICAS" envDefault:"0"`
+	DurableWaitTimeout  time.Duration `env:"DURABLE_WAIT_TIMEOUT" envDefault:"1s"`
+
 	PprofAddr string `env:"PPROF_ADDR"` // e.g. 127.0.0.1:6060; unset: no profiling endpoint
 
 	// Both set: serve HTTPS (and HTTP/2) with this PEM certificate chain
@@ -165,7 +179,49 @@ func loadConfig(environ map[string]string) (Config, error) {
 	case cfg.TLSKeyFile != "" && cfg.TLSCertFile == "":
 		return cfg, errors.New("TLS_CERT_FILE must be set too: TLS_KEY_FILE is set (both or neither)")
 	}
+	if err := checkTopology(&cfg); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// checkTopology checks the variables that choose the Redis deployment:
+// REDIS_URL (one Redis), the REDIS_SENTINEL_ ones (Sentinel), or neither
+// (the embedded try-out server), and the durable WAIT option.
+func checkTopology(cfg *Config) error {
+	var addrs []string
+	for _, a := range cfg.RedisSentinelAddrs {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return fmt.Errorf("REDIS_SENTINEL_ADDRS: %q is not host:port", a)
+		}
+		addrs = append(addrs, a)
+	}
+	cfg.RedisSentinelAddrs = addrs
+	sentinel := len(addrs) > 0
+	switch {
+	case sentinel && cfg.RedisURL != "":
+		return errors.New("REDIS_URL and REDIS_SENTINEL_ADDRS are exclusive: set REDIS_URL for one Redis, or REDIS_SENTINEL_ADDRS and REDIS_SENTINEL_MASTER for Sentinel")
+	case sentinel && cfg.RedisSentinelMaster == "":
+		return errors.New("REDIS_SENTINEL_MASTER must be set with REDIS_SENTINEL_ADDRS: the name the sentinels monitor the primary under")
+	case !sentinel && (cfg.RedisSentinelMaster != "" || cfg.RedisSentinelUsername != "" || cfg.RedisSentinelPassword != ""):
+		return errors.New("REDIS_SENTINEL_MASTER, REDIS_SENTINEL_USERNAME and REDIS_SENTINEL_PASSWORD need REDIS_SENTINEL_ADDRS")
+	case !sentinel && cfg.RedisURL == "" && (cfg.RedisUsername != "" || cfg.RedisPassword != ""):
+		return errors.New("REDIS_USERNAME and REDIS_PASSWORD need REDIS_URL or REDIS_SENTINEL_ADDRS: the embedded try-out server has no password")
+	}
+	if cfg.DurableWaitReplicas < 0 {
+		return errors.New("DURABLE_WAIT_REPLICAS must not be negative")
+	}
+	if cfg.DurableWaitReplicas > 0 && !sentinel && cfg.RedisURL == "" {
+		return errors.New("DURABLE_WAIT_REPLICAS needs REDIS_URL or REDIS_SENTINEL_ADDRS: the embedded try-out server has no replicas")
+	}
+	if cfg.DurableWaitReplicas > 0 && cfg.DurableWaitTimeout < time.Millisecond {
+		// WAIT takes milliseconds, and 0 would mean forever.
+		return errors.New("DURABLE_WAIT_TIMEOUT must be at least 1ms")
+	}
+	return nil
 }
 
 // namedEnvError rewrites the env package's errors, which name struct
@@ -199,7 +255,8 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	}
 	var dev *handlers.Dev
 	redisURL := cfg.RedisURL
-	if redisURL == "" {
+	embedded := redisURL == "" && len(cfg.RedisSentinelAddrs) == 0
+	if embedded {
 		mr := miniredis.NewMiniRedis()
 		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 			return fmt.Errorf("starting embedded redis: %w", err)
@@ -215,16 +272,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		listening, endTryOut = announceTryOut(cfg, redisURL, log, listening)
 		defer endTryOut()
 	}
-	ropts, err := redis.ParseURL(redisURL)
+	rdb, err := redisClient(cfg, redisURL)
 	if err != nil {
-		return fmt.Errorf("REDIS_URL: %w", err)
+		return err
 	}
-	// A pool held open at its full size: an instance holds the same Redis
-	// connections with ten streams or a hundred thousand.
-	ropts.PoolSize, ropts.MinIdleConns, ropts.MaxActiveConns = cfg.RedisPoolSize, cfg.RedisPoolSize, cfg.RedisPoolSize
-	ropts.DialTimeout = 2 * time.Second
-	ropts.ClientName = "ssebridge" // so that CLIENT LIST shows what is ours
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 
 	reg := prometheus.NewRegistry()
@@ -233,6 +284,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	feed := store.NewFeed(rdb, cfg.ChannelPrefix, cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
 	sessions := store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes)
 	history := store.NewHistory(rdb, cfg.ChannelPrefix, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL)
+	if cfg.DurableWaitReplicas > 0 {
+		history.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
+	}
 	hub := stream.NewHub(feed, history, stream.Options{
 		MaxStreams:          cfg.MaxStreams,
 		MaxStreamsPerUser:   cfg.MaxStreamsPerUser,
@@ -247,7 +301,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		MarkInterval: cfg.HistoryTTL / 4,
 		Retry:        cfg.RetryInterval,
 	}, log, stream.NewMetrics(reg))
-	if cfg.RedisURL == "" {
+	if embedded {
 		dev = &handlers.Dev{
 			Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix),
 			DeleteSession: func(ctx context.Context, token string) error {
@@ -390,6 +444,59 @@ func loadTLS(cfg Config) (*tls.Config, error) {
 		return nil, fmt.Errorf("TLS_CERT_FILE %s and TLS_KEY_FILE %s: %w", cfg.TLSCertFile, cfg.TLSKeyFile, err)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// redisClient returns the client for sessions, pub/sub and the durable
+// script: for the Redis at url, or, with REDIS_SENTINEL_ADDRS, go-redis's
+// failover client, which asks the sentinels where the primary is at every
+// dial and drops its connections to the old one when they announce a new
+// one. Both are a *redis.Client, so nothing else knows which it is.
+func redisClient(cfg Config, url string) (*redis.Client, error) {
+	// A pool held open at its full size: an instance holds the same Redis
+	// connections with ten streams or a hundred thousand.
+	size := cfg.RedisPoolSize
+	if len(cfg.RedisSentinelAddrs) > 0 {
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName:       cfg.RedisSentinelMaster,
+			SentinelAddrs:    cfg.RedisSentinelAddrs,
+			SentinelUsername: cfg.RedisSentinelUsername,
+			SentinelPassword: cfg.RedisSentinelPassword,
+			Username:         cfg.RedisUsername,
+			Password:         cfg.RedisPassword,
+			PoolSize:         size, MinIdleConns: size, MaxActiveConns: size,
+			DialTimeout: 2 * time.Second,
+			ReadTimeout: waitReadTimeout(cfg),
+			ClientName:  "ssebridge",
+		}), nil
+	}
+	ropts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	ropts.PoolSize, ropts.MinIdleConns, ropts.MaxActiveConns = size, size, size
+	ropts.DialTimeout = 2 * time.Second
+	ropts.ClientName = "ssebridge" // so that CLIENT LIST shows what is ours
+	if cfg.RedisUsername != "" {
+		ropts.Username = cfg.RedisUsername
+	}
+	if cfg.RedisPassword != "" {
+		ropts.Password = cfg.RedisPassword
+	}
+	if t := waitReadTimeout(cfg); t != 0 {
+		ropts.ReadTimeout = t
+	}
+	return redis.NewClient(ropts), nil
+}
+
+// waitReadTimeout is the client's read timeout: go-redis's default (0: 3 s),
+// unless DURABLE_WAIT_TIMEOUT needs longer. The durable publish and its WAIT
+// go in one pipeline, and a pipeline's replies are read within the client's
+// read timeout, not the WAIT's own.
+func waitReadTimeout(cfg Config) time.Duration {
+	if t := cfg.DurableWaitTimeout + time.Second; cfg.DurableWaitReplicas > 0 && t > 3*time.Second {
+		return t
+	}
+	return 0
 }
 
 func pprofMux() *http.ServeMux {

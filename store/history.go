@@ -33,6 +33,9 @@ type History struct {
 	ttl      time.Duration
 	publish  *redis.Script
 	read     *redis.Script
+
+	waitReplicas int           // WaitReplicas; 0: no WAIT
+	waitTimeout  time.Duration // WaitReplicas
 }
 
 // NewHistory returns the history of channels named prefix+name, keeping
@@ -70,14 +73,67 @@ func (h *History) Configure(ctx context.Context) (marker string, err error) {
 	return get.Val(), nil
 }
 
+// WaitReplicas makes Publish wait, after each durable event, until n
+// replicas have it (Redis's WAIT, at most timeout), and fail when fewer
+// did: replication is asynchronous, and an event the primary alone holds
+// is lost if a replica is promoted in its place. (Not for ids alone:
+// Position and Mark store nothing.)
+func (h *History) WaitReplicas(n int, timeout time.Duration) {
+	h.waitReplicas, h.waitTimeout = n, timeout
+}
+
 // Publish appends envelope to channel's history and publishes it live, in
-// one atomic step, and returns its id.
+// one atomic step, and returns its id. With WaitReplicas, an error may come
+// with the id: the event is published, but not known to be on enough
+// replicas.
 func (h *History) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+	if h.waitReplicas > 0 && len(envelope) > 0 {
+		return h.publishWait(ctx, channel, envelope)
+	}
 	s, err := h.publish.Run(ctx, h.rdb, nil, h.prefix, channel, envelope).Text()
 	if err != nil {
 		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
 	return wire.ParseCursor(s)
+}
+
+// publishWait runs the script and WAIT in one pipeline, so on one
+// connection: WAIT waits for that connection's last write.
+func (h *History) publishWait(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+	var ev *redis.Cmd
+	var acked *redis.Cmd
+	pipe := func(sha bool) {
+		_, _ = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if sha {
+				ev = h.publish.EvalSha(ctx, p, nil, h.prefix, channel, envelope)
+			} else {
+				ev = h.publish.Eval(ctx, p, nil, h.prefix, channel, envelope)
+			}
+			acked = p.Do(ctx, "wait", h.waitReplicas, h.waitTimeout.Milliseconds())
+			return nil
+		})
+	}
+	pipe(true)
+	if redis.HasErrorPrefix(ev.Err(), "NOSCRIPT") {
+		pipe(false) // a new primary, or a restarted one: no script cache yet
+	}
+	s, err := ev.Text()
+	if err != nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+	}
+	id, err := wire.ParseCursor(s)
+	if err != nil {
+		return id, err
+	}
+	n, err := acked.Int64()
+	if err != nil {
+		return id, fmt.Errorf("durable publish on %s: %s published, WAIT failed: %w", channel, id, err)
+	}
+	if n < int64(h.waitReplicas) {
+		return id, fmt.Errorf("durable publish on %s: %s published, but on %d replicas of the %d wanted within %v (DURABLE_WAIT_REPLICAS): it would be lost in a failover now",
+			channel, id, n, h.waitReplicas, h.waitTimeout)
+	}
+	return id, nil
 }
 
 // Position takes a new id that follows every durable event published so
