@@ -565,3 +565,97 @@ func TestRoomLimits(t *testing.T) {
 		t.Errorf("joins refused: %v, want 1", got)
 	}
 }
+
+// TestMissedJoinRestoredByRecheck: a join published while this instance is
+// away from pub/sub is lost; the recheck after the reconnection joins the
+// rooms the session gained, for a stream opened with all of them. (Found
+// by review.)
+func TestMissedJoinRestoredByRecheck(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"SESSION_RECHECK_INTERVAL": "200ms", "HEARTBEAT_INTERVAL": "100ms"})
+	ctx := context.Background()
+	tok := a.session("alice")
+	s := a.open(tok, "")
+
+	admin := a.rdb.Conn()
+	defer admin.Close()
+	if err := admin.ConfigSet(ctx, "requirepass", "gap").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "readyz to report the gap", func() bool {
+		resp, err := http.Get(a.url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 503
+	})
+	// The backend: session first, then the join (lost: nobody listens).
+	admin.Set(ctx, a.cfg.SessionPrefix+tok, `{"user":"alice","rooms":["lobby"]}`, time.Hour)
+	b, _ := json.Marshal(map[string]string{"op": "join", "user": "alice", "room": "lobby"})
+	admin.Publish(ctx, "sse:control", b)
+	if err := admin.ConfigSet(ctx, "requirepass", "").Err(); err != nil {
+		t.Fatal(err)
+	}
+	a.awaitReady()
+	eventually(t, 5*time.Second, "the recheck to join lobby", func() bool {
+		return a.metric(`ssebridge_session_recheck_total{outcome="joined_room"}`) >= 1
+	})
+
+	publishDurable(t, a.rdb, "room:lobby", `{"event":"n","data":"for alice"}`)
+	publishDurable(t, a.rdb, "user:alice", `{"event":"n","data":"marker"}`)
+	ev, err := s.NextEvent(5 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Data != "for alice" {
+		t.Fatalf("got %q %q: the session lists lobby and a join was published, but the open stream never joined it", ev.Event, ev.Data)
+	}
+}
+
+// TestMarkerChange: if sse:config goes (FLUSHALL, eviction, DEL) while
+// instance B stays connected and another instance writes a new marker, B
+// reads the new one when it first meets it, instead of refusing every
+// durable event as forged. (Found by review.)
+func TestMarkerChange(t *testing.T) {
+	r := redistest.Start(t)
+	ctx := context.Background()
+	a := startApp(t, r, nil)
+	b := startApp(t, r, nil)
+	s := b.open(b.session("alice"), "")
+	publishDurable(t, b.rdb, "user:alice", `{"event":"n","data":"1"}`)
+	want(t, s, "n", "1")
+
+	r.Client().Del(ctx, "sse:config")
+	if _, err := evalPublish(b.rdb, "user:alice", `{"event":"n","data":"x"}`); err == nil {
+		t.Fatal("the script published with no marker in sse:config")
+	}
+	a.stop()
+	startApp(t, r, nil) // another instance is deployed: it writes a new marker
+	publishDurable(t, b.rdb, "user:alice", `{"event":"n","data":"2"}`)
+	ev, err := s.NextEvent(3 * time.Second)
+	if err != nil || ev.Data != "2" {
+		t.Fatalf("instance B after the marker changed: %+v %v; forged_durable drops: %v", ev, err,
+			b.metric(`ssebridge_events_dropped_total{reason="forged_durable"}`))
+	}
+}
+
+// TestHugeCursor: a Last-Event-ID with numbers beyond what the scripts'
+// Lua holds exactly is no ssebridge id: a reset, not a read that fails and
+// a browser that retries with the same id forever. (Found by review.)
+func TestHugeCursor(t *testing.T) {
+	a := startApp(t, nil, nil)
+	tok := a.session("alice")
+	id := publishDurable(t, a.rdb, "user:alice", `{"event":"n","data":"1"}`)
+	c, _ := wire.ParseCursor(id)
+	for _, bad := range []string{c.Epoch + ":18446744073709551615-0", c.Epoch + ":1-18446744073709551615", c.Epoch + ":9007199254740993-0"} {
+		s := a.openResume(t, tok, bad)
+		ev, err := s.Next(5 * time.Second)
+		if err != nil || ev.Event != "reset" {
+			t.Errorf("Last-Event-ID %s: got %+v %v, want event: reset", bad, ev, err)
+		}
+		s.Close()
+	}
+}

@@ -36,7 +36,8 @@ func (ev *events) stream(c echo.Context) error {
 		resume = c.QueryParam("lastEventId") // for curl, and pages that keep the id themselves
 	}
 	ctx := c.Request().Context()
-	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms, Resume: resume, Ticket: ticket})
+	all := strings.Join(c.QueryParams()["rooms"], ",") == "" // as authorize reads it
+	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms, AllRooms: all, Resume: resume, Ticket: ticket})
 	if err != nil && ctx.Err() != nil {
 		ev.refused.WithLabelValues("client_gone").Inc() // nobody is left to answer
 		return nil

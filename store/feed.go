@@ -37,9 +37,10 @@ type Feed struct {
 	ps       *redis.PubSub
 	channels map[string]struct{} // logical names this instance must be subscribed to
 
-	marker    atomic.Pointer[string] // the deployment's durable-framing marker
-	barrier   barrier
-	connected atomic.Bool
+	marker     atomic.Pointer[string] // the deployment's durable-framing marker
+	markerRead time.Time              // when Run last read it from Redis; Run's own
+	barrier    barrier
+	connected  atomic.Bool
 }
 
 // FeedMetrics counts what the feed sees.
@@ -213,6 +214,11 @@ func (f *Feed) Run(ctx context.Context, deliver func(channel string, m wire.Mess
 		case *redis.Message:
 			f.metrics.Messages.Inc()
 			w, err := wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
+			if errors.Is(err, wire.ErrForged) && f.refreshMarker(ctx) {
+				// The marker changed under this instance (config lost and
+				// written again by another): read with the new one.
+				w, err = wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
+			}
 			deliver(strings.TrimPrefix(m.Channel, f.prefix), w, err)
 		case *redis.Pong:
 			if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
@@ -220,6 +226,23 @@ func (f *Feed) Run(ctx context.Context, deliver func(channel string, m wire.Mess
 			}
 		}
 	}
+}
+
+// refreshMarker reads the deployment's marker again, at most once a second
+// (a flood of forged messages must not become a flood of reads), and
+// reports whether it changed.
+func (f *Feed) refreshMarker(ctx context.Context) bool {
+	if time.Since(f.markerRead) < time.Second {
+		return false
+	}
+	f.markerRead = time.Now()
+	m, err := f.rdb.HGet(ctx, f.prefix+"config", "marker").Result()
+	if err != nil || m == "" || m == *f.marker.Load() {
+		return false
+	}
+	f.log.Warn("the durable marker changed in Redis: reading with the new one")
+	f.SetMarker(m)
+	return true
 }
 
 // redial replaces the pub/sub connection with a new one subscribed to every

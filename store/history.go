@@ -6,6 +6,8 @@ import (
 	_ "embed"
 	"encoding/hex"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -91,6 +93,14 @@ func (h *History) Publish(ctx context.Context, channel string, envelope []byte) 
 		return h.publishWait(ctx, channel, envelope)
 	}
 	s, err := h.publish.Run(ctx, h.rdb, nil, h.prefix, channel, envelope).Text()
+	if err != nil && strings.Contains(err.Error(), "has not written") {
+		// The config was lost while this instance stayed connected (a
+		// FLUSHALL, an eviction): write it again, and publish once more.
+		// Instances read the new marker when they first meet it.
+		if _, cerr := h.Configure(ctx); cerr == nil {
+			s, err = h.publish.Run(ctx, h.rdb, nil, h.prefix, channel, envelope).Text()
+		}
+	}
 	if err != nil {
 		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
@@ -216,6 +226,33 @@ func (h *History) Read(ctx context.Context, channels []string, after []wire.Curs
 		p.Events = append(p.Events, wire.Durable{Cursor: c, Channel: channels[idx-1], Envelope: []byte(env)})
 	}
 	return p, nil
+}
+
+// Active returns those of channels whose history holds events after
+// after, looked up in pipelined round trips of a thousand channels: a gap
+// recovery over every channel of an instance reads only those. What is
+// published after the look-up arrives live (the channels are subscribed).
+func (h *History) Active(ctx context.Context, channels []string, after wire.Cursor) ([]string, error) {
+	start := wire.Cursor{Epoch: after.Epoch, MS: after.MS, N: after.N + 1}.EntryID()
+	var active []string
+	for batch := range slices.Chunk(channels, 1000) {
+		cmds := make([]*redis.XMessageSliceCmd, len(batch))
+		_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, ch := range batch {
+				cmds[i] = p.XRangeN(ctx, h.prefix+"{"+ch+"}:history", start, "+", 1)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("looking up channels with events: %w", err)
+		}
+		for i, c := range cmds {
+			if len(c.Val()) > 0 {
+				active = append(active, batch[i])
+			}
+		}
+	}
+	return active, nil
 }
 
 // check says why cursors cannot be resumed against the current position,

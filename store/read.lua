@@ -59,13 +59,27 @@ local function head(i)
   return e, ms, seq
 end
 
+-- Channels with events left to merge: one found exhausted leaves the list,
+-- so a read over many channels of which few have events costs one XRANGE
+-- per quiet channel, not one look per event.
+local active = {}
+for i = 1, n do active[i] = i end
+
 local events, bytes, count = {}, 0, 0
 while true do
   local best, bestMS, bestSeq
-  for i = 1, n do
+  local k = 1
+  while k <= #active do
+    local i = active[k]
     local e, ms, seq = head(i)
-    if e and (not best or ms < bestMS or (ms == bestMS and seq < bestSeq)) then
-      best, bestMS, bestSeq = i, ms, seq
+    if e then
+      if not best or ms < bestMS or (ms == bestMS and seq < bestSeq) then
+        best, bestMS, bestSeq = i, ms, seq
+      end
+      k = k + 1
+    else
+      active[k] = active[#active]
+      active[#active] = nil
     end
   end
   if not best then

@@ -31,6 +31,8 @@ type History interface {
 	Position(ctx context.Context) (wire.Cursor, error)
 	Mark(ctx context.Context, channel string) error
 	Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error)
+	// Active returns those of channels with events after a cursor.
+	Active(ctx context.Context, channels []string, after wire.Cursor) ([]string, error)
 }
 
 // Errors Hub.Open returns.
@@ -123,7 +125,10 @@ type Spec struct {
 	User    string
 	Session string // the session token, to end the stream when the session goes
 	Rooms   []string
-	Resume  string // Last-Event-ID: the id of the last event the browser got, if any
+	// AllRooms says Rooms are all of the session's (no ?rooms=): the
+	// session recheck then also joins rooms the session gained.
+	AllRooms bool
+	Resume   string // Last-Event-ID: the id of the last event the browser got, if any
 	// Ticket, taken before the session was read, lets Open apply the
 	// control messages that arrived between that read and the stream's
 	// registration, which would otherwise miss it.
@@ -159,6 +164,7 @@ func (h *Hub) admitsLocked(user string) error {
 func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	s := newStream(h, spec.User, spec.Session)
 	s.resume = spec.Resume
+	s.allRooms = spec.AllRooms
 
 	h.mu.Lock()
 	if err := h.admitsLocked(spec.User); err != nil {
@@ -188,13 +194,22 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 			subErr = err
 		}
 	}
-	h.mu.Lock()
-	s.attaching = false
-	missed = append(missed, s.pending...)
-	s.pending = nil
-	h.mu.Unlock()
-	for _, c := range missed {
-		h.apply(s, c)
+	// Control messages logged before registration, then those that came
+	// while attaching, in the order they were published: the stream stays
+	// "attaching" (so newer ones keep queueing behind) until none is left.
+	for {
+		for _, c := range missed {
+			h.apply(s, c)
+		}
+		h.mu.Lock()
+		missed, s.pending = s.pending, nil
+		if len(missed) == 0 {
+			s.attaching = false
+		}
+		h.mu.Unlock()
+		if len(missed) == 0 {
+			break
+		}
 	}
 
 	if subErr == nil {
@@ -289,8 +304,23 @@ func (h *Hub) Recover(ctx context.Context) {
 			}
 		}
 	}
-	channels := h.allChannels()
-	if from.IsZero() || len(channels) == 0 {
+	if from.IsZero() {
+		return
+	}
+	unreadable := func(err error) {
+		h.log.Warn("durable events published while Redis was away could not be read: streams told to reconnect", "err", err)
+		for _, s := range h.all() {
+			h.endRetry(s, ReasonRedis)
+		}
+	}
+	// Only the channels that had events read in pages: an instance may
+	// have a hundred thousand channels, and a gap touches few.
+	channels, err := h.history.Active(ctx, h.allChannels(), from)
+	if err != nil {
+		unreadable(err)
+		return
+	}
+	if len(channels) == 0 {
 		return
 	}
 	after := make([]wire.Cursor, len(channels))
@@ -302,10 +332,7 @@ func (h *Hub) Recover(ctx context.Context) {
 		}
 		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
 		if err != nil {
-			h.log.Warn("durable events published while Redis was away could not be read: streams told to reconnect", "err", err)
-			for _, s := range h.all() {
-				h.endRetry(s, ReasonRedis)
-			}
+			unreadable(err)
 			return
 		}
 		if page.Reset != "" {

@@ -73,6 +73,8 @@ func (noHistory) Position(context.Context) (wire.Cursor, error) {
 
 func (noHistory) Mark(context.Context, string) error { return nil }
 
+func (noHistory) Active(context.Context, []string, wire.Cursor) ([]string, error) { return nil, nil }
+
 func (noHistory) Read(_ context.Context, _ []string, _ []wire.Cursor, until wire.Cursor, _ int) (wire.Page, error) {
 	if until.IsZero() {
 		until = wire.Cursor{Epoch: "e", MS: 1}

@@ -53,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"op"}),
 		Rechecked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssebridge_session_recheck_total",
-			Help: "Streams changed by the session recheck, by outcome (ended, left_room, user_changed).",
+			Help: "Streams changed by the session recheck, by outcome (ended, left_room, joined_room, user_changed).",
 		}, []string{"outcome"}),
 		ReplayPages: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ssebridge_replay_pages_inflight",

@@ -25,7 +25,8 @@ type Sessions interface {
 //   - a stream whose session is gone or malformed ends with logout;
 //   - a stream whose session now names another user ends with a retry
 //     hint, to come back as whoever the session is now;
-//   - a stream leaves every room its session no longer lists.
+//   - a stream leaves every room its session no longer lists, and one
+//     opened without ?rooms= joins every room its session gained.
 //
 // While Redis is unreachable nothing is changed.
 func (h *Hub) Recheck(ctx context.Context, sessions Sessions, every time.Duration) {
@@ -72,6 +73,9 @@ func (h *Hub) recheck(ctx context.Context, sessions Sessions) error {
 const recheckBatch = 1000
 
 func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []string) error {
+	// A control message applied after the read is newer than what was
+	// read: those users' streams are left for the next recheck.
+	ticket := h.Ticket()
 	found, errs, err := sessions.LookupMany(ctx, tokens)
 	if err != nil {
 		return err
@@ -86,6 +90,7 @@ func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []stri
 			}
 		case errs[i] != nil:
 			// Unreadable now: judged at the next recheck.
+		case h.controlledSince(ticket, found[i].User):
 		default:
 			h.hold(token, found[i])
 		}
@@ -93,7 +98,19 @@ func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []stri
 	return nil
 }
 
-// hold brings the streams of a session in line with it.
+// controlledSince reports whether a control message for user came after t
+// (or too many came to tell).
+func (h *Hub) controlledSince(t Ticket, user string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	missed, ok := h.controls.since(t, user)
+	return !ok || len(missed) > 0
+}
+
+// hold brings the streams of a session in line with it: a stream leaves the
+// rooms the session no longer lists, and one opened with all of its
+// session's rooms joins those it gained (a join published while this
+// instance was away from Redis is not lost).
 func (h *Hub) hold(token string, sess wire.Session) {
 	for _, s := range h.streamsOf(token) {
 		if s.User != sess.User {
@@ -105,6 +122,15 @@ func (h *Hub) hold(token string, sess wire.Session) {
 			if room, ok := wire.RoomOf(c); ok && !sess.Allows(room) {
 				h.leave(s, c)
 				h.metrics.Rechecked.WithLabelValues("left_room").Inc()
+			}
+		}
+		if !s.allRooms {
+			continue
+		}
+		for _, room := range sess.Rooms {
+			if c := wire.RoomChannel(room); !s.has(c) {
+				h.join(s, c)
+				h.metrics.Rechecked.WithLabelValues("joined_room").Inc()
 			}
 		}
 	}

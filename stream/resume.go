@@ -147,16 +147,22 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 		if s.ended() != "" {
 			return pos, "", false
 		}
+		release, err := h.replaySlot(ctx, s)
+		if err != nil {
+			return pos, s.writeFailed(ctx), false
+		}
+		if s.ended() != "" {
+			release()
+			return pos, "", false
+		}
+		// Taken once the slot is had, however long that took: a room left
+		// meanwhile is not read.
 		channels := s.channelList()
 		after := make([]wire.Cursor, len(channels))
 		for i, c := range channels {
 			// Never before from: what the stream has was written in id
 			// order, and a replay must not go back behind it.
 			after[i] = st.from.Max(st.base[c]).Max(*horizon)
-		}
-		release, err := h.replaySlot(ctx)
-		if err != nil {
-			return pos, s.writeFailed(ctx), false
 		}
 		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
 		if err != nil {
@@ -170,6 +176,9 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			frames = [][]byte{h.resetFrame(page.Position, page.Reset)}
 		} else {
 			for _, ev := range page.Events {
+				if !s.has(ev.Channel) {
+					continue // left during the read: access ended
+				}
 				frame, err := wire.EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes)
 				if err != nil {
 					continue // refused when it was published live, refused again
@@ -203,10 +212,13 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 
 // replaySlot waits for room among the replay pages in flight, so that a
 // mass reconnect cannot pull more history into memory than
-// REPLAY_INFLIGHT_BYTES allows; the returned func gives the room back.
-func (h *Hub) replaySlot(ctx context.Context) (func(), error) {
+// REPLAY_INFLIGHT_BYTES allows; the returned func gives the room back. It
+// returns at once, with no slot, if s ends meanwhile.
+func (h *Hub) replaySlot(ctx context.Context, s *Stream) (func(), error) {
 	select {
 	case h.replaySlots <- struct{}{}:
+	case <-s.done: // ended meanwhile (a logout): no need of a slot
+		return func() {}, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

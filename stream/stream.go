@@ -30,10 +30,11 @@ const (
 // the queue and the catch-up state, and is never held while taking another
 // lock. The writer goroutine alone touches the sink.
 type Stream struct {
-	User    string
-	session string
-	resume  string // the Last-Event-ID it was opened with
-	hub     *Hub
+	User     string
+	session  string
+	resume   string // the Last-Event-ID it was opened with
+	allRooms bool   // opened with all of its session's rooms (no ?rooms=)
+	hub      *Hub
 
 	// Guarded by the hub's mu: whether Open is still attaching it (control
 	// messages for it wait in pending meanwhile), and whether Close ran.
@@ -52,8 +53,9 @@ type Stream struct {
 	ending   string // why the stream is ending; "" while it is open
 	final    []byte // written after everything else once ending is set
 	wake     chan struct{}
-	last     wire.Cursor // the newest durable event queued or replayed: one at or before it is a duplicate
-	catching catchUp     // while set, the writer replays history and live events wait in held
+	done     chan struct{} // closed once ending is set, for waits that must not outlast it
+	last     wire.Cursor   // the newest durable event queued or replayed: one at or before it is a duplicate
+	catching catchUp       // while set, the writer replays history and live events wait in held
 
 	delivered prometheus.Counter
 }
@@ -98,6 +100,7 @@ func newStream(h *Hub, user, session string) *Stream {
 		channels:  make(map[string]struct{}),
 		limits:    limits{h.opts.QueueEvents, h.opts.QueueBytes},
 		wake:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
 		delivered: h.metrics.Delivered,
 		// Until its opening is written, a stream only holds.
 		catching: catchUp{on: true},
@@ -296,6 +299,7 @@ func (s *Stream) stop(reason string, final []byte, mode endMode) bool {
 		return false
 	}
 	s.ending, s.final = reason, final
+	close(s.done)
 	if mode == dropQueued {
 		s.queue, s.queued = nil, 0
 	}

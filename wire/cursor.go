@@ -15,6 +15,9 @@ type Cursor struct {
 	MS, N uint64
 }
 
+// maxExact is the largest integer a double holds exactly.
+const maxExact = 1 << 53
+
 // ErrBadCursor means a Last-Event-ID is not a cursor.
 var ErrBadCursor = errors.New("not an ssebridge event id")
 
@@ -32,7 +35,9 @@ func ParseCursor(s string) (Cursor, error) {
 	var err1, err2 error
 	c.MS, err1 = strconv.ParseUint(ms, 10, 64)
 	c.N, err2 = strconv.ParseUint(n, 10, 64)
-	if err1 != nil || err2 != nil {
+	// Both parts are numbers Lua (the scripts) holds exactly: an id beyond
+	// that was never ours.
+	if err1 != nil || err2 != nil || c.MS > maxExact || c.N > maxExact {
 		return Cursor{}, ErrBadCursor
 	}
 	return c, nil

@@ -203,6 +203,14 @@ func expectEvent(payload []byte) (wantEvent, error) {
 	if strings.ContainsAny(w.Event, "\r\n") || strings.ContainsAny(w.ID, "\r\n\x00") {
 		return wantEvent{}, wire.ErrBadField
 	}
+	// ssebridge's own event names, and ids of its event id's shape, are
+	// not for publishers.
+	if w.Event == "ready" || w.Event == "reset" || w.Event == "logout" {
+		return wantEvent{}, wire.ErrBadField
+	}
+	if m := cursorShape.FindStringSubmatch(w.ID); m != nil && fitsExact(m[2]) && fitsExact(m[3]) {
+		return wantEvent{}, wire.ErrBadField
+	}
 	if data[0] == '"' {
 		if err := json.Unmarshal(data, &w.Data); err != nil {
 			panic(err)

@@ -85,14 +85,29 @@ func idText(raw json.RawMessage) (string, error) {
 	return "", fmt.Errorf("%w: \"id\" is neither a string nor an integer", ErrBadEnvelope)
 }
 
+// Reserved event names: ssebridge's own events, which pages and
+// ssebridge.js act on (ready starts a stream, reset reloads, logout stops
+// for good). A published event may not pose as one of them.
+var reserved = map[string]bool{"ready": true, "reset": true, "logout": true}
+
 // check refuses names and ids that would end their SSE field early and so
-// inject a field or a whole event. A NUL in an id makes browsers ignore it.
+// inject a field or a whole event (a NUL in an id makes browsers ignore
+// it), ssebridge's own event names, and ids shaped like ssebridge's event
+// ids: a live event's id becomes the browser's Last-Event-ID, so a payload
+// that chose a cursor could make the next resume skip or repeat durable
+// events.
 func (e Envelope) check() error {
 	if strings.ContainsAny(e.Event, "\r\n") {
 		return fmt.Errorf("%w: \"event\" holds CR or LF", ErrBadField)
 	}
+	if reserved[e.Event] {
+		return fmt.Errorf("%w: \"event\" %q is ssebridge's own", ErrBadField, e.Event)
+	}
 	if strings.ContainsAny(e.ID, "\r\n\x00") {
 		return fmt.Errorf("%w: \"id\" holds CR, LF or NUL", ErrBadField)
+	}
+	if _, err := ParseCursor(e.ID); err == nil {
+		return fmt.Errorf("%w: \"id\" %q has the shape of an ssebridge event id, which only durable events carry", ErrBadField, truncate(e.ID, 40))
 	}
 	return nil
 }
