@@ -659,3 +659,26 @@ func TestHugeCursor(t *testing.T) {
 		s.Close()
 	}
 }
+
+// TestReservedNamesAndIDs: a published event cannot pose as ssebridge's
+// own (ready, reset, logout) nor carry an id shaped like its event ids,
+// which would become the browser's Last-Event-ID. (Found by review.)
+func TestReservedNamesAndIDs(t *testing.T) {
+	a := startApp(t, nil, nil)
+	s := a.open(a.session("alice"), "")
+	id := publishDurable(t, a.rdb, "user:alice", `{"event":"n","data":1}`)
+	want(t, s, "n", "1")
+	for _, p := range []string{
+		`{"event":"logout","data":{}}`, `{"event":"reset","data":{}}`, `{"event":"ready","data":{}}`,
+		`{"event":"chat","id":"` + id + `","data":"x"}`,
+	} {
+		a.publish("user:alice", p)
+	}
+	a.publish("user:alice", `{"event":"chat","id":"7","data":"ids of other shapes pass"}`)
+	if ev := want(t, s, "chat", "ids of other shapes pass"); ev.ID != "7" {
+		t.Fatalf("id %q", ev.ID)
+	}
+	if got := a.metric(`ssebridge_events_dropped_total{reason="bad_field"}`); got != 4 {
+		t.Errorf("refused: %v, want 4", got)
+	}
+}
