@@ -307,21 +307,33 @@ func (h *Hub) Recover(ctx context.Context) {
 	if from.IsZero() {
 		return
 	}
-	unreadable := func(err error) {
-		h.log.Warn("durable events published while Redis was away could not be read: streams told to reconnect", "err", err)
-		for _, s := range h.all() {
-			h.endRetry(s, ReasonRedis)
+	// Redis has just come back: a read may still fail for a moment (a
+	// pool connection from before, a replica being promoted). A few tries,
+	// then every stream resumes by itself; a retry fans out again what a
+	// failed try did, and streams drop what they have.
+	var err error
+	for wait := 100 * time.Millisecond; wait <= 800*time.Millisecond; wait *= 2 {
+		if err = h.recover(ctx, from); err == nil || ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return
 		}
 	}
+	h.log.Warn("durable events published while Redis was away could not be read: streams told to reconnect", "err", err)
+	for _, s := range h.all() {
+		h.endRetry(s, ReasonRedis)
+	}
+}
+
+func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 	// Only the channels that had events read in pages: an instance may
 	// have a hundred thousand channels, and a gap touches few.
 	channels, err := h.history.Active(ctx, h.allChannels(), from)
-	if err != nil {
-		unreadable(err)
-		return
-	}
-	if len(channels) == 0 {
-		return
+	if err != nil || len(channels) == 0 {
+		return err
 	}
 	after := make([]wire.Cursor, len(channels))
 	var until wire.Cursor
@@ -332,8 +344,7 @@ func (h *Hub) Recover(ctx context.Context) {
 		}
 		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
 		if err != nil {
-			unreadable(err)
-			return
+			return err
 		}
 		if page.Reset != "" {
 			h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", page.Reset)
@@ -344,7 +355,7 @@ func (h *Hub) Recover(ctx context.Context) {
 				}
 			}
 			h.saw(page.Position)
-			return
+			return nil
 		}
 		until = page.Position
 		for _, ev := range page.Events {
@@ -361,6 +372,7 @@ func (h *Hub) Recover(ctx context.Context) {
 	h.saw(until)
 	h.metrics.Recovered.Add(float64(events))
 	h.log.Info("durable events published while Redis was away were delivered", "events", events)
+	return nil
 }
 
 func (h *Hub) drop(channel string, err error) {
