@@ -198,9 +198,12 @@ func TestWideResume(t *testing.T) {
 	for resumes := 0; len(got) < total; resumes++ {
 		// Read a few, then drop the stream and resume from the last id.
 		for range 1 + resumes%12 {
-			ev, err := s.NextEvent(10 * time.Second)
+			ev, err := s.NextEvent(30 * time.Second)
 			if err != nil {
-				t.Fatalf("after %d events and %d resumes: %v", len(got), resumes, err)
+				mu.Lock()
+				n := len(published)
+				mu.Unlock()
+				t.Fatalf("after %d events (of %d published so far) and %d resumes: %v", len(got), n, resumes, err)
 			}
 			if ev.Event != "n" || seen[ev.Data] {
 				t.Fatalf("after %d resumes: %+v (a duplicate, or a reset)", resumes, ev)
