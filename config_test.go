@@ -15,8 +15,19 @@ func TestLoadConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.SessionCookie != "sse_session" || cfg.HeartbeatInterval != 15*time.Second || cfg.StreamQueue != 256 ||
-		cfg.MaxEventBytes != 65536 || cfg.MaxStreamsPerUser != 16 || cfg.MaxStreams != 100000 || cfg.ListenAddr != ":8080" {
-		t.Errorf("defaults: %+v", cfg)
+		cfg.MaxEventBytes != 65536 || cfg.MaxStreamsPerUser != 16 || cfg.MaxStreams != 100000 || cfg.ListenAddr != "127.0.0.1:8080" {
+		t.Errorf("defaults (try-out mode: loopback only): %+v", cfg)
+	}
+	for _, tt := range []struct {
+		environ map[string]string
+		listen  string
+	}{
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}, ":8080"},
+		{map[string]string{"LISTEN_ADDR": ":9000"}, ":9000"},
+	} {
+		if cfg, err := loadConfig(tt.environ); err != nil || cfg.ListenAddr != tt.listen {
+			t.Errorf("%v: LISTEN_ADDR %q, %v; want %q", tt.environ, cfg.ListenAddr, err, tt.listen)
+		}
 	}
 	cfg, err = loadConfig(map[string]string{"SESSION_COOKIE": "nodejskey", "ALLOWED_ORIGINS": "https://a.example,http://b.example:8000"})
 	if err != nil || cfg.SessionCookie != "nodejskey" || len(cfg.AllowedOrigins) != 2 {

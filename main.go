@@ -149,6 +149,12 @@ func loadConfig(environ map[string]string) (Config, error) {
 	if err != nil {
 		return cfg, namedEnvError(err)
 	}
+	// The try-out mode (no Redis named) has routes that log anyone in and
+	// publish anything: unless told otherwise, it listens on loopback only.
+	_, listenSet := environ["LISTEN_ADDR"]
+	if !listenSet && cfg.RedisURL == "" && len(cfg.RedisSentinelAddrs) == 0 {
+		cfg.ListenAddr = "127.0.0.1:8080"
+	}
 	positive := map[string]int64{
 		"HEARTBEAT_INTERVAL": int64(cfg.HeartbeatInterval), "SESSION_RECHECK_INTERVAL": int64(cfg.SessionRecheckInterval),
 		"RETRY_INTERVAL": int64(cfg.RetryInterval), "WRITE_TIMEOUT": int64(cfg.WriteTimeout),
@@ -266,6 +272,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		redisURL = "redis://" + mr.Addr()
 		log.Warn("REDIS_URL is not set: started an embedded Redis-compatible server, FOR TRYING OUT ONLY; the /dev routes are on",
 			"addr", mr.Addr(), "try", "redis-cli -p "+mr.Port())
+		if host, _, err := net.SplitHostPort(cfg.ListenAddr); err == nil {
+			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+				log.Warn("LISTEN_ADDR is not a loopback address: the /dev routes, which log anyone in and publish anything, are reachable from the network", "addr", cfg.ListenAddr)
+			}
+		}
 		// Once listening, leave the addresses where `ssebridge publish` and
 		// `ssebridge tail` on this machine find them; remove them at the end.
 		var endTryOut func()
