@@ -40,10 +40,11 @@ import (
 // EventSource does). Every durable event published on the chain's channels
 // after its first stream's ready id, and before it ends, must reach the chain
 // once, in id order, or the chain must get an `event: reset` (counted). The
-// check runs as events arrive: the publisher is a single goroutine, so event
-// numbers (in the data) follow ids, and an event numbered s proves that every
-// event before s was published before it; any of those on the chain's
-// channels that the chain has not got by then is counted lost.
+// check runs as events arrive. Each of the 4 publishers publishes one event
+// at a time, so its event numbers (in the data, with its own number) follow
+// ids: its event s proves that its events before s were published before
+// it, and any of those on the chain's channels that the chain has not got by
+// then is counted lost. Across publishers, ids must simply grow.
 func TestSoak(t *testing.T) {
 	dur := soakDuration(t)
 	if dl, ok := t.Deadline(); ok && time.Until(dl) < dur+4*time.Minute {
@@ -67,6 +68,7 @@ const (
 	soakRoomsPerUser   = 3 // every room has 30 users, 150 streams
 	soakStreamsPerUser = 5 // 2,000 streams; the fifth of each user asks ?rooms= for one room
 	soakRate           = 200
+	soakPublishers     = 4 // each at soakRate/4, in step: with appendfsync always, Redis fsyncs once for the writes of one loop
 	soakSampleEvery    = 10 * time.Second
 	soakMinLife        = 5 * time.Second  // a stream's lifetime, uniform in [min, max)
 	soakMaxLife        = 55 * time.Second // (the first one in [0, max), to spread them)
@@ -99,9 +101,9 @@ type soakEvent struct {
 	acked bool // the script returned its id; an attempt that failed may or may not be published
 }
 
-// soakLog is append-only, written by the publisher alone: entry k is
-// written before n moves past k, so a reader that loaded n reads entries
-// below it without a lock.
+// soakLog is one publisher's attempts, append-only, written by that
+// publisher alone: entry k is written before n moves past k, so a reader
+// that loaded n reads entries below it without a lock.
 type soakLog struct {
 	e []soakEvent
 	n atomic.Int64
@@ -128,11 +130,11 @@ type soakChain struct {
 	query   string
 	chans   []int16
 	started bool
-	floor   wire.Cursor // events at or before it are not owed (the first ready id, or the last reset's)
-	prev    wire.Cursor // the last id received
-	last    string      // the Last-Event-ID to resume with
-	next    int         // the first event number not yet accounted for
-	lostSet map[int]bool
+	floor   wire.Cursor         // events at or before it are not owed (the first ready id, or the last reset's)
+	prev    wire.Cursor         // the last id received
+	last    string              // the Last-Event-ID to resume with
+	next    [soakPublishers]int // by publisher, the first event number not yet accounted for
+	lostSet map[[2]int]bool     // publisher, number
 	st      soakStats
 }
 
@@ -164,7 +166,7 @@ type soak struct {
 	pub   *redis.Client
 	dur   time.Duration
 	names []string // channel index -> logical name: broadcast, rooms, users
-	log   soakLog
+	logs  [soakPublishers]soakLog
 
 	start     time.Time // publishing starts
 	churnOver atomic.Bool
@@ -183,8 +185,8 @@ type soak struct {
 	retired    atomic.Int64
 	retireMiss atomic.Int64 // a leaving client that did not see the id it waited for
 
-	restartAt     atomic.Int64 // UnixNano of the Redis kill
-	firstOKSeq    atomic.Int64 // the first event published after it (0: none yet)
+	restartAt     atomic.Int64                // UnixNano of the Redis kill
+	firstOK       atomic.Pointer[wire.Cursor] // the first event published after it
 	firstOKAt     atomic.Int64
 	firstDelivery atomic.Int64
 
@@ -210,7 +212,9 @@ func newSoak(t *testing.T, url string, pid int, pub *redis.Client, dur time.Dura
 	for u := range soakUsers {
 		s.names = append(s.names, fmt.Sprintf("user:u%d", u))
 	}
-	s.log.e = make([]soakEvent, soakRate*int(dur/time.Second)+soakRate)
+	for p := range s.logs {
+		s.logs[p].e = make([]soakEvent, (soakRate*int(dur/time.Second)+soakRate)/soakPublishers)
+	}
 	return s
 }
 
@@ -290,7 +294,7 @@ func (s *soak) connect(j int, c *soakChain) (soakStream, bool) {
 		if c.last != "" {
 			h.Set("Last-Event-ID", c.last)
 		}
-		before := int(s.log.n.Load()) // every event below it has its id before this stream's position
+		before := s.ends() // every event below these has its id before this stream's position
 		ctx, cancel := context.WithCancel(context.Background())
 		timer := time.AfterFunc(10*time.Second, cancel)
 		st, err := ssetest.Open(ctx, s.url+"/events"+c.query, h)
@@ -338,6 +342,14 @@ func (s *soak) connect(j int, c *soakChain) (soakStream, bool) {
 	}
 }
 
+// ends returns how many attempts each publisher has made.
+func (s *soak) ends() (n [soakPublishers]int) {
+	for p := range s.logs {
+		n[p] = int(s.logs[p].n.Load())
+	}
+	return n
+}
+
 func (s *soak) pastDeadline() bool {
 	d := s.deadline.Load()
 	return d != 0 && time.Now().UnixNano() > d
@@ -368,51 +380,62 @@ func (s *soak) receive(c *soakChain, ev ssetest.Event) {
 	switch ev.Event {
 	case "n":
 		s.received.Add(1)
-		num, chs, _ := strings.Cut(ev.Data, " ")
-		seq, err1 := strconv.Atoi(num)
-		ch, err2 := strconv.Atoi(chs)
-		id, err3 := wire.ParseCursor(ev.ID)
-		if err1 != nil || err2 != nil || err3 != nil {
+		f := strings.Fields(ev.Data)
+		var num [3]int
+		var err error
+		for i := range num {
+			if len(f) != len(num) {
+				err = errors.New("not three numbers")
+				break
+			}
+			if num[i], err = strconv.Atoi(f[i]); err != nil {
+				break
+			}
+		}
+		id, err2 := wire.ParseCursor(ev.ID)
+		if err != nil || err2 != nil || num[0] < 0 || num[0] >= soakPublishers || num[2] < 0 || num[2] >= len(s.names) {
 			c.st.mismatch++
 			s.problem("chain %d: unreadable event %+v", c.no, ev)
 			return
 		}
-		if at := s.firstOKSeq.Load(); at > 0 && int64(seq) >= at {
+		p, seq, ch := num[0], num[1], num[2]
+		if at := s.firstOK.Load(); at != nil && !id.Before(*at) {
 			s.firstDelivery.CompareAndSwap(0, time.Now().UnixNano())
 		}
 		if !c.has(int16(ch)) {
 			c.st.foreign++
-			s.problem("chain %d: event %d of %s, not one of its channels", c.no, seq, s.names[ch])
+			s.problem("chain %d: event %d/%d of %s, not one of its channels", c.no, p, seq, s.names[ch])
 		}
-		if n := int(s.log.n.Load()); seq > n {
+		log := &s.logs[p]
+		if n := int(log.n.Load()); seq > n {
 			c.st.mismatch++
-			s.problem("chain %d: event %d before the publisher's attempt %d", c.no, seq, n)
+			s.problem("chain %d: event %d/%d before the publisher's attempt %d", c.no, p, seq, n)
 			return
 		} else if seq < n {
-			if e := s.log.e[seq]; e.acked && (e.id != id || int(e.ch) != ch) {
+			if e := log.e[seq]; e.acked && (e.id != id || int(e.ch) != ch) {
 				c.st.mismatch++
-				s.problem("chain %d: event %d has id %s on %s; published as %s on %s", c.no, seq, id, s.names[ch], e.id, s.names[e.ch])
+				s.problem("chain %d: event %d/%d has id %s on %s; published as %s on %s", c.no, p, seq, id, s.names[ch], e.id, s.names[e.ch])
 			}
 		}
 		if !c.prev.Before(id) {
 			c.st.disorder++
-			s.problem("chain %d: event %d (%s) after %s", c.no, seq, id, c.prev)
+			s.problem("chain %d: event %d/%d (%s) after %s", c.no, p, seq, id, c.prev)
 		}
 		c.prev = id
 		switch {
-		case seq >= c.next:
-			s.skip(c, seq)
-			c.next = seq + 1
+		case seq >= c.next[p]:
+			s.skip(c, p, seq)
+			c.next[p] = seq + 1
 			c.st.received++
-		case c.lostSet[seq]: // counted lost, and here it is, late
-			delete(c.lostSet, seq)
+		case c.lostSet[[2]int{p, seq}]: // counted lost, and here it is, late
+			delete(c.lostSet, [2]int{p, seq})
 			c.st.lost--
 			c.st.received++
 			c.st.disorder++
-			s.problem("chain %d: event %d arrived after later ones", c.no, seq)
+			s.problem("chain %d: event %d/%d arrived after later ones", c.no, p, seq)
 		default:
 			c.st.dup++
-			s.problem("chain %d: event %d (%s) a second time", c.no, seq, id)
+			s.problem("chain %d: event %d/%d (%s) a second time", c.no, p, seq, id)
 		}
 	case "reset":
 		c.st.resets++
@@ -442,41 +465,47 @@ func (s *soak) receive(c *soakChain, ev ssetest.Event) {
 	}
 }
 
-// skip accounts for the events numbered from c.next up to (not including)
-// upto that c did not get: those on its channels published after its floor
-// are lost.
-func (s *soak) skip(c *soakChain, upto int) {
-	upto = min(upto, int(s.log.n.Load()))
-	for k := c.next; k < upto; k++ {
-		e := s.log.e[k]
+// skip accounts for publisher p's events numbered from c.next[p] up to
+// (not including) upto that c did not get: those on its channels published
+// after its floor are lost.
+func (s *soak) skip(c *soakChain, p, upto int) {
+	log := &s.logs[p]
+	upto = min(upto, int(log.n.Load()))
+	for k := c.next[p]; k < upto; k++ {
+		e := log.e[k]
 		if e.acked && c.has(e.ch) && c.floor.Before(e.id) {
 			c.st.lost++
 			if c.lostSet == nil {
-				c.lostSet = map[int]bool{}
+				c.lostSet = map[[2]int]bool{}
 			}
-			c.lostSet[k] = true
-			s.problem("chain %d: event %d (%s on %s) missed", c.no, k, e.id, s.names[e.ch])
+			c.lostSet[[2]int{p, k}] = true
+			s.problem("chain %d: event %d/%d (%s on %s) missed", c.no, p, k, e.id, s.names[e.ch])
 		}
 	}
-	c.next = max(c.next, upto)
+	c.next[p] = max(c.next[p], upto)
 }
 
-// owedUpTo is the number of the last event c is owed once publishing has
-// stopped, or -1.
-func (s *soak) owedUpTo(c *soakChain) int {
-	for k := int(s.log.n.Load()) - 1; k >= c.next; k-- {
-		if e := s.log.e[k]; e.acked && c.has(e.ch) && c.floor.Before(e.id) {
-			return k
+// caughtUp reports, once publishing has stopped, whether c has every event
+// it is owed.
+func (s *soak) caughtUp(c *soakChain) bool {
+	for p := range s.logs {
+		log := &s.logs[p]
+		for k := int(log.n.Load()) - 1; k >= c.next[p]; k-- {
+			if e := log.e[k]; e.acked && c.has(e.ch) && c.floor.Before(e.id) {
+				return false
+			}
 		}
 	}
-	return -1
+	return true
 }
 
-// finish closes c's books: everything owed up to event upto (excluded) that
-// it did not get is lost.
-func (s *soak) finish(c *soakChain, upto int) {
+// finish closes c's books: everything owed below upto that it did not get
+// is lost.
+func (s *soak) finish(c *soakChain, upto [soakPublishers]int) {
 	if c.started {
-		s.skip(c, upto)
+		for p := range upto {
+			s.skip(c, p, upto[p])
+		}
 	}
 	s.mu.Lock()
 	s.total.add(c.st)
@@ -517,7 +546,7 @@ func (s *soak) slot(j int, connected *sync.WaitGroup, begin <-chan struct{}) {
 			s.uncaught++
 			s.mu.Unlock()
 			s.problem("chain %d: no stream before the catch-up deadline", c.no)
-			s.finish(c, int(s.log.n.Load()))
+			s.finish(c, s.ends())
 			return
 		}
 		life := soakMinLife + rand.N(soakMaxLife-soakMinLife)
@@ -548,12 +577,11 @@ func (s *soak) slot(j int, connected *sync.WaitGroup, begin <-chan struct{}) {
 		<-s.final
 		caught, ended := false, false
 		for !ended && !s.pastDeadline() {
-			owed := s.owedUpTo(c)
-			if c.next > owed {
+			if s.caughtUp(c) {
 				caught = true
 				break
 			}
-			ended = s.read(c, st, time.Now().Add(time.Second), func() bool { return c.next > owed })
+			ended = s.read(c, st, time.Now().Add(time.Second), func() bool { return s.caughtUp(c) })
 		}
 		s.closeStream(st)
 		if caught || !ended {
@@ -561,9 +589,9 @@ func (s *soak) slot(j int, connected *sync.WaitGroup, begin <-chan struct{}) {
 				s.mu.Lock()
 				s.uncaught++
 				s.mu.Unlock()
-				s.problem("chain %d: not caught up by the deadline (next %d, owed up to %d)", c.no, c.next, s.owedUpTo(c))
+				s.problem("chain %d: not caught up by the deadline (next %v of %v)", c.no, c.next, s.ends())
 			}
-			s.finish(c, int(s.log.n.Load()))
+			s.finish(c, s.ends())
 			return
 		}
 		// The stream ended during the catch-up: resume it.
@@ -578,12 +606,14 @@ func (s *soak) closeStream(st soakStream) {
 // retire ends a client for good, once it has got every event published
 // before it decided to leave. It returns false if its stream ended first.
 func (s *soak) retire(c *soakChain, st soakStream) bool {
-	upto := int(s.log.n.Load())
+	upto := s.ends()
 	var target wire.Cursor
-	for k := upto - 1; k >= 0 && k >= upto-10000; k-- {
-		if s.log.e[k].acked {
-			target = s.log.e[k].id
-			break
+	for p := range upto {
+		for k := upto[p] - 1; k >= 0 && k >= upto[p]-1000; k-- {
+			if e := s.logs[p].e[k]; e.acked {
+				target = target.Max(e.id)
+				break
+			}
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -603,33 +633,36 @@ func (s *soak) retire(c *soakChain, st soakStream) bool {
 	return true
 }
 
-// publish publishes durable events at soakRate until end, one at a time,
-// paced by a ticker. A tick that finds the publisher behind (a slow fsync, a
-// busy machine) publishes up to 10 to catch up, but never more than one
-// second's worth: what is further behind is given up (and counted), so a
+// publish is publisher p: durable events at soakRate/soakPublishers until
+// end, one at a time, paced by a ticker. A tick that finds it behind (a slow
+// fsync, a busy machine) publishes up to 10 to catch up, but never more than
+// a second's worth: what is further behind is given up (and counted), so a
 // stall is not followed by a burst.
-func (s *soak) publish(end time.Time) {
-	tick := time.NewTicker(time.Second / soakRate)
+func (s *soak) publish(p int, end time.Time) {
+	const rate = soakRate / soakPublishers
+	log := &s.logs[p]
+	tick := time.NewTicker(time.Second / rate)
 	defer tick.Stop()
 	given := 0 // events given up
 	for now := range tick.C {
 		if now.After(end) || s.aborted.Load() {
 			return
 		}
-		due := int(now.Sub(s.start)*soakRate/time.Second) + 1 - given
-		if behind := due - int(s.log.n.Load()); behind > soakRate {
-			given += behind - soakRate
-			due -= behind - soakRate
-			s.givenUp.Store(int64(given))
+		due := int(now.Sub(s.start)*rate/time.Second) + 1 - given
+		if behind := due - int(log.n.Load()); behind > rate {
+			given += behind - rate
+			due -= behind - rate
+			s.givenUp.Add(int64(behind - rate))
 		}
-		for k := 0; k < 10 && int(s.log.n.Load()) < min(due, len(s.log.e)); k++ {
-			s.publishOne()
+		for k := 0; k < 10 && int(log.n.Load()) < min(due, len(log.e)); k++ {
+			s.publishOne(p)
 		}
 	}
 }
 
-func (s *soak) publishOne() {
-	seq := int(s.log.n.Load())
+func (s *soak) publishOne(p int) {
+	log := &s.logs[p]
+	seq := int(log.n.Load())
 	var ch int
 	switch x := rand.Float64(); {
 	case x < soakShareBroadcast:
@@ -639,8 +672,9 @@ func (s *soak) publishOne() {
 	default:
 		ch = 1 + soakRooms + rand.IntN(soakUsers)
 	}
-	env := fmt.Sprintf(`{"event":"n","data":"%d %d"}`, seq, ch)
+	env := fmt.Sprintf(`{"event":"n","data":"%d %d %d"}`, p, seq, ch)
 	e := soakEvent{ch: int16(ch)}
+	began := time.Now().UnixNano()
 	id, err := evalPublish(s.pub, s.names[ch], env)
 	if err == nil {
 		e.id, err = wire.ParseCursor(id)
@@ -648,14 +682,13 @@ func (s *soak) publishOne() {
 	}
 	if err != nil {
 		if s.pubErrors.Add(1) <= 5 {
-			s.t.Logf("publish %d failed: %v", seq, err)
+			s.t.Logf("publish %d/%d failed: %v", p, seq, err)
 		}
-	} else if at := s.restartAt.Load(); at > 0 && s.firstOKSeq.Load() == 0 && time.Now().UnixNano() > at {
+	} else if at := s.restartAt.Load(); at > 0 && began > at && s.firstOK.CompareAndSwap(nil, &e.id) {
 		s.firstOKAt.Store(time.Now().UnixNano())
-		s.firstOKSeq.Store(int64(seq))
 	}
-	s.log.e[seq] = e
-	s.log.n.Store(int64(seq + 1))
+	log.e[seq] = e
+	log.n.Store(int64(seq + 1))
 }
 
 var metricLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$`)
@@ -694,6 +727,14 @@ func selfFDs() int {
 	return len(ents)
 }
 
+func (s *soak) published() int {
+	n := 0
+	for _, k := range s.ends() {
+		n += k
+	}
+	return n
+}
+
 func (s *soak) sample() soakSample {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -712,7 +753,7 @@ func (s *soak) sample() soakSample {
 		testRSSKiB:     rssKiB(s.t, os.Getpid()),
 		testHeapKiB:    int(ms.HeapInuse / 1024),
 		open:           int(s.open.Load()),
-		published:      int(s.log.n.Load()),
+		published:      s.published(),
 		received:       int(s.received.Load()),
 		load1:          load1(),
 		srvCPU:         m["process_cpu_seconds_total"],
@@ -771,8 +812,10 @@ func (s *soak) run(r *redistest.Server) {
 	s.start = time.Now()
 	close(begin)
 	end := s.start.Add(s.dur)
-	published := make(chan struct{})
-	go func() { s.publish(end); close(published) }()
+	var publishers sync.WaitGroup
+	for p := range soakPublishers {
+		publishers.Go(func() { s.publish(p, end) })
+	}
 
 	stopSampling := make(chan struct{})
 	sampled := make(chan struct{})
@@ -823,12 +866,12 @@ func (s *soak) run(r *redistest.Server) {
 	t.Logf("Redis killed at %v and restarted: answering after %v, /readyz 200 after %v",
 		kill.Sub(s.start).Round(time.Second), recovery.up.Round(time.Millisecond), recovery.ready.Round(time.Millisecond))
 
-	<-published
+	publishers.Wait()
 	s.deadline.Store(time.Now().Add(soakDrain).UnixNano())
 	s.churnOver.Store(true)
 	close(s.final)
 	pubEnd := time.Now()
-	t.Logf("publishing stopped after %v: %d attempts", pubEnd.Sub(s.start).Round(time.Millisecond), s.log.n.Load())
+	t.Logf("publishing stopped after %v: %d attempts", pubEnd.Sub(s.start).Round(time.Millisecond), s.published())
 	done.Wait()
 	t.Logf("every client caught up %v after publishing stopped", time.Since(pubEnd).Round(time.Millisecond))
 	close(stopSampling)
@@ -870,10 +913,12 @@ func (s *soak) report(base, after map[string]float64, up, ready, published, deli
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	acked := 0
-	n := int(s.log.n.Load())
-	for _, e := range s.log.e[:n] {
-		if e.acked {
-			acked++
+	n := s.published()
+	for p := range s.logs {
+		for _, e := range s.logs[p].e[:s.logs[p].n.Load()] {
+			if e.acked {
+				acked++
+			}
 		}
 	}
 	var b strings.Builder
