@@ -40,11 +40,13 @@ import (
 // EventSource does). Every durable event published on the chain's channels
 // after its first stream's ready id, and before it ends, must reach the chain
 // once, in id order, or the chain must get an `event: reset` (counted). The
-// check runs as events arrive. Each of the 4 publishers publishes one event
+// check runs as events arrive. Each of the 8 publishers publishes one event
 // at a time, so its event numbers (in the data, with its own number) follow
 // ids: its event s proves that its events before s were published before
 // it, and any of those on the chain's channels that the chain has not got by
-// then is counted lost. Across publishers, ids must simply grow.
+// then is counted lost. Across publishers, ids must simply grow. A publish
+// whose answer was lost (the Redis restart) is looked up in the channel's
+// history afterwards: if it was published, it is owed like any other.
 func TestSoak(t *testing.T) {
 	dur := soakDuration(t)
 	if dl, ok := t.Deadline(); ok && time.Until(dl) < dur+4*time.Minute {
@@ -55,7 +57,7 @@ func TestSoak(t *testing.T) {
 	// The publisher's own client: no retries inside go-redis, so one attempt
 	// is at most one event (a retried EVALSHA whose first reply was lost
 	// would publish it twice, under two ids).
-	pub := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second})
+	pub := redis.NewClient(&redis.Options{Addr: r.Addr, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 3 * time.Second, WriteTimeout: 3 * time.Second})
 	t.Cleanup(func() { pub.Close() })
 	s := newSoak(t, "http://"+p.addr, p.cmd.Process.Pid, pub, dur)
 	s.run(r)
@@ -68,7 +70,7 @@ const (
 	soakRoomsPerUser   = 3 // every room has 30 users, 150 streams
 	soakStreamsPerUser = 5 // 2,000 streams; the fifth of each user asks ?rooms= for one room
 	soakRate           = 200
-	soakPublishers     = 4 // each at soakRate/4, in step: with appendfsync always, Redis fsyncs once for the writes of one loop
+	soakPublishers     = 8 // each at soakRate/8, side by side: a slow fsync or a busy core delays one, not the rate
 	soakSampleEvery    = 10 * time.Second
 	soakMinLife        = 5 * time.Second  // a stream's lifetime, uniform in [min, max)
 	soakMaxLife        = 55 * time.Second // (the first one in [0, max), to spread them)
@@ -135,6 +137,7 @@ type soakChain struct {
 	last    string              // the Last-Event-ID to resume with
 	next    [soakPublishers]int // by publisher, the first event number not yet accounted for
 	lostSet map[[2]int]bool     // publisher, number
+	pending map[[2]int]bool     // failed publishes on its channels that it did not get: owed if they were published
 	st      soakStats
 }
 
@@ -145,6 +148,14 @@ func (c *soakChain) has(ch int16) bool {
 		}
 	}
 	return false
+}
+
+// deferredCheck is a failed publish that a client did not get: lost if it
+// was published after the client's floor.
+type deferredCheck struct {
+	chain int
+	event [2]int
+	floor wire.Cursor
 }
 
 type soakSample struct {
@@ -190,21 +201,27 @@ type soak struct {
 	firstOKAt     atomic.Int64
 	firstDelivery atomic.Int64
 
-	mu        sync.Mutex
-	total     soakStats
-	chains    int
-	refused   map[string]int
-	resetWhy  map[string]int
-	resetAt   []time.Duration
-	problems  int
-	uncaught  int // chains that did not catch up in time
-	samples   []soakSample
-	ownedSeen int // owed deliveries: received (not duplicated) + lost
+	mu       sync.Mutex
+	total    soakStats
+	chains   int
+	refused  map[string]int
+	resetWhy map[string]int
+	resetAt  []time.Duration
+	problems int
+	uncaught int // chains that did not catch up in time
+	samples  []soakSample
+	deferred []deferredCheck // failed publishes a client did not get, settled once their outcome is known
+
+	failed    chan [2]int            // failed publishes, for the resolver
+	outcome   map[[2]int]wire.Cursor // their outcome: the id, or zero if not published
+	resolved  chan struct{}          // closed when the resolver is done
+	ownedSeen int                    // owed deliveries: received (not duplicated) + lost
 }
 
 func newSoak(t *testing.T, url string, pid int, pub *redis.Client, dur time.Duration) *soak {
 	s := &soak{t: t, url: url, pid: pid, pub: pub, dur: dur, final: make(chan struct{}),
-		refused: map[string]int{}, resetWhy: map[string]int{}}
+		refused: map[string]int{}, resetWhy: map[string]int{},
+		failed: make(chan [2]int, soakRate*int(dur/time.Second)+soakRate), outcome: map[[2]int]wire.Cursor{}, resolved: make(chan struct{})}
 	s.names = append(s.names, "broadcast")
 	for r := range soakRooms {
 		s.names = append(s.names, fmt.Sprintf("room:r%d", r))
@@ -228,10 +245,13 @@ func soakRoomsOf(u int) []int {
 
 func (s *soak) problem(format string, args ...any) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.problemLocked(format, args...)
+}
+
+func (s *soak) problemLocked(format string, args ...any) {
 	s.problems++
-	n := s.problems
-	s.mu.Unlock()
-	if n <= 30 && !s.aborted.Load() {
+	if s.problems <= 30 && !s.aborted.Load() {
 		s.t.Logf("soak problem: "+format, args...)
 	}
 }
@@ -427,6 +447,11 @@ func (s *soak) receive(c *soakChain, ev ssetest.Event) {
 			s.skip(c, p, seq)
 			c.next[p] = seq + 1
 			c.st.received++
+		case c.pending[[2]int{p, seq}]: // a failed publish that was published, after later ones
+			delete(c.pending, [2]int{p, seq})
+			c.st.received++
+			c.st.disorder++
+			s.problem("chain %d: event %d/%d (a failed publish) arrived after later ones", c.no, p, seq)
 		case c.lostSet[[2]int{p, seq}]: // counted lost, and here it is, late
 			delete(c.lostSet, [2]int{p, seq})
 			c.st.lost--
@@ -473,6 +498,12 @@ func (s *soak) skip(c *soakChain, p, upto int) {
 	upto = min(upto, int(log.n.Load()))
 	for k := c.next[p]; k < upto; k++ {
 		e := log.e[k]
+		if !e.acked && c.has(e.ch) {
+			if c.pending == nil {
+				c.pending = map[[2]int]bool{}
+			}
+			c.pending[[2]int{p, k}] = true
+		}
 		if e.acked && c.has(e.ch) && c.floor.Before(e.id) {
 			c.st.lost++
 			if c.lostSet == nil {
@@ -487,10 +518,13 @@ func (s *soak) skip(c *soakChain, p, upto int) {
 
 // caughtUp reports, once publishing has stopped, whether c has every event
 // it is owed.
-func (s *soak) caughtUp(c *soakChain) bool {
+func (s *soak) caughtUp(c *soakChain) bool { return s.caughtUpTo(c, s.ends()) }
+
+// caughtUpTo reports whether c has every event it is owed below upto.
+func (s *soak) caughtUpTo(c *soakChain, upto [soakPublishers]int) bool {
 	for p := range s.logs {
 		log := &s.logs[p]
-		for k := int(log.n.Load()) - 1; k >= c.next[p]; k-- {
+		for k := upto[p] - 1; k >= c.next[p]; k-- {
 			if e := log.e[k]; e.acked && c.has(e.ch) && c.floor.Before(e.id) {
 				return false
 			}
@@ -508,6 +542,9 @@ func (s *soak) finish(c *soakChain, upto [soakPublishers]int) {
 		}
 	}
 	s.mu.Lock()
+	for k := range c.pending {
+		s.deferred = append(s.deferred, deferredCheck{c.no, k, c.floor})
+	}
 	s.total.add(c.st)
 	s.chains++
 	s.ownedSeen += c.st.received + c.st.lost
@@ -607,21 +644,12 @@ func (s *soak) closeStream(st soakStream) {
 // before it decided to leave. It returns false if its stream ended first.
 func (s *soak) retire(c *soakChain, st soakStream) bool {
 	upto := s.ends()
-	var target wire.Cursor
-	for p := range upto {
-		for k := upto[p] - 1; k >= 0 && k >= upto[p]-1000; k-- {
-			if e := s.logs[p].e[k]; e.acked {
-				target = target.Max(e.id)
-				break
-			}
-		}
-	}
 	deadline := time.Now().Add(30 * time.Second)
-	reached := func() bool { return target.IsZero() || !c.prev.Before(target) }
+	reached := func() bool { return s.caughtUpTo(c, upto) }
 	for !reached() {
 		if time.Now().After(deadline) {
 			s.retireMiss.Add(1)
-			s.problem("chain %d: leaving, did not reach %s in 30s (at %s)", c.no, target, c.prev)
+			s.problem("chain %d: leaving, not caught up with %v in 30s (at %v)", c.no, upto, c.next)
 			break
 		}
 		if s.read(c, st, time.Now().Add(time.Second), reached) {
@@ -684,11 +712,56 @@ func (s *soak) publishOne(p int) {
 		if s.pubErrors.Add(1) <= 5 {
 			s.t.Logf("publish %d/%d failed: %v", p, seq, err)
 		}
+		s.failed <- [2]int{p, seq}
 	} else if at := s.restartAt.Load(); at > 0 && began > at && s.firstOK.CompareAndSwap(nil, &e.id) {
 		s.firstOKAt.Store(time.Now().UnixNano())
 	}
 	log.e[seq] = e
 	log.n.Store(int64(seq + 1))
+}
+
+// resolve finds out, for each failed publish, whether the script ran all
+// the same: it looks for the event in its channel's history (read soon
+// after, well within HISTORY_MAXLEN), with the epoch of the ids around it.
+func (s *soak) resolve() {
+	defer close(s.resolved)
+	ctx := context.Background()
+	for ev := range s.failed {
+		e := s.logs[ev[0]].e[ev[1]] // written before n moved past it, which happened before the send
+		want := fmt.Sprintf(`"data":"%d %d %d"`, ev[0], ev[1], e.ch)
+		for try := 0; ; try++ {
+			msgs, err := s.pub.XRevRangeN(ctx, "sse:{"+s.names[e.ch]+"}:history", "+", "-", 2000).Result()
+			if err != nil {
+				if try > 300 { // a minute
+					s.problem("failed publish %v: history unreadable: %v", ev, err)
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			epoch := ""
+			for p := range s.logs {
+				for k := int(s.logs[p].n.Load()) - 1; k >= 0 && epoch == ""; k-- {
+					if x := s.logs[p].e[k]; x.acked {
+						epoch = x.id.Epoch
+					}
+				}
+			}
+			var id wire.Cursor
+			for _, m := range msgs {
+				if v, _ := m.Values["e"].(string); strings.Contains(v, want) {
+					id, err = wire.ParseEntryID(epoch, m.ID)
+					if err != nil {
+						s.problem("failed publish %v: entry %s: %v", ev, m.ID, err)
+					}
+				}
+			}
+			s.mu.Lock()
+			s.outcome[ev] = id
+			s.mu.Unlock()
+			break
+		}
+	}
 }
 
 var metricLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$`)
@@ -816,6 +889,7 @@ func (s *soak) run(r *redistest.Server) {
 	for p := range soakPublishers {
 		publishers.Go(func() { s.publish(p, end) })
 	}
+	go s.resolve()
 
 	stopSampling := make(chan struct{})
 	sampled := make(chan struct{})
@@ -865,14 +939,17 @@ func (s *soak) run(r *redistest.Server) {
 	recovery.ready = time.Since(kill)
 	t.Logf("Redis killed at %v and restarted: answering after %v, /readyz 200 after %v",
 		kill.Sub(s.start).Round(time.Second), recovery.up.Round(time.Millisecond), recovery.ready.Round(time.Millisecond))
+	s.redisStartLog()
 
 	publishers.Wait()
+	close(s.failed)
 	s.deadline.Store(time.Now().Add(soakDrain).UnixNano())
 	s.churnOver.Store(true)
 	close(s.final)
-	pubEnd := time.Now()
+	pubEnd := time.Now() // (clients check the failed publishes' outcomes only at the end)
 	t.Logf("publishing stopped after %v: %d attempts", pubEnd.Sub(s.start).Round(time.Millisecond), s.published())
 	done.Wait()
+	<-s.resolved
 	t.Logf("every client caught up %v after publishing stopped", time.Since(pubEnd).Round(time.Millisecond))
 	close(stopSampling)
 	<-sampled
@@ -898,6 +975,29 @@ func (s *soak) run(r *redistest.Server) {
 	s.report(base, after, recovery.up, recovery.ready, recovery.published, recovery.delivered, kill.Sub(s.start))
 }
 
+// redisStartLog logs what the restarted redis-server wrote while starting
+// (how long it took to load its AOF).
+func (s *soak) redisStartLog() {
+	dir, err := s.pub.ConfigGet(context.Background(), "dir").Result()
+	if err != nil {
+		s.t.Logf("redis dir: %v", err)
+		return
+	}
+	b, err := os.ReadFile(dir["dir"] + "/redis.log")
+	if err != nil {
+		s.t.Logf("redis log: %v", err)
+		return
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	from := 0
+	for i, l := range lines {
+		if strings.Contains(l, "oO0OoO0OoO0Oo") { // the banner's first line, once per start
+			from = i
+		}
+	}
+	s.t.Logf("the restarted redis-server's log:\n%s", strings.Join(lines[from:], "\n"))
+}
+
 // abort ends a run that cannot go on: every client stops, then the test.
 func (s *soak) abort(clients *sync.WaitGroup, why string) {
 	s.aborted.Store(true)
@@ -913,6 +1013,23 @@ func (s *soak) report(base, after map[string]float64, up, ready, published, deli
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	acked := 0
+	published, notPublished := 0, 0
+	for _, id := range s.outcome {
+		if id.IsZero() {
+			notPublished++
+		} else {
+			published++
+		}
+	}
+	for _, d := range s.deferred {
+		id, ok := s.outcome[d.event]
+		if !ok {
+			s.problemLocked("chain %d: failed publish %v: outcome unknown", d.chain, d.event)
+		} else if !id.IsZero() && d.floor.Before(id) {
+			s.total.lost++
+			s.problemLocked("chain %d: failed publish %v was published (%s) and missed", d.chain, d.event, id)
+		}
+	}
 	n := s.published()
 	for p := range s.logs {
 		for _, e := range s.logs[p].e[:s.logs[p].n.Load()] {
@@ -930,6 +1047,7 @@ func (s *soak) report(base, after map[string]float64, up, ready, published, deli
 		s.dur, soakUsers*soakStreamsPerUser, soakUsers, soakRooms, s.chains, s.retired.Load())
 	fmt.Fprintf(&b, "published: %d durable events acknowledged of %d attempts (%d failed), %.1f/s over the run; %d given up (the publisher over a second behind)\n",
 		acked, n, s.pubErrors.Load(), float64(acked)/s.dur.Seconds(), s.givenUp.Load())
+	fmt.Fprintf(&b, "failed publishes: %d found in history afterwards (so owed), %d not published\n", published, notPublished)
 	fmt.Fprintf(&b, "delivered: %d events to the clients; owed %d; lost %d, duplicated %d, out of order %d, foreign %d, mismatched %d; resets %d\n",
 		s.received.Load(), s.ownedSeen, s.total.lost, s.total.dup, s.total.disorder, s.total.foreign, s.total.mismatch, s.total.resets)
 	fmt.Fprintf(&b, "streams: %d opened, %d of them resumed with Last-Event-ID, %d ended by the server; not caught up %d; leaving clients that missed their target %d\n",
