@@ -919,6 +919,7 @@ func (s *soak) run(r *redistest.Server) {
 	// The Redis restart, halfway.
 	time.Sleep(time.Until(s.start.Add(s.dur / 2)))
 	var recovery struct{ up, ready, published, delivered time.Duration }
+	r.Stop() // SIGKILL, and wait for the process to be gone: Restart would do the same
 	kill := time.Now()
 	s.restartAt.Store(kill.UnixNano())
 	r.Restart()
