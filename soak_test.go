@@ -1009,17 +1009,17 @@ func (s *soak) abort(clients *sync.WaitGroup, why string) {
 	s.t.Fatal(why)
 }
 
-func (s *soak) report(base, after map[string]float64, up, ready, published, delivered, killAt time.Duration) {
+func (s *soak) report(base, after map[string]float64, up, ready, firstPublished, firstDelivered, killAt time.Duration) {
 	t := s.t
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	acked := 0
-	published, notPublished := 0, 0
+	foundPublished, notPublished := 0, 0
 	for _, id := range s.outcome {
 		if id.IsZero() {
 			notPublished++
 		} else {
-			published++
+			foundPublished++
 		}
 	}
 	for _, d := range s.deferred {
@@ -1048,7 +1048,7 @@ func (s *soak) report(base, after map[string]float64, up, ready, published, deli
 		s.dur, soakUsers*soakStreamsPerUser, soakUsers, soakRooms, s.chains, s.retired.Load())
 	fmt.Fprintf(&b, "published: %d durable events acknowledged of %d attempts (%d failed), %.1f/s over the run; %d given up (the publisher over a second behind)\n",
 		acked, n, s.pubErrors.Load(), float64(acked)/s.dur.Seconds(), s.givenUp.Load())
-	fmt.Fprintf(&b, "failed publishes: %d found in history afterwards (so owed), %d not published\n", published, notPublished)
+	fmt.Fprintf(&b, "failed publishes: %d found in history afterwards (so owed), %d not published\n", foundPublished, notPublished)
 	fmt.Fprintf(&b, "delivered: %d events to the clients; owed %d; lost %d, duplicated %d, out of order %d, foreign %d, mismatched %d; resets %d\n",
 		s.received.Load(), s.ownedSeen, s.total.lost, s.total.dup, s.total.disorder, s.total.foreign, s.total.mismatch, s.total.resets)
 	fmt.Fprintf(&b, "streams: %d opened, %d of them resumed with Last-Event-ID, %d ended by the server; not caught up %d; leaving clients that missed their target %d\n",
@@ -1056,7 +1056,7 @@ func (s *soak) report(base, after map[string]float64, up, ready, published, deli
 	fmt.Fprintf(&b, "refused or failed opens: %v\n", sortedCounts(s.refused))
 	fmt.Fprintf(&b, "resets by data: %v at %v\n", sortedCounts(s.resetWhy), s.resetAt)
 	fmt.Fprintf(&b, "Redis restart at %v: Redis answering after %v, /readyz 200 after %v, first publish acknowledged after %v, first of those delivered after %v\n",
-		killAt.Round(time.Second), up.Round(time.Millisecond), ready.Round(time.Millisecond), published.Round(time.Millisecond), delivered.Round(time.Millisecond))
+		killAt.Round(time.Second), up.Round(time.Millisecond), ready.Round(time.Millisecond), firstPublished.Round(time.Millisecond), firstDelivered.Round(time.Millisecond))
 	fmt.Fprintf(&b, "server counters:\n")
 	var keys []string
 	for k := range after {
