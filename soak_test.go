@@ -151,11 +151,12 @@ func (c *soakChain) has(ch int16) bool {
 }
 
 // deferredCheck is a failed publish that a client did not get: lost if it
-// was published after the client's floor.
+// was published after the client's floor and before the last event it got
+// (a client that left before such an event could reach it was not owed it).
 type deferredCheck struct {
-	chain int
-	event [2]int
-	floor wire.Cursor
+	chain       int
+	event       [2]int
+	floor, last wire.Cursor
 }
 
 type soakSample struct {
@@ -543,7 +544,7 @@ func (s *soak) finish(c *soakChain, upto [soakPublishers]int) {
 	}
 	s.mu.Lock()
 	for k := range c.pending {
-		s.deferred = append(s.deferred, deferredCheck{c.no, k, c.floor})
+		s.deferred = append(s.deferred, deferredCheck{c.no, k, c.floor, c.prev})
 	}
 	s.total.add(c.st)
 	s.chains++
@@ -1026,7 +1027,7 @@ func (s *soak) report(base, after map[string]float64, up, ready, firstPublished,
 		id, ok := s.outcome[d.event]
 		if !ok {
 			s.problemLocked("chain %d: failed publish %v: outcome unknown", d.chain, d.event)
-		} else if !id.IsZero() && d.floor.Before(id) {
+		} else if !id.IsZero() && d.floor.Before(id) && id.Before(d.last) {
 			s.total.lost++
 			s.problemLocked("chain %d: failed publish %v was published (%s) and missed", d.chain, d.event, id)
 		}
