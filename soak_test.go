@@ -32,8 +32,9 @@ import (
 // broadcast channels, a Redis restart (SIGKILL) halfway; the server's and the
 // test's goroutines, open files and RSS sampled every 10 s. It runs only with
 // SSEBRIDGE_SOAK set: 1 for 10 minutes of churn and publishing, or a
-// duration (90s while developing); set-up and the final catch-up add about a
-// minute, so go test needs -timeout 20m for the full run.
+// duration (90s while developing); set-up and the final catch-up add seconds
+// (up to 90 s more if a client cannot catch up), so go test needs -timeout
+// 20m for the full run.
 //
 // A logical client is a chain of streams: each stream of a chain reopens
 // with the id of the last event the previous one got (Last-Event-ID, as
