@@ -366,14 +366,25 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	defer cancelWorkers()
 	done := make(chan struct{}, 3)
 	connected := func(ctx context.Context) {
+		start := time.Now()
 		// Redis may have restarted without its data: write the history
 		// settings (and the durable marker) again, fetch what was published
 		// during the gap, and hold every stream to its session as it is now,
 		// since control messages sent meanwhile were lost.
-		if marker, err := history.Configure(ctx); err != nil {
-			log.Warn("history settings not written", "err", err)
-		} else {
-			feed.SetMarker(marker)
+		//
+		// A Redis that has just restarted may still be loading its data
+		// (it answers SUBSCRIBE, and LOADING to the rest): until Configure
+		// goes through, reading history would fail and end every stream.
+		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+			marker, err := history.Configure(ctx)
+			if err == nil {
+				feed.SetMarker(marker)
+				break
+			}
+			log.Warn("history settings not written yet; trying again", "err", err, "in", wait)
+			if ctx.Err() != nil || !sleepCtx(ctx, wait) || wait >= 2*time.Second && time.Since(start) > 30*time.Second {
+				break
+			}
 		}
 		hub.Recover(ctx)
 		hub.RecheckSoon()
@@ -508,6 +519,18 @@ func waitReadTimeout(cfg Config) time.Duration {
 		return t
 	}
 	return 0
+}
+
+// sleepCtx waits for d or until ctx ends, and reports whether it waited in full.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 func pprofMux() *http.ServeMux {

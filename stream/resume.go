@@ -53,6 +53,9 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 		return h.catchUp(ctx, s, out)
 	}
 	pos, err := h.history.Position(ctx)
+	if err != nil && ctx.Err() != nil {
+		return ReasonClient
+	}
 	if err != nil {
 		h.log.Warn("stream ended: no position from redis", "user", s.User, "err", err)
 		h.endRetry(s, ReasonRedis)
@@ -94,6 +97,9 @@ func (h *Hub) catchUp(ctx context.Context, s *Stream, out sink) string {
 			// force, or an event between the read and the subscription
 			// would be missed.
 			if err := h.sub.Sync(ctx); err != nil {
+				if ctx.Err() != nil {
+					return ReasonClient
+				}
 				h.log.Warn("stream ended: subscription not confirmed", "user", s.User, "err", err)
 				h.endRetry(s, ReasonRedis)
 				return ""
@@ -165,6 +171,10 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			after[i] = st.from.Max(st.base[c]).Max(*horizon)
 		}
 		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
+		if err != nil && ctx.Err() != nil {
+			release()
+			return pos, ReasonClient, false // the client left during the read
+		}
 		if err != nil {
 			release()
 			h.log.Warn("stream ended: history could not be read", "user", s.User, "err", err)
