@@ -193,23 +193,23 @@ func TestPublishEndpoint(t *testing.T) {
 // TestGapRecovery cuts the pub/sub connection and keeps ssebridge from
 // reconnecting while durable events are published: once it is back, the
 // stream gets them, in order, once.
-func TestGapRecovery(t *testing.T) {
-	a := startApp(t, nil, map[string]string{"HEARTBEAT_INTERVAL": "100ms"})
+// cutFeed opens a gap in the instance's pub/sub feed: new connections
+// fail to authenticate and the pub/sub connection is killed, so nothing
+// published meanwhile reaches the instance live. It returns a connection
+// that stays in, to publish during the gap and to end it with
+// CONFIG SET requirepass "".
+func (a *app) cutFeed() *redis.Conn {
+	a.t.Helper()
 	ctx := context.Background()
-	s := a.open(a.session("alice", "lobby"), "")
-	publishDurable(t, a.rdb, "room:lobby", `{"event":"n","data":0}`)
-	want(t, s, "n", "0")
-
-	// New connections now fail to authenticate; the test's own stays in.
 	admin := a.rdb.Conn()
-	defer admin.Close()
+	a.t.Cleanup(func() { admin.Close() })
 	if err := admin.ConfigSet(ctx, "requirepass", "gap").Err(); err != nil {
-		t.Fatal(err)
+		a.t.Fatal(err)
 	}
 	if err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
-		t.Fatal(err)
+		a.t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "readyz to report the gap", func() bool {
+	eventually(a.t, 5*time.Second, "readyz to report the gap", func() bool {
 		resp, err := http.Get(a.url + "/readyz")
 		if err != nil {
 			return false
@@ -217,6 +217,17 @@ func TestGapRecovery(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == 503
 	})
+	return admin
+}
+
+func TestGapRecovery(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"HEARTBEAT_INTERVAL": "100ms"})
+	ctx := context.Background()
+	s := a.open(a.session("alice", "lobby"), "")
+	publishDurable(t, a.rdb, "room:lobby", `{"event":"n","data":0}`)
+	want(t, s, "n", "0")
+
+	admin := a.cutFeed()
 	for i := 1; i <= 20; i++ {
 		ch := []string{"room:lobby", "user:alice", "broadcast"}[i%3]
 		publishDurable(t, admin, ch, fmt.Sprintf(`{"event":"n","data":%d}`, i))

@@ -579,22 +579,7 @@ func TestMissedJoinRestoredByRecheck(t *testing.T) {
 	tok := a.session("alice")
 	s := a.open(tok, "")
 
-	admin := a.rdb.Conn()
-	defer admin.Close()
-	if err := admin.ConfigSet(ctx, "requirepass", "gap").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 5*time.Second, "readyz to report the gap", func() bool {
-		resp, err := http.Get(a.url + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 503
-	})
+	admin := a.cutFeed()
 	// The backend: session first, then the join (lost: nobody listens).
 	admin.Set(ctx, a.cfg.SessionPrefix+tok, `{"user":"alice","rooms":["lobby"]}`, time.Hour)
 	b, _ := json.Marshal(map[string]string{"op": "join", "user": "alice", "room": "lobby"})

@@ -366,7 +366,6 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	defer cancelWorkers()
 	done := make(chan struct{}, 3)
 	connected := func(ctx context.Context) {
-		start := time.Now()
 		// Redis may have restarted without its data: write the history
 		// settings (and the durable marker) again, fetch what was published
 		// during the gap, and hold every stream to its session as it is now,
@@ -375,15 +374,21 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		// A Redis that has just restarted may still be loading its data
 		// (it answers SUBSCRIBE, and LOADING to the rest): until Configure
 		// goes through, reading history would fail and end every stream.
+		deadline := time.Now().Add(30 * time.Second)
 		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 			marker, err := history.Configure(ctx)
 			if err == nil {
 				feed.SetMarker(marker)
 				break
 			}
-			log.Warn("history settings not written yet; trying again", "err", err, "in", wait)
-			if ctx.Err() != nil || !sleepCtx(ctx, wait) || wait >= 2*time.Second && time.Since(start) > 30*time.Second {
+			if time.Now().After(deadline) {
+				log.Warn("history settings not written", "err", err)
 				break
+			}
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return
 			}
 		}
 		hub.Recover(ctx)
@@ -519,18 +524,6 @@ func waitReadTimeout(cfg Config) time.Duration {
 		return t
 	}
 	return 0
-}
-
-// sleepCtx waits for d or until ctx ends, and reports whether it waited in full.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 func pprofMux() *http.ServeMux {
