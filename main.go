@@ -313,12 +313,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		Retry:        cfg.RetryInterval,
 	}, log, stream.NewMetrics(reg))
 	if embedded {
-		dev = &handlers.Dev{
-			Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix),
-			DeleteSession: func(ctx context.Context, token string) error {
-				return rdb.Del(ctx, cfg.SessionPrefix+token).Err()
-			},
-		}
+		dev = &handlers.Dev{Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix)}
 	}
 
 	e := handlers.New(handlers.Options{
@@ -370,26 +365,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		// settings (and the durable marker) again, fetch what was published
 		// during the gap, and hold every stream to its session as it is now,
 		// since control messages sent meanwhile were lost.
-		//
-		// A Redis that has just restarted may still be loading its data
-		// (it answers SUBSCRIBE, and LOADING to the rest): until Configure
-		// goes through, reading history would fail and end every stream.
-		deadline := time.Now().Add(30 * time.Second)
-		for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-			marker, err := history.Configure(ctx)
-			if err == nil {
-				feed.SetMarker(marker)
-				break
-			}
-			if time.Now().After(deadline) {
-				log.Warn("history settings not written", "err", err)
-				break
-			}
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
-				return
-			}
+		if marker, err := history.ConfigureWithin(ctx, 30*time.Second); err == nil {
+			feed.SetMarker(marker)
+		} else if ctx.Err() == nil {
+			log.Warn("history settings not written", "err", err)
 		}
 		hub.Recover(ctx)
 		hub.RecheckSoon()

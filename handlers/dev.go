@@ -97,7 +97,7 @@ func (d *dev) logout(c echo.Context) error {
 	if err != nil {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 	}
-	if err := d.o.Dev.DeleteSession(ctx, ck.Value); err != nil {
+	if err := d.o.Sessions.Delete(ctx, ck.Value); err != nil {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": "deleting the session: " + err.Error()})
 	}
 	clearCookie() // the session is gone: the cookie is worthless now, whatever follows

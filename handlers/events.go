@@ -27,7 +27,7 @@ func (ev *events) stream(c echo.Context) error {
 	// Taken before the session is read: control messages published from
 	// then on reach the stream even if they arrive before it is registered.
 	var ticket stream.Ticket
-	sess, rooms, err := ev.authorize(c, func() { ticket = ev.o.Hub.Ticket() })
+	who, err := ev.authorize(c, func() { ticket = ev.o.Hub.Ticket() })
 	if err != nil {
 		return err
 	}
@@ -36,14 +36,13 @@ func (ev *events) stream(c echo.Context) error {
 		resume = c.QueryParam("lastEventId") // for curl, and pages that keep the id themselves
 	}
 	ctx := c.Request().Context()
-	all := strings.Join(c.QueryParams()["rooms"], ",") == "" // as authorize reads it
-	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: sess.User, Session: ev.token(c), Rooms: rooms, AllRooms: all, Resume: resume, Ticket: ticket})
+	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: who.session.User, Session: who.token, Rooms: who.rooms, AllRooms: who.allRooms, Resume: resume, Ticket: ticket})
 	if err != nil && ctx.Err() != nil {
 		ev.refused.WithLabelValues("client_gone").Inc() // nobody is left to answer
 		return nil
 	}
 	if err != nil {
-		return ev.openRefusal(c, sess.User, err)
+		return ev.openRefusal(c, who.session.User, err)
 	}
 
 	h := c.Response().Header()
@@ -110,10 +109,11 @@ func (ev *events) openRefusal(c echo.Context, user string, err error) error {
 // opening a stream. EventSource hides the status of a refused stream; this
 // lets a page tell a final refusal (401, 403) from a passing one.
 func (ev *events) check(c echo.Context) error {
-	sess, rooms, err := ev.authorize(c, nil)
+	who, err := ev.authorize(c, nil)
 	if err != nil {
 		return err
 	}
+	sess, rooms := who.session, who.rooms
 	if ev.o.Hub != nil {
 		if err := ev.o.Hub.Admits(sess.User); err != nil {
 			return ev.openRefusal(c, sess.User, err)
@@ -125,51 +125,62 @@ func (ev *events) check(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"user": sess.User, "rooms": rooms})
 }
 
+// authorized is what authorize found: whose stream, and which rooms.
+type authorized struct {
+	token    string
+	session  wire.Session
+	rooms    []string
+	allRooms bool // no ?rooms=: all of the session's
+}
+
 // authorize checks the origin and the session, and returns the rooms the
 // stream asks for (all of the session's when it names none). beforeLookup,
 // if set, runs right before the session is read.
-func (ev *events) authorize(c echo.Context, beforeLookup func()) (wire.Session, []string, error) {
+func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, error) {
+	var a authorized
 	if !ev.origins.admit(c) {
-		return wire.Session{}, nil, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
+		return a, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
 	}
-	token := ev.token(c)
-	if token == "" {
-		return wire.Session{}, nil, ev.refuse(http.StatusUnauthorized, "no_token",
+	if a.token = ev.token(c); a.token == "" {
+		return a, ev.refuse(http.StatusUnauthorized, "no_token",
 			"no session: send the "+ev.o.SessionCookie+" cookie or an Authorization: Bearer header")
 	}
 	if beforeLookup != nil {
 		beforeLookup()
 	}
-	sess, err := ev.o.Sessions.Lookup(c.Request().Context(), token)
+	sess, err := ev.o.Sessions.Lookup(c.Request().Context(), a.token)
 	switch {
 	case errors.Is(err, wire.ErrNoSession):
-		return sess, nil, ev.refuse(http.StatusUnauthorized, "unknown_session", "unknown or expired session")
+		return a, ev.refuse(http.StatusUnauthorized, "unknown_session", "unknown or expired session")
 	case errors.Is(err, wire.ErrBadSession):
 		ev.o.Log.Warn("stream refused: malformed session in redis", "err", err)
-		return sess, nil, ev.refuse(http.StatusUnauthorized, "bad_session", err.Error())
+		return a, ev.refuse(http.StatusUnauthorized, "bad_session", err.Error())
 	case err != nil:
 		ev.o.Log.Warn("stream refused: redis unavailable", "err", err)
-		return sess, nil, ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
+		return a, ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
 	}
+	a.session = sess
 
 	param := strings.Join(c.QueryParams()["rooms"], ",")
 	if param == "" {
 		if len(sess.Rooms) > ev.o.MaxRooms {
-			return sess, nil, ev.refuse(http.StatusForbidden, "too_many_rooms",
+			return a, ev.refuse(http.StatusForbidden, "too_many_rooms",
 				fmt.Sprintf("the session lists %d rooms, more than MAX_ROOMS (%d): name the rooms with ?rooms=", len(sess.Rooms), ev.o.MaxRooms))
 		}
-		return sess, slices.Compact(slices.Sorted(slices.Values(sess.Rooms))), nil
+		a.rooms, a.allRooms = slices.Compact(slices.Sorted(slices.Values(sess.Rooms))), true
+		return a, nil
 	}
 	rooms, err := wire.ParseRooms(param, ev.o.MaxRooms)
 	if err != nil {
-		return sess, nil, ev.refuse(http.StatusBadRequest, "bad_room", "rooms: "+err.Error())
+		return a, ev.refuse(http.StatusBadRequest, "bad_room", "rooms: "+err.Error())
 	}
 	for _, r := range rooms {
 		if !sess.Allows(r) {
-			return sess, nil, ev.refuse(http.StatusForbidden, "room_not_allowed", "room "+strconv.Quote(r)+" is not in the session")
+			return a, ev.refuse(http.StatusForbidden, "room_not_allowed", "room "+strconv.Quote(r)+" is not in the session")
 		}
 	}
-	return sess, rooms, nil
+	a.rooms = rooms
+	return a, nil
 }
 
 // token reads the session token: the cookie first, then a bearer header for

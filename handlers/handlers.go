@@ -47,9 +47,6 @@ type Options struct {
 // Dev is what the try-out routes need: they log in and publish as a backend would.
 type Dev struct {
 	Publisher *store.Publisher
-	// DeleteSession deletes the session stored under token, as the
-	// backend's logout does.
-	DeleteSession func(ctx context.Context, token string) error
 }
 
 // New returns the service's routes.

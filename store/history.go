@@ -84,6 +84,21 @@ func (h *History) WaitReplicas(n int, timeout time.Duration) {
 	h.waitReplicas, h.waitTimeout = n, timeout
 }
 
+// ConfigureWithin calls Configure until it goes through, for at most
+// patience: a Redis that has just restarted may still be loading its data
+// (it answers SUBSCRIBE, and LOADING to the rest), and reading history
+// before it is done would fail.
+func (h *History) ConfigureWithin(ctx context.Context, patience time.Duration) (string, error) {
+	deadline := time.Now().Add(patience)
+	b := newBackoff(100*time.Millisecond, 2*time.Second)
+	for {
+		marker, err := h.Configure(ctx)
+		if err == nil || time.Now().After(deadline) || !sleep(ctx, b.next()) {
+			return marker, err
+		}
+	}
+}
+
 // Publish appends envelope to channel's history and publishes it live, in
 // one atomic step, and returns its id. With WaitReplicas, an error may come
 // with the id: the event is published, but not known to be on enough

@@ -107,3 +107,12 @@ func (s *Sessions) Create(ctx context.Context, sess wire.Session, ttl time.Durat
 	}
 	return t, nil
 }
+
+// Delete removes the session stored under token, as the backend's logout
+// does. ssebridge itself only uses it for the try-out logout.
+func (s *Sessions) Delete(ctx context.Context, token string) error {
+	if err := s.rdb.Del(ctx, s.prefix+token).Err(); err != nil {
+		return fmt.Errorf("deleting session: %w", err)
+	}
+	return nil
+}

@@ -109,34 +109,25 @@ func (h *Hub) join(s *Stream, channel string) {
 	if s.has(channel) {
 		return
 	}
-	if h.roomCount(s) >= h.opts.MaxRooms {
+	if len(s.rooms()) >= h.opts.MaxRooms {
 		h.drop(wire.ControlChannel, fmt.Errorf("%w: user %s already has %d rooms on a stream (MAX_ROOMS)", errTooManyRooms, s.User, h.opts.MaxRooms))
 		return
 	}
 	s.rewind(channel, *h.seen.Load())
-	if _, err := h.attach(s, channel); err != nil {
+	if err := h.attach(s, channel); err != nil {
 		// The feed resubscribes once Redis is back; meanwhile the writer's
 		// Sync fails and ends the stream, to resume from its own id.
 		h.log.Warn("join: subscription not written", "channel", channel, "err", err)
 	}
 }
 
-// leave detaches s from a room's channel at once, and forgets what of it
-// was waiting to be written: access ends when the leave is applied.
+// leave detaches s from a room's channel at once, and forgets what of it a
+// catch-up was holding: nothing of the room published after the leave
+// reaches the stream.
 func (h *Hub) leave(s *Stream, channel string) {
 	if h.detach(s, channel) {
 		s.drop(channel)
 	}
-}
-
-func (h *Hub) roomCount(s *Stream) int {
-	n := 0
-	for _, c := range s.channelList() {
-		if _, ok := wire.RoomOf(c); ok {
-			n++
-		}
-	}
-	return n
 }
 
 // Run moves idle streams' ids on every MarkInterval, through Redis, so that

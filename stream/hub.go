@@ -190,7 +190,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	}
 	var subErr error
 	for _, c := range channels {
-		if _, err := h.attach(s, c); err != nil && subErr == nil {
+		if err := h.attach(s, c); err != nil && subErr == nil {
 			subErr = err
 		}
 	}

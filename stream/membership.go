@@ -2,6 +2,7 @@ package stream
 
 import (
 	"hash/maphash"
+	"slices"
 	"sync"
 
 	"github.com/ssebridge/ssebridge/wire"
@@ -59,10 +60,10 @@ func (m *membership) stripe(channel string) *sync.Mutex {
 }
 
 // attach makes s receive channel, subscribing Redis if s is its first
-// stream. It reports false, and does nothing, when s is closed or has the
-// channel already. The subscription is written, not confirmed: the caller
-// waits on the feed's Sync for that.
-func (h *Hub) attach(s *Stream, channel string) (bool, error) {
+// stream. It does nothing when s is closed or has the channel already. The
+// subscription is written, not confirmed: the caller waits on the feed's
+// Sync for that.
+func (h *Hub) attach(s *Stream, channel string) error {
 	st := h.members.stripe(channel)
 	st.Lock()
 	defer st.Unlock()
@@ -70,7 +71,7 @@ func (h *Hub) attach(s *Stream, channel string) (bool, error) {
 	_, has := s.channels[channel]
 	if s.closed || has {
 		s.members.Unlock()
-		return false, nil
+		return nil
 	}
 	s.channels[channel] = struct{}{}
 	s.members.Unlock()
@@ -86,9 +87,9 @@ func (h *Hub) attach(s *Stream, channel string) (bool, error) {
 	set[s] = struct{}{}
 	sh.mu.Unlock()
 	if first {
-		return true, h.sub.Subscribe(channel)
+		return h.sub.Subscribe(channel)
 	}
-	return true, nil
+	return nil
 }
 
 // detach stops s receiving channel, unsubscribing Redis if s was its last
@@ -143,6 +144,18 @@ func (s *Stream) channelList() []string {
 		out = append(out, c)
 	}
 	return out
+}
+
+// rooms returns the rooms a stream is attached to, sorted.
+func (s *Stream) rooms() []string {
+	var rooms []string
+	for _, c := range s.channelList() {
+		if r, ok := wire.RoomOf(c); ok {
+			rooms = append(rooms, r)
+		}
+	}
+	slices.Sort(rooms)
+	return rooms
 }
 
 func (s *Stream) has(channel string) bool {

@@ -2,7 +2,6 @@ package stream
 
 import (
 	"context"
-	"slices"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -53,13 +52,8 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 		return h.catchUp(ctx, s, out)
 	}
 	pos, err := h.history.Position(ctx)
-	if err != nil && ctx.Err() != nil {
-		return ReasonClient
-	}
 	if err != nil {
-		h.log.Warn("stream ended: no position from redis", "user", s.User, "err", err)
-		h.endRetry(s, ReasonRedis)
-		return ""
+		return h.redisFailed(ctx, s, "no position from redis", err)
 	}
 	frames := [][]byte{readyFrame(s.User, rooms, h.opts.Retry, pos.String())}
 	if reset != "" {
@@ -97,12 +91,7 @@ func (h *Hub) catchUp(ctx context.Context, s *Stream, out sink) string {
 			// force, or an event between the read and the subscription
 			// would be missed.
 			if err := h.sub.Sync(ctx); err != nil {
-				if ctx.Err() != nil {
-					return ReasonClient
-				}
-				h.log.Warn("stream ended: subscription not confirmed", "user", s.User, "err", err)
-				h.endRetry(s, ReasonRedis)
-				return ""
+				return h.redisFailed(ctx, s, "subscription not confirmed", err)
 			}
 			for c := range st.base {
 				synced[c] = true
@@ -119,6 +108,19 @@ func (h *Hub) catchUp(ctx context.Context, s *Stream, out sink) string {
 		// skipped: another pass, from where this one stopped.
 		s.replayFrom(pos)
 	}
+}
+
+// redisFailed ends s after a Redis error, with a retry hint so that it
+// resumes by its own id, unless the error is the client's leaving (its
+// context ended). It returns what the writer returns: why the stream ended
+// if it did so at once, else "" (the writer then writes the final frame).
+func (h *Hub) redisFailed(ctx context.Context, s *Stream, what string, err error) string {
+	if ctx.Err() != nil {
+		return ReasonClient
+	}
+	h.log.Warn("stream ended: "+what, "user", s.User, "err", err)
+	h.endRetry(s, ReasonRedis)
+	return ""
 }
 
 // goLive lets live events flow on s once its replay reached pos; a stream
@@ -171,15 +173,9 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			after[i] = st.from.Max(st.base[c]).Max(*horizon)
 		}
 		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
-		if err != nil && ctx.Err() != nil {
-			release()
-			return pos, ReasonClient, false // the client left during the read
-		}
 		if err != nil {
 			release()
-			h.log.Warn("stream ended: history could not be read", "user", s.User, "err", err)
-			h.endRetry(s, ReasonRedis)
-			return pos, "", false
+			return pos, h.redisFailed(ctx, s, "history could not be read", err), false
 		}
 		var frames [][]byte
 		if page.Reset != "" {
@@ -234,16 +230,4 @@ func (h *Hub) replaySlot(ctx context.Context, s *Stream) (func(), error) {
 	}
 	h.metrics.ReplayPages.Inc()
 	return func() { <-h.replaySlots; h.metrics.ReplayPages.Dec() }, nil
-}
-
-// rooms returns the rooms a stream is attached to, sorted.
-func (s *Stream) rooms() []string {
-	var rooms []string
-	for _, c := range s.channelList() {
-		if r, ok := wire.RoomOf(c); ok {
-			rooms = append(rooms, r)
-		}
-	}
-	slices.Sort(rooms)
-	return rooms
 }
