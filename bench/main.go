@@ -6,10 +6,13 @@
 // ssebridge's durable script, or an HTTP publish API), each carrying its send
 // time and a sequence number, and reports connections, deliveries expected
 // and received, losses, duplicates, latency percentiles, throughput, the
-// server's memory per stream and its Redis connections, as text and as a
-// final JSON line.
+// server's memory per stream, the CPU used per delivery by the server, by
+// this generator and by Redis, and the server's Redis connections, as text
+// and as a final JSON line (with the latency distribution, for plots).
+// With -storm it also drops every stream halfway and measures their return
+// (storm.go).
 //
-//	go run ./bench -n 10000 -sessions -events 100 -rate 5
+//	go run ./bench -n 10000 -sessions -events 100 -rate 5 -pid PID
 package main
 
 import (
@@ -58,6 +61,21 @@ type Result struct {
 	RSSEndKiB       int64   `json:"rss_end_kib,omitempty"`
 	RSSPerStreamKiB float64 `json:"rss_per_stream_kib,omitempty"`
 	RedisConns      int     `json:"redis_connections,omitempty"`
+
+	// CPU, user and system, over the window from the first publish to the
+	// last delivery (or the end of the drain): the server's from /proc
+	// (with -pid), this generator's own, Redis's from INFO.
+	WindowSeconds       float64 `json:"window_seconds"`
+	ServerCPUSeconds    float64 `json:"server_cpu_seconds,omitempty"`
+	ServerCPUPerDelivUs float64 `json:"server_cpu_us_per_delivery,omitempty"`
+	BenchCPUSeconds     float64 `json:"bench_cpu_seconds"`
+	BenchCPUPerDelivUs  float64 `json:"bench_cpu_us_per_delivery"`
+	RedisCPUSeconds     float64 `json:"redis_cpu_seconds"`
+
+	// LatencyQuantilesMs[k] is the latency, in ms, at quantile k/1000.
+	LatencyQuantilesMs []float64 `json:"latency_quantiles_ms,omitempty"`
+
+	Storm *StormResult `json:"storm,omitempty"`
 }
 
 func main() {
@@ -80,6 +98,8 @@ func main() {
 		pid        = flag.Int("pid", 0, "the server's pid, to report its memory")
 		sources    = flag.Int("sources", 0, "loopback source addresses 127.0.0.2… to spread connections over (0: one per 20,000)")
 		drain      = flag.Duration("drain", 10*time.Second, "how long to wait for late deliveries after the last publish")
+		stormOn    = flag.Bool("storm", false, "halfway through publishing, drop every stream at once and reconnect each with Last-Event-ID (needs -publish script)")
+		jitter     = flag.Duration("jitter", time.Second, "with -storm: reconnections are spread at random over this long")
 	)
 	var header headers
 	flag.Var(&header, "header", `request header, repeatable; {i} is the stream's number (default "Authorization: Bearer bench{i}")`)
@@ -91,6 +111,7 @@ func main() {
 		target: *target, n: *n, offset: *offset, scenario: *scenario, events: *events, rate: *rate, slow: *slow,
 		mode: *mode, redisURL: *redisURL, prefix: *prefix, sessions: *sessions, httpURL: *httpURL, httpKey: *httpKey,
 		httpStyle: *httpStyle, centSecret: *centSecret, pid: *pid, sources: *sources, drain: *drain, header: header,
+		storm: *stormOn, jitter: *jitter,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -98,7 +119,7 @@ func main() {
 	}
 	b, _ := json.Marshal(res)
 	fmt.Println(string(b))
-	if res.Lost > 0 || res.Duplicated > 0 || res.Connected < res.Streams {
+	if res.Lost > 0 || res.Duplicated > 0 || res.Connected < res.Streams || (res.Storm != nil && res.Storm.Resumed < res.Connected) {
 		os.Exit(3)
 	}
 }
@@ -107,8 +128,8 @@ type config struct {
 	target, scenario, mode, redisURL, prefix, httpURL, httpKey, httpStyle, centSecret string
 	n, offset, events, slow, pid, sources                                             int
 	rate                                                                              float64
-	sessions                                                                          bool
-	drain                                                                             time.Duration
+	sessions, storm                                                                   bool
+	drain, jitter                                                                     time.Duration
 	header                                                                            []string
 }
 
@@ -128,6 +149,9 @@ func (c config) channel(seq int) (string, int) {
 func run(c config) (Result, error) {
 	ctx := context.Background()
 	res := Result{Scenario: c.scenario, Streams: c.n, Slow: c.slow, Events: c.events, Rate: c.rate}
+	if c.storm && (c.mode != "script" || c.slow > 0 || c.jitter <= 0) {
+		return res, fmt.Errorf("-storm needs -publish script, no -slow and a positive -jitter")
+	}
 	raiseFileLimit()
 	opts, err := redis.ParseURL(c.redisURL)
 	if err != nil {
@@ -151,20 +175,12 @@ func run(c config) (Result, error) {
 	next := make(chan int)
 	var failed atomic.Int64
 	var firstErr atomic.Value
-	srcs := c.sources
-	if srcs == 0 {
-		srcs = c.n/20000 + 1
-	}
 	for range 64 {
 		wg.Go(func() {
 			for k := range next {
 				i := c.offset + k
 				u, path := streamURL(c, i)
-				var src net.IP
-				if srcs > 1 {
-					src = net.IPv4(127, 0, 0, byte(2+k%srcs))
-				}
-				s, err := dial(ctx, i, u, path, c.header, src, c.events)
+				s, err := dial(ctx, i, u, path, c.header, source(c, k), c.events)
 				if err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
@@ -231,20 +247,29 @@ func run(c config) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	cpu := startCPU(ctx, c.pid, rdb)
 	pubStart := time.Now()
 	interval := time.Duration(float64(time.Second) / c.rate)
+	stormDone := make(chan *StormResult, 1)
 	for seq := range c.events {
+		if c.storm && seq == c.events/2 {
+			go func() { stormDone <- storm(ctx, c, rdb, streams, &readers, &delivered) }()
+		}
 		time.Sleep(time.Until(pubStart.Add(time.Duration(seq) * interval)))
 		ch, _ := c.channel(seq)
 		if err := pub(ctx, ch, benchPayload(seq)); err != nil {
 			return res, fmt.Errorf("publishing event %d: %w", seq, err)
 		}
 	}
+	if c.storm {
+		res.Storm = <-stormDone
+	}
 	deadline := time.Now().Add(c.drain)
 	for delivered.Load() < res.Expected && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	elapsed := time.Since(pubStart)
+	serverCPU, benchCPU, redisCPUUsed := cpu.stop(ctx, rdb)
 	res.RSSEndKiB = rssKiB(c.pid)
 	for _, s := range streams {
 		if s != nil {
@@ -263,13 +288,41 @@ func run(c config) (Result, error) {
 		res.Duplicated += int64(s.dups)
 		res.Lost += expected[k] - u
 		lat = append(lat, s.lat...)
+		if res.Storm != nil {
+			res.Storm.Resets += s.resets
+			if expected[k] == u && s.dups == 0 {
+				res.Storm.Intact++
+			}
+		}
 	}
 	p50, p90, p99, max := percentiles(lat)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	res.P50ms, res.P90ms, res.P99ms, res.MaxMs = ms(p50), ms(p90), ms(p99), ms(max)
+	res.LatencyQuantilesMs = quantiles(lat)
 	res.DeliveriesPerS = float64(res.Received) / elapsed.Seconds()
+	res.WindowSeconds = elapsed.Seconds()
+	res.ServerCPUSeconds, res.BenchCPUSeconds, res.RedisCPUSeconds = serverCPU.Seconds(), benchCPU.Seconds(), redisCPUUsed.Seconds()
+	if res.Received > 0 {
+		res.BenchCPUPerDelivUs = float64(benchCPU.Microseconds()) / float64(res.Received)
+		if c.pid != 0 {
+			res.ServerCPUPerDelivUs = float64(serverCPU.Microseconds()) / float64(res.Received)
+		}
+	}
 	report(res)
 	return res, nil
+}
+
+// source is the loopback address stream number k connects from (nil: any):
+// past 20,000 streams one address runs out of ports.
+func source(c config, k int) net.IP {
+	srcs := c.sources
+	if srcs == 0 {
+		srcs = c.n/20000 + 1
+	}
+	if srcs == 1 {
+		return nil
+	}
+	return net.IPv4(127, 0, 0, byte(2+k%srcs))
 }
 
 // streamURL returns where stream i connects, and its request path.
@@ -343,5 +396,13 @@ func report(r Result) {
 		fmt.Fprintf(os.Stderr, "server RSS: %d MiB before, %d MiB idle with the streams (%.1f KiB per stream), %d MiB at the end\n",
 			r.RSSBaseKiB/1024, r.RSSIdleKiB/1024, r.RSSPerStreamKiB, r.RSSEndKiB/1024)
 	}
+	fmt.Fprintf(os.Stderr, "CPU over %.1fs: server %.2fs (%.2f µs per delivery), load generator %.2fs (%.2f µs per delivery), Redis %.2fs\n",
+		r.WindowSeconds, r.ServerCPUSeconds, r.ServerCPUPerDelivUs, r.BenchCPUSeconds, r.BenchCPUPerDelivUs, r.RedisCPUSeconds)
 	fmt.Fprintf(os.Stderr, "redis connections (other than the bench's): %d\n", r.RedisConns)
+	if s := r.Storm; s != nil {
+		fmt.Fprintf(os.Stderr, "storm: %d resumed, %d with every event once, %d resets; last live %.2fs after the drop (jitter %.1fs); refusals %v (%d unexpected), %d connection errors\n",
+			s.Resumed, s.Intact, s.Resets, s.LastLiveSeconds, s.JitterSeconds, s.Refused, s.Unexpected, s.Errors)
+		fmt.Fprintf(os.Stderr, "storm: server RSS %d MiB before, %d MiB at most; Redis commands/s %.0f before, %.0f during (peak %.0f over 100 ms): %v\n",
+			s.RSSBeforeKiB/1024, s.RSSPeakKiB/1024, s.RedisBaselinePerS, s.RedisPerS, s.RedisPeakPerS, s.RedisCommands)
+	}
 }

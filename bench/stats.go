@@ -38,3 +38,20 @@ func rssKiB(pid int) int64 {
 	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
 	return n
 }
+
+// quantileSteps is how finely the JSON result draws the latency
+// distribution: the latency at every 1/quantileSteps of the deliveries.
+const quantileSteps = 1000
+
+// quantiles returns the latencies, in ms, at q = 0, 1/quantileSteps, … 1,
+// of latencies in µs sorted by percentiles: enough to draw a CDF.
+func quantiles(sorted []int32) []float64 {
+	if len(sorted) == 0 {
+		return nil
+	}
+	out := make([]float64, quantileSteps+1)
+	for k := range out {
+		out[k] = float64(sorted[k*(len(sorted)-1)/quantileSteps]) / 1000
+	}
+	return out
+}

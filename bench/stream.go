@@ -14,14 +14,20 @@ import (
 	"time"
 )
 
-// stream is one open SSE connection, read by one goroutine over a bare TCP
+// stream is one SSE stream, read by one goroutine over a bare TCP
 // connection: a bench holding 15,000 streams cannot afford net/http's three
 // goroutines and buffers per connection on the 2 cores it shares with the
-// server under test.
+// server under test. Its record of what arrived outlives the connection, so
+// a stream that reconnects (the storm) is counted as one.
 type stream struct {
 	i    int
 	conn net.Conn
 	r    *bufio.Reader // the de-chunked body
+
+	done    chan struct{} // closed when read returns
+	lastID  string        // the id of the last complete block that had one
+	pending string        // the id of the block being read
+	resets  int           // event: reset blocks received
 
 	got  []uint64 // bitmap of the sequence numbers received
 	recv int      // deliveries, duplicates included
@@ -29,81 +35,135 @@ type stream struct {
 	lat  []int32 // delivery latencies, µs
 }
 
-// dial opens stream i and reads until the server has answered 200 and sent
-// its first event (a stream is "connected" once it can receive).
+// refusal is a non-200 answer to a stream's request.
+type refusal struct {
+	status     int
+	retryAfter string
+}
+
+func (r *refusal) Error() string {
+	return fmt.Sprintf("answer %d (Retry-After %q)", r.status, r.retryAfter)
+}
+
+// dial opens stream i; see connect.
 func dial(ctx context.Context, i int, target *url.URL, rawPath string, header []string, src net.IP, events int) (*stream, error) {
+	s := &stream{i: i, got: make([]uint64, (events+63)/64), done: make(chan struct{})}
+	if err := s.connect(ctx, target, rawPath, header, src); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// connect opens the stream's connection, with Last-Event-ID once the stream
+// has seen an id, and reads until the server has answered 200 and sent its
+// first block (a stream is "connected" once it can receive). A non-200
+// answer is a *refusal.
+func (s *stream) connect(ctx context.Context, target *url.URL, rawPath string, header []string, src net.IP) error {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if src != nil {
 		d.LocalAddr = &net.TCPAddr{IP: src}
 	}
 	conn, err := d.DialContext(ctx, "tcp", target.Host)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var req strings.Builder
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n", rawPath, target.Host)
 	for _, h := range header {
-		req.WriteString(strings.ReplaceAll(h, "{i}", strconv.Itoa(i)))
+		req.WriteString(strings.ReplaceAll(h, "{i}", strconv.Itoa(s.i)))
 		req.WriteString("\r\n")
+	}
+	if s.lastID != "" {
+		req.WriteString("Last-Event-ID: " + s.lastID + "\r\n")
 	}
 	req.WriteString("\r\n")
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := conn.Write([]byte(req.String())); err != nil {
 		conn.Close()
-		return nil, err
+		return err
 	}
 	br := bufio.NewReaderSize(conn, 4096)
 	status, err := br.ReadString('\n')
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("reading status: %w", err)
+		return fmt.Errorf("reading status: %w", err)
 	}
-	if !strings.Contains(status, " 200 ") {
-		conn.Close()
-		return nil, fmt.Errorf("answer: %s", strings.TrimSpace(status))
+	var refused *refusal
+	if f := strings.Fields(status); len(f) < 2 || f[1] != "200" {
+		refused = &refusal{}
+		if len(f) >= 2 {
+			refused.status, _ = strconv.Atoi(f[1])
+		}
 	}
 	chunked := false
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
 			conn.Close()
-			return nil, err
+			return err
 		}
 		if line == "\r\n" {
 			break
 		}
-		if strings.EqualFold(strings.TrimSpace(line), "Transfer-Encoding: chunked") {
+		name, value, _ := strings.Cut(line, ":")
+		value = strings.TrimSpace(value)
+		switch {
+		case strings.EqualFold(name, "Transfer-Encoding") && strings.EqualFold(value, "chunked"):
 			chunked = true
+		case strings.EqualFold(name, "Retry-After") && refused != nil:
+			refused.retryAfter = value
 		}
 	}
-	s := &stream{i: i, conn: conn, r: br, got: make([]uint64, (events+63)/64)}
+	if refused != nil {
+		conn.Close()
+		return refused
+	}
+	s.conn, s.r = conn, br
 	if chunked {
 		s.r = bufio.NewReaderSize(httputil.NewChunkedReader(br), 4096)
 	}
 	// Wait for the first block (ssebridge's ready, Centrifugo's connect
-	// reply): from then on, the stream is subscribed.
+	// reply): from then on, the stream is subscribed. Its id, if any, is
+	// where a resume starts.
 	for {
 		line, err := s.r.ReadSlice('\n')
 		if err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("waiting for the first event: %w", err)
+			return fmt.Errorf("waiting for the first event: %w", err)
 		}
 		if len(bytes.TrimSpace(line)) == 0 {
 			break
 		}
+		if id, ok := bytes.CutPrefix(line, []byte("id:")); ok {
+			s.lastID = string(bytes.TrimSpace(id))
+		}
 	}
 	_ = conn.SetDeadline(time.Time{})
-	return s, nil
+	return nil
 }
 
 var marker = []byte(`"bench":{"t":`)
 
 // read records every bench event until the connection ends.
 func (s *stream) read(delivered *atomic.Int64) {
+	defer close(s.done)
 	for {
 		line, err := s.r.ReadSlice('\n')
 		if err != nil {
 			return
+		}
+		switch {
+		case len(bytes.TrimSpace(line)) == 0: // the end of a block: its id counts
+			if s.pending != "" {
+				s.lastID, s.pending = s.pending, ""
+			}
+			continue
+		case bytes.HasPrefix(line, []byte("id:")):
+			s.pending = string(bytes.TrimSpace(line[3:]))
+			continue
+		case bytes.HasPrefix(line, []byte("event: reset")):
+			s.resets++
+			continue
 		}
 		i := bytes.Index(line, marker)
 		if i < 0 || !bytes.HasPrefix(line, []byte("data:")) {

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Markdown tables from the JSON lines of bench/compare.sh.
+
+    bench/table.py bench/results/20261126T160000Z.jsonl [more.jsonl ...]
+
+One row per measurement: streams, RSS per idle stream, deliveries/s,
+latency, losses, and CPU per delivery of the server under test and of the
+load generator (beside it, so that a saturated generator is not mistaken for
+a server's limit). Storm runs get a table of their own.
+"""
+import json
+import sys
+
+
+def rows(paths):
+    for path in paths:
+        for line in open(path):
+            r = json.loads(line)
+            if r.get("result"):
+                yield r
+
+
+def main(paths):
+    runs = list(rows(paths))
+    print("| round | system | load | streams | RSS/stream KiB | deliveries/s | p50 ms | p99 ms | lost | dup "
+          "| server CPU µs/delivery | generator CPU µs/delivery | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        x = r["result"]
+        print(f'| {r["round"]} | {r["system"]} | {r["load"]} | {x["connected"]:,} | {x.get("rss_per_stream_kib", 0):.1f} '
+              f'| {x["deliveries_per_s"]:,.0f} | {x["p50_ms"]:,.0f} | {x["p99_ms"]:,.0f} | {x["lost"]:,} | {x["duplicated"]:,} '
+              f'| {x.get("server_cpu_us_per_delivery", 0):.2f} | {x.get("bench_cpu_us_per_delivery", 0):.2f} | {r.get("loadavg", "")} |')
+    storms = [r for r in runs if r["result"].get("storm")]
+    if not storms:
+        return
+    print()
+    print("| streams | resumed | every event once | resets | last live s | refusals (status: count) | unexpected "
+          "| RSS before → peak MiB | Redis cmd/s before / during / peak | commands during the storm |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in storms:
+        x, s = r["result"], r["result"]["storm"]
+        refused = ", ".join(f"{k}: {v}" for k, v in sorted(s.get("refused", {}).items())) or "none"
+        cmds = ", ".join(f"{k} {v:,}" for k, v in sorted(s["redis_commands"].items(), key=lambda kv: -kv[1]))
+        print(f'| {x["connected"]:,} | {s["resumed"]:,} | {s["intact"]:,} | {s["resets"]} | {s["last_live_seconds"]:.2f} '
+              f'| {refused} | {s["unexpected_refusals"]} | {s.get("rss_before_kib", 0) // 1024} → {s.get("rss_peak_kib", 0) // 1024} '
+              f'| {s["redis_baseline_commands_per_s"]:,.0f} / {s["redis_commands_per_s"]:,.0f} / {s["redis_peak_commands_per_s"]:,.0f} | {cmds} |')
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
