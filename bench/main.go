@@ -402,7 +402,7 @@ func report(r Result) {
 	if s := r.Storm; s != nil {
 		fmt.Fprintf(os.Stderr, "storm: %d resumed, %d with every event once, %d resets; last live %.2fs after the drop (jitter %.1fs); refusals %v (%d unexpected), %d connection errors\n",
 			s.Resumed, s.Intact, s.Resets, s.LastLiveSeconds, s.JitterSeconds, s.Refused, s.Unexpected, s.Errors)
-		fmt.Fprintf(os.Stderr, "storm: server RSS %d MiB before, %d MiB at most; Redis commands/s %.0f before, %.0f during (peak %.0f over 100 ms): %v\n",
-			s.RSSBeforeKiB/1024, s.RSSPeakKiB/1024, s.RedisBaselinePerS, s.RedisPerS, s.RedisPeakPerS, s.RedisCommands)
+		fmt.Fprintf(os.Stderr, "storm: server RSS %d MiB before, %d MiB at most; Redis commands/s %.0f before, %.0f during (peak %.0f over 100 ms), Redis CPU %.2fs: %v\n",
+			s.RSSBeforeKiB/1024, s.RSSPeakKiB/1024, s.RedisBaselinePerS, s.RedisPerS, s.RedisPeakPerS, s.RedisCPUSeconds, s.RedisCommands)
 	}
 }

@@ -41,6 +41,8 @@ type StormResult struct {
 	RedisPerS         float64          `json:"redis_commands_per_s"`
 	RedisPeakPerS     float64          `json:"redis_peak_commands_per_s"`
 	RedisCommands     map[string]int64 `json:"redis_commands"`
+	// RedisCPUSeconds is Redis's CPU from the drop to the last stream live.
+	RedisCPUSeconds float64 `json:"redis_cpu_seconds"`
 }
 
 // stormGiveUp bounds how long a stream keeps trying to come back.
@@ -79,6 +81,7 @@ func storm(ctx context.Context, c config, rdb *redis.Client, streams []*stream, 
 		}
 	}()
 
+	cpuBefore := redisCPU(ctx, rdb)
 	drop := time.Now()
 	for _, s := range streams {
 		if s != nil {
@@ -118,6 +121,7 @@ func storm(ctx context.Context, c config, rdb *redis.Client, streams []*stream, 
 	close(sampling)
 	<-sampled
 	res.LastLiveSeconds = lastLive.Seconds()
+	res.RedisCPUSeconds = (redisCPU(ctx, rdb) - cpuBefore).Seconds()
 	res.RedisPerS = (redisInfo(ctx, rdb, "stats")["total_commands_processed"] - dropTotal) / time.Since(drop).Seconds()
 	res.RedisCommands = map[string]int64{}
 	for name, n := range commandCalls(ctx, rdb) {

@@ -35,15 +35,15 @@ def main(paths):
         return
     print()
     print("| streams | resumed | every event once | resets | last live s | refusals (status: count) | unexpected "
-          "| RSS before → peak MiB | Redis cmd/s before / during / peak | commands during the storm |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| RSS before → peak MiB | Redis cmd/s before / during / peak | Redis CPU s | commands during the storm |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in storms:
         x, s = r["result"], r["result"]["storm"]
         refused = ", ".join(f"{k}: {v}" for k, v in sorted(s.get("refused", {}).items())) or "none"
         cmds = ", ".join(f"{k} {v:,}" for k, v in sorted(s["redis_commands"].items(), key=lambda kv: -kv[1]))
         print(f'| {x["connected"]:,} | {s["resumed"]:,} | {s["intact"]:,} | {s["resets"]} | {s["last_live_seconds"]:.2f} '
               f'| {refused} | {s["unexpected_refusals"]} | {s.get("rss_before_kib", 0) // 1024} → {s.get("rss_peak_kib", 0) // 1024} '
-              f'| {s["redis_baseline_commands_per_s"]:,.0f} / {s["redis_commands_per_s"]:,.0f} / {s["redis_peak_commands_per_s"]:,.0f} | {cmds} |')
+              f'| {s["redis_baseline_commands_per_s"]:,.0f} / {s["redis_commands_per_s"]:,.0f} / {s["redis_peak_commands_per_s"]:,.0f} | {s.get("redis_cpu_seconds", 0):.2f} | {cmds} |')
 
 
 if __name__ == "__main__":
