@@ -1,17 +1,18 @@
 #!/usr/bin/python3
 """Plots for BENCHMARKS.md from the JSON lines of bench/compare.sh.
 
-    /usr/bin/python3 bench/plot.py -o docs/images bench/data/*.jsonl
+    /usr/bin/python3 bench/plot.py -o docs/images \
+        --side-by-side bench/data/side-by-side-10k.jsonl --memory bench/data/memory-by-streams.jsonl
 
-Draws, from whichever runs the files hold:
+Draws:
 
-- latency-cdf.png: the latency CDF of every system, one panel per load, at
-  the largest number of streams measured (every round drawn, one colour per
-  system);
-- memory-per-stream.png: RSS per idle stream against the number of
-  streams, one line per system (the median over the runs at each size);
-- cpu-per-delivery.png: CPU per delivery of the server and of the load
-  generator, per system and load (the median over rounds).
+- from the --side-by-side runs, latency-cdf.png: the latency CDF of every
+  system, one panel per load (every round drawn, one colour per system),
+  and cpu-per-delivery.png: CPU per delivery of the server and of the load
+  generator, per system and load (the median over rounds);
+- from the --memory runs (one compare.sh run over several N),
+  memory-per-stream.png: RSS per idle stream against the number of
+  streams, one line per system (the median over the runs at each size).
 
 Needs Debian's matplotlib (apt-get install python3-matplotlib); plots are
 not part of CI.
@@ -145,13 +146,14 @@ def cpu(runs, out):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-o", "--out", default="docs/images", help="directory for the PNGs")
-    p.add_argument("files", nargs="+", help="JSON lines written by bench/compare.sh")
+    p.add_argument("--side-by-side", nargs="*", default=[], help="JSON lines of compare.sh at one N")
+    p.add_argument("--memory", nargs="*", default=[], help="JSON lines of compare.sh over several N")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    runs = load(a.files)
-    latency_cdf(runs, a.out)
-    memory(runs, a.out)
-    cpu(runs, a.out)
+    side = load(a.side_by_side)
+    latency_cdf(side, a.out)
+    cpu(side, a.out)
+    memory(load(a.memory), a.out)
 
 
 if __name__ == "__main__":

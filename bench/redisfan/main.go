@@ -88,7 +88,7 @@ func main() {
 			if _, err := c.Write(resp(subCmd, n)); err != nil {
 				log.Fatal(err)
 			}
-			for range 7 { // *3 $k kind $k channel :count
+			for range 6 { // *3, $k, kind, $k, channel, :count
 				if _, err := r.ReadSlice('\n'); err != nil {
 					log.Fatal(err)
 				}
