@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Tests of the hardening issue: each reproduces a way the service lost
 // events, kept revoked access or could be exhausted cheaply, against a real
@@ -479,7 +479,7 @@ func TestShutdownCutsBlockedWriters(t *testing.T) {
 // holds a few MB of it, not the histories (which took it to 2.86 GB).
 func TestMassResumeMemory(t *testing.T) {
 	r := redistest.Start(t)
-	p := startBinary(t, map[string]string{
+	p := startPlainBinary(t, map[string]string{ // without -race: a true memory figure
 		"REDIS_URL": r.URL(), "HISTORY_MAXLEN": "1000", "MAX_EVENT_BYTES": "65536",
 		"REPLAY_MAX_BYTES": "134217728", "REPLAY_INFLIGHT_BYTES": "4194304", "WRITE_TIMEOUT": "1m",
 	})

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -259,7 +259,7 @@ func TestChaos(t *testing.T) {
 				p := procs[1]
 				procs[1] = nil
 				mu.Unlock()
-				_ = p.cmd.Process.Kill()
+				p.kill()
 			}},
 			{7 * time.Second, "instance 2 started again", func() {
 				p := startBinary(t, vars)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,7 +61,7 @@ func freeAddr(t *testing.T) string {
 // repository's clients/django first on the path: the package under test, not
 // one that may be installed.
 func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
-	pkg, err := filepath.Abs(filepath.Join("clients", "django"))
+	pkg, err := filepath.Abs(filepath.Join(repoRoot, "clients", "django"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +70,7 @@ func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
 		pythonPath += string(os.PathListSeparator) + p
 	}
 	cmd := exec.Command(python, "manage.py", "runserver", addr, "--noreload")
-	cmd.Dir = filepath.Join("examples", "django")
+	cmd.Dir = filepath.Join(repoRoot, "examples", "django")
 	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "SSE_URL="+sseURL, "PYTHONUNBUFFERED=1", "PYTHONPATH="+pythonPath)
 	log, err := os.Create(filepath.Join(t.TempDir(), "django.log"))
 	if err != nil {
@@ -298,13 +297,9 @@ func TestBrowserFlow(t *testing.T) {
 
 	t.Run("messages posted while ssebridge restarts arrive once, in order", func(t *testing.T) {
 		alice, bob := alice.on(t), bob.on(t)
-		if err := sse.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-sse.done; err != nil {
+		if err := sse.stop(); err != nil {
 			t.Fatalf("ssebridge exit: %v", err)
 		}
-		sse.done <- nil
 		for i := 1; i <= 3; i++ {
 			alice.post(fmt.Sprintf("during the restart %d", i))
 		}
@@ -370,7 +365,7 @@ func screenshot(t *testing.T, p page, name string) {
 	}
 	dir := os.Getenv("ARTIFACTS_DIR")
 	if dir == "" {
-		dir = "artifacts"
+		dir = filepath.Join(repoRoot, "artifacts")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
