@@ -376,3 +376,65 @@ func screenshot(t *testing.T, p page, name string) {
 	}
 	t.Logf("screenshot: %s", path)
 }
+
+// TestDjangoChatOrigins: the Django chat through the package
+// (clients/django), with the page opened at http://localhost:<port> and at
+// http://127.0.0.1:<port>, configured as examples/django/README.md tells
+// users to: ssebridge's ALLOWED_ORIGINS lists both origins, and Django's
+// SSE_URL names ssebridge on the same host name as the page. At each: two
+// people log in with the lobby ticked, one sees the other's message, and
+// logging out ends the stream (in the tab that stays open).
+func TestDjangoChatOrigins(t *testing.T) {
+	browserPrereqs(t)
+	r := redistest.Start(t)
+	djangoPort := port(freeAddr(t))
+	origins := "http://127.0.0.1:" + djangoPort + ",http://localhost:" + djangoPort
+	sse := startBinary(t, map[string]string{"REDIS_URL": r.URL(), "ALLOWED_ORIGINS": origins})
+	browser := browserWith(t)
+	for _, host := range []string{"localhost", "127.0.0.1"} {
+		t.Run(host, func(t *testing.T) {
+			// Django on 127.0.0.1 (localhost reaches it too), its pages
+			// naming ssebridge on the page's host name.
+			startDjango(t, "127.0.0.1:"+djangoPort, r.URL(), "http://"+host+":"+port(sse.addr))
+			django := "http://" + host + ":" + djangoPort
+			person := func(name string) page {
+				ctx, _ := chromedp.NewContext(browser, chromedp.WithNewBrowserContext()) // cookies of its own
+				if err := chromedp.Do(ctx); err != nil {
+					t.Fatal(err)
+				}
+				return page{t, name + " at " + host, ctx}
+			}
+			alice, bob := person("alice"), person("bob")
+			alice.signIn(django, "alice", "lobby")
+			bob.signIn(django, "bob", "lobby")
+			if got := bob.eval(`[location.origin]`); got[0] != django {
+				t.Fatalf("bob's page is at %q, want %q", got[0], django)
+			}
+			text := "hello from alice at " + host
+			alice.post(text)
+			bob.await("alice's message", fmt.Sprintf(`Array.from(document.querySelectorAll('#messages li')).some(li => li.textContent === %q)`, "alice: "+text))
+			screenshot(t, bob, "django-chat-"+host+".png")
+			// Bob's second tab keeps its page (and stream) while the first
+			// signs out: its stream ends with the logout.
+			ctx, _ := chromedp.NewContext(bob.ctx)
+			if err := chromedp.Do(ctx); err != nil { // opens the tab, with no timeout
+				t.Fatal(err)
+			}
+			bob2 := page{t, "bob's second tab at " + host, ctx}
+			bob2.do(chromedp.Navigate(django+"/me"), chromedp.WaitVisible("#dms"))
+			bob2.await("bob's second stream", `document.getElementById('status').textContent === 'live'`)
+			bob.do(chromedp.Click("#signout"), chromedp.WaitVisible("#signin"))
+			bob2.await("bob's stream to end", `document.getElementById('status').textContent === 'signed out'`)
+		})
+	}
+	// Both origins were let in, and none refused.
+	resp, err := http.Get("http://" + sse.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if strings.Contains(string(body), `ssebridge_handshakes_refused_total{reason="origin"}`) {
+		t.Errorf("a stream was refused for its origin:\n%s", body)
+	}
+}
