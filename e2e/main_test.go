@@ -157,10 +157,7 @@ func startServer(t testing.TB, path string, vars map[string]string) *proc {
 func launch(t testing.TB, path string, args []string, env map[string]string, onLine func(string)) *proc {
 	t.Helper()
 	cmd := exec.Command(path, args...)
-	cmd.Env = os.Environ()
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
+	cmd.Env = environ(env)
 	p := &proc{t: t, cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout = p.stdout
 	stderr, err := cmd.StderrPipe()
@@ -198,6 +195,23 @@ func launch(t testing.TB, path string, args []string, env map[string]string, onL
 func (p *proc) awaitLog(t testing.TB, s string, within time.Duration) {
 	t.Helper()
 	eventually(t, within, "ssebridge to log "+s, func() bool { return strings.Contains(p.stderr.String(), s) })
+}
+
+// environ is the test's environment with env on top, for a process of
+// ssebridge. A binary built with -race sleeps a second when it exits (the
+// race detector's atexit_sleep_ms, for reports from other threads): a
+// second per process, over a minute for the suite, so it is set to 0
+// unless GORACE says otherwise. A race found while it runs is reported as
+// ever.
+func environ(env map[string]string) []string {
+	out := os.Environ()
+	if gorace := os.Getenv("GORACE"); !strings.Contains(gorace, "atexit_sleep_ms") {
+		out = append(out, "GORACE="+strings.TrimSpace(gorace+" atexit_sleep_ms=0"))
+	}
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out
 }
 
 // pid is the process's id.
@@ -286,10 +300,7 @@ func runCommand(t testing.TB, env map[string]string, args ...string) (stdout, st
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Env = os.Environ()
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
+	cmd.Env = environ(env)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
