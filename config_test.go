@@ -1,9 +1,7 @@
 package main
 
 import (
-	"errors"
-	"os"
-	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,22 +49,50 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
-// TestLoadConfigREADME: the configuration error the README quotes is the
-// one the binary prints.
-func TestLoadConfigREADME(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
+func TestSentinelConfig(t *testing.T) {
+	cfg, err := loadConfig(map[string]string{"REDIS_SENTINEL_ADDRS": " 10.0.0.1:26379, s2:26379,", "REDIS_SENTINEL_MASTER": "mymaster",
+		"REDIS_SENTINEL_PASSWORD": "s", "REDIS_PASSWORD": "d", "DURABLE_WAIT_REPLICAS": "1"})
+	if err != nil || !slices.Equal(cfg.RedisSentinelAddrs, []string{"10.0.0.1:26379", "s2:26379"}) || cfg.DurableWaitTimeout != time.Second {
+		t.Fatalf("sentinel config: %+v %v", cfg, err)
 	}
-	cmd := exec.Command(binary)
-	cmd.Env = []string{"HEARTBEAT_INTERVAL=soon"}
-	out, err := cmd.CombinedOutput()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
-		t.Fatalf("exit: %v, want 2; output %s", err, out)
+	for _, tt := range []struct {
+		name    string
+		environ map[string]string
+		errHas  []string
+	}{
+		{"both", map[string]string{"REDIS_URL": "redis://r:6379", "REDIS_SENTINEL_ADDRS": "s:26379", "REDIS_SENTINEL_MASTER": "m"}, []string{"REDIS_URL", "REDIS_SENTINEL_ADDRS", "exclusive"}},
+		{"no master", map[string]string{"REDIS_SENTINEL_ADDRS": "s:26379"}, []string{"REDIS_SENTINEL_MASTER"}},
+		{"master alone", map[string]string{"REDIS_SENTINEL_MASTER": "m"}, []string{"REDIS_SENTINEL_ADDRS"}},
+		{"not host:port", map[string]string{"REDIS_SENTINEL_ADDRS": "s26379", "REDIS_SENTINEL_MASTER": "m"}, []string{"REDIS_SENTINEL_ADDRS", "s26379"}},
+		{"password for the embedded server", map[string]string{"REDIS_PASSWORD": "x"}, []string{"REDIS_PASSWORD"}},
+		{"negative wait", map[string]string{"DURABLE_WAIT_REPLICAS": "-1"}, []string{"DURABLE_WAIT_REPLICAS"}},
+		{"wait on the embedded server", map[string]string{"DURABLE_WAIT_REPLICAS": "1"}, []string{"DURABLE_WAIT_REPLICAS", "REDIS_URL"}},
+		{"zero wait timeout", map[string]string{"REDIS_URL": "redis://r:6379", "DURABLE_WAIT_REPLICAS": "1", "DURABLE_WAIT_TIMEOUT": "0s"}, []string{"DURABLE_WAIT_TIMEOUT"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig(tt.environ)
+			for _, want := range tt.errHas {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("error %v, want one naming %q", err, want)
+				}
+			}
+		})
 	}
-	msg := strings.TrimSpace(string(out))
-	if !strings.Contains(string(readme), "`"+msg+"`") {
-		t.Fatalf("README.md does not quote the real message:\n%s", msg)
+}
+
+func TestTLSConfig(t *testing.T) {
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"TLS_CERT_FILE": "/x/cert.pem"}, "TLS_KEY_FILE must be set too"},
+		{map[string]string{"TLS_KEY_FILE": "/x/key.pem"}, "TLS_CERT_FILE must be set too"},
+	} {
+		if _, err := loadConfig(tc.env); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("loadConfig(%v): %v, want an error with %q", tc.env, err, tc.want)
+		}
+	}
+	if cfg, err := loadConfig(map[string]string{}); err != nil || cfg.TLSCertFile != "" {
+		t.Fatalf("neither set: %v %+v", err, cfg)
 	}
 }

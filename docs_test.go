@@ -6,6 +6,7 @@ package main
 // metrics that exist.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"go/ast"
@@ -13,6 +14,7 @@ import (
 	"go/token"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,18 +25,22 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
 )
 
 // docFiles lists the Markdown files the tests hold to their links: the
-// root's and docs/'s, and every one under clients/, examples/ and deploy/.
+// root's, docs/'s and e2e/'s, and every one under clients/, examples/ and
+// deploy/.
 func docFiles(t *testing.T) []string {
 	t.Helper()
 	var files []string
-	for _, pattern := range []string{"*.md", "docs/*.md"} {
+	for _, pattern := range []string{"*.md", "docs/*.md", "e2e/*.md"} {
 		m, err := filepath.Glob(pattern)
 		if err != nil {
 			t.Fatal(err)
@@ -565,8 +571,7 @@ func TestDocsMetrics(t *testing.T) {
 
 	// What a running instance serves: a vector appears once it has a
 	// child, so this can only find more, never fewer, than the sources.
-	a := startApp(t, nil, nil)
-	resp, err := http.Get(a.url + "/metrics")
+	resp, err := http.Get(serveInProcess(t) + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -786,5 +791,45 @@ func checkPromQL(t *testing.T, file string, exprs []string) {
 	}
 	if out, err := exec.Command(promtool, "check", "rules", path).CombinedOutput(); err != nil {
 		t.Errorf("promtool does not parse %s's queries: %v\n%s", file, err, out)
+	}
+}
+
+// serveInProcess runs ssebridge (run, in this process) on a redis-server of
+// its own until the test ends, and returns its URL once /readyz answers 200.
+// The end-to-end tests run the binary instead (e2e/).
+func serveInProcess(t *testing.T) string {
+	t.Helper()
+	r := redistest.Start(t)
+	cfg, err := loadConfig(map[string]string{"REDIS_URL": r.URL(), "LISTEN_ADDR": "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	addr, done := make(chan string, 1), make(chan error, 1)
+	go func() { done <- run(ctx, cfg, slog.New(slog.DiscardHandler), func(a string) { addr <- a }) }()
+	var base string
+	select {
+	case a := <-addr:
+		base = "http://" + a
+	case err := <-done:
+		cancel()
+		t.Fatal("ssebridge did not start:", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error("ssebridge:", err)
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get(base + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return base
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz did not answer 200 within 10s")
+		}
 	}
 }

@@ -1,24 +1,21 @@
-package main
+package e2e
 
 import (
-	"bytes"
-	"context"
-	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
 
+// TestPublishCommand: `ssebridge publish` over HTTP and through Redis, and
+// the errors a person meets, as the binary prints them.
 func TestPublishCommand(t *testing.T) {
 	tryOutEnv(t) // no try-out file, no REDIS_URL or PUBLISH_TOKEN from the machine
 	a := startApp(t, nil, map[string]string{"PUBLISH_TOKEN": "s3cret"})
 	b := startApp(t, a.redis, nil) // no PUBLISH_TOKEN: no POST /publish
 	s := a.open(a.session("alice", "lobby"), "")
-	ctx := context.Background()
 	tests := []struct {
 		name   string
 		args   []string
@@ -39,18 +36,17 @@ func TestPublishCommand(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out, stderr bytes.Buffer
-			err := publishCommand(ctx, tt.args, &out, &stderr)
+			out, stderr, code := runCommand(t, nil, append([]string{"publish"}, tt.args...)...)
 			if tt.errHas != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.errHas) {
-					t.Fatalf("error %v, want it to say %q", err, tt.errHas)
+				if code == 0 || !strings.Contains(stderr, tt.errHas) {
+					t.Fatalf("exit %d, stderr %q, want it to say %q", code, stderr, tt.errHas)
 				}
 				return
 			}
-			if err != nil {
-				t.Fatal(err)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
 			}
-			id := strings.TrimSpace(out.String())
+			id := strings.TrimSpace(out)
 			if _, err := wire.ParseCursor(id); err != nil {
 				t.Fatalf("printed %q, want the event id", id)
 			}
@@ -61,24 +57,8 @@ func TestPublishCommand(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
+// TestTailCommandResumes: `ssebridge tail` resumes with Last-Event-ID after
+// the instance goes away and comes back.
 func TestTailCommandResumes(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -90,13 +70,7 @@ func TestTailCommandResumes(t *testing.T) {
 	first := startApp(t, nil, vars)
 	tok := first.session("alice")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- tailCommand(ctx, []string{"-url", first.url + "/events", "-token", tok}, &out, io.Discard)
-	}()
-	defer func() { cancel(); <-done }()
+	out := startTail(t, "-url", first.url+"/events", "-token", tok).stdout
 
 	// The stream is up once the ready event is printed.
 	eventually(t, 5*time.Second, "tail to print ready", func() bool { return strings.Contains(out.String(), "event=ready") })

@@ -1,16 +1,14 @@
-package main
+package e2e
 
 import (
 	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,45 +21,17 @@ import (
 // a browser multiplexes ten streams on one connection, where HTTP/1.1 would
 // give it six at most.
 
-// runApp runs ssebridge in-process with environ (LISTEN_ADDR defaults to a
-// free loopback port) until the test ends, and returns its address.
+// runApp runs ssebridge (startBinary) with environ until the test ends,
+// and returns its address.
 func runApp(t *testing.T, environ map[string]string) string {
-	addr, _ := runAppStop(t, environ)
-	return addr
+	return startBinary(t, environ).addr
 }
 
-// runAppStop is runApp that also returns stop, which ends ssebridge as
-// SIGTERM would and waits for run to return (at most once; the test's end
-// calls it too).
+// runAppStop is runApp that also returns stop, which ends ssebridge with
+// SIGTERM and waits for it (the test's end calls it too).
 func runAppStop(t *testing.T, environ map[string]string) (string, func()) {
-	t.Helper()
-	env := map[string]string{"LISTEN_ADDR": "127.0.0.1:0"}
-	for k, v := range environ {
-		env[k] = v
-	}
-	cfg, err := loadConfig(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	ctx, cancel := context.WithCancel(context.Background())
-	addr, done := make(chan string, 1), make(chan error, 1)
-	go func() { done <- run(ctx, cfg, log, func(a string) { addr <- a }) }()
-	select {
-	case a := <-addr:
-		stop := sync.OnceFunc(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Error("ssebridge:", err)
-			}
-		})
-		t.Cleanup(stop)
-		return a, stop
-	case err := <-done:
-		cancel()
-		t.Fatal("ssebridge did not start:", err)
-	}
-	return "", nil
+	p := startBinary(t, environ)
+	return p.addr, func() { _ = p.stop() }
 }
 
 // browserWith starts headless Chromium with the flags of PITFALLS.md and
@@ -105,24 +75,10 @@ func metricOver(t *testing.T, client *http.Client, base, series string) float64 
 	return 0
 }
 
-func TestTLSConfig(t *testing.T) {
-	for _, tc := range []struct {
-		env  map[string]string
-		want string
-	}{
-		{map[string]string{"TLS_CERT_FILE": "/x/cert.pem"}, "TLS_KEY_FILE must be set too"},
-		{map[string]string{"TLS_KEY_FILE": "/x/key.pem"}, "TLS_CERT_FILE must be set too"},
-	} {
-		if _, err := loadConfig(tc.env); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("loadConfig(%v): %v, want an error with %q", tc.env, err, tc.want)
-		}
-	}
-	if cfg, err := loadConfig(map[string]string{}); err != nil || cfg.TLSCertFile != "" {
-		t.Fatalf("neither set: %v %+v", err, cfg)
-	}
-
-	// Both set, but a file cannot be read or is no PEM: run stops at once,
-	// naming the variable (and starts nothing, not even the embedded Redis).
+// TestTLSBadFiles: TLS_CERT_FILE and TLS_KEY_FILE both set, but a file
+// cannot be read or is no PEM: ssebridge stops at once, exit 1, naming the
+// variable (and starts nothing, not even the embedded Redis).
+func TestTLSBadFiles(t *testing.T) {
 	dir := t.TempDir()
 	cert, key, _ := selfSignedCert(t, dir)
 	junk := filepath.Join(dir, "junk.pem")
@@ -130,22 +86,15 @@ func TestTLSConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	missing := filepath.Join(dir, "missing.pem")
-	log := slog.New(slog.DiscardHandler)
 	for _, tc := range []struct{ cert, key, want string }{
 		{missing, key, "TLS_CERT_FILE: open " + missing},
 		{cert, missing, "TLS_KEY_FILE: open " + missing},
 		{junk, key, "TLS_CERT_FILE " + junk + " and TLS_KEY_FILE " + key},
 		{cert, junk, "TLS_CERT_FILE " + cert + " and TLS_KEY_FILE " + junk},
 	} {
-		cfg, err := loadConfig(map[string]string{"LISTEN_ADDR": "127.0.0.1:0", "TLS_CERT_FILE": tc.cert, "TLS_KEY_FILE": tc.key})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = run(ctx, cfg, log, func(string) { t.Errorf("%s, %s: ssebridge listened", tc.cert, tc.key) })
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("run with %s, %s: %v, want an error with %q", tc.cert, tc.key, err, tc.want)
+		_, stderr, code := runCommand(t, map[string]string{"LISTEN_ADDR": "127.0.0.1:0", "TLS_CERT_FILE": tc.cert, "TLS_KEY_FILE": tc.key})
+		if code != 1 || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, "ssebridge listening") {
+			t.Errorf("with %s, %s: exit %d, stderr:\n%s\nwant exit 1 before listening, with %q", tc.cert, tc.key, code, stderr, tc.want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -21,37 +21,6 @@ import (
 	"github.com/ssebridge/ssebridge/internal/ssetest"
 	"github.com/ssebridge/ssebridge/wire"
 )
-
-func TestSentinelConfig(t *testing.T) {
-	cfg, err := loadConfig(map[string]string{"REDIS_SENTINEL_ADDRS": " 10.0.0.1:26379, s2:26379,", "REDIS_SENTINEL_MASTER": "mymaster",
-		"REDIS_SENTINEL_PASSWORD": "s", "REDIS_PASSWORD": "d", "DURABLE_WAIT_REPLICAS": "1"})
-	if err != nil || !slices.Equal(cfg.RedisSentinelAddrs, []string{"10.0.0.1:26379", "s2:26379"}) || cfg.DurableWaitTimeout != time.Second {
-		t.Fatalf("sentinel config: %+v %v", cfg, err)
-	}
-	for _, tt := range []struct {
-		name    string
-		environ map[string]string
-		errHas  []string
-	}{
-		{"both", map[string]string{"REDIS_URL": "redis://r:6379", "REDIS_SENTINEL_ADDRS": "s:26379", "REDIS_SENTINEL_MASTER": "m"}, []string{"REDIS_URL", "REDIS_SENTINEL_ADDRS", "exclusive"}},
-		{"no master", map[string]string{"REDIS_SENTINEL_ADDRS": "s:26379"}, []string{"REDIS_SENTINEL_MASTER"}},
-		{"master alone", map[string]string{"REDIS_SENTINEL_MASTER": "m"}, []string{"REDIS_SENTINEL_ADDRS"}},
-		{"not host:port", map[string]string{"REDIS_SENTINEL_ADDRS": "s26379", "REDIS_SENTINEL_MASTER": "m"}, []string{"REDIS_SENTINEL_ADDRS", "s26379"}},
-		{"password for the embedded server", map[string]string{"REDIS_PASSWORD": "x"}, []string{"REDIS_PASSWORD"}},
-		{"negative wait", map[string]string{"DURABLE_WAIT_REPLICAS": "-1"}, []string{"DURABLE_WAIT_REPLICAS"}},
-		{"wait on the embedded server", map[string]string{"DURABLE_WAIT_REPLICAS": "1"}, []string{"DURABLE_WAIT_REPLICAS", "REDIS_URL"}},
-		{"zero wait timeout", map[string]string{"REDIS_URL": "redis://r:6379", "DURABLE_WAIT_REPLICAS": "1", "DURABLE_WAIT_TIMEOUT": "0s"}, []string{"DURABLE_WAIT_TIMEOUT"}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := loadConfig(tt.environ)
-			for _, want := range tt.errHas {
-				if err == nil || !strings.Contains(err.Error(), want) {
-					t.Fatalf("error %v, want one naming %q", err, want)
-				}
-			}
-		})
-	}
-}
 
 // sentPub is a durable publish the test made, acknowledged or not.
 type sentPub struct {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -101,10 +101,28 @@ func jsPages(t *testing.T) *httptest.Server {
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		fmt.Fprintf(w, `<!doctype html><meta charset="utf-8"><title>ssebridge.js test</title>
+<style>body { font: 15px system-ui, sans-serif; margin: 1.5em; } #role { font-weight: bold; }
+  #last li { font-family: monospace; }</style>
+<h1>ssebridge.js test page</h1>
+<p>This tab: <span id="role">starting</span></p>
+<p>Events received: <span id="count">0</span>; the last ones:</p>
+<ul id="last"></ul>
+<p id="end"></p>
 <script src=%q></script>
 <script>
   window.got = []; window.readies = 0; window.problems = []; window.ended = ''; window.sseLog = [];
-  function log(s) { window.sseLog.push(s); }
+  function log(s) { window.sseLog.push(s); show(); }
+  // What a person sees: the tab's part in the shared stream, the events.
+  function show() {
+    if (window.h && window.h.isLeader) {
+      document.getElementById('role').textContent = window.h.isLeader()
+        ? 'the leader: it holds the one EventSource' : 'a follower: the leader relays the events to it';
+    }
+    document.getElementById('count').textContent = window.got.length;
+    document.getElementById('last').replaceChildren(...window.got.slice(-5).map(function (d) {
+      var li = document.createElement('li'); li.textContent = d; return li; }));
+    document.getElementById('end').textContent = window.ended ? 'stream ended: ' + window.ended : '';
+  }
   window.h = SSEBridge.open(%q, Object.assign({
     on: {
       ready: function (e) { window.readies++; log('ready ' + e.lastEventId); },
@@ -114,6 +132,7 @@ func jsPages(t *testing.T) *httptest.Server {
     onproblem: function (info) { window.problems.push(info); log('problem ' + JSON.stringify(info)); },
     onend: function (why, status, message) { window.ended = why + ' ' + status; log('end ' + why + ' ' + status + ' ' + message); },
   }, %s));
+  show();
 </script>`, q.Get("src")+"/ssebridge.js", q.Get("events"), opts)
 	})
 	s := httptest.NewServer(mux)
@@ -465,6 +484,13 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	}
 	if n := a.metric("ssebridge_streams_open"); n != 1 {
 		t.Fatalf("%v streams open for two tabs, want 1", n)
+	}
+	for i, p := range rest {
+		role := "follower"
+		if i == l[0] {
+			role = "leader"
+		}
+		screenshot(t, p, "shared-tabs-"+role+".png")
 	}
 	if n := a.metric("ssebridge_events_replayed_total") - replayed; n < 5 {
 		t.Fatalf("%v events replayed to the new leader, want at least the 5 published with no stream open", n)

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -143,7 +143,7 @@ type nginxSetup struct {
 // foreground until the test ends.
 func startNginx(t *testing.T, s nginxSetup) *nginxServer {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join("deploy", "nginx.conf"))
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "nginx.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,11 +497,7 @@ func TestNginxFailoverHTTP2(t *testing.T) {
 		switch len(ids) {
 		case nginxKillAt:
 			t.Logf("SIGKILL instance A (%d streams on it, %d on B)", streamsOpen(t, addrA), streamsOpen(t, addrB))
-			if err := a.cmd.Process.Kill(); err != nil {
-				t.Fatal(err)
-			}
-			<-a.done
-			a.done <- nil // for startBinary's cleanup
+			a.kill()
 		case nginxRestartAt:
 			if n := streamsOpen(t, addrB); n != streams {
 				t.Fatalf("%d streams on B after A's crash, want all %d", n, streams)
@@ -509,13 +505,9 @@ func TestNginxFailoverHTTP2(t *testing.T) {
 			replayedB1 = metricOf(t, addrB, "ssebridge_events_replayed_total")
 			before := len(ngx.events(t))
 			stopped = time.Now()
-			if err := b.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-b.done; err != nil {
+			if err := b.stop(); err != nil {
 				t.Fatalf("B's exit after SIGTERM: %v", err)
 			}
-			b.done <- nil
 			for range nginxWhileDown {
 				publish()
 			}

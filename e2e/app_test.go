@@ -1,16 +1,13 @@
-package main
+package e2e
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,15 +17,21 @@ import (
 	"github.com/ssebridge/ssebridge/internal/ssetest"
 )
 
-// app is ssebridge running in-process against a real redis-server, serving
-// real HTTP on loopback.
+// app is ssebridge running as a process (startBinary) against a real
+// redis-server, serving real HTTP on loopback.
 type app struct {
 	t     *testing.T
 	url   string
-	cfg   Config
+	cfg   appConfig
 	redis *redistest.Server
 	rdb   *redis.Client
-	stop  func() // ends ssebridge as SIGTERM would, and waits for it
+	proc  *proc
+	stop  func() // ends ssebridge with SIGTERM, and waits for it
+}
+
+// appConfig is what the helpers need of the instance's configuration.
+type appConfig struct {
+	SessionPrefix, ChannelPrefix string
 }
 
 // startApp runs ssebridge with the test defaults overridden by vars, on a
@@ -45,30 +48,16 @@ func startApp(t *testing.T, r *redistest.Server, vars map[string]string) *app {
 	for k, v := range vars {
 		environ[k] = v
 	}
-	cfg, err := loadConfig(environ)
-	if err != nil {
-		t.Fatal(err)
+	cfg := appConfig{SessionPrefix: "session:", ChannelPrefix: "sse:"}
+	if v, ok := environ["SESSION_PREFIX"]; ok {
+		cfg.SessionPrefix = v
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, log, func(a string) { addr <- a }) }()
-	a := &app{t: t, cfg: cfg, redis: r, rdb: r.Client()}
-	select {
-	case listen := <-addr:
-		a.url = "http://" + listen
-	case err := <-done:
-		cancel()
-		t.Fatal("ssebridge did not start:", err)
+	if v, ok := environ["CHANNEL_PREFIX"]; ok {
+		cfg.ChannelPrefix = v
 	}
-	a.stop = sync.OnceFunc(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error("ssebridge:", err)
-		}
-	})
-	t.Cleanup(a.stop)
+	p := startBinary(t, environ)
+	a := &app{t: t, url: "http://" + p.addr, cfg: cfg, redis: r, rdb: r.Client(), proc: p}
+	a.stop = func() { _ = p.stop() } // its exit is checked when the test ends
 	a.awaitReady()
 	return a
 }
@@ -184,7 +173,7 @@ func wantNothingBefore(t *testing.T, s *ssetest.Stream, marker string) {
 
 // eventually polls cond until it holds or the deadline passes. It is for
 // states with no event to wait on (a metric, a Redis list), never for timing.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,7 +61,7 @@ func freeAddr(t *testing.T) string {
 // repository's clients/django first on the path: the package under test, not
 // one that may be installed.
 func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
-	pkg, err := filepath.Abs(filepath.Join("clients", "django"))
+	pkg, err := filepath.Abs(filepath.Join(repoRoot, "clients", "django"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +70,7 @@ func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
 		pythonPath += string(os.PathListSeparator) + p
 	}
 	cmd := exec.Command(python, "manage.py", "runserver", addr, "--noreload")
-	cmd.Dir = filepath.Join("examples", "django")
+	cmd.Dir = filepath.Join(repoRoot, "examples", "django")
 	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "SSE_URL="+sseURL, "PYTHONUNBUFFERED=1", "PYTHONPATH="+pythonPath)
 	log, err := os.Create(filepath.Join(t.TempDir(), "django.log"))
 	if err != nil {
@@ -298,13 +297,9 @@ func TestBrowserFlow(t *testing.T) {
 
 	t.Run("messages posted while ssebridge restarts arrive once, in order", func(t *testing.T) {
 		alice, bob := alice.on(t), bob.on(t)
-		if err := sse.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-sse.done; err != nil {
+		if err := sse.stop(); err != nil {
 			t.Fatalf("ssebridge exit: %v", err)
 		}
-		sse.done <- nil
 		for i := 1; i <= 3; i++ {
 			alice.post(fmt.Sprintf("during the restart %d", i))
 		}
@@ -370,7 +365,7 @@ func screenshot(t *testing.T, p page, name string) {
 	}
 	dir := os.Getenv("ARTIFACTS_DIR")
 	if dir == "" {
-		dir = "artifacts"
+		dir = filepath.Join(repoRoot, "artifacts")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -380,4 +375,66 @@ func screenshot(t *testing.T, p page, name string) {
 		t.Fatal(err)
 	}
 	t.Logf("screenshot: %s", path)
+}
+
+// TestDjangoChatOrigins: the Django chat through the package
+// (clients/django), with the page opened at http://localhost:<port> and at
+// http://127.0.0.1:<port>, configured as examples/django/README.md tells
+// users to: ssebridge's ALLOWED_ORIGINS lists both origins, and Django's
+// SSE_URL names ssebridge on the same host name as the page. At each: two
+// people log in with the lobby ticked, one sees the other's message, and
+// logging out ends the stream (in the tab that stays open).
+func TestDjangoChatOrigins(t *testing.T) {
+	browserPrereqs(t)
+	r := redistest.Start(t)
+	djangoPort := port(freeAddr(t))
+	origins := "http://127.0.0.1:" + djangoPort + ",http://localhost:" + djangoPort
+	sse := startBinary(t, map[string]string{"REDIS_URL": r.URL(), "ALLOWED_ORIGINS": origins})
+	browser := browserWith(t)
+	for _, host := range []string{"localhost", "127.0.0.1"} {
+		t.Run(host, func(t *testing.T) {
+			// Django on 127.0.0.1 (localhost reaches it too), its pages
+			// naming ssebridge on the page's host name.
+			startDjango(t, "127.0.0.1:"+djangoPort, r.URL(), "http://"+host+":"+port(sse.addr))
+			django := "http://" + host + ":" + djangoPort
+			person := func(name string) page {
+				ctx, _ := chromedp.NewContext(browser, chromedp.WithNewBrowserContext()) // cookies of its own
+				if err := chromedp.Do(ctx); err != nil {
+					t.Fatal(err)
+				}
+				return page{t, name + " at " + host, ctx}
+			}
+			alice, bob := person("alice"), person("bob")
+			alice.signIn(django, "alice", "lobby")
+			bob.signIn(django, "bob", "lobby")
+			if got := bob.eval(`[location.origin]`); got[0] != django {
+				t.Fatalf("bob's page is at %q, want %q", got[0], django)
+			}
+			text := "hello from alice at " + host
+			alice.post(text)
+			bob.await("alice's message", fmt.Sprintf(`Array.from(document.querySelectorAll('#messages li')).some(li => li.textContent === %q)`, "alice: "+text))
+			screenshot(t, bob, "django-chat-"+host+".png")
+			// Bob's second tab keeps its page (and stream) while the first
+			// signs out: its stream ends with the logout.
+			ctx, _ := chromedp.NewContext(bob.ctx)
+			if err := chromedp.Do(ctx); err != nil { // opens the tab, with no timeout
+				t.Fatal(err)
+			}
+			bob2 := page{t, "bob's second tab at " + host, ctx}
+			bob2.do(chromedp.Navigate(django+"/me"), chromedp.WaitVisible("#dms"))
+			bob2.await("bob's second stream", `document.getElementById('status').textContent === 'live'`)
+			bob.do(chromedp.Click("#signout"), chromedp.WaitVisible("#signin"))
+			bob2.await("bob's stream to end", `document.getElementById('status').textContent === 'signed out'`)
+		})
+	}
+	// Both origins were let in, and none refused.
+	resp, err := http.Get("http://" + sse.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if strings.Contains(string(body), `ssebridge_handshakes_refused_total{reason="origin"}`) {
+		t.Errorf("a stream was refused for its origin:\n%s", body)
+	}
 }

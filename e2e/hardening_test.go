@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Tests of the hardening issue: each reproduces a way the service lost
 // events, kept revoked access or could be exhausted cheaply, against a real
@@ -245,28 +245,29 @@ func TestBigReplay(t *testing.T) {
 	want(t, s, "n", "0")
 	s.Close()
 	const n, more = 2000, 300
-	pad := strings.Repeat("p", 2000) // 4 MB of history: more than the socket buffers hold
+	// 10 MB of history: more than the socket buffers hold (here up to 4 MB
+	// sent and 128 KB received, unread), so the replay is still being
+	// written when the events below are published.
+	pad := strings.Repeat("p", 5000)
 	for i := 1; i < n; i++ {
 		publishDurable(t, a.rdb, "room:lobby", fmt.Sprintf(`{"event":"n","data":"%d %s"}`, i, pad))
 	}
-	published := make(chan struct{})
-	go func() {
-		defer close(published)
-		for i := n; i < n+more; i++ {
-			if _, err := evalPublish(a.rdb, "room:lobby", fmt.Sprintf(`{"event":"n","data":"%d %s"}`, i, pad)); err != nil {
-				t.Error(err)
-				return
-			}
-		}
-	}()
 	s = a.openResume(t, tok, first)
+	// Published during the replay, which waits on the client's full socket
+	// until the reading below: all of them, however slow the machine (a
+	// publisher racing the reader instead ended the stream as slow at
+	// times, its last events queued behind the replay still in the socket).
+	for i := n; i < n+more; i++ {
+		if _, err := evalPublish(a.rdb, "room:lobby", fmt.Sprintf(`{"event":"n","data":"%d %s"}`, i, pad)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for i := 1; i < n+more; i++ {
 		ev, err := s.NextEvent(10 * time.Second)
 		if err != nil || ev.Event != "n" || !strings.HasPrefix(ev.Data, fmt.Sprint(i, " ")) {
 			t.Fatalf("event %d: got %q %.20q %v", i, ev.Event, ev.Data, err)
 		}
 	}
-	<-published
 	if got := a.metric(`ssebridge_streams_closed_total{reason="slow"}`); got != 0 {
 		t.Errorf("%v streams ended as slow", got)
 	}
@@ -479,7 +480,7 @@ func TestShutdownCutsBlockedWriters(t *testing.T) {
 // holds a few MB of it, not the histories (which took it to 2.86 GB).
 func TestMassResumeMemory(t *testing.T) {
 	r := redistest.Start(t)
-	p := startBinary(t, map[string]string{
+	p := startPlainBinary(t, map[string]string{ // without -race: a true memory figure
 		"REDIS_URL": r.URL(), "HISTORY_MAXLEN": "1000", "MAX_EVENT_BYTES": "65536",
 		"REPLAY_MAX_BYTES": "134217728", "REPLAY_INFLIGHT_BYTES": "4194304", "WRITE_TIMEOUT": "1m",
 	})
