@@ -1,0 +1,169 @@
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Cluster is a Redis Cluster of masters only, on loopback, owned by one
+// test: each node a redis-server with --cluster-enabled yes in its own
+// directory, with AOF so that a restarted node comes back with its data.
+type Cluster struct {
+	t     testing.TB
+	Nodes []*ClusterNode
+}
+
+// ClusterNode is one master of a Cluster.
+type ClusterNode struct {
+	t    testing.TB
+	Port int
+	Addr string
+	dir  string
+	cmd  *exec.Cmd
+}
+
+// StartCluster runs n masters, joins them with redis-cli --cluster create
+// (the slots split evenly), and waits until every node says cluster_state:ok.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		t.Fatal("redis-cli is not installed (apt-get install -y redis-tools)")
+	}
+	c := &Cluster{t: t}
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		// The cluster bus listens on port+10000: it must be free too.
+		if port+10000 > 65535 {
+			t.Skip("no room for the cluster bus port")
+		}
+		node := &ClusterNode{t: t, Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), dir: t.TempDir()}
+		node.Start()
+		t.Cleanup(node.Stop)
+		c.Nodes = append(c.Nodes, node)
+		addrs = append(addrs, node.Addr)
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	c.WaitOK()
+	return c
+}
+
+// Addrs is the nodes' addresses as REDIS_CLUSTER_ADDRS takes them.
+func (c *Cluster) Addrs() string {
+	var a []string
+	for _, n := range c.Nodes {
+		a = append(a, n.Addr)
+	}
+	return strings.Join(a, ",")
+}
+
+// WaitOK waits until every node reports cluster_state:ok and agrees on
+// every slot's master.
+func (c *Cluster) WaitOK() {
+	c.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for _, n := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+		for {
+			info, err := cl.ClusterInfo(context.Background()).Result()
+			if err == nil && strings.Contains(info, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				cl.Close()
+				c.t.Fatalf("cluster node %s not ok within 20s: %v %s", n.Addr, err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cl.Close()
+	}
+}
+
+// Client returns a cluster client for the test's own commands.
+func (c *Cluster) Client() *redis.ClusterClient {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(c.Addrs(), ",")})
+	c.t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// NodeOfSlot returns the node that serves slot.
+func (c *Cluster) NodeOfSlot(slot int) *ClusterNode {
+	c.t.Helper()
+	cl := redis.NewClient(&redis.Options{Addr: c.Nodes[0].Addr})
+	defer cl.Close()
+	slots, err := cl.ClusterSlots(context.Background()).Result()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, s := range slots {
+		if s.Start <= slot && slot <= s.End {
+			for _, n := range c.Nodes {
+				if len(s.Nodes) > 0 && strings.HasSuffix(s.Nodes[0].Addr, ":"+strconv.Itoa(n.Port)) {
+					return n
+				}
+			}
+		}
+	}
+	c.t.Fatalf("no node serves slot %d", slot)
+	return nil
+}
+
+// Start starts the node (again, after Stop: with its data and its
+// cluster config).
+func (n *ClusterNode) Start() {
+	n.t.Helper()
+	n.cmd = exec.Command("redis-server",
+		"--port", strconv.Itoa(n.Port), "--bind", "127.0.0.1",
+		"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+		"--cluster-node-timeout", "2000",
+		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", n.dir,
+		"--logfile", "redis.log")
+	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatal("starting redis-server:", err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Ping(context.Background()).Err() != nil {
+		if time.Now().After(deadline) {
+			n.t.Fatal("redis-server did not answer within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Stop kills the node (SIGKILL) and waits for it.
+func (n *ClusterNode) Stop() {
+	if n.cmd == nil {
+		return
+	}
+	_ = n.cmd.Process.Kill()
+	_ = n.cmd.Wait()
+	n.cmd = nil
+}
+
+// Client returns a plain client of this node (CLIENT LIST and the like).
+func (n *ClusterNode) Client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: n.Addr})
+	n.t.Cleanup(func() { c.Close() })
+	return c
+}
