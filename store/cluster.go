@@ -93,7 +93,7 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 		// channel "<prefix>{p<k>}:" (no logical channel has an empty name),
 		// so it is always to the partition's master, and pings on it are
 		// answered in order with the partition's messages.
-		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), ps: cc.SSubscribe(context.Background(), c.tagOf(k))}
+		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int), ps: cc.SSubscribe(context.Background(), c.tagOf(k))}
 		f.marker.Store(new(string))
 		c.feeds = append(c.feeds, f)
 	}
@@ -473,7 +473,7 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 	_, err = c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, ch := range channels {
 			_, _, _, hist, trim, _ := c.keys(ch)
-			ranges[i] = p.XRangeN(ctx, hist, strconv.FormatUint(from[i]+1, 10)+"-0", strconv.FormatUint(upTo, 10)+"-+", readBatch)
+			ranges[i] = p.XRangeN(ctx, hist, strconv.FormatUint(from[i]+1, 10)+"-0", strconv.FormatUint(upTo, 10), readBatch)
 			trims[i] = p.Get(ctx, trim)
 		}
 		return nil

@@ -26,6 +26,10 @@ type partFeed struct {
 	mu       sync.Mutex // guards ps and channels; commands are written under it, in call order
 	ps       *redis.PubSub
 	channels map[string]struct{}
+	// unsubscribing counts, per channel, the SUNSUBSCRIBEs written whose
+	// reply has not come: a reply beyond them is the server's own (the
+	// slot moved away).
+	unsubscribing map[string]int
 
 	marker     atomic.Pointer[string]
 	markerRead time.Time // Run's own
@@ -48,19 +52,36 @@ func (f *partFeed) unsubscribe(name string) {
 		delete(f.channels, name)
 		f.c.metrics.Channels.Dec()
 	}
-	_ = f.ps.SUnsubscribe(context.Background(), f.c.tagOf(f.k)+name)
+	if f.ps.SUnsubscribe(context.Background(), f.c.tagOf(f.k)+name) == nil {
+		f.unsubscribing[name]++
+	}
 }
 
 // wants reports whether the partition must be subscribed to a shard
 // channel (full) of logical name.
 func (f *partFeed) wants(name, full string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n := f.unsubscribing[name]; n > 0 {
+		if n == 1 {
+			delete(f.unsubscribing, name)
+		} else {
+			f.unsubscribing[name] = n - 1
+		}
+		return false // the reply to our own SUNSUBSCRIBE
+	}
 	if full == f.c.tagOf(f.k) {
 		return true
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	_, ok := f.channels[name]
 	return ok
+}
+
+// forgetReplies forgets the replies still awaited on a lost connection.
+func (f *partFeed) forgetReplies() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.unsubscribing)
 }
 
 func (f *partFeed) channelCount() int {
@@ -142,6 +163,7 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context)) {
 				c.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "partition", f.k, "err", err)
 			}
 			f.barrier.releaseAll(ErrFeedLost)
+			f.forgetReplies()
 			if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "CLUSTERDOWN") || strings.Contains(err.Error(), "MOVED") {
 				// The slot is served elsewhere now: a new connection goes
 				// to its master as the cluster tells it.
@@ -218,18 +240,26 @@ func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
 	c.deliver(channel, m, err)
 }
 
+// recoverPatience bounds how long a partition's gap recovery retries.
+const recoverPatience = 15 * time.Second
+
 // recover delivers the durable events partition k's channels had while
 // its connection was down, from the position the instance had delivered
 // up to the partition's position now, then takes the partition to be
 // there. It runs on the partition's goroutine before any later message.
 func (c *Cluster) recover(ctx context.Context, f *partFeed) {
+	// A node that has just restarted may answer CLUSTERDOWN or LOADING
+	// for a while: retry with backoff, for up to recoverPatience, before
+	// telling streams to resume by themselves.
 	var err error
-	for wait := 100 * time.Millisecond; wait <= 800*time.Millisecond; wait *= 2 {
+	deadline := time.Now().Add(recoverPatience)
+	b := newBackoff(100*time.Millisecond, time.Second)
+	for {
 		if err = c.recoverOnce(ctx, f); err == nil || ctx.Err() != nil {
 			return
 		}
-		if !sleep(ctx, wait) {
-			return
+		if time.Now().After(deadline) || !sleep(ctx, b.next()) {
+			break
 		}
 	}
 	c.log.Warn("durable events published while a partition's connection was down could not be read: streams told to reconnect", "partition", f.k, "err", err)
@@ -329,6 +359,7 @@ func (f *partFeed) redial(ctx context.Context) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	_ = f.ps.Close()
+	clear(f.unsubscribing)
 	f.ps = f.c.cc.SSubscribe(ctx)
 	channels := []string{f.c.tagOf(f.k)}
 	for n := range f.channels {

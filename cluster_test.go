@@ -1,0 +1,322 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+	"github.com/ssebridge/ssebridge/internal/ssetest"
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// startClusterApp runs ssebridge in-process on the cluster rc.
+func startClusterApp(t *testing.T, rc *redistest.Cluster, vars map[string]string) (url string, stop func()) {
+	t.Helper()
+	environ := map[string]string{"REDIS_CLUSTER_ADDRS": rc.Addrs(), "LISTEN_ADDR": "127.0.0.1:0"}
+	for k, v := range vars {
+		environ[k] = v
+	}
+	cfg, err := loadConfig(environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, log, func(a string) { addr <- a }) }()
+	select {
+	case a := <-addr:
+		url = "http://" + a
+	case err := <-done:
+		cancel()
+		t.Fatal("ssebridge did not start:", err)
+	}
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error("ssebridge:", err)
+		}
+	})
+	t.Cleanup(stop)
+	return url, stop
+}
+
+// clusterPublish runs the cluster publish script as a backend does.
+func clusterPublish(cc *redis.ClusterClient, parts int, channel, envelope string) (string, error) {
+	k := wire.Partition(channel, parts)
+	tag := "sse:{p" + strconv.Itoa(k) + "}:"
+	return redis.NewScript(store.ClusterPublishScript).Run(context.Background(), cc,
+		[]string{tag + "cursor", tag + "config", tag + channel + ":history", tag + channel + ":trimmed"},
+		tag+channel, envelope, parts).Text()
+}
+
+// nodeOf is the node that serves a channel's partition.
+func nodeOf(t *testing.T, rc *redistest.Cluster, cc *redis.ClusterClient, channel string, parts int) *redistest.ClusterNode {
+	t.Helper()
+	slot, err := cc.ClusterKeySlot(context.Background(), "sse:{p"+strconv.Itoa(wire.Partition(channel, parts))+"}:cursor").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc.NodeOfSlot(int(slot))
+}
+
+// TestClusterChaos: a three-master Redis Cluster, two instances (one
+// in-process, one a separate process), 30 streams that keep dropping and
+// resuming on either instance with their last id while durable events are
+// published on user, room and broadcast channels spread over all three
+// masters; a master is killed and restarted with its data, and the
+// separate instance is killed with SIGKILL and started again. Every
+// stream must get every event of its channels once, in order per channel.
+func TestClusterChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the cluster chaos run")
+	}
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	const parts = 16
+	all := []string{"broadcast", "room:r0", "room:r1", "room:r2"}
+	for u := range 10 {
+		all = append(all, fmt.Sprintf("user:u%d", u))
+	}
+	nodes := map[string]map[string]bool{} // node → kinds of channel on it
+	for _, ch := range all {
+		n := nodeOf(t, rc, cc, ch, parts).Addr
+		if nodes[n] == nil {
+			nodes[n] = map[string]bool{}
+		}
+		kind, _, _ := strings.Cut(ch, ":")
+		nodes[n][kind] = true
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("the channels are on %d masters, want all 3: %v", len(nodes), nodes)
+	}
+	t.Logf("channels per master: %v", nodes)
+
+	vars := map[string]string{"REDIS_CLUSTER_ADDRS": rc.Addrs(), "MAX_STREAMS_PER_USER": "100", "HISTORY_MAXLEN": "100000"}
+	inproc, _ := startClusterApp(t, rc, vars)
+	var mu sync.Mutex
+	bin := startBinary(t, vars)
+	targets := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		urls := []string{inproc}
+		if bin != nil {
+			urls = append(urls, "http://"+bin.addr)
+		}
+		return urls
+	}
+	// The master of the broadcast channel: every stream has it.
+	victim := nodeOf(t, rc, cc, "broadcast", parts)
+	c := clusterChurn{
+		cc: cc, parts: parts, channels: all, targets: targets, streams: 30, duration: 10 * time.Second,
+		faults: []fault{
+			{2 * time.Second, "the broadcast channel's master killed (SIGKILL) and restarted with its data", func() {
+				victim.Stop()
+				victim.Start()
+			}},
+			{5 * time.Second, "the separate instance killed with SIGKILL", func() {
+				mu.Lock()
+				p := bin
+				bin = nil
+				mu.Unlock()
+				_ = p.cmd.Process.Kill()
+			}},
+			{7 * time.Second, "the separate instance started again", func() {
+				p := startBinary(t, vars)
+				mu.Lock()
+				bin = p
+				mu.Unlock()
+			}},
+		},
+	}
+	lost, dup, disorder, resets, published, delivered := c.run(t)
+	fmt.Printf("cluster chaos: published=%d delivered=%d lost=%d duplicated=%d out_of_order=%d resets=%d\n", published, delivered, lost, dup, disorder, resets)
+	if lost != 0 || dup != 0 || disorder != 0 || resets != 0 || published == 0 {
+		t.Fatalf("lost %d, duplicated %d, out of order %d, resets %d (of %d published): want none", lost, dup, disorder, resets, published)
+	}
+}
+
+// clusterChurn is chaos_test.go's churn for cluster mode: order is
+// checked per channel (ids are vectors, ordered per partition).
+type clusterChurn struct {
+	cc       *redis.ClusterClient
+	parts    int
+	channels []string
+	targets  func() []string
+	streams  int
+	duration time.Duration
+	faults   []fault
+}
+
+func (c clusterChurn) run(t *testing.T) (lost, dup, disorder, resets, published, delivered int) {
+	ctx := context.Background()
+	channelsOf := func(i int) []string {
+		return []string{fmt.Sprintf("user:u%d", i%10), fmt.Sprintf("room:r%d", i%3), "broadcast"}
+	}
+	for i := range c.streams {
+		v := fmt.Sprintf(`{"user":"u%d","rooms":["r%d"]}`, i%10, i%3)
+		if err := c.cc.Set(ctx, fmt.Sprintf("session:churn%d", i), v, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make([][]msg, c.streams)
+	gotResets := make([]int, c.streams)
+	last := make([]string, c.streams)
+	for i := range c.streams {
+		s, err := ssetest.Open(ctx, c.targets()[i%2%len(c.targets())]+"/events", bearer(fmt.Sprintf("churn%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := s.NextEvent(5 * time.Second)
+		if err != nil || ev.Event != "ready" || !ev.HasID {
+			t.Fatalf("stream %d: ready with an id: %+v %v", i, ev, err)
+		}
+		last[i] = ev.ID
+		s.Close()
+	}
+
+	var (
+		mu      sync.Mutex
+		acked   []msg
+		owed    = make([]int, c.streams)
+		settled atomic.Bool
+	)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		end := time.Now().Add(c.duration)
+		for seq := 0; time.Now().Before(end); seq++ {
+			ch := c.channels[rand.IntN(len(c.channels))]
+			env := fmt.Sprintf(`{"event":"n","data":{"c":%q,"s":%d}}`, ch, seq)
+			for try := 0; ; try++ {
+				if _, err := clusterPublish(c.cc, c.parts, ch, env); err == nil {
+					break
+				} else if try > 300 {
+					t.Errorf("publish failed for 15s: %v", err)
+					return
+				}
+				time.Sleep(50 * time.Millisecond) // a master restarting: a backend would retry too
+			}
+			mu.Lock()
+			acked = append(acked, msg{ch, seq})
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	})
+	wg.Go(func() {
+		start := time.Now()
+		for _, f := range c.faults {
+			time.Sleep(time.Until(start.Add(f.at)))
+			t.Logf("fault at %v: %s", time.Since(start).Round(time.Millisecond), f.what)
+			f.do()
+		}
+	})
+
+	var clients sync.WaitGroup
+	deadline := time.Now().Add(c.duration + 40*time.Second)
+	for i := range c.streams {
+		clients.Go(func() {
+			for time.Now().Before(deadline) {
+				if settled.Load() && len(got[i]) >= owed[i] {
+					return
+				}
+				ts := c.targets()
+				h := bearer(fmt.Sprintf("churn%d", i))
+				h.Set("Last-Event-ID", last[i])
+				s, err := ssetest.Open(ctx, ts[rand.IntN(len(ts))]+"/events", h)
+				if err != nil {
+					time.Sleep(time.Duration(20+rand.IntN(80)) * time.Millisecond)
+					continue
+				}
+				keep := time.Now().Add(time.Duration(50+rand.IntN(700)) * time.Millisecond)
+				for time.Now().Before(keep) || settled.Load() && len(got[i]) < owed[i] {
+					ev, err := s.Next(200 * time.Millisecond)
+					if err == ssetest.ErrTimeout {
+						if settled.Load() && len(got[i]) >= owed[i] {
+							break
+						}
+						continue
+					}
+					if err != nil {
+						break
+					}
+					if ev.HasID {
+						last[i] = ev.ID
+					}
+					switch ev.Event {
+					case "reset":
+						gotResets[i]++
+					case "n":
+						var d struct {
+							C string
+							S int
+						}
+						_ = json.Unmarshal([]byte(ev.Data), &d)
+						got[i] = append(got[i], msg{d.C, d.S})
+					}
+				}
+				s.Close()
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	published = len(acked)
+	for i := range c.streams {
+		mine := map[string]bool{}
+		for _, ch := range channelsOf(i) {
+			mine[ch] = true
+		}
+		for _, m := range acked {
+			if mine[m.ch] {
+				owed[i]++
+			}
+		}
+	}
+	mu.Unlock()
+	settled.Store(true)
+	clients.Wait()
+
+	for i := range c.streams {
+		mine := map[string]bool{}
+		for _, ch := range channelsOf(i) {
+			mine[ch] = true
+		}
+		seen := map[msg]bool{}
+		prev := map[string]int{}
+		for _, m := range got[i] {
+			delivered++
+			if seen[m] {
+				dup++
+				continue
+			}
+			if p, ok := prev[m.ch]; ok && m.seq < p {
+				disorder++
+				t.Errorf("stream %d: %s event %d after %d", i, m.ch, m.seq, p)
+			}
+			seen[m], prev[m.ch] = true, m.seq
+		}
+		for _, m := range acked {
+			if mine[m.ch] && !seen[m] {
+				lost++
+			}
+		}
+		resets += gotResets[i]
+	}
+	t.Logf("cluster churn: %d streams, %d events published, %d deliveries, %d lost, %d duplicated, %d resets",
+		c.streams, published, delivered, lost, dup, resets)
+	return lost, dup, disorder, resets, published, delivered
+}
