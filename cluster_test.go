@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -319,4 +320,171 @@ func (c clusterChurn) run(t *testing.T) (lost, dup, disorder, resets, published,
 	t.Logf("cluster churn: %d streams, %d events published, %d deliveries, %d lost, %d duplicated, %d resets",
 		c.streams, published, delivered, lost, dup, resets)
 	return lost, dup, disorder, resets, published, delivered
+}
+
+// openCluster opens a stream for a new session of user with rooms on the
+// instance at url, and waits for its ready event.
+func openCluster(t *testing.T, cc *redis.ClusterClient, url, user string, rooms ...string) *ssetest.Stream {
+	t.Helper()
+	if rooms == nil {
+		rooms = []string{}
+	}
+	v, _ := json.Marshal(map[string]any{"user": user, "rooms": rooms})
+	token := fmt.Sprintf("tok-%s-%d", user, time.Now().UnixNano())
+	if err := cc.Set(context.Background(), "session:"+token, v, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssetest.Open(context.Background(), url+"/events", bearer(token))
+	if err != nil {
+		t.Fatal("opening stream:", err)
+	}
+	t.Cleanup(s.Close)
+	if ev, err := s.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
+		t.Fatalf("want the ready event first, got %+v, %v", ev, err)
+	}
+	return s
+}
+
+// ssebridgeConns counts, per node, the connections named ssebridge, and
+// those of them in pub/sub.
+func ssebridgeConns(t *testing.T, rc *redistest.Cluster) (all, pubsub []int) {
+	t.Helper()
+	for _, n := range rc.Nodes {
+		list, err := n.Client().ClientList(context.Background()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, p := 0, 0
+		for _, line := range strings.Split(list, "\n") {
+			if !strings.Contains(line, " name=ssebridge ") {
+				continue
+			}
+			a++
+			if strings.Contains(line, " flags=P ") {
+				p++
+			}
+		}
+		all, pubsub = append(all, a), append(pubsub, p)
+	}
+	return all, pubsub
+}
+
+// TestClusterConnections: CLIENT LIST on each master shows the same
+// number of an instance's connections with 10 streams and with 500 (each
+// with a user and a room of its own: a thousand channels), pub/sub
+// included: connections are per node and partition, not per stream or
+// channel.
+func TestClusterConnections(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	url, _ := startClusterApp(t, rc, nil)
+	for i := range 10 {
+		openCluster(t, cc, url, fmt.Sprintf("c%d", i), fmt.Sprintf("room%d", i))
+	}
+	all10, ps10 := ssebridgeConns(t, rc)
+	for i := 10; i < 500; i++ {
+		openCluster(t, cc, url, fmt.Sprintf("c%d", i), fmt.Sprintf("room%d", i))
+	}
+	all500, ps500 := ssebridgeConns(t, rc)
+	t.Logf("connections per master (pub/sub of them): 10 streams %v (%v), 500 streams %v (%v)", all10, ps10, all500, ps500)
+	fmt.Printf("cluster connections per master: 10 streams %v (pub/sub %v); 500 streams %v (pub/sub %v)\n", all10, ps10, all500, ps500)
+	for i := range all10 {
+		if all10[i] != all500[i] || ps10[i] != ps500[i] {
+			t.Fatalf("master %d: %d connections (%d pub/sub) with 10 streams, %d (%d) with 500", i, all10[i], ps10[i], all500[i], ps500[i])
+		}
+	}
+}
+
+// TestClusterGapRecovery cuts the instance's pub/sub connections on every
+// master and keeps them from coming back while durable events are
+// published on channels of all three: once they are back, the open stream
+// gets every one, once, in order per channel, without reconnecting.
+func TestClusterGapRecovery(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	const parts = 16
+	url, _ := startClusterApp(t, rc, map[string]string{"HEARTBEAT_INTERVAL": "100ms"})
+	channels := []string{"user:alice", "room:lobby", "room:r0", "room:r1", "room:r2", "broadcast"}
+	masters := map[string]bool{}
+	nodes := map[string]string{} // channel → its master, known before the cut
+	for _, ch := range channels {
+		nodes[ch] = nodeOf(t, rc, cc, ch, parts).Addr
+		masters[nodes[ch]] = true
+	}
+	if len(masters) != 3 {
+		t.Fatalf("the channels are on %d masters, want 3", len(masters))
+	}
+	s := openCluster(t, cc, url, "alice", "lobby", "r0", "r1", "r2")
+	if _, err := clusterPublish(cc, parts, "room:lobby", `{"event":"n","data":"0"}`); err != nil {
+		t.Fatal(err)
+	}
+	want(t, s, "n", "0")
+
+	ctx := context.Background()
+	admins := map[string]*redis.Conn{}
+	for _, n := range rc.Nodes {
+		admin := n.Client().Conn()
+		t.Cleanup(func() { admin.Close() })
+		admins[n.Addr] = admin
+		if err := admin.ConfigSet(ctx, "requirepass", "gap").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, admin := range admins {
+		if err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "readyz to report the gap", func() bool {
+		resp, err := http.Get(url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 503
+	})
+	var sent []string
+	for i := 1; i <= 30; i++ {
+		ch := channels[i%len(channels)]
+		k := wire.Partition(ch, parts)
+		tag := "sse:{p" + strconv.Itoa(k) + "}:"
+		admin := admins[nodes[ch]]
+		data := fmt.Sprintf("%s/%d", ch, i)
+		err := redis.NewScript(store.ClusterPublishScript).Run(ctx, admin,
+			[]string{tag + "cursor", tag + "config", tag + ch + ":history", tag + ch + ":trimmed"},
+			tag+ch, fmt.Sprintf(`{"event":"n","data":%q}`, data), parts).Err()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, data)
+	}
+	for _, admin := range admins {
+		if err := admin.ConfigSet(ctx, "requirepass", "").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]int{}
+	prev := map[string]int{}
+	for range sent {
+		ev, err := s.NextEvent(15 * time.Second)
+		if err != nil || ev.Event != "n" {
+			t.Fatalf("got %+v %v; want the events published during the gap (%d of %d so far)", ev, err, len(got), len(sent))
+		}
+		ch, n, _ := strings.Cut(ev.Data, "/")
+		i, _ := strconv.Atoi(n)
+		if i <= prev[ch] {
+			t.Fatalf("%s: event %d after %d", ch, i, prev[ch])
+		}
+		prev[ch] = i
+		got[ev.Data]++
+	}
+	for _, d := range sent {
+		if got[d] != 1 {
+			t.Errorf("%s delivered %d times", d, got[d])
+		}
+	}
+	if _, err := clusterPublish(cc, parts, "room:lobby", `{"event":"n","data":"after"}`); err != nil {
+		t.Fatal(err)
+	}
+	want(t, s, "n", "after")
 }

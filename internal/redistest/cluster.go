@@ -29,6 +29,8 @@ type ClusterNode struct {
 	Addr string
 	dir  string
 	cmd  *exec.Cmd
+	// exited is closed once the process is gone.
+	exited chan struct{}
 }
 
 // StartCluster runs n masters, joins them with redis-cli --cluster create
@@ -41,18 +43,23 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	c := &Cluster{t: t}
 	var addrs []string
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		// The cluster bus listens on port+10000, which may be taken: a
+		// node that cannot start is tried again on another port.
+		var node *ClusterNode
+		for try := 0; node == nil; try++ {
+			port := freePort(t)
+			if port+10000 > 65535 {
+				continue
+			}
+			node = &ClusterNode{t: t, Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), dir: t.TempDir()}
+			if err := node.start(); err != nil {
+				node.Stop()
+				if try == 4 {
+					t.Fatal(err)
+				}
+				node = nil
+			}
 		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		// The cluster bus listens on port+10000: it must be free too.
-		if port+10000 > 65535 {
-			t.Skip("no room for the cluster bus port")
-		}
-		node := &ClusterNode{t: t, Port: port, Addr: fmt.Sprintf("127.0.0.1:%d", port), dir: t.TempDir()}
-		node.Start()
 		t.Cleanup(node.Stop)
 		c.Nodes = append(c.Nodes, node)
 		addrs = append(addrs, node.Addr)
@@ -126,10 +133,25 @@ func (c *Cluster) NodeOfSlot(slot int) *ClusterNode {
 	return nil
 }
 
-// Start starts the node (again, after Stop: with its data and its
-// cluster config).
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Start starts the node again after Stop, with its data and its cluster
+// config.
 func (n *ClusterNode) Start() {
 	n.t.Helper()
+	if err := n.start(); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+func (n *ClusterNode) start() error {
 	n.cmd = exec.Command("redis-server",
 		"--port", strconv.Itoa(n.Port), "--bind", "127.0.0.1",
 		"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -138,17 +160,30 @@ func (n *ClusterNode) Start() {
 		"--logfile", "redis.log")
 	n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
 	if err := n.cmd.Start(); err != nil {
-		n.t.Fatal("starting redis-server:", err)
+		return fmt.Errorf("starting redis-server: %w", err)
 	}
+	exited := make(chan struct{})
+	n.exited = exited
+	go func(cmd *exec.Cmd) {
+		_ = cmd.Wait()
+		close(exited)
+	}(n.cmd)
 	c := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for c.Ping(context.Background()).Err() != nil {
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(n.dir + "/redis.log")
+			return fmt.Errorf("redis-server on %s exited: %s", n.Addr, log)
+		default:
+		}
 		if time.Now().After(deadline) {
-			n.t.Fatal("redis-server did not answer within 10s")
+			return fmt.Errorf("redis-server on %s did not answer within 10s", n.Addr)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return nil
 }
 
 // Stop kills the node (SIGKILL) and waits for it.
@@ -157,7 +192,7 @@ func (n *ClusterNode) Stop() {
 		return
 	}
 	_ = n.cmd.Process.Kill()
-	_ = n.cmd.Wait()
+	<-n.exited
 	n.cmd = nil
 }
 
