@@ -488,3 +488,53 @@ func TestClusterGapRecovery(t *testing.T) {
 	}
 	want(t, s, "n", "after")
 }
+
+// TestClusterIDSize measures the Last-Event-ID of streams with 1, 10 and
+// 100 rooms, each sent an event on every one of its channels: on a fresh
+// deployment, and with every partition's counter at 10^8 (a deployment
+// that has carried that many durable events per partition).
+func TestClusterIDSize(t *testing.T) {
+	for _, start := range []int{0, 100_000_000} {
+		t.Run(fmt.Sprintf("counters at %d", start), func(t *testing.T) {
+			rc := redistest.StartCluster(t, 3)
+			cc := rc.Client()
+			const parts = 16
+			if start > 0 {
+				for k := range parts {
+					key := "sse:{p" + strconv.Itoa(k) + "}:cursor"
+					if err := cc.Set(context.Background(), key, fmt.Sprintf("19a0b1c2d3e4f:%d", start), 0).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			url, _ := startClusterApp(t, rc, nil)
+			for _, n := range []int{1, 10, 100} {
+				var rooms []string
+				for i := range n {
+					rooms = append(rooms, fmt.Sprintf("r%d-%d", n, i))
+				}
+				user := fmt.Sprintf("size%d", n)
+				s := openCluster(t, cc, url, user, rooms...)
+				channels := []string{"user:" + user, "broadcast"}
+				for _, r := range rooms {
+					channels = append(channels, "room:"+r)
+				}
+				for _, ch := range channels {
+					if _, err := clusterPublish(cc, parts, ch, `{"event":"n","data":1}`); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var id string
+				for range channels {
+					ev, err := s.NextEvent(5 * time.Second)
+					if err != nil {
+						t.Fatal(err)
+					}
+					id = ev.ID
+				}
+				t.Logf("%d rooms: %d bytes: %s", n, len(id), id)
+				fmt.Printf("cluster id size, counters at %d, %d rooms: %d bytes\n", start, n, len(id))
+			}
+		})
+	}
+}
