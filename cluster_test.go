@@ -538,3 +538,26 @@ func TestClusterIDSize(t *testing.T) {
 		})
 	}
 }
+
+// TestClusterPublishCommand: `ssebridge publish -cluster` publishes a
+// durable event that a stream on the cluster gets; CLUSTER_PARTITIONS
+// other than the deployment's is refused.
+func TestClusterPublishCommand(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	url, _ := startClusterApp(t, rc, nil)
+	s := openCluster(t, cc, url, "alice", "lobby")
+	var stdout, stderr strings.Builder
+	if code := command("publish", []string{"-cluster", rc.Addrs(), "-channel", "room:lobby", "-event", "chat", "-data", `{"text":"hi"}`}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if _, err := wire.ParseCursor(strings.TrimSpace(stdout.String())); err != nil {
+		t.Fatalf("printed %q: %v", stdout.String(), err)
+	}
+	want(t, s, "chat", `{"text":"hi"}`)
+	stderr.Reset()
+	if code := command("publish", []string{"-cluster", rc.Addrs(), "-partitions", "8", "-channel", "room:lobby", "-data", "x"}, &stdout, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "partitions") {
+		t.Fatalf("with -partitions 8: exit %d: %s", code, stderr.String())
+	}
+}

@@ -342,13 +342,38 @@ func (c *Cluster) Position(ctx context.Context) (wire.Cursor, error) {
 // atomic call, and returns the event's position in its partition,
 // "<epoch>:<n>-<ms>" (not an SSE id: see docs/CLUSTER.md).
 func (c *Cluster) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
-	_, cur, conf, hist, trim, shard := c.keys(channel)
-	s, err := c.publish.Run(ctx, c.cc, []string{cur, conf, hist, trim}, shard, envelope, c.parts).Text()
+	p := ClusterPublisher{cc: c.cc, prefix: c.prefix, parts: c.parts, script: c.publish}
+	id, err := p.Publish(ctx, channel, envelope)
 	if err != nil && strings.Contains(err.Error(), "has not written") {
+		// The partition's config was lost under this instance (its node
+		// restarted without data): write it again, publish once more.
 		if cerr := c.configure(ctx, wire.Partition(channel, c.parts)); cerr == nil {
-			s, err = c.publish.Run(ctx, c.cc, []string{cur, conf, hist, trim}, shard, envelope, c.parts).Text()
+			id, err = p.Publish(ctx, channel, envelope)
 		}
 	}
+	return id, err
+}
+
+// ClusterPublisher publishes durable events on Redis Cluster as a backend
+// does, with no feed of its own (`ssebridge publish`).
+type ClusterPublisher struct {
+	cc     *redis.ClusterClient
+	prefix string
+	parts  int
+	script *redis.Script
+}
+
+// NewClusterPublisher returns a publisher for channels named prefix+name
+// in parts partitions.
+func NewClusterPublisher(cc *redis.ClusterClient, prefix string, parts int) *ClusterPublisher {
+	return &ClusterPublisher{cc: cc, prefix: prefix, parts: parts, script: redis.NewScript(ClusterPublishScript)}
+}
+
+// Publish runs the cluster publish script for channel.
+func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+	t := p.prefix + "{p" + strconv.Itoa(wire.Partition(channel, p.parts)) + "}:"
+	keys := []string{t + "cursor", t + "config", t + channel + ":history", t + channel + ":trimmed"}
+	s, err := p.script.Run(ctx, p.cc, keys, t+channel, envelope, p.parts).Text()
 	if err != nil {
 		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
