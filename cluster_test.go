@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -559,5 +561,38 @@ func TestClusterPublishCommand(t *testing.T) {
 	if code := command("publish", []string{"-cluster", rc.Addrs(), "-partitions", "8", "-channel", "room:lobby", "-data", "x"}, &stdout, &stderr); code != 1 ||
 		!strings.Contains(stderr.String(), "partitions") {
 		t.Fatalf("with -partitions 8: exit %d: %s", code, stderr.String())
+	}
+	// An instance with another partition count does not start.
+	cfg, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": rc.Addrs(), "LISTEN_ADDR": "127.0.0.1:0", "CLUSTER_PARTITIONS": "8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = run(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if !errors.Is(err, store.ErrPartitions) {
+		t.Fatalf("an instance with CLUSTER_PARTITIONS=8 on a deployment of 16: %v", err)
+	}
+}
+
+// TestClusterConfig: REDIS_CLUSTER_ADDRS is exclusive with the other
+// topologies, CLUSTER_PARTITIONS is bounded.
+func TestClusterConfig(t *testing.T) {
+	for _, c := range []struct {
+		vars map[string]string
+		want string
+	}{
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "REDIS_URL": "redis://x:6379"}, "exclusive"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "REDIS_SENTINEL_ADDRS": "b:2", "REDIS_SENTINEL_MASTER": "m"}, "exclusive"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "nohost"}, "REDIS_CLUSTER_ADDRS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "0"}, "CLUSTER_PARTITIONS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "1025"}, "CLUSTER_PARTITIONS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1"}, "DURABLE_WAIT_REPLICAS"},
+	} {
+		if _, err := loadConfig(c.vars); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want an error naming %s", c.vars, err, c.want)
+		}
+	}
+	cfg, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": " a:1, b:2 ,"})
+	if err != nil || len(cfg.RedisClusterAddrs) != 2 || cfg.ClusterPartitions != 16 || cfg.ListenAddr != ":8080" {
+		t.Errorf("%+v %v", cfg.RedisClusterAddrs, err)
 	}
 }

@@ -74,7 +74,11 @@ type Cluster struct {
 	ts      uint64     // seconds: the newest publish time seen
 	tag     string     // digest of epochs
 	deliver func(channel string, m wire.Message, err error)
-	retry   func() // ends every stream with a retry hint (a partition lost events)
+
+	rounds  sync.Mutex     // guards next and running
+	next    *positionRound // the round of Position that callers join; not started
+	running bool           // a goroutine runs rounds
+	retry   func()         // ends every stream with a retry hint (a partition lost events)
 }
 
 // NewCluster returns cluster-mode storage for channels named prefix+name
@@ -270,7 +274,59 @@ func (c *Cluster) Connected() bool {
 // a ping on each partition's connection to come back: whatever was
 // published on a subscribed channel before the read came before the pong,
 // so was delivered.
+//
+// Calls that arrive together share one round of reads and pings (a mass
+// reconnect costs rounds, not P reads and P pings per stream): a call
+// joins the next round to start, never one already under way, so the
+// round's reads follow the call.
 func (c *Cluster) Position(ctx context.Context) (wire.Cursor, error) {
+	c.rounds.Lock()
+	r := c.next
+	if r == nil {
+		r = &positionRound{done: make(chan struct{})}
+		c.next = r
+	}
+	if !c.running {
+		c.running, c.next = true, nil
+		go c.runRounds(r)
+	}
+	c.rounds.Unlock()
+	select {
+	case <-r.done:
+		return r.pos, r.err
+	case <-ctx.Done():
+		return wire.Cursor{}, ctx.Err()
+	}
+}
+
+// positionRound is one shared round of Position.
+type positionRound struct {
+	done chan struct{} // closed when pos and err are set
+	pos  wire.Cursor
+	err  error
+}
+
+// positionTimeout bounds one round of Position.
+const positionTimeout = 10 * time.Second
+
+// runRounds runs r, then the rounds that callers joined meanwhile, one
+// after the other, and returns when none is waiting.
+func (c *Cluster) runRounds(r *positionRound) {
+	for r != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), positionTimeout)
+		r.pos, r.err = c.position(ctx)
+		cancel()
+		close(r.done)
+		c.rounds.Lock()
+		r, c.next = c.next, nil
+		if r == nil {
+			c.running = false
+		}
+		c.rounds.Unlock()
+	}
+}
+
+func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 	type read struct {
 		epoch string
 		n, ts uint64

@@ -40,8 +40,10 @@ type partFeed struct {
 func (f *partFeed) subscribe(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.channels[name] = struct{}{}
-	f.c.metrics.Channels.Inc()
+	if _, ok := f.channels[name]; !ok {
+		f.channels[name] = struct{}{}
+		f.c.metrics.Channels.Inc()
+	}
 	return f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
 }
 
