@@ -116,15 +116,23 @@ func (c *Cluster) NodeOfSlot(slot int) *ClusterNode {
 	c.t.Helper()
 	cl := redis.NewClient(&redis.Options{Addr: c.Nodes[0].Addr})
 	defer cl.Close()
-	slots, err := cl.ClusterSlots(context.Background()).Result()
+	shards, err := cl.ClusterShards(context.Background()).Result()
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	for _, s := range slots {
-		if s.Start <= slot && slot <= s.End {
-			for _, n := range c.Nodes {
-				if len(s.Nodes) > 0 && strings.HasSuffix(s.Nodes[0].Addr, ":"+strconv.Itoa(n.Port)) {
-					return n
+	for _, s := range shards {
+		for _, r := range s.Slots {
+			if r.Start > int64(slot) || int64(slot) > r.End {
+				continue
+			}
+			for _, sn := range s.Nodes {
+				if sn.Role != "master" {
+					continue
+				}
+				for _, n := range c.Nodes {
+					if sn.Port == int64(n.Port) {
+						return n
+					}
 				}
 			}
 		}
