@@ -166,13 +166,17 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context)) {
 			}
 			f.barrier.releaseAll(ErrFeedLost)
 			f.forgetReplies()
-			if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "CLUSTERDOWN") || strings.Contains(err.Error(), "MOVED") {
-				// The slot is served elsewhere now: a new connection goes
-				// to its master as the cluster tells it.
-				f.redial(ctx)
+			moved := strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "CLUSTERDOWN")
+			if moved {
+				// The slot is served elsewhere now: have go-redis read the
+				// slots again, then dial the slot's master as it says.
+				c.cc.ReloadState(ctx)
 			}
 			if !sleep(ctx, backoff.next()) {
 				return
+			}
+			if moved {
+				f.redial(ctx)
 			}
 			continue
 		}
@@ -203,6 +207,7 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context)) {
 				f.connected.Store(false)
 				c.metrics.Reconnects.Inc()
 				f.barrier.releaseAll(ErrFeedLost)
+				c.cc.ReloadState(ctx)
 				f.redial(ctx)
 			}
 		case *redis.Pong:

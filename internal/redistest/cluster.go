@@ -210,3 +210,56 @@ func (n *ClusterNode) Client() *redis.Client {
 	n.t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// ID is the node's cluster node id.
+func (n *ClusterNode) ID() string {
+	n.t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: n.Addr})
+	defer c.Close()
+	id, err := c.Do(context.Background(), "CLUSTER", "MYID").Text()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return id
+}
+
+// MoveSlot migrates slot, with its keys, from the node serving it to to,
+// as redis-cli --cluster reshard does for each slot: IMPORTING on the
+// target, MIGRATING on the source, MIGRATE of its keys, then SETSLOT NODE
+// on every node.
+func (c *Cluster) MoveSlot(slot int, to *ClusterNode) {
+	c.t.Helper()
+	ctx := context.Background()
+	from := c.NodeOfSlot(slot)
+	if from == to {
+		c.t.Fatalf("slot %d is on %s already", slot, to.Addr)
+	}
+	src, dst := redis.NewClient(&redis.Options{Addr: from.Addr}), redis.NewClient(&redis.Options{Addr: to.Addr})
+	defer src.Close()
+	defer dst.Close()
+	must := func(err error) {
+		c.t.Helper()
+		if err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", from.ID()).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", to.ID()).Err())
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		must(err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", "127.0.0.1", to.Port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must(src.Do(ctx, args...).Err())
+	}
+	for _, n := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
+		must(cl.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", to.ID()).Err())
+		cl.Close()
+	}
+}
