@@ -166,12 +166,11 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context)) {
 			}
 			f.barrier.releaseAll(ErrFeedLost)
 			f.forgetReplies()
+			// The node may be gone for good (a failover) or the slot served
+			// elsewhere (MOVED): have go-redis read the slot map again
+			// (lazily, at most one read at a time) before it dials.
+			c.cc.ReloadState(ctx)
 			moved := strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "CLUSTERDOWN")
-			if moved {
-				// The slot is served elsewhere now: have go-redis read the
-				// slots again, then dial the slot's master as it says.
-				c.cc.ReloadState(ctx)
-			}
 			if !sleep(ctx, backoff.next()) {
 				return
 			}
