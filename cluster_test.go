@@ -493,23 +493,30 @@ func TestClusterGapRecovery(t *testing.T) {
 
 // TestClusterIDSize measures the Last-Event-ID of streams with 1, 10 and
 // 100 rooms, each sent an event on every one of its channels: on a fresh
-// deployment, and with every partition's counter at 10^8 (a deployment
-// that has carried that many durable events per partition).
+// deployment, where partitions without events are at 0 (far from the
+// newest position: long), and once every partition has had an event (the
+// usual case of a deployment in use: short distances).
 func TestClusterIDSize(t *testing.T) {
-	for _, start := range []int{0, 100_000_000} {
-		t.Run(fmt.Sprintf("counters at %d", start), func(t *testing.T) {
+	for _, warm := range []bool{false, true} {
+		t.Run(fmt.Sprintf("every partition used %v", warm), func(t *testing.T) {
 			rc := redistest.StartCluster(t, 3)
 			cc := rc.Client()
 			const parts = 16
-			if start > 0 {
-				for k := range parts {
-					key := "sse:{p" + strconv.Itoa(k) + "}:cursor"
-					if err := cc.Set(context.Background(), key, fmt.Sprintf("19a0b1c2d3e4f:%d", start), 0).Err(); err != nil {
-						t.Fatal(err)
+			url, _ := startClusterApp(t, rc, nil)
+			if warm {
+				for k, i := 0, 0; k < parts; i++ {
+					if ch := fmt.Sprintf("room:warm%d", i); wire.Partition(ch, parts) == k {
+						if _, err := clusterPublish(cc, parts, ch, `{"data":0}`); err != nil {
+							t.Fatal(err)
+						}
+						k++
 					}
 				}
 			}
-			url, _ := startClusterApp(t, rc, nil)
+			deployment := "fresh"
+			if warm {
+				deployment = "every partition used"
+			}
 			for _, n := range []int{1, 10, 100} {
 				var rooms []string
 				for i := range n {
@@ -535,7 +542,7 @@ func TestClusterIDSize(t *testing.T) {
 					id = ev.ID
 				}
 				t.Logf("%d rooms: %d bytes: %s", n, len(id), id)
-				fmt.Printf("cluster id size, counters at %d, %d rooms: %d bytes\n", start, n, len(id))
+				fmt.Printf("cluster id size, %s, %d rooms: %d bytes\n", deployment, n, len(id))
 			}
 		})
 	}

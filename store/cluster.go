@@ -27,16 +27,26 @@ import (
 //go:embed cluster_publish.lua
 var ClusterPublishScript string
 
-// cursorScript reads a partition's position, making a new epoch if the
-// partition has none (first start, or its node lost its data).
-const cursorScript = `local v = redis.call('GET', KEYS[1])
-if not v then
-  local t = redis.call('TIME')
-  v = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])) .. ':0'
+// cursorScript reads a partition's position after moving it on to the
+// server's clock (in milliseconds) if it is behind, as one Redis's Position
+// takes a new id: the position is a clock, so a vector read now says now,
+// and HISTORY_TTL counts from there. A partition with none (first start,
+// or its node lost its data) gets a new epoch.
+const cursorScript = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('GET', KEYS[1])
+local epoch, n
+if v then
+  epoch, n = string.match(v, '^(%w+):(%d+)$')
+end
+if not epoch then
+  epoch, n = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])), 0
+end
+if tonumber(n) < now then
+  v = epoch .. ':' .. now
   redis.call('SET', KEYS[1], v)
 end
-local t = redis.call('TIME')
-return {v, tonumber(t[1])}`
+return v`
 
 // ErrPartitions means the cluster was set up for another number of
 // partitions than CLUSTER_PARTITIONS.
@@ -71,7 +81,6 @@ type Cluster struct {
 	mu      sync.Mutex // held across taking an id and delivering its event
 	epochs  []string   // per partition; "" while unknown
 	pos     []uint64   // per partition: the last position delivered
-	ts      uint64     // seconds: the newest publish time seen
 	tag     string     // digest of epochs
 	deliver func(channel string, m wire.Message, err error)
 
@@ -168,47 +177,50 @@ func (c *Cluster) configure(ctx context.Context, k int) error {
 		return fmt.Errorf("%w: CLUSTER_PARTITIONS is %d, but %s says %s: every instance and backend must use the same", ErrPartitions, c.parts, key, parts)
 	}
 	c.feeds[k].marker.Store(&marker)
-	epoch, n, ts, err := c.readPosition(ctx, k)
+	epoch, n, err := c.readPosition(ctx, k)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
 	if c.epochs[k] == "" {
-		c.adoptLocked(k, epoch, n, ts)
+		c.adoptLocked(k, epoch, n)
 	}
 	c.mu.Unlock()
 	return nil
 }
 
-// readPosition reads partition k's epoch and position, and Redis's clock.
-func (c *Cluster) readPosition(ctx context.Context, k int) (epoch string, n, ts uint64, err error) {
-	res, err := c.cursor.Run(ctx, c.cc, []string{c.tagOf(k) + "cursor"}).Slice()
-	if err != nil || len(res) != 2 {
-		return "", 0, 0, fmt.Errorf("reading partition %d's position: %v", k, err)
+// readPosition reads partition k's epoch and position.
+func (c *Cluster) readPosition(ctx context.Context, k int) (epoch string, n uint64, err error) {
+	s, err := c.cursor.Run(ctx, c.cc, []string{c.tagOf(k) + "cursor"}).Text()
+	if err != nil {
+		return "", 0, fmt.Errorf("reading partition %d's position: %w", k, err)
 	}
-	s, _ := res[0].(string)
-	sec, _ := res[1].(int64)
+	return parsePosition(k, s)
+}
+
+// parsePosition reads a partition's "<epoch>:<n>".
+func parsePosition(k int, s string) (string, uint64, error) {
 	e, num, ok := strings.Cut(s, ":")
-	if n, err = strconv.ParseUint(num, 10, 64); !ok || err != nil {
-		return "", 0, 0, fmt.Errorf("partition %d's position %q is not ssebridge's", k, s)
+	n, err := strconv.ParseUint(num, 10, 64)
+	if !ok || err != nil || e == "" {
+		return "", 0, fmt.Errorf("partition %d's position %q is not ssebridge's", k, s)
 	}
-	return e, n, uint64(sec), nil
+	return e, n, nil
 }
 
 // adoptLocked takes partition k to be at n of epoch, as Redis has it.
-func (c *Cluster) adoptLocked(k int, epoch string, n, ts uint64) {
+func (c *Cluster) adoptLocked(k int, epoch string, n uint64) {
 	if c.epochs[k] != epoch {
 		c.epochs[k], c.pos[k] = epoch, n
 		c.tag = c.digest()
 	} else {
 		c.pos[k] = max(c.pos[k], n)
 	}
-	c.ts = max(c.ts, ts)
 }
 
 // stampLocked is the instance's vector now.
 func (c *Cluster) stampLocked(own int) *wire.Vector {
-	return &wire.Vector{Tag: c.tag, TS: c.ts, Pos: append([]uint64(nil), c.pos...), Own: own}
+	return &wire.Vector{Tag: c.tag, Pos: append([]uint64(nil), c.pos...), Own: own}
 }
 
 // Subscribe subscribes to channels, each on its partition's connection.
@@ -329,7 +341,7 @@ func (c *Cluster) runRounds(r *positionRound) {
 func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 	type read struct {
 		epoch string
-		n, ts uint64
+		n     uint64
 	}
 	reads := make([]read, c.parts)
 	cmds := make([]*redis.Cmd, c.parts)
@@ -341,25 +353,22 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 	})
 	for k, cmd := range cmds {
 		if err != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			epoch, n, ts, err := c.readPosition(ctx, k)
+			epoch, n, err := c.readPosition(ctx, k)
 			if err != nil {
 				return wire.Cursor{}, err
 			}
-			reads[k] = read{epoch, n, ts}
+			reads[k] = read{epoch, n}
 			continue
 		}
-		res, err := cmd.Slice()
-		if err != nil || len(res) != 2 {
-			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %v", k, err)
+		s, err := cmd.Text()
+		if err != nil {
+			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
 		}
-		s, _ := res[0].(string)
-		sec, _ := res[1].(int64)
-		e, num, _ := strings.Cut(s, ":")
-		n, perr := strconv.ParseUint(num, 10, 64)
-		if perr != nil {
-			return wire.Cursor{}, fmt.Errorf("partition %d's position %q is not ssebridge's", k, s)
+		e, n, err := parsePosition(k, s)
+		if err != nil {
+			return wire.Cursor{}, err
 		}
-		reads[k] = read{e, n, uint64(sec)}
+		reads[k] = read{e, n}
 	}
 	waits := make([]<-chan error, c.parts)
 	for k, f := range c.feeds {
@@ -389,7 +398,7 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 			// epoch yet: its gap recovery deals with the streams.
 			continue
 		}
-		c.adoptLocked(k, r.epoch, r.n, r.ts)
+		c.adoptLocked(k, r.epoch, r.n)
 	}
 	return wire.VectorCursor(c.stampLocked(-1)), nil
 }
@@ -484,7 +493,10 @@ func (c *Cluster) Read(ctx context.Context, channels []string, after []wire.Curs
 			return wire.Page{Position: until, Reset: wire.ResetEpoch}, nil
 		case v.Pos[k] > u.Pos[k]:
 			return wire.Page{Position: until, Reset: wire.ResetFuture}, nil
-		case first && v.TS+uint64(c.ttl.Seconds()) < u.TS:
+		case first && v.Newest()+uint64(c.ttl.Milliseconds()) < uint64(time.Now().UnixMilli()):
+			// Positions are the nodes' clocks in milliseconds: an id whose
+			// newest is older than HISTORY_TTL may be missing events that
+			// expired with their channel's history.
 			return wire.Page{Position: until, Reset: wire.ResetTooOld}, nil
 		}
 		if i == 0 {

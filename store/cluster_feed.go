@@ -225,7 +225,7 @@ func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err == nil && m.Durable() {
-		n, ms := m.Cursor.MS, m.Cursor.N // the frame's "<epoch>:<n>-<ms>"
+		n := m.Cursor.MS // the frame's "<epoch>:<n>-<ms>"
 		switch {
 		case m.Cursor.Epoch != c.epochs[k]:
 			// The partition's node lost its data: a new epoch. Ids of the
@@ -240,7 +240,6 @@ func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
 		default:
 			c.pos[k] = n
 		}
-		c.ts = max(c.ts, ms/1000)
 		m.Cursor = wire.VectorCursor(c.stampLocked(k))
 	}
 	c.deliver(channel, m, err)
@@ -274,14 +273,14 @@ func (c *Cluster) recover(ctx context.Context, f *partFeed) {
 
 func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
 	k := f.k
-	epoch, upTo, ts, err := c.readPosition(ctx, k)
+	epoch, upTo, err := c.readPosition(ctx, k)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
 	known, from := c.epochs[k], c.pos[k]
 	if known != epoch {
-		c.adoptLocked(k, epoch, upTo, ts)
+		c.adoptLocked(k, epoch, upTo)
 		c.mu.Unlock()
 		if known != "" {
 			c.log.Warn("a partition lost its data while its connection was down: streams told to reconnect", "partition", k)
@@ -304,7 +303,7 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
 		if trimmed {
 			c.log.Warn("durable events were trimmed while a partition's connection was down: streams told to reconnect", "partition", k)
 			c.mu.Lock()
-			c.adoptLocked(k, epoch, upTo, ts)
+			c.adoptLocked(k, epoch, upTo)
 			c.mu.Unlock()
 			c.retryAll()
 			return nil
@@ -327,7 +326,7 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
 		}
 	}
 	c.mu.Lock()
-	c.adoptLocked(k, epoch, upTo, ts)
+	c.adoptLocked(k, epoch, upTo)
 	c.mu.Unlock()
 	if events > 0 {
 		c.log.Info("durable events published while a partition's connection was down were delivered", "partition", k, "events", events)

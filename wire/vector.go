@@ -10,17 +10,24 @@ import (
 //
 // On Redis Cluster there is no one counter that orders every channel. The
 // channels are spread over a fixed number of partitions instead, each a
-// hash tag with its own counter, and an id is a vector: per partition, the
+// hash tag with its own position, and an id is a vector: per partition, the
 // position this instance had delivered when it encoded the event. One id is
 // still a cursor over every channel of a stream, and still encoded once for
 // all of the instance's streams.
 //
-//	<tag>.<ts>.<pos 0>.<pos 1>. … .<pos P-1>
+// A partition's position is a millisecond clock that the publish script
+// moves on by at least one per event (max(last + 1, now in ms)), as one
+// Redis's ids are: a replica promoted without the last writes goes on from
+// its own clock, past what the old master gave out, instead of giving the
+// same positions again. So the newest position of a vector is also the
+// time the id was made, what HISTORY_TTL is checked against.
 //
-// tag is a digest of every partition's epoch (a partition that lost its data
-// starts a new epoch, and ids of the old one mean nothing), ts the newest
-// publish time the instance had seen, in seconds, and each pos a partition's
-// counter; all in base 36.
+//	<tag>.<newest>.<d 0>.<d 1>. … .<d P-1>       d k = newest - pos k
+//
+// tag is a digest of every partition's epoch (a partition that lost its
+// data starts a new epoch, and ids of the old one mean nothing); all
+// numbers are in base 36, each position as its distance from the newest,
+// which is short for a partition with recent events.
 
 // MaxPartitions bounds CLUSTER_PARTITIONS, and so the size of an id.
 const MaxPartitions = 1024
@@ -34,8 +41,7 @@ func Partition(channel string, n int) int {
 // Vector is a cluster-mode id.
 type Vector struct {
 	Tag string   // digest of the partitions' epochs
-	TS  uint64   // seconds: the newest publish time seen
-	Pos []uint64 // per partition: the last position delivered
+	Pos []uint64 // per partition: the last position delivered (milliseconds)
 	// Own is the partition of the event this is the id of, or -1 for a
 	// position that is no event's (a stream's start, a replay's bound).
 	Own int
@@ -47,16 +53,27 @@ func VectorCursor(v *Vector) Cursor { return Cursor{Epoch: v.Tag, vec: v} }
 // Vector returns the vector of a cluster-mode cursor, or nil.
 func (c Cursor) Vector() *Vector { return c.vec }
 
+// Newest is the vector's newest position: about when it was made, in
+// milliseconds.
+func (v *Vector) Newest() uint64 {
+	var m uint64
+	for _, p := range v.Pos {
+		m = max(m, p)
+	}
+	return m
+}
+
 // String writes v as an SSE id.
 func (v *Vector) String() string {
+	m := v.Newest()
 	var b strings.Builder
-	b.Grow(len(v.Tag) + 8 + 3*len(v.Pos))
+	b.Grow(len(v.Tag) + 10 + 4*len(v.Pos))
 	b.WriteString(v.Tag)
 	b.WriteByte('.')
-	b.WriteString(strconv.FormatUint(v.TS, 36))
+	b.WriteString(strconv.FormatUint(m, 36))
 	for _, p := range v.Pos {
 		b.WriteByte('.')
-		b.WriteString(strconv.FormatUint(p, 36))
+		b.WriteString(strconv.FormatUint(m-p, 36))
 	}
 	return b.String()
 }
@@ -72,14 +89,20 @@ func ParseVector(s string, n int) (Cursor, error) {
 		return Cursor{}, ErrBadCursor
 	}
 	v := &Vector{Tag: parts[0], Pos: make([]uint64, n), Own: -1}
-	var err error
-	if v.TS, err = parse36(parts[1]); err != nil {
+	m, err := parse36(parts[1])
+	if err != nil {
 		return Cursor{}, err
 	}
+	newest := false
 	for i, p := range parts[2:] {
-		if v.Pos[i], err = parse36(p); err != nil {
-			return Cursor{}, err
+		d, err := parse36(p)
+		if err != nil || d > m {
+			return Cursor{}, ErrBadCursor
 		}
+		v.Pos[i], newest = m-d, newest || d == 0
+	}
+	if !newest {
+		return Cursor{}, ErrBadCursor // the newest must be one of them, as String writes it
 	}
 	return VectorCursor(v), nil
 }
@@ -130,20 +153,20 @@ func vectorMax(c, d Cursor) Cursor {
 	if c.vec == nil || d.vec == nil || !c.vec.comparable(d.vec) {
 		return d // another epoch: the newer wins, as for Before
 	}
-	m := &Vector{Tag: c.vec.Tag, TS: max(c.vec.TS, d.vec.TS), Pos: make([]uint64, len(c.vec.Pos)), Own: -1}
+	m := &Vector{Tag: c.vec.Tag, Pos: make([]uint64, len(c.vec.Pos)), Own: -1}
 	for i, p := range c.vec.Pos {
 		m.Pos[i] = max(p, d.vec.Pos[i])
 	}
 	return VectorCursor(m)
 }
 
-// Min returns, per partition, the earlier position of c and d (and the
-// older time): where a replay over both may start. Cluster ids only.
+// Min returns, per partition, the earlier position of c and d: where a
+// replay over both may start. Cluster ids only.
 func (c Cursor) Min(d Cursor) Cursor {
 	if c.vec == nil || d.vec == nil || !c.vec.comparable(d.vec) {
 		return c
 	}
-	m := &Vector{Tag: c.vec.Tag, TS: min(c.vec.TS, d.vec.TS), Pos: make([]uint64, len(c.vec.Pos)), Own: -1}
+	m := &Vector{Tag: c.vec.Tag, Pos: make([]uint64, len(c.vec.Pos)), Own: -1}
 	for i, p := range c.vec.Pos {
 		m.Pos[i] = min(p, d.vec.Pos[i])
 	}
@@ -153,7 +176,7 @@ func (c Cursor) Min(d Cursor) Cursor {
 // With returns a copy of v with partition k at pos, as the id of that
 // partition's event.
 func (v *Vector) With(k int, pos uint64) *Vector {
-	w := &Vector{Tag: v.Tag, TS: v.TS, Pos: append([]uint64(nil), v.Pos...), Own: k}
+	w := &Vector{Tag: v.Tag, Pos: append([]uint64(nil), v.Pos...), Own: k}
 	w.Pos[k] = pos
 	return w
 }

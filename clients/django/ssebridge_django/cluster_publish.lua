@@ -9,7 +9,7 @@
 -- With P partitions (CLUSTER_PARTITIONS, default 16), a logical channel
 -- such as "room:lobby" is in partition k = crc32(channel) mod P (CRC-32
 -- IEEE; Python: zlib.crc32), and with the prefix "sse:" its keys are
---   KEYS[1]  sse:{p<k>}:cursor               "<epoch>:<n>": the partition's last position
+--   KEYS[1]  sse:{p<k>}:cursor               "<epoch>:<n>": the partition's last position (max(last + 1, now in ms))
 --   KEYS[2]  sse:{p<k>}:config               hash: maxlen, ttl, maxbytes, marker, partitions (written by ssebridge)
 --   KEYS[3]  sse:{p<k>}:<channel>:history    a stream: the channel's last maxlen events
 --   KEYS[4]  sse:{p<k>}:<channel>:trimmed    the entry id of the newest event trimmed from it
@@ -45,10 +45,13 @@ local pos = redis.call('GET', posKey)
 if pos then
   epoch, n = string.match(pos, '^(%w+):(%d+)$')
 end
+-- The position is a millisecond clock moved on by at least one per event:
+-- a replica promoted without the last writes goes on from its own clock,
+-- past the positions the old master gave out, rather than giving them again.
 if epoch then
-  n = tonumber(n) + 1
+  n = math.max(tonumber(n) + 1, now)
 else
-  epoch, n = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])), 1
+  epoch, n = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])), now
 end
 redis.call('SET', posKey, epoch .. ':' .. n)
 local cursor = string.format('%s:%d-%d', epoch, n, now)
