@@ -113,5 +113,10 @@ func clusterClient(cfg Config) *redis.ClusterClient {
 		PoolSize: size, MinIdleConns: size, MaxActiveConns: size,
 		DialTimeout: 2 * time.Second,
 		ClientName:  "ssebridge",
+		// go-redis reads the slot map again on MOVED, and otherwise once a
+		// minute by default: after a failover the dead master answers
+		// nothing, so no MOVED comes, and commands for its slots would fail
+		// for up to a minute. One CLUSTER SLOTS every 2 s bounds that.
+		ClusterStateReloadInterval: 2 * time.Second,
 	})
 }

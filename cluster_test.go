@@ -734,3 +734,203 @@ func TestClusterSlotMove(t *testing.T) {
 		t.Fatalf("got %d events, want 160", len(got))
 	}
 }
+
+// TestClusterFailover: three masters with a replica each; the master of a
+// stream's room is killed (SIGKILL) and its replica promoted by the
+// cluster while durable events are published on the stream's channels.
+// The open stream (resuming by its id when told to) gets every event
+// acknowledged after the failover once, in order per channel, none twice;
+// it measures how long publishing on the lost slot was refused.
+func TestClusterFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the failover")
+	}
+	rc := redistest.StartClusterReplicas(t, 3, 1)
+	cc := rc.Client()
+	const parts = 16
+	url, _ := startClusterApp(t, rc, nil)
+	ctx := context.Background()
+	slot, err := cc.ClusterKeySlot(ctx, "sse:{p"+strconv.Itoa(wire.Partition("room:lobby", parts))+"}:cursor").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := rc.NodeOfSlot(int(slot))
+	v, _ := json.Marshal(map[string]any{"user": "alice", "rooms": []string{"lobby"}})
+	if err := cc.Set(ctx, "session:failover", v, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	type acked struct {
+		m     msg
+		after bool // acknowledged after the failover was over
+	}
+	var (
+		mu        sync.Mutex
+		sent      []acked
+		got       []msg
+		recovered atomic.Bool
+		killedAt  time.Time
+		downFor   time.Duration
+	)
+	// The stream starts before the first event: every one is owed to it.
+	last := ""
+	cur, err := ssetest.Open(ctx, url+"/events", bearer("failover"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := cur.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
+		t.Fatal(ev, err)
+	} else {
+		last = ev.ID
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		channels := []string{"room:lobby", "user:alice", "broadcast"}
+		for seq := 0; ; seq++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ch := channels[seq%len(channels)]
+			for try := 0; ; try++ {
+				_, err := clusterPublish(cc, parts, ch, fmt.Sprintf(`{"event":"n","data":{"c":%q,"s":%d}}`, ch, seq))
+				if err == nil {
+					break
+				}
+				if try > 600 {
+					t.Errorf("publish failed for 30s: %v", err)
+					return
+				}
+				if try%40 == 39 {
+					t.Logf("publish on %s still refused: %v", ch, err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			mu.Lock()
+			if !killedAt.IsZero() && ch == "room:lobby" && !recovered.Load() {
+				downFor = time.Since(killedAt)
+				recovered.Store(true)
+			}
+			sent = append(sent, acked{msg{ch, seq}, recovered.Load()})
+			mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+	})
+
+	readUntil := func(done func() bool, within time.Duration) {
+		deadline := time.Now().Add(within)
+		for !done() && time.Now().Before(deadline) {
+			if cur == nil {
+				h := bearer("failover")
+				if last != "" {
+					h.Set("Last-Event-ID", last)
+				}
+				s, err := ssetest.Open(ctx, url+"/events", h)
+				if err != nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				cur = s
+			}
+			ev, err := cur.NextEvent(500 * time.Millisecond)
+			if err == ssetest.ErrTimeout {
+				continue
+			}
+			if err != nil {
+				cur.Close()
+				cur = nil
+				continue
+			}
+			if ev.HasID {
+				last = ev.ID
+			}
+			if ev.Event == "n" {
+				var d struct {
+					C string
+					S int
+				}
+				_ = json.Unmarshal([]byte(ev.Data), &d)
+				mu.Lock()
+				got = append(got, msg{d.C, d.S})
+				mu.Unlock()
+			}
+		}
+	}
+	defer func() {
+		if cur != nil {
+			cur.Close()
+		}
+	}()
+	readUntil(func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 30 }, 10*time.Second)
+	mu.Lock()
+	killedAt = time.Now()
+	mu.Unlock()
+	victim.Stop()
+	t.Logf("killed the master %s of slot %d", victim.Addr, slot)
+	readUntil(func() bool { return recovered.Load() }, 30*time.Second)
+	if !recovered.Load() {
+		t.Fatal("no publish on the lost slot went through within 30s")
+	}
+	readUntil(func() bool { return false }, 2*time.Second)
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	want := len(sent)
+	mu.Unlock()
+	seen := map[msg]bool{}
+	readUntil(func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, a := range sent {
+			if a.after && !contains(got, a.m) {
+				return false
+			}
+		}
+		return true
+	}, 15*time.Second)
+
+	mu.Lock()
+	defer mu.Unlock()
+	prev := map[string]int{}
+	for _, m := range got {
+		if seen[m] {
+			t.Errorf("%v delivered twice", m)
+		}
+		if p, ok := prev[m.ch]; ok && m.seq < p {
+			t.Errorf("%s: %d after %d", m.ch, m.seq, p)
+		}
+		seen[m], prev[m.ch] = true, m.seq
+	}
+	lostAfter, lostBefore, after := 0, 0, 0
+	for _, a := range sent {
+		if a.after {
+			after++
+		}
+		if !seen[a.m] {
+			if a.after {
+				lostAfter++
+			} else {
+				lostBefore++
+			}
+			t.Logf("lost: %v (acknowledged after the failover: %v)", a.m, a.after)
+		}
+	}
+	t.Logf("failover: publishing on the lost slot refused for %v; %d events acknowledged (%d after the failover), %d delivered; lost: %d acknowledged before the failover, %d after",
+		downFor.Round(time.Millisecond), want, after, len(got), lostBefore, lostAfter)
+	fmt.Printf("cluster failover: slot refused for %v, acknowledged=%d after=%d delivered=%d lost_before=%d lost_after=%d\n",
+		downFor.Round(time.Millisecond), want, after, len(got), lostBefore, lostAfter)
+	if lostAfter != 0 || after == 0 {
+		t.Fatalf("%d of the %d events acknowledged after the failover lost", lostAfter, after)
+	}
+}
+
+func contains(ms []msg, m msg) bool {
+	for _, x := range ms {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}

@@ -120,6 +120,7 @@ through its embedded Redis (try-out mode, said on stderr).
 		cc := redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs:    strings.Split(*cluster, ","),
 			Username: os.Getenv("REDIS_USERNAME"), Password: os.Getenv("REDIS_PASSWORD"),
+			ClusterStateReloadInterval: 2 * time.Second, // see clusterClient
 		})
 		defer cc.Close()
 		id, err := store.NewClusterPublisher(cc, *prefix, *partitions).Publish(ctx, *channel, envelope)

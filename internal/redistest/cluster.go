@@ -37,12 +37,19 @@ type ClusterNode struct {
 // (the slots split evenly), and waits until every node says cluster_state:ok.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartClusterReplicas(t, n, 0)
+}
+
+// StartClusterReplicas runs n masters with replicas replicas each (the
+// first n nodes are the masters), and waits until every replica is in sync.
+func StartClusterReplicas(t testing.TB, n, replicas int) *Cluster {
+	t.Helper()
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		t.Fatal("redis-cli is not installed (apt-get install -y redis-tools)")
 	}
 	c := &Cluster{t: t}
 	var addrs []string
-	for range n {
+	for range n * (1 + replicas) {
 		// The cluster bus listens on port+10000, which may be taken: a
 		// node that cannot start is tried again on another port.
 		var node *ClusterNode
@@ -65,11 +72,29 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		addrs = append(addrs, node.Addr)
 	}
 	args := append([]string{"--cluster", "create"}, addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	c.WaitOK()
+	if replicas > 0 {
+		deadline := time.Now().Add(20 * time.Second)
+		for _, node := range c.Nodes {
+			cl := redis.NewClient(&redis.Options{Addr: node.Addr})
+			for {
+				info, _ := cl.Info(context.Background(), "replication").Result()
+				if strings.Contains(info, "role:master") || strings.Contains(info, "master_link_status:up") {
+					break
+				}
+				if time.Now().After(deadline) {
+					cl.Close()
+					t.Fatalf("replica %s not in sync within 20s", node.Addr)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			cl.Close()
+		}
+	}
 	return c
 }
 
@@ -106,7 +131,10 @@ func (c *Cluster) WaitOK() {
 
 // Client returns a cluster client for the test's own commands.
 func (c *Cluster) Client() *redis.ClusterClient {
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(c.Addrs(), ",")})
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(c.Addrs(), ","),
+		// A backend's client: it must find a promoted replica within
+		// seconds, not at go-redis's default minute.
+		ClusterStateReloadInterval: time.Second})
 	c.t.Cleanup(func() { cc.Close() })
 	return cc
 }
@@ -114,9 +142,17 @@ func (c *Cluster) Client() *redis.ClusterClient {
 // NodeOfSlot returns the node that serves slot.
 func (c *Cluster) NodeOfSlot(slot int) *ClusterNode {
 	c.t.Helper()
-	cl := redis.NewClient(&redis.Options{Addr: c.Nodes[0].Addr})
-	defer cl.Close()
-	shards, err := cl.ClusterShards(context.Background()).Result()
+	// Asked of the first node that answers: one may be down.
+	var shards []redis.ClusterShard
+	var err error
+	for _, n := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr, MaxRetries: -1})
+		shards, err = cl.ClusterShards(context.Background()).Result()
+		cl.Close()
+		if err == nil {
+			break
+		}
+	}
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -126,7 +162,7 @@ func (c *Cluster) NodeOfSlot(slot int) *ClusterNode {
 				continue
 			}
 			for _, sn := range s.Nodes {
-				if sn.Role != "master" {
+				if sn.Role != "master" || sn.Health != "online" {
 					continue
 				}
 				for _, n := range c.Nodes {
