@@ -83,11 +83,11 @@ type Cluster struct {
 	pos     []uint64   // per partition: the last position delivered
 	tag     string     // digest of epochs
 	deliver func(channel string, m wire.Message, err error)
+	retry   func() // ends every stream with a retry hint (a partition lost events)
 
 	rounds  sync.Mutex     // guards next and running
 	next    *positionRound // the round of Position that callers join; not started
 	running bool           // a goroutine runs rounds
-	retry   func()         // ends every stream with a retry hint (a partition lost events)
 }
 
 // NewCluster returns cluster-mode storage for channels named prefix+name
@@ -126,12 +126,6 @@ func (c *Cluster) keys(channel string) (k int, cursor, config, history, trimmed,
 	k = wire.Partition(channel, c.parts)
 	t := c.tagOf(k)
 	return k, t + "cursor", t + "config", t + channel + ":history", t + channel + ":trimmed", t + channel
-}
-
-// ShardChannel is the shard channel of a logical channel: where a backend
-// SPUBLISHes live events and control messages.
-func ShardChannel(prefix string, parts int, channel string) string {
-	return prefix + "{p" + strconv.Itoa(wire.Partition(channel, parts)) + "}:" + channel
 }
 
 // digest is the tag of the current epochs. Guarded by mu (or before Run).
