@@ -11,6 +11,7 @@ import (
 	"net/http"
 	neturl "net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,11 +63,15 @@ func publishCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	prefix := fs.String("prefix", "", "CHANNEL_PREFIX, with -redis (default $CHANNEL_PREFIX, or sse:)")
 	url := fs.String("url", "http://localhost:8080", "ssebridge's base URL, for POST /publish")
 	token := fs.String("token", "", "PUBLISH_TOKEN, for POST /publish (default $PUBLISH_TOKEN)")
+	cluster := fs.String("cluster", "", "publish through this Redis Cluster: host:port,... of some of its nodes (default $REDIS_CLUSTER_ADDRS)")
+	partitions := fs.Int("partitions", 0, "CLUSTER_PARTITIONS, with -cluster (default $CLUSTER_PARTITIONS, or 16)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `usage: ssebridge publish -channel CHANNEL [-event NAME] -data DATA [-redis URL | -url URL -token TOKEN]
+		fmt.Fprint(fs.Output(), `usage: ssebridge publish -channel CHANNEL [-event NAME] -data DATA [-redis URL | -cluster ADDRS | -url URL -token TOKEN]
 
 Publishes a durable event and prints its id. Through Redis with -redis (or
-$REDIS_URL); else through POST /publish with -url and -token (or
+$REDIS_URL); through Redis Cluster with -cluster (or $REDIS_CLUSTER_ADDRS;
+it prints the event's position in its partition, docs/CLUSTER.md); else
+through POST /publish with -url and -token (or
 $PUBLISH_TOKEN); else, when a server without REDIS_URL runs on this machine,
 through its embedded Redis (try-out mode, said on stderr).
 
@@ -98,6 +103,33 @@ through its embedded Redis (try-out mode, said on stderr).
 		*prefix = envOr("CHANNEL_PREFIX", "sse:")
 	}
 
+	if !given["cluster"] && !given["redis"] && !given["url"] && !given["token"] && os.Getenv("REDIS_URL") == "" {
+		*cluster = os.Getenv("REDIS_CLUSTER_ADDRS")
+	}
+	if *cluster != "" {
+		if !given["partitions"] {
+			n, err := strconv.Atoi(envOr("CLUSTER_PARTITIONS", "16"))
+			if err != nil {
+				return usageError{err: fmt.Errorf("CLUSTER_PARTITIONS: %w", err)}
+			}
+			*partitions = n
+		}
+		if *partitions < 1 || *partitions > wire.MaxPartitions {
+			return usageError{err: fmt.Errorf("-partitions must be between 1 and %d", wire.MaxPartitions)}
+		}
+		cc := redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:    strings.Split(*cluster, ","),
+			Username: os.Getenv("REDIS_USERNAME"), Password: os.Getenv("REDIS_PASSWORD"),
+			ClusterStateReloadInterval: 2 * time.Second, // see clusterClient
+		})
+		defer cc.Close()
+		id, err := store.NewClusterPublisher(cc, *prefix, *partitions).Publish(ctx, *channel, envelope)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, id)
+		return nil
+	}
 	switch {
 	case given["redis"]:
 	case given["url"] || given["token"]:

@@ -72,8 +72,13 @@ type Config struct {
 	RedisSentinelMaster   string   `env:"REDIS_SENTINEL_MASTER"`
 	RedisSentinelUsername string   `env:"REDIS_SENTINEL_USERNAME"`
 	RedisSentinelPassword string   `env:"REDIS_SENTINEL_PASSWORD"`
-	RedisUsername         string   `env:"REDIS_USERNAME"`
-	RedisPassword         string   `env:"REDIS_PASSWORD"`
+	// Redis Cluster (docs/CLUSTER.md), instead of REDIS_URL: go-redis's
+	// cluster client, sharded pub/sub, channels spread over
+	// CLUSTER_PARTITIONS partitions (the same on every instance and backend).
+	RedisClusterAddrs []string `env:"REDIS_CLUSTER_ADDRS" envSeparator:","`
+	ClusterPartitions int      `env:"CLUSTER_PARTITIONS" envDefault:"16"`
+	RedisUsername     string   `env:"REDIS_USERNAME"`
+	RedisPassword     string   `env:"REDIS_PASSWORD"`
 	// A durable publish through ssebridge (POST /publish) is acknowledged
 	// only once this many replicas have it (WAIT), else 503.
 	DurableWaitReplicas int           `env:"DURABLE_WAIT_REPLICAS" envDefault:"0"`
@@ -152,7 +157,7 @@ func loadConfig(environ map[string]string) (Config, error) {
 	// The try-out mode (no Redis named) has routes that log anyone in and
 	// publish anything: unless told otherwise, it listens on loopback only.
 	_, listenSet := environ["LISTEN_ADDR"]
-	if !listenSet && cfg.RedisURL == "" && len(cfg.RedisSentinelAddrs) == 0 {
+	if !listenSet && cfg.RedisURL == "" && len(cfg.RedisSentinelAddrs) == 0 && len(cfg.RedisClusterAddrs) == 0 {
 		cfg.ListenAddr = "127.0.0.1:8080"
 	}
 	positive := map[string]int64{
@@ -207,6 +212,28 @@ func checkTopology(cfg *Config) error {
 	}
 	cfg.RedisSentinelAddrs = addrs
 	sentinel := len(addrs) > 0
+	var clusterAddrs []string
+	for _, a := range cfg.RedisClusterAddrs {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return fmt.Errorf("REDIS_CLUSTER_ADDRS: %q is not host:port", a)
+		}
+		clusterAddrs = append(clusterAddrs, a)
+	}
+	cfg.RedisClusterAddrs = clusterAddrs
+	if len(clusterAddrs) > 0 {
+		switch {
+		case sentinel || cfg.RedisURL != "":
+			return errors.New("REDIS_CLUSTER_ADDRS is exclusive with REDIS_URL and REDIS_SENTINEL_ADDRS: set one of them")
+		case cfg.ClusterPartitions < 1 || cfg.ClusterPartitions > 1024:
+			return errors.New("CLUSTER_PARTITIONS must be between 1 and 1024")
+		case cfg.DurableWaitReplicas > 0:
+			return errors.New("DURABLE_WAIT_REPLICAS is not supported with REDIS_CLUSTER_ADDRS")
+		}
+		return nil
+	}
 	switch {
 	case sentinel && cfg.RedisURL != "":
 		return errors.New("REDIS_URL and REDIS_SENTINEL_ADDRS are exclusive: set REDIS_URL for one Redis, or REDIS_SENTINEL_ADDRS and REDIS_SENTINEL_MASTER for Sentinel")
@@ -261,6 +288,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	}
 	var dev *handlers.Dev
 	redisURL := cfg.RedisURL
+	if len(cfg.RedisClusterAddrs) > 0 {
+		return runCluster(ctx, cfg, log, listening, tlsConfig)
+	}
 	embedded := redisURL == "" && len(cfg.RedisSentinelAddrs) == 0
 	if embedded {
 		mr := miniredis.NewMiniRedis()
@@ -341,22 +371,6 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		Dev:      dev,
 	})
 
-	ln, err := net.Listen("tcp", cfg.ListenAddr)
-	if err != nil {
-		return fmt.Errorf("LISTEN_ADDR: %w", err)
-	}
-	srv := &http.Server{
-		Handler:           e,
-		TLSConfig:         tlsConfig, // nil: plain HTTP
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		// No WriteTimeout: it would cut every stream. Each write of a stream
-		// has its own deadline instead (WRITE_TIMEOUT).
-		// net/http's own complaints (TLS handshakes that fail, …) go to the
-		// same structured log, at debug: scanners make plenty of them.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-
 	workers, cancelWorkers := context.WithCancel(context.Background())
 	defer cancelWorkers()
 	done := make(chan struct{}, 3)
@@ -386,6 +400,36 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	go func() { feed.Run(workers, hub.Publish, connected); done <- struct{}{} }()
 	go func() { hub.Run(workers); done <- struct{}{} }()
 	go func() { hub.Recheck(workers, sessions, cfg.SessionRecheckInterval); done <- struct{}{} }()
+
+	stop := func() {
+		cancelWorkers()
+		for range 3 {
+			<-done
+		}
+	}
+	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
+}
+
+// serve listens on LISTEN_ADDR and serves e until ctx ends, then shuts
+// down within cfg.ShutdownTimeout; stop stops the workers (feed, marks,
+// rechecks) once the streams are gone.
+func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr string), tlsConfig *tls.Config, e http.Handler, hub *stream.Hub, stop func()) error {
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		stop()
+		return fmt.Errorf("LISTEN_ADDR: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           e,
+		TLSConfig:         tlsConfig, // nil: plain HTTP
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		// No WriteTimeout: it would cut every stream. Each write of a stream
+		// has its own deadline instead (WRITE_TIMEOUT).
+		// net/http's own complaints (TLS handshakes that fail, …) go to the
+		// same structured log, at debug: scanners make plenty of them.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
 
 	if cfg.PprofAddr != "" {
 		// On its own listener, never on the public one.
@@ -424,10 +468,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		_ = srv.Close()
 		log.Warn("streams still open at the shutdown deadline were cut", "err", err)
 	}
-	cancelWorkers()
-	for range 3 {
-		<-done
-	}
+	stop()
 	return nil
 }
 

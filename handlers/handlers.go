@@ -17,14 +17,20 @@ import (
 	"github.com/ssebridge/ssebridge/static"
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/stream"
+	"github.com/ssebridge/ssebridge/wire"
 )
+
+// DurablePublisher publishes a durable event and returns its id.
+type DurablePublisher interface {
+	Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error)
+}
 
 // Options wire the routes to the rest of the service.
 type Options struct {
 	Hub            *stream.Hub
 	Sessions       *store.Sessions
-	History        *store.History
-	PublishToken   string // bearer token of POST /publish; "" turns it off
+	History        DurablePublisher // *store.History, or *store.Cluster in cluster mode
+	PublishToken   string           // bearer token of POST /publish; "" turns it off
 	MaxEventBytes  int
 	MaxRooms       int // rooms of one stream
 	SessionCookie  string

@@ -105,8 +105,9 @@ func newServer(t *testing.T, s setup) *server {
 		r := redistest.Start(t)
 		srv.rdb = r.Client()
 		o.Sessions = store.NewSessions(srv.rdb, "session:", 16384)
-		o.History = store.NewHistory(srv.rdb, "sse:", 100, 1<<16, time.Hour)
-		if _, err := o.History.Configure(context.Background()); err != nil {
+		history := store.NewHistory(srv.rdb, "sse:", 100, 1<<16, time.Hour)
+		o.History = history
+		if _, err := history.Configure(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -14,4 +14,12 @@
 //     call or one command, atomic on the Redis side.
 //   - Sessions owns nothing either: the backend writes sessions, ssebridge
 //     reads them.
+//   - Cluster (Redis Cluster mode, docs/CLUSTER.md) is Feed and History in
+//     one: a pub/sub connection per partition (partFeed, each read by its
+//     own goroutine, which also fills that partition's gaps), the cluster
+//     publish script, history reads, and the instance's vector of partition
+//     positions that makes the ids. Cluster.mu guards the vector and is held
+//     across taking an event's id and handing it to the hub, so ids grow in
+//     every partition for every stream. Position's shared rounds run on one
+//     goroutine at a time, which ends when no caller waits.
 package store

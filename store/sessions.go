@@ -17,14 +17,14 @@ import (
 
 // Sessions reads the sessions the backend writes into Redis.
 type Sessions struct {
-	rdb      *redis.Client
+	rdb      redis.Cmdable
 	prefix   string
 	maxBytes int
 }
 
 // NewSessions returns a reader for sessions stored under prefix+token,
 // refusing values longer than maxBytes.
-func NewSessions(rdb *redis.Client, prefix string, maxBytes int) *Sessions {
+func NewSessions(rdb redis.Cmdable, prefix string, maxBytes int) *Sessions {
 	return &Sessions{rdb: rdb, prefix: prefix, maxBytes: maxBytes}
 }
 

@@ -29,6 +29,10 @@
 //     (control.go); nothing there waits for Redis. Hub.Recheck holds open
 //     streams to their sessions as Redis has them now (recheck.go).
 //
+// On Redis Cluster (store.Cluster) the same code runs with vector ids: a
+// cursor's Before and Max work per partition (wire/vector.go), and
+// Options.ParseCursor reads them; nothing else in the hub knows the mode.
+//
 // A stream never slows another: fan-out only appends to queues bounded in
 // events and bytes, and a stream over its bounds is ended with a retry
 // hint, to resume from its last id.

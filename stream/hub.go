@@ -57,6 +57,9 @@ type Options struct {
 	ReplayInflightBytes int           // most replayed bytes read and not yet written, all streams together
 	MarkInterval        time.Duration // how often idle streams' ids are moved on
 	Retry               time.Duration // the retry: hint sent to browsers
+	// ParseCursor reads a Last-Event-ID: wire.ParseCursor when nil; in
+	// cluster mode, the vector ids of store.Cluster.
+	ParseCursor func(string) (wire.Cursor, error)
 }
 
 // syncTimeout bounds how long Open waits for Redis to confirm a stream's
@@ -115,6 +118,9 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		recheckNow:  make(chan struct{}, 1),
 	}
 	h.members.init()
+	if h.opts.ParseCursor == nil {
+		h.opts.ParseCursor = wire.ParseCursor
+	}
 	h.seen.Store(&wire.Cursor{})
 	h.cut, h.cutAll = context.WithCancel(context.Background())
 	return h
@@ -404,6 +410,15 @@ func (h *Hub) endSlow(s *Stream) {
 // browser comes back and resumes from its own id.
 func (h *Hub) endRetry(s *Stream, reason string) {
 	s.end(reason, wire.RetryFrame(h.jitteredRetry()))
+}
+
+// RetryAll ends every stream with a retry hint: each comes back and
+// resumes by its own id (or is reset). Cluster mode calls it when a
+// partition lost events beyond what the instance can recover.
+func (h *Hub) RetryAll() {
+	for _, s := range h.all() {
+		h.endRetry(s, ReasonRedis)
+	}
 }
 
 // Shutdown refuses new streams and ends the open ones with a retry hint,

@@ -37,7 +37,7 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 	var from wire.Cursor
 	reset := ""
 	if s.resume != "" {
-		c, err := wire.ParseCursor(s.resume)
+		c, err := h.opts.ParseCursor(s.resume)
 		if err != nil {
 			reset = wire.ResetMalformed
 		}

@@ -144,7 +144,7 @@ func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
 		if !s.last.Before(cursor) {
 			return true // replayed already
 		}
-		s.last = cursor
+		s.last = s.last.Max(cursor) // cursor itself, but per partition in cluster mode
 	}
 	if len(s.queue) >= s.limits.events || s.queued+len(frame) > s.limits.bytes {
 		return false

@@ -13,6 +13,7 @@ import (
 type Cursor struct {
 	Epoch string // changes when Redis loses the position: ids of another epoch are not comparable
 	MS, N uint64
+	vec   *Vector // set in cluster mode (vector.go); Epoch is then its Tag
 }
 
 // maxExact is the largest integer a double holds exactly.
@@ -53,13 +54,21 @@ func alnum(s string) bool {
 	return true
 }
 
-func (c Cursor) String() string { return c.Epoch + ":" + c.EntryID() }
+func (c Cursor) String() string {
+	if c.vec != nil {
+		return c.vec.String()
+	}
+	return c.Epoch + ":" + c.EntryID()
+}
 
 // Max returns the later of c and d; a zero cursor is no position, so the
 // other wins.
 func (c Cursor) Max(d Cursor) Cursor {
 	if d.IsZero() {
 		return c
+	}
+	if !c.IsZero() && (c.vec != nil || d.vec != nil) {
+		return vectorMax(c, d)
 	}
 	if c.IsZero() || c.Before(d) {
 		return d
@@ -73,6 +82,9 @@ func (c Cursor) IsZero() bool { return c.Epoch == "" }
 // Before reports whether c comes before d. A cursor of another epoch counts
 // as before: after Redis lost its data, new events are newer than any old id.
 func (c Cursor) Before(d Cursor) bool {
+	if c.vec != nil || d.vec != nil {
+		return vectorBefore(c, d)
+	}
 	if c.Epoch != d.Epoch {
 		return true
 	}

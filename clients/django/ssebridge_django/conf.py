@@ -20,8 +20,15 @@ from django.dispatch import receiver
 DEFAULTS = {
     # The Redis shared with ssebridge (ssebridge's REDIS_URL).
     "REDIS_URL": "redis://127.0.0.1:6379/0",
-    # Extra keyword arguments for redis.Redis.from_url (timeouts, TLS, ...).
+    # Extra keyword arguments for redis.Redis.from_url (timeouts, TLS, ...),
+    # or for redis.cluster.RedisCluster with REDIS_CLUSTER_ADDRS.
     "REDIS_OPTIONS": {},
+    # Redis Cluster (ssebridge's REDIS_CLUSTER_ADDRS): "host:port,..." or a
+    # list of "host:port", some or all of the cluster's nodes; instead of
+    # REDIS_URL. Events then go over sharded pub/sub (docs/CLUSTER.md).
+    "REDIS_CLUSTER_ADDRS": None,
+    # ssebridge's CLUSTER_PARTITIONS: the same as every ssebridge's.
+    "CLUSTER_PARTITIONS": 16,
     # Where browsers reach ssebridge: the base of {% ssebridge_url %} and
     # {% ssebridge_script %}.
     "URL": "http://127.0.0.1:8080",
@@ -72,6 +79,13 @@ def problems():
         out.append('SSEBRIDGE["COOKIE_SAMESITE"] must be "Lax", "Strict", "None" or None, not %r' % (samesite,))
     elif samesite is not None and str(samesite).lower() == "none" and not user.get("COOKIE_SECURE", False):
         out.append('SSEBRIDGE["COOKIE_SAMESITE"] = "None" needs SSEBRIDGE["COOKIE_SECURE"] = True (browsers drop the cookie otherwise)')
+    parts = user.get("CLUSTER_PARTITIONS", DEFAULTS["CLUSTER_PARTITIONS"])
+    if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= 1024:
+        out.append('SSEBRIDGE["CLUSTER_PARTITIONS"] must be a number from 1 to 1024, not %r' % (parts,))
+    try:
+        cluster_addrs(user.get("REDIS_CLUSTER_ADDRS"))
+    except ValueError as e:
+        out.append(str(e))
     ttl = user.get("SESSION_TTL", DEFAULTS["SESSION_TTL"])
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
         out.append('SSEBRIDGE["SESSION_TTL"] must be a positive number of seconds, not %r' % (ttl,))
@@ -85,6 +99,30 @@ def check():
         raise ImproperlyConfigured("; ".join(found))
 
 
+def cluster_addrs(value=None):
+    """REDIS_CLUSTER_ADDRS as a list of (host, port); [] when unset."""
+    if value is None:
+        value = get("REDIS_CLUSTER_ADDRS")
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError('SSEBRIDGE["REDIS_CLUSTER_ADDRS"]: %r is not host:port' % (item,))
+        out.append((host, int(port)))
+    return out
+
+
+def cluster():
+    """Whether ssebridge runs on Redis Cluster (REDIS_CLUSTER_ADDRS is set)."""
+    return bool(cluster_addrs())
+
+
 # The Redis client, made on first use from the settings of that moment, and
 # made again if a test changes SSEBRIDGE (override_settings).
 _lock = threading.Lock()
@@ -92,7 +130,8 @@ _client = None
 
 
 def redis_client():
-    """The redis.Redis client (a connection pool) shared by this package."""
+    """The redis.Redis client (a connection pool) shared by this package; a
+    redis.cluster.RedisCluster with REDIS_CLUSTER_ADDRS."""
     global _client
     client = _client
     if client is None:
@@ -100,7 +139,14 @@ def redis_client():
 
         with _lock:
             if _client is None:
-                _client = redis.Redis.from_url(get("REDIS_URL"), **get("REDIS_OPTIONS"))
+                addrs = cluster_addrs()
+                if addrs:
+                    from redis.cluster import ClusterNode, RedisCluster
+
+                    nodes = [ClusterNode(host, port) for host, port in addrs]
+                    _client = RedisCluster(startup_nodes=nodes, **get("REDIS_OPTIONS"))
+                else:
+                    _client = redis.Redis.from_url(get("REDIS_URL"), **get("REDIS_OPTIONS"))
             client = _client
     return client
 
@@ -112,4 +158,7 @@ def _reset(setting, **kwargs):
         with _lock:
             old, _client = _client, None
         if old is not None:
-            old.connection_pool.disconnect()
+            if hasattr(old, "connection_pool"):
+                old.connection_pool.disconnect()
+            else:
+                old.close()

@@ -7,6 +7,7 @@ management command. Nothing here needs a request.
 import hashlib
 import json
 import re
+import zlib
 
 from django.core.serializers.json import DjangoJSONEncoder
 
@@ -58,32 +59,58 @@ def envelope(event, data):
     return json.dumps({"event": event, "data": data}, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False)
 
 
+def partition(channel, partitions):
+    """The partition of a logical channel on Redis Cluster: CRC-32 (IEEE) of
+    its name, modulo the number of partitions, as ssebridge computes it."""
+    return zlib.crc32(channel.encode("utf-8")) % partitions
+
+
+def _tag(channel):
+    """The prefix of a channel's keys and shard channel on Redis Cluster:
+    "<CHANNEL_PREFIX>{p<partition>}:"."""
+    return "%s{p%d}:" % (conf.get("CHANNEL_PREFIX"), partition(channel, conf.get("CLUSTER_PARTITIONS")))
+
+
+def _spublish(client, channel, payload):
+    """SPUBLISH on channel's shard channel, at the node of its slot."""
+    shard = _tag(channel) + channel
+    return client.execute_command("SPUBLISH", shard, payload, target_nodes=client.get_node_from_key(shard))
+
+
 def publish(channel, event, data):
     """Publish an event live (at most once: a stream not connected misses it).
 
     channel is "broadcast", user(id) or room(name); data is anything
     JSON-serializable (with Django's encoder: dates, decimals, UUIDs). Returns
-    how many Redis subscribers (ssebridge instances) received it.
+    how many Redis subscribers (ssebridge instances) received it. On Redis
+    Cluster it goes over sharded pub/sub (SPUBLISH).
     """
     payload = envelope(event, data)
-    return conf.redis_client().publish(conf.get("CHANNEL_PREFIX") + check_channel(channel), payload)
+    channel = check_channel(channel)
+    if conf.cluster():
+        return _spublish(conf.redis_client(), channel, payload)
+    return conf.redis_client().publish(conf.get("CHANNEL_PREFIX") + channel, payload)
 
 
-def _load_script():
+def _load_script(name):
     try:
         from importlib.resources import files
     except ImportError:  # Python < 3.9
         import os
 
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "publish.lua"), "rb") as f:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), "rb") as f:
             return f.read()
-    return files(__package__).joinpath("publish.lua").read_bytes()
+    return files(__package__).joinpath(name).read_bytes()
 
 
 # ssebridge's store/publish.lua, shipped in this package; ssebridge embeds
 # the same bytes, so the SHA is the same on both sides.
-SCRIPT = _load_script()
+SCRIPT = _load_script("publish.lua")
 SCRIPT_SHA = hashlib.sha1(SCRIPT).hexdigest()
+
+# ssebridge's store/cluster_publish.lua, for Redis Cluster.
+CLUSTER_SCRIPT = _load_script("cluster_publish.lua")
+CLUSTER_SCRIPT_SHA = hashlib.sha1(CLUSTER_SCRIPT).hexdigest()
 
 
 def publish_durable(channel, event, data):
@@ -92,11 +119,23 @@ def publish_durable(channel, event, data):
 
     Returns the event's id, "<epoch>:<ms>-<n>" (the SSE id: the browser sees).
     One round trip: EVALSHA, or EVAL when Redis does not have the script yet.
+    On Redis Cluster it returns the event's position in its partition,
+    "<epoch>:<n>-<ms>" (the browser's id is a vector: docs/CLUSTER.md).
     """
     import redis
 
-    args = (conf.get("CHANNEL_PREFIX"), check_channel(channel), envelope(event, data))
+    channel = check_channel(channel)
     client = conf.redis_client()
+    if conf.cluster():
+        tag = _tag(channel)
+        keys = (tag + "cursor", tag + "config", tag + channel + ":history", tag + channel + ":trimmed")
+        args = keys + (tag + channel, envelope(event, data), conf.get("CLUSTER_PARTITIONS"))
+        try:
+            event_id = client.evalsha(CLUSTER_SCRIPT_SHA, 4, *args)
+        except redis.exceptions.NoScriptError:
+            event_id = client.eval(CLUSTER_SCRIPT.decode("utf-8"), 4, *args)
+        return event_id.decode() if isinstance(event_id, bytes) else event_id
+    args = (conf.get("CHANNEL_PREFIX"), channel, envelope(event, data))
     try:
         event_id = client.evalsha(SCRIPT_SHA, 0, *args)
     except redis.exceptions.NoScriptError:
@@ -105,10 +144,15 @@ def publish_durable(channel, event, data):
 
 
 def control(op, user, room=None, pipe=None):
-    """Publish a control message: {"op": op, "user": ..., "room": ...}."""
+    """Publish a control message: {"op": op, "user": ..., "room": ...}.
+
+    On Redis Cluster it goes to the shard channel of "control", never in a
+    pipe (a MULTI cannot span the session's slot and the channel's)."""
     message = {"op": op, "user": check_name("user id", user)}
     if room is not None:
         message["room"] = check_name("room name", room)
+    if conf.cluster():
+        return _spublish(conf.redis_client(), CONTROL, json.dumps(message, separators=(",", ":")))
     target = pipe if pipe is not None else conf.redis_client()
     return target.publish(conf.get("CHANNEL_PREFIX") + CONTROL, json.dumps(message, separators=(",", ":")))
 

@@ -87,7 +87,12 @@ def logout(request, response, end_streams=True):
     """
     t = token(request)
     user = None
-    if t is not None:
+    if t is not None and conf.cluster():
+        # No MULTI on a cluster client: GETDEL is one atomic command.
+        raw = conf.redis_client().execute_command("GETDEL", _key(t))
+        if raw is not None:
+            user = json.loads(raw).get("user")
+    elif t is not None:
         pipe = conf.redis_client().pipeline(transaction=True)
         pipe.get(_key(t))
         pipe.delete(_key(t))
@@ -114,6 +119,8 @@ def set_rooms(request, rooms):
         return None
     rooms = _rooms(rooms)
     key = _key(t)
+    if conf.cluster():
+        return _set_rooms_cluster(key, rooms)
     with conf.redis_client().pipeline(transaction=True) as pipe:
         while True:
             try:
@@ -137,3 +144,27 @@ def set_rooms(request, rooms):
                 return rooms
             except redis.WatchError:
                 continue
+
+
+def _set_rooms_cluster(key, rooms):
+    """set_rooms on Redis Cluster: the session is written first (SET XX
+    KEEPTTL), then the control messages are published on their shard
+    channel: a session key and the control channel are in different slots,
+    so they cannot be one MULTI. Two set_rooms of one session at once may
+    interleave; the last SET wins, as the session's future streams see."""
+    client = conf.redis_client()
+    raw = client.get(key)
+    if raw is None:
+        return None
+    session = json.loads(raw)
+    before = [str(r) for r in session.get("rooms") or []]
+    session["rooms"] = rooms
+    if not client.set(key, json.dumps(session, separators=(",", ":")), keepttl=True, xx=True):
+        return None  # gone meanwhile
+    for r in rooms:
+        if r not in before:
+            control("join", session["user"], r)
+    for r in before:
+        if r not in rooms:
+            control("leave", session["user"], r)
+    return rooms

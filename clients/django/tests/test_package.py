@@ -82,4 +82,6 @@ class InstallTests(SimpleTestCase):
         self.assertEqual(sha, publishing.SCRIPT_SHA)
         with open(os.path.join(os.path.dirname(path), "publish.lua"), "rb") as f:
             self.assertEqual(f.read(), publishing.SCRIPT)
+        with open(os.path.join(os.path.dirname(path), "cluster_publish.lua"), "rb") as f:
+            self.assertEqual(f.read(), publishing.CLUSTER_SCRIPT)
         self.assertNotIn("tests", os.listdir(os.path.dirname(os.path.dirname(path))), "the tests are not installed")

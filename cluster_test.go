@@ -1,0 +1,936 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+	"github.com/ssebridge/ssebridge/internal/ssetest"
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// startClusterApp runs ssebridge in-process on the cluster rc.
+func startClusterApp(t *testing.T, rc *redistest.Cluster, vars map[string]string) (url string, stop func()) {
+	t.Helper()
+	environ := map[string]string{"REDIS_CLUSTER_ADDRS": rc.Addrs(), "LISTEN_ADDR": "127.0.0.1:0"}
+	for k, v := range vars {
+		environ[k] = v
+	}
+	cfg, err := loadConfig(environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, log, func(a string) { addr <- a }) }()
+	select {
+	case a := <-addr:
+		url = "http://" + a
+	case err := <-done:
+		cancel()
+		t.Fatal("ssebridge did not start:", err)
+	}
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error("ssebridge:", err)
+		}
+	})
+	t.Cleanup(stop)
+	return url, stop
+}
+
+// clusterPublish runs the cluster publish script as a backend does.
+func clusterPublish(cc *redis.ClusterClient, parts int, channel, envelope string) (string, error) {
+	k := wire.Partition(channel, parts)
+	tag := "sse:{p" + strconv.Itoa(k) + "}:"
+	return redis.NewScript(store.ClusterPublishScript).Run(context.Background(), cc,
+		[]string{tag + "cursor", tag + "config", tag + channel + ":history", tag + channel + ":trimmed"},
+		tag+channel, envelope, parts).Text()
+}
+
+// nodeOf is the node that serves a channel's partition.
+func nodeOf(t *testing.T, rc *redistest.Cluster, cc *redis.ClusterClient, channel string, parts int) *redistest.ClusterNode {
+	t.Helper()
+	slot, err := cc.ClusterKeySlot(context.Background(), "sse:{p"+strconv.Itoa(wire.Partition(channel, parts))+"}:cursor").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc.NodeOfSlot(int(slot))
+}
+
+// TestClusterChaos: a three-master Redis Cluster, two instances (one
+// in-process, one a separate process), 30 streams that keep dropping and
+// resuming on either instance with their last id while durable events are
+// published on user, room and broadcast channels spread over all three
+// masters; a master is killed and restarted with its data, and the
+// separate instance is killed with SIGKILL and started again. Every
+// stream must get every event of its channels once, in order per channel.
+func TestClusterChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the cluster chaos run")
+	}
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	const parts = 16
+	all := []string{"broadcast", "room:r0", "room:r1", "room:r2"}
+	for u := range 10 {
+		all = append(all, fmt.Sprintf("user:u%d", u))
+	}
+	nodes := map[string]map[string]bool{} // node → kinds of channel on it
+	for _, ch := range all {
+		n := nodeOf(t, rc, cc, ch, parts).Addr
+		if nodes[n] == nil {
+			nodes[n] = map[string]bool{}
+		}
+		kind, _, _ := strings.Cut(ch, ":")
+		nodes[n][kind] = true
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("the channels are on %d masters, want all 3: %v", len(nodes), nodes)
+	}
+	t.Logf("channels per master: %v", nodes)
+
+	vars := map[string]string{"REDIS_CLUSTER_ADDRS": rc.Addrs(), "MAX_STREAMS_PER_USER": "100", "HISTORY_MAXLEN": "100000"}
+	inproc, _ := startClusterApp(t, rc, vars)
+	var mu sync.Mutex
+	bin := startBinary(t, vars)
+	targets := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		urls := []string{inproc}
+		if bin != nil {
+			urls = append(urls, "http://"+bin.addr)
+		}
+		return urls
+	}
+	// The master of the broadcast channel: every stream has it.
+	victim := nodeOf(t, rc, cc, "broadcast", parts)
+	c := clusterChurn{
+		cc: cc, parts: parts, channels: all, targets: targets, streams: 30, duration: 10 * time.Second,
+		faults: []fault{
+			{2 * time.Second, "the broadcast channel's master killed (SIGKILL) and restarted with its data", func() {
+				victim.Stop()
+				victim.Start()
+			}},
+			{5 * time.Second, "the separate instance killed with SIGKILL", func() {
+				mu.Lock()
+				p := bin
+				bin = nil
+				mu.Unlock()
+				_ = p.cmd.Process.Kill()
+			}},
+			{7 * time.Second, "the separate instance started again", func() {
+				p := startBinary(t, vars)
+				mu.Lock()
+				bin = p
+				mu.Unlock()
+			}},
+		},
+	}
+	lost, dup, disorder, resets, published, delivered := c.run(t)
+	fmt.Printf("cluster chaos: published=%d delivered=%d lost=%d duplicated=%d out_of_order=%d resets=%d\n", published, delivered, lost, dup, disorder, resets)
+	if lost != 0 || dup != 0 || disorder != 0 || resets != 0 || published == 0 {
+		t.Fatalf("lost %d, duplicated %d, out of order %d, resets %d (of %d published): want none", lost, dup, disorder, resets, published)
+	}
+}
+
+// clusterChurn is chaos_test.go's churn for cluster mode: order is
+// checked per channel (ids are vectors, ordered per partition).
+type clusterChurn struct {
+	cc       *redis.ClusterClient
+	parts    int
+	channels []string
+	targets  func() []string
+	streams  int
+	duration time.Duration
+	faults   []fault
+}
+
+func (c clusterChurn) run(t *testing.T) (lost, dup, disorder, resets, published, delivered int) {
+	ctx := context.Background()
+	channelsOf := func(i int) []string {
+		return []string{fmt.Sprintf("user:u%d", i%10), fmt.Sprintf("room:r%d", i%3), "broadcast"}
+	}
+	for i := range c.streams {
+		v := fmt.Sprintf(`{"user":"u%d","rooms":["r%d"]}`, i%10, i%3)
+		if err := c.cc.Set(ctx, fmt.Sprintf("session:churn%d", i), v, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make([][]msg, c.streams)
+	gotResets := make([]int, c.streams)
+	last := make([]string, c.streams)
+	for i := range c.streams {
+		s, err := ssetest.Open(ctx, c.targets()[i%2%len(c.targets())]+"/events", bearer(fmt.Sprintf("churn%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := s.NextEvent(5 * time.Second)
+		if err != nil || ev.Event != "ready" || !ev.HasID {
+			t.Fatalf("stream %d: ready with an id: %+v %v", i, ev, err)
+		}
+		last[i] = ev.ID
+		s.Close()
+	}
+
+	var (
+		mu      sync.Mutex
+		acked   []msg
+		owed    = make([]int, c.streams)
+		settled atomic.Bool
+	)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		end := time.Now().Add(c.duration)
+		for seq := 0; time.Now().Before(end); seq++ {
+			ch := c.channels[rand.IntN(len(c.channels))]
+			env := fmt.Sprintf(`{"event":"n","data":{"c":%q,"s":%d}}`, ch, seq)
+			for try := 0; ; try++ {
+				if _, err := clusterPublish(c.cc, c.parts, ch, env); err == nil {
+					break
+				} else if try > 300 {
+					t.Errorf("publish failed for 15s: %v", err)
+					return
+				}
+				time.Sleep(50 * time.Millisecond) // a master restarting: a backend would retry too
+			}
+			mu.Lock()
+			acked = append(acked, msg{ch, seq})
+			mu.Unlock()
+			time.Sleep(time.Millisecond)
+		}
+	})
+	wg.Go(func() {
+		start := time.Now()
+		for _, f := range c.faults {
+			time.Sleep(time.Until(start.Add(f.at)))
+			t.Logf("fault at %v: %s", time.Since(start).Round(time.Millisecond), f.what)
+			f.do()
+		}
+	})
+
+	var clients sync.WaitGroup
+	deadline := time.Now().Add(c.duration + 40*time.Second)
+	for i := range c.streams {
+		clients.Go(func() {
+			for time.Now().Before(deadline) {
+				if settled.Load() && len(got[i]) >= owed[i] {
+					return
+				}
+				ts := c.targets()
+				h := bearer(fmt.Sprintf("churn%d", i))
+				h.Set("Last-Event-ID", last[i])
+				s, err := ssetest.Open(ctx, ts[rand.IntN(len(ts))]+"/events", h)
+				if err != nil {
+					time.Sleep(time.Duration(20+rand.IntN(80)) * time.Millisecond)
+					continue
+				}
+				keep := time.Now().Add(time.Duration(50+rand.IntN(700)) * time.Millisecond)
+				for time.Now().Before(keep) || settled.Load() && len(got[i]) < owed[i] {
+					ev, err := s.Next(200 * time.Millisecond)
+					if err == ssetest.ErrTimeout {
+						if settled.Load() && len(got[i]) >= owed[i] {
+							break
+						}
+						continue
+					}
+					if err != nil {
+						break
+					}
+					if ev.HasID {
+						last[i] = ev.ID
+					}
+					switch ev.Event {
+					case "reset":
+						gotResets[i]++
+					case "n":
+						var d struct {
+							C string
+							S int
+						}
+						_ = json.Unmarshal([]byte(ev.Data), &d)
+						got[i] = append(got[i], msg{d.C, d.S})
+					}
+				}
+				s.Close()
+			}
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	published = len(acked)
+	for i := range c.streams {
+		mine := map[string]bool{}
+		for _, ch := range channelsOf(i) {
+			mine[ch] = true
+		}
+		for _, m := range acked {
+			if mine[m.ch] {
+				owed[i]++
+			}
+		}
+	}
+	mu.Unlock()
+	settled.Store(true)
+	clients.Wait()
+
+	for i := range c.streams {
+		mine := map[string]bool{}
+		for _, ch := range channelsOf(i) {
+			mine[ch] = true
+		}
+		seen := map[msg]bool{}
+		prev := map[string]int{}
+		for _, m := range got[i] {
+			delivered++
+			if seen[m] {
+				dup++
+				continue
+			}
+			if p, ok := prev[m.ch]; ok && m.seq < p {
+				disorder++
+				t.Errorf("stream %d: %s event %d after %d", i, m.ch, m.seq, p)
+			}
+			seen[m], prev[m.ch] = true, m.seq
+		}
+		for _, m := range acked {
+			if mine[m.ch] && !seen[m] {
+				lost++
+			}
+		}
+		resets += gotResets[i]
+	}
+	t.Logf("cluster churn: %d streams, %d events published, %d deliveries, %d lost, %d duplicated, %d resets",
+		c.streams, published, delivered, lost, dup, resets)
+	return lost, dup, disorder, resets, published, delivered
+}
+
+// openCluster opens a stream for a new session of user with rooms on the
+// instance at url, and waits for its ready event.
+func openCluster(t *testing.T, cc *redis.ClusterClient, url, user string, rooms ...string) *ssetest.Stream {
+	t.Helper()
+	if rooms == nil {
+		rooms = []string{}
+	}
+	v, _ := json.Marshal(map[string]any{"user": user, "rooms": rooms})
+	token := fmt.Sprintf("tok-%s-%d", user, time.Now().UnixNano())
+	if err := cc.Set(context.Background(), "session:"+token, v, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ssetest.Open(context.Background(), url+"/events", bearer(token))
+	if err != nil {
+		t.Fatal("opening stream:", err)
+	}
+	t.Cleanup(s.Close)
+	if ev, err := s.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
+		t.Fatalf("want the ready event first, got %+v, %v", ev, err)
+	}
+	return s
+}
+
+// ssebridgeConns counts, per node, the connections named ssebridge, and
+// those of them in pub/sub.
+func ssebridgeConns(t *testing.T, rc *redistest.Cluster) (all, pubsub []int) {
+	t.Helper()
+	for _, n := range rc.Nodes {
+		list, err := n.Client().ClientList(context.Background()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, p := 0, 0
+		for _, line := range strings.Split(list, "\n") {
+			if !strings.Contains(line, " name=ssebridge ") {
+				continue
+			}
+			a++
+			if strings.Contains(line, " flags=P ") {
+				p++
+			}
+		}
+		all, pubsub = append(all, a), append(pubsub, p)
+	}
+	return all, pubsub
+}
+
+// TestClusterConnections: CLIENT LIST on each master shows the same
+// number of an instance's connections with 10 streams and with 500 (each
+// with a user and a room of its own: a thousand channels), pub/sub
+// included: connections are per node and partition, not per stream or
+// channel.
+func TestClusterConnections(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	url, _ := startClusterApp(t, rc, nil)
+	for i := range 10 {
+		openCluster(t, cc, url, fmt.Sprintf("c%d", i), fmt.Sprintf("room%d", i))
+	}
+	all10, ps10 := ssebridgeConns(t, rc)
+	for i := 10; i < 500; i++ {
+		openCluster(t, cc, url, fmt.Sprintf("c%d", i), fmt.Sprintf("room%d", i))
+	}
+	all500, ps500 := ssebridgeConns(t, rc)
+	t.Logf("connections per master (pub/sub of them): 10 streams %v (%v), 500 streams %v (%v)", all10, ps10, all500, ps500)
+	fmt.Printf("cluster connections per master: 10 streams %v (pub/sub %v); 500 streams %v (pub/sub %v)\n", all10, ps10, all500, ps500)
+	for i := range all10 {
+		if all10[i] != all500[i] || ps10[i] != ps500[i] {
+			t.Fatalf("master %d: %d connections (%d pub/sub) with 10 streams, %d (%d) with 500", i, all10[i], ps10[i], all500[i], ps500[i])
+		}
+	}
+}
+
+// TestClusterGapRecovery cuts the instance's pub/sub connections on every
+// master and keeps them from coming back while durable events are
+// published on channels of all three: once they are back, the open stream
+// gets every one, once, in order per channel, without reconnecting.
+func TestClusterGapRecovery(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	const parts = 16
+	url, _ := startClusterApp(t, rc, map[string]string{"HEARTBEAT_INTERVAL": "100ms"})
+	channels := []string{"user:alice", "room:lobby", "room:r0", "room:r1", "room:r2", "broadcast"}
+	masters := map[string]bool{}
+	nodes := map[string]string{} // channel → its master, known before the cut
+	for _, ch := range channels {
+		nodes[ch] = nodeOf(t, rc, cc, ch, parts).Addr
+		masters[nodes[ch]] = true
+	}
+	if len(masters) != 3 {
+		t.Fatalf("the channels are on %d masters, want 3", len(masters))
+	}
+	s := openCluster(t, cc, url, "alice", "lobby", "r0", "r1", "r2")
+	if _, err := clusterPublish(cc, parts, "room:lobby", `{"event":"n","data":"0"}`); err != nil {
+		t.Fatal(err)
+	}
+	want(t, s, "n", "0")
+
+	ctx := context.Background()
+	admins := map[string]*redis.Conn{}
+	for _, n := range rc.Nodes {
+		admin := n.Client().Conn()
+		t.Cleanup(func() { admin.Close() })
+		admins[n.Addr] = admin
+		if err := admin.ConfigSet(ctx, "requirepass", "gap").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, admin := range admins {
+		if err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "readyz to report the gap", func() bool {
+		resp, err := http.Get(url + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 503
+	})
+	var sent []string
+	for i := 1; i <= 30; i++ {
+		ch := channels[i%len(channels)]
+		k := wire.Partition(ch, parts)
+		tag := "sse:{p" + strconv.Itoa(k) + "}:"
+		admin := admins[nodes[ch]]
+		data := fmt.Sprintf("%s/%d", ch, i)
+		err := redis.NewScript(store.ClusterPublishScript).Run(ctx, admin,
+			[]string{tag + "cursor", tag + "config", tag + ch + ":history", tag + ch + ":trimmed"},
+			tag+ch, fmt.Sprintf(`{"event":"n","data":%q}`, data), parts).Err()
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, data)
+	}
+	for _, admin := range admins {
+		if err := admin.ConfigSet(ctx, "requirepass", "").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]int{}
+	prev := map[string]int{}
+	for range sent {
+		ev, err := s.NextEvent(15 * time.Second)
+		if err != nil || ev.Event != "n" {
+			t.Fatalf("got %+v %v; want the events published during the gap (%d of %d so far)", ev, err, len(got), len(sent))
+		}
+		ch, n, _ := strings.Cut(ev.Data, "/")
+		i, _ := strconv.Atoi(n)
+		if i <= prev[ch] {
+			t.Fatalf("%s: event %d after %d", ch, i, prev[ch])
+		}
+		prev[ch] = i
+		got[ev.Data]++
+	}
+	for _, d := range sent {
+		if got[d] != 1 {
+			t.Errorf("%s delivered %d times", d, got[d])
+		}
+	}
+	if _, err := clusterPublish(cc, parts, "room:lobby", `{"event":"n","data":"after"}`); err != nil {
+		t.Fatal(err)
+	}
+	want(t, s, "n", "after")
+}
+
+// TestClusterIDSize measures the Last-Event-ID of streams with 1, 10 and
+// 100 rooms, each sent an event on every one of its channels: on a fresh
+// deployment, where partitions without events are at 0 (far from the
+// newest position: long), and once every partition has had an event (the
+// usual case of a deployment in use: short distances).
+func TestClusterIDSize(t *testing.T) {
+	for _, warm := range []bool{false, true} {
+		t.Run(fmt.Sprintf("every partition used %v", warm), func(t *testing.T) {
+			rc := redistest.StartCluster(t, 3)
+			cc := rc.Client()
+			const parts = 16
+			url, _ := startClusterApp(t, rc, nil)
+			if warm {
+				for k, i := 0, 0; k < parts; i++ {
+					if ch := fmt.Sprintf("room:warm%d", i); wire.Partition(ch, parts) == k {
+						if _, err := clusterPublish(cc, parts, ch, `{"data":0}`); err != nil {
+							t.Fatal(err)
+						}
+						k++
+					}
+				}
+			}
+			deployment := "fresh"
+			if warm {
+				deployment = "every partition used"
+			}
+			for _, n := range []int{1, 10, 100} {
+				var rooms []string
+				for i := range n {
+					rooms = append(rooms, fmt.Sprintf("r%d-%d", n, i))
+				}
+				user := fmt.Sprintf("size%d", n)
+				s := openCluster(t, cc, url, user, rooms...)
+				channels := []string{"user:" + user, "broadcast"}
+				for _, r := range rooms {
+					channels = append(channels, "room:"+r)
+				}
+				for _, ch := range channels {
+					if _, err := clusterPublish(cc, parts, ch, `{"event":"n","data":1}`); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var id string
+				for range channels {
+					ev, err := s.NextEvent(5 * time.Second)
+					if err != nil {
+						t.Fatal(err)
+					}
+					id = ev.ID
+				}
+				t.Logf("%d rooms: %d bytes: %s", n, len(id), id)
+				fmt.Printf("cluster id size, %s, %d rooms: %d bytes\n", deployment, n, len(id))
+			}
+		})
+	}
+}
+
+// TestClusterPublishCommand: `ssebridge publish -cluster` publishes a
+// durable event that a stream on the cluster gets; CLUSTER_PARTITIONS
+// other than the deployment's is refused.
+func TestClusterPublishCommand(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	url, _ := startClusterApp(t, rc, nil)
+	s := openCluster(t, cc, url, "alice", "lobby")
+	var stdout, stderr strings.Builder
+	if code := command("publish", []string{"-cluster", rc.Addrs(), "-channel", "room:lobby", "-event", "chat", "-data", `{"text":"hi"}`}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if _, err := wire.ParseCursor(strings.TrimSpace(stdout.String())); err != nil {
+		t.Fatalf("printed %q: %v", stdout.String(), err)
+	}
+	want(t, s, "chat", `{"text":"hi"}`)
+	stderr.Reset()
+	if code := command("publish", []string{"-cluster", rc.Addrs(), "-partitions", "8", "-channel", "room:lobby", "-data", "x"}, &stdout, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "partitions") {
+		t.Fatalf("with -partitions 8: exit %d: %s", code, stderr.String())
+	}
+	// An instance with another partition count does not start.
+	cfg, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": rc.Addrs(), "LISTEN_ADDR": "127.0.0.1:0", "CLUSTER_PARTITIONS": "8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = run(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if !errors.Is(err, store.ErrPartitions) {
+		t.Fatalf("an instance with CLUSTER_PARTITIONS=8 on a deployment of 16: %v", err)
+	}
+}
+
+// TestClusterConfig: REDIS_CLUSTER_ADDRS is exclusive with the other
+// topologies, CLUSTER_PARTITIONS is bounded.
+func TestClusterConfig(t *testing.T) {
+	for _, c := range []struct {
+		vars map[string]string
+		want string
+	}{
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "REDIS_URL": "redis://x:6379"}, "exclusive"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "REDIS_SENTINEL_ADDRS": "b:2", "REDIS_SENTINEL_MASTER": "m"}, "exclusive"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "nohost"}, "REDIS_CLUSTER_ADDRS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "0"}, "CLUSTER_PARTITIONS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "1025"}, "CLUSTER_PARTITIONS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1"}, "DURABLE_WAIT_REPLICAS"},
+	} {
+		if _, err := loadConfig(c.vars); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want an error naming %s", c.vars, err, c.want)
+		}
+	}
+	cfg, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": " a:1, b:2 ,"})
+	if err != nil || len(cfg.RedisClusterAddrs) != 2 || cfg.ClusterPartitions != 16 || cfg.ListenAddr != ":8080" {
+		t.Errorf("%+v %v", cfg.RedisClusterAddrs, err)
+	}
+}
+
+// TestClusterSlotMove: the slot of a stream's channels moves to another
+// master, keys and all, while durable events are published on them. Redis
+// unsubscribes the instance from the slot's shard channels itself; the
+// instance subscribes again on the new master and recovers what it missed,
+// so the stream (resuming by its id if it was told to) gets every event
+// once, in order, and events published after the move arrive live.
+func TestClusterSlotMove(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	const parts = 16
+	url, _ := startClusterApp(t, rc, nil)
+	ctx := context.Background()
+	slot, err := cc.ClusterKeySlot(ctx, "sse:{p"+strconv.Itoa(wire.Partition("room:lobby", parts))+"}:cursor").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := rc.NodeOfSlot(int(slot))
+	to := rc.Nodes[0]
+	if to == from {
+		to = rc.Nodes[1]
+	}
+	v, _ := json.Marshal(map[string]any{"user": "alice", "rooms": []string{"lobby"}})
+	if err := cc.Set(ctx, "session:slotmove", v, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	publish := func(i int) {
+		t.Helper()
+		for try := 0; ; try++ {
+			_, err := clusterPublish(cc, parts, "room:lobby", fmt.Sprintf(`{"event":"n","data":%d}`, i))
+			if err == nil {
+				return
+			}
+			if try > 100 {
+				t.Fatalf("publish %d: %v", i, err)
+			}
+			time.Sleep(20 * time.Millisecond) // keys between nodes (TRYAGAIN): a backend retries
+		}
+	}
+	var (
+		got   []int
+		last  string
+		cur   *ssetest.Stream // the stream open now, kept across reads
+		opens int
+	)
+	defer func() {
+		if cur != nil {
+			cur.Close()
+		}
+	}()
+	read := func(upTo int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for len(got) == 0 || got[len(got)-1] < upTo {
+			if time.Now().After(deadline) {
+				t.Fatalf("got %d events, the last %v; want up to %d", len(got), got[max(0, len(got)-3):], upTo)
+			}
+			if cur == nil {
+				h := bearer("slotmove")
+				if last != "" {
+					h.Set("Last-Event-ID", last)
+				}
+				s, err := ssetest.Open(ctx, url+"/events", h)
+				if err != nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				cur, opens = s, opens+1
+			}
+			ev, err := cur.NextEvent(10 * time.Second)
+			if err != nil {
+				cur.Close() // told to reconnect: resume by the id
+				cur = nil
+				continue
+			}
+			if ev.HasID {
+				last = ev.ID
+			}
+			if ev.Event == "n" {
+				i, _ := strconv.Atoi(ev.Data)
+				got = append(got, i)
+			}
+		}
+	}
+	first, err := ssetest.Open(ctx, url+"/events", bearer("slotmove"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := first.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
+		t.Fatal(ev, err)
+	} else {
+		last = ev.ID // the stream starts here
+	}
+	cur, opens = first, 1
+
+	for i := 1; i <= 50; i++ {
+		publish(i)
+	}
+	read(50)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 51; i <= 150; i++ {
+			publish(i)
+		}
+	}()
+	rc.MoveSlot(int(slot), to)
+	<-done
+	if n := rc.NodeOfSlot(int(slot)); n != to {
+		t.Fatalf("slot %d is on %s, want %s", slot, n.Addr, to.Addr)
+	}
+	read(150)
+	before := opens
+	for i := 151; i <= 160; i++ {
+		publish(i)
+	}
+	read(160)
+	if opens != before {
+		t.Errorf("the stream reconnected to get the events published after the move: they did not arrive live")
+	}
+	t.Logf("streams opened: %d", opens)
+	for i, n := range got {
+		if n != i+1 {
+			t.Fatalf("event %d is %d: want 1..160 once, in order (%v)", i, n, got[max(0, i-3):min(len(got), i+3)])
+		}
+	}
+	if len(got) != 160 {
+		t.Fatalf("got %d events, want 160", len(got))
+	}
+}
+
+// TestClusterFailover: three masters with a replica each; the master of a
+// stream's room is killed (SIGKILL) and its replica promoted by the
+// cluster while durable events are published on the stream's channels.
+// The open stream (resuming by its id when told to) gets every event
+// acknowledged after the failover once, in order per channel, none twice;
+// it measures how long publishing on the lost slot was refused.
+func TestClusterFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: skipping the failover")
+	}
+	rc := redistest.StartClusterReplicas(t, 3, 1)
+	cc := rc.Client()
+	const parts = 16
+	url, _ := startClusterApp(t, rc, nil)
+	ctx := context.Background()
+	slot, err := cc.ClusterKeySlot(ctx, "sse:{p"+strconv.Itoa(wire.Partition("room:lobby", parts))+"}:cursor").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := rc.NodeOfSlot(int(slot))
+	v, _ := json.Marshal(map[string]any{"user": "alice", "rooms": []string{"lobby"}})
+	if err := cc.Set(ctx, "session:failover", v, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	type acked struct {
+		m     msg
+		after bool // acknowledged after the failover was over
+	}
+	var (
+		mu        sync.Mutex
+		sent      []acked
+		got       []msg
+		recovered atomic.Bool
+		killedAt  time.Time
+		downFor   time.Duration
+	)
+	// The stream starts before the first event: every one is owed to it.
+	last := ""
+	cur, err := ssetest.Open(ctx, url+"/events", bearer("failover"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := cur.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
+		t.Fatal(ev, err)
+	} else {
+		last = ev.ID
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		channels := []string{"room:lobby", "user:alice", "broadcast"}
+		for seq := 0; ; seq++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ch := channels[seq%len(channels)]
+			for try := 0; ; try++ {
+				_, err := clusterPublish(cc, parts, ch, fmt.Sprintf(`{"event":"n","data":{"c":%q,"s":%d}}`, ch, seq))
+				if err == nil {
+					break
+				}
+				if try > 600 {
+					t.Errorf("publish failed for 30s: %v", err)
+					return
+				}
+				if try%40 == 39 {
+					t.Logf("publish on %s still refused: %v", ch, err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			mu.Lock()
+			if !killedAt.IsZero() && ch == "room:lobby" && !recovered.Load() {
+				downFor = time.Since(killedAt)
+				recovered.Store(true)
+			}
+			sent = append(sent, acked{msg{ch, seq}, recovered.Load()})
+			mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+	})
+
+	readUntil := func(done func() bool, within time.Duration) {
+		deadline := time.Now().Add(within)
+		for !done() && time.Now().Before(deadline) {
+			if cur == nil {
+				h := bearer("failover")
+				if last != "" {
+					h.Set("Last-Event-ID", last)
+				}
+				s, err := ssetest.Open(ctx, url+"/events", h)
+				if err != nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				cur = s
+			}
+			ev, err := cur.NextEvent(500 * time.Millisecond)
+			if err == ssetest.ErrTimeout {
+				continue
+			}
+			if err != nil {
+				cur.Close()
+				cur = nil
+				continue
+			}
+			if ev.HasID {
+				last = ev.ID
+			}
+			if ev.Event == "n" {
+				var d struct {
+					C string
+					S int
+				}
+				_ = json.Unmarshal([]byte(ev.Data), &d)
+				mu.Lock()
+				got = append(got, msg{d.C, d.S})
+				mu.Unlock()
+			}
+		}
+	}
+	defer func() {
+		if cur != nil {
+			cur.Close()
+		}
+	}()
+	readUntil(func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 30 }, 10*time.Second)
+	mu.Lock()
+	killedAt = time.Now()
+	mu.Unlock()
+	victim.Stop()
+	t.Logf("killed the master %s of slot %d", victim.Addr, slot)
+	readUntil(func() bool { return recovered.Load() }, 30*time.Second)
+	if !recovered.Load() {
+		t.Fatal("no publish on the lost slot went through within 30s")
+	}
+	readUntil(func() bool { return false }, 2*time.Second)
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	want := len(sent)
+	mu.Unlock()
+	seen := map[msg]bool{}
+	readUntil(func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, a := range sent {
+			if a.after && !contains(got, a.m) {
+				return false
+			}
+		}
+		return true
+	}, 15*time.Second)
+
+	mu.Lock()
+	defer mu.Unlock()
+	prev := map[string]int{}
+	for _, m := range got {
+		if seen[m] {
+			t.Errorf("%v delivered twice", m)
+		}
+		if p, ok := prev[m.ch]; ok && m.seq < p {
+			t.Errorf("%s: %d after %d", m.ch, m.seq, p)
+		}
+		seen[m], prev[m.ch] = true, m.seq
+	}
+	lostAfter, lostBefore, after := 0, 0, 0
+	for _, a := range sent {
+		if a.after {
+			after++
+		}
+		if !seen[a.m] {
+			if a.after {
+				lostAfter++
+			} else {
+				lostBefore++
+			}
+			t.Logf("lost: %v (acknowledged after the failover: %v)", a.m, a.after)
+		}
+	}
+	t.Logf("failover: publishing on the lost slot refused for %v; %d events acknowledged (%d after the failover), %d delivered; lost: %d acknowledged before the failover, %d after",
+		downFor.Round(time.Millisecond), want, after, len(got), lostBefore, lostAfter)
+	fmt.Printf("cluster failover: slot refused for %v, acknowledged=%d after=%d delivered=%d lost_before=%d lost_after=%d\n",
+		downFor.Round(time.Millisecond), want, after, len(got), lostBefore, lostAfter)
+	if lostAfter != 0 || after == 0 {
+		t.Fatalf("%d of the %d events acknowledged after the failover lost", lostAfter, after)
+	}
+}
+
+func contains(ms []msg, m msg) bool {
+	for _, x := range ms {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,635 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// ClusterPublishScript is the durable publish script of cluster mode, as a
+// backend runs it: EVAL/EVALSHA with 4 keys (docs/CLUSTER.md).
+//
+//go:embed cluster_publish.lua
+var ClusterPublishScript string
+
+// cursorScript reads a partition's position after moving it on to the
+// server's clock (in milliseconds) if it is behind, as one Redis's Position
+// takes a new id: the position is a clock, so a vector read now says now,
+// and HISTORY_TTL counts from there. A partition with none (first start,
+// or its node lost its data) gets a new epoch.
+const cursorScript = `local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local v = redis.call('GET', KEYS[1])
+local epoch, n
+if v then
+  epoch, n = string.match(v, '^(%w+):(%d+)$')
+end
+if not epoch then
+  epoch, n = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])), 0
+end
+if tonumber(n) < now then
+  v = epoch .. ':' .. now
+  redis.call('SET', KEYS[1], v)
+end
+return v`
+
+// ErrPartitions means the cluster was set up for another number of
+// partitions than CLUSTER_PARTITIONS.
+var ErrPartitions = errors.New("CLUSTER_PARTITIONS differs from the deployment's")
+
+// Cluster is ssebridge's Redis I/O on Redis Cluster: the pub/sub feed
+// (sharded, one connection per partition), the durable history and its
+// publish script, and the instance's vector of partition positions that
+// makes the ids (docs/CLUSTER.md). It serves the hub as both its
+// Subscriber and its History.
+//
+// Exactness rests on one lock: mu is held while an event's id is taken
+// from the vector and while the hub fans the event out (deliver), so the
+// ids every stream gets grow in every partition, and a stream that gets an
+// id saying partition q is at x has got, or had replayed, every event of
+// its channels in q up to x.
+type Cluster struct {
+	cc        *redis.ClusterClient
+	prefix    string
+	parts     int
+	maxlen    int
+	maxBytes  int
+	ttl       time.Duration
+	pingEvery time.Duration
+	log       *slog.Logger
+	metrics   *FeedMetrics
+	publish   *redis.Script
+	cursor    *redis.Script
+
+	feeds []*partFeed
+
+	mu      sync.Mutex // held across taking an id and delivering its event
+	epochs  []string   // per partition; "" while unknown
+	pos     []uint64   // per partition: the last position delivered
+	tag     string     // digest of epochs
+	deliver func(channel string, m wire.Message, err error)
+	retry   func() // ends every stream with a retry hint (a partition lost events)
+
+	rounds  sync.Mutex     // guards next and running
+	next    *positionRound // the round of Position that callers join; not started
+	running bool           // a goroutine runs rounds
+}
+
+// NewCluster returns cluster-mode storage for channels named prefix+name
+// in parts partitions, keeping maxlen events per channel for ttl.
+func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes int, ttl, pingEvery time.Duration, log *slog.Logger, m *FeedMetrics) *Cluster {
+	c := &Cluster{
+		cc: cc, prefix: prefix, parts: parts, maxlen: maxlen, maxBytes: maxBytes, ttl: ttl,
+		pingEvery: pingEvery, log: log, metrics: m,
+		publish: redis.NewScript(ClusterPublishScript),
+		cursor:  redis.NewScript(cursorScript),
+		epochs:  make([]string, parts),
+		pos:     make([]uint64, parts),
+	}
+	for k := range parts {
+		// Each connection is always subscribed to its partition's own shard
+		// channel "<prefix>{p<k>}:" (no logical channel has an empty name),
+		// so it is always to the partition's master, and pings on it are
+		// answered in order with the partition's messages.
+		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int), ps: cc.SSubscribe(context.Background(), c.tagOf(k))}
+		f.marker.Store(new(string))
+		c.feeds = append(c.feeds, f)
+	}
+	c.tag = c.digest()
+	return c
+}
+
+// Partitions is the number of partitions (CLUSTER_PARTITIONS).
+func (c *Cluster) Partitions() int { return c.parts }
+
+// ParseCursor reads a Last-Event-ID of this deployment.
+func (c *Cluster) ParseCursor(s string) (wire.Cursor, error) { return wire.ParseVector(s, c.parts) }
+
+func (c *Cluster) tagOf(k int) string { return c.prefix + "{p" + strconv.Itoa(k) + "}:" }
+
+func (c *Cluster) keys(channel string) (k int, cursor, config, history, trimmed, shard string) {
+	k = wire.Partition(channel, c.parts)
+	t := c.tagOf(k)
+	return k, t + "cursor", t + "config", t + channel + ":history", t + channel + ":trimmed", t + channel
+}
+
+// digest is the tag of the current epochs. Guarded by mu (or before Run).
+func (c *Cluster) digest() string {
+	return strconv.FormatUint(uint64(crc32.ChecksumIEEE([]byte(strings.Join(c.epochs, ",")))), 36)
+}
+
+// Configure writes the history settings, the partition count and a marker
+// into every partition's config, and reads every partition's position; on
+// the first call (or for a partition not known yet) the instance starts
+// from there. It fails when the partitions' config names another
+// partition count: instances and backends must all use the same.
+func (c *Cluster) Configure(ctx context.Context) error {
+	var errs []error
+	for k := range c.parts {
+		if err := c.configure(ctx, k); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Cluster) configure(ctx context.Context, k int) error {
+	key := c.tagOf(k) + "config"
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	var get *redis.SliceCmd
+	_, err := c.cc.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key, "maxlen", c.maxlen, "ttl", int(c.ttl.Seconds()), "maxbytes", c.maxBytes)
+		p.HSetNX(ctx, key, "marker", hex.EncodeToString(b))
+		p.HSetNX(ctx, key, "partitions", c.parts)
+		get = p.HMGet(ctx, key, "marker", "partitions")
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("writing partition %d's config: %w", k, err)
+	}
+	v := get.Val()
+	marker, _ := v[0].(string)
+	if parts, _ := v[1].(string); parts != strconv.Itoa(c.parts) {
+		return fmt.Errorf("%w: CLUSTER_PARTITIONS is %d, but %s says %s: every instance and backend must use the same", ErrPartitions, c.parts, key, parts)
+	}
+	c.feeds[k].marker.Store(&marker)
+	epoch, n, err := c.readPosition(ctx, k)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.epochs[k] == "" {
+		c.adoptLocked(k, epoch, n)
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// readPosition reads partition k's epoch and position.
+func (c *Cluster) readPosition(ctx context.Context, k int) (epoch string, n uint64, err error) {
+	s, err := c.cursor.Run(ctx, c.cc, []string{c.tagOf(k) + "cursor"}).Text()
+	if err != nil {
+		return "", 0, fmt.Errorf("reading partition %d's position: %w", k, err)
+	}
+	return parsePosition(k, s)
+}
+
+// parsePosition reads a partition's "<epoch>:<n>".
+func parsePosition(k int, s string) (string, uint64, error) {
+	e, num, ok := strings.Cut(s, ":")
+	n, err := strconv.ParseUint(num, 10, 64)
+	if !ok || err != nil || e == "" {
+		return "", 0, fmt.Errorf("partition %d's position %q is not ssebridge's", k, s)
+	}
+	return e, n, nil
+}
+
+// adoptLocked takes partition k to be at n of epoch, as Redis has it.
+func (c *Cluster) adoptLocked(k int, epoch string, n uint64) {
+	if c.epochs[k] != epoch {
+		c.epochs[k], c.pos[k] = epoch, n
+		c.tag = c.digest()
+	} else {
+		c.pos[k] = max(c.pos[k], n)
+	}
+}
+
+// stampLocked is the instance's vector now.
+func (c *Cluster) stampLocked(own int) *wire.Vector {
+	return &wire.Vector{Tag: c.tag, Pos: append([]uint64(nil), c.pos...), Own: own}
+}
+
+// Subscribe subscribes to channels, each on its partition's connection.
+func (c *Cluster) Subscribe(names ...string) error {
+	var errs []error
+	for _, n := range names {
+		if err := c.feeds[wire.Partition(n, c.parts)].subscribe(n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Unsubscribe unsubscribes from channels.
+func (c *Cluster) Unsubscribe(names ...string) {
+	for _, n := range names {
+		c.feeds[wire.Partition(n, c.parts)].unsubscribe(n)
+	}
+}
+
+// Sync returns once every Subscribe written before it is in force, on
+// every partition that has channels.
+func (c *Cluster) Sync(ctx context.Context) error {
+	var waits []<-chan error
+	for _, f := range c.feeds {
+		if f.channelCount() == 0 {
+			continue
+		}
+		f.mu.Lock()
+		done, err := f.barrier.send(ctx, f.ps)
+		f.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		waits = append(waits, done)
+	}
+	for _, done := range waits {
+		select {
+		case err := <-done:
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// Connected reports whether every partition's connection is up.
+func (c *Cluster) Connected() bool {
+	for _, f := range c.feeds {
+		if !f.connected.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+// Position is where a stream starts, or up to where a replay reads: the
+// instance's vector, once it has delivered every event each partition had
+// when this was called. It reads each partition's position, then waits for
+// a ping on each partition's connection to come back: whatever was
+// published on a subscribed channel before the read came before the pong,
+// so was delivered.
+//
+// Calls that arrive together share one round of reads and pings (a mass
+// reconnect costs rounds, not P reads and P pings per stream): a call
+// joins the next round to start, never one already under way, so the
+// round's reads follow the call.
+func (c *Cluster) Position(ctx context.Context) (wire.Cursor, error) {
+	c.rounds.Lock()
+	r := c.next
+	if r == nil {
+		r = &positionRound{done: make(chan struct{})}
+		c.next = r
+	}
+	if !c.running {
+		c.running, c.next = true, nil
+		go c.runRounds(r)
+	}
+	c.rounds.Unlock()
+	select {
+	case <-r.done:
+		return r.pos, r.err
+	case <-ctx.Done():
+		return wire.Cursor{}, ctx.Err()
+	}
+}
+
+// positionRound is one shared round of Position.
+type positionRound struct {
+	done chan struct{} // closed when pos and err are set
+	pos  wire.Cursor
+	err  error
+}
+
+// positionTimeout bounds one round of Position.
+const positionTimeout = 10 * time.Second
+
+// runRounds runs r, then the rounds that callers joined meanwhile, one
+// after the other, and returns when none is waiting.
+func (c *Cluster) runRounds(r *positionRound) {
+	for r != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), positionTimeout)
+		r.pos, r.err = c.position(ctx)
+		cancel()
+		close(r.done)
+		c.rounds.Lock()
+		r, c.next = c.next, nil
+		if r == nil {
+			c.running = false
+		}
+		c.rounds.Unlock()
+	}
+}
+
+func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
+	type read struct {
+		epoch string
+		n     uint64
+	}
+	reads := make([]read, c.parts)
+	cmds := make([]*redis.Cmd, c.parts)
+	_, err := c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for k := range c.parts {
+			cmds[k] = c.cursor.EvalSha(ctx, p, []string{c.tagOf(k) + "cursor"})
+		}
+		return nil
+	})
+	for k, cmd := range cmds {
+		if err != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+			epoch, n, err := c.readPosition(ctx, k)
+			if err != nil {
+				return wire.Cursor{}, err
+			}
+			reads[k] = read{epoch, n}
+			continue
+		}
+		s, err := cmd.Text()
+		if err != nil {
+			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
+		}
+		e, n, err := parsePosition(k, s)
+		if err != nil {
+			return wire.Cursor{}, err
+		}
+		reads[k] = read{e, n}
+	}
+	waits := make([]<-chan error, c.parts)
+	for k, f := range c.feeds {
+		f.mu.Lock()
+		done, err := f.barrier.send(ctx, f.ps)
+		f.mu.Unlock()
+		if err != nil {
+			return wire.Cursor{}, fmt.Errorf("partition %d: %w", k, err)
+		}
+		waits[k] = done
+	}
+	for k, done := range waits {
+		select {
+		case err := <-done:
+			if err != nil {
+				return wire.Cursor{}, fmt.Errorf("partition %d: %w", k, err)
+			}
+		case <-ctx.Done():
+			return wire.Cursor{}, ctx.Err()
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, r := range reads {
+		if c.epochs[k] != "" && c.epochs[k] != r.epoch {
+			// The partition lost its data and its feed has not met the new
+			// epoch yet: its gap recovery deals with the streams.
+			continue
+		}
+		c.adoptLocked(k, r.epoch, r.n)
+	}
+	return wire.VectorCursor(c.stampLocked(-1)), nil
+}
+
+// Publish appends envelope to channel's history and SPUBLISHes it, in one
+// atomic call, and returns the event's position in its partition,
+// "<epoch>:<n>-<ms>" (not an SSE id: see docs/CLUSTER.md).
+func (c *Cluster) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+	p := ClusterPublisher{cc: c.cc, prefix: c.prefix, parts: c.parts, script: c.publish}
+	id, err := p.Publish(ctx, channel, envelope)
+	if err != nil && strings.Contains(err.Error(), "has not written") {
+		// The partition's config was lost under this instance (its node
+		// restarted without data): write it again, publish once more.
+		if cerr := c.configure(ctx, wire.Partition(channel, c.parts)); cerr == nil {
+			id, err = p.Publish(ctx, channel, envelope)
+		}
+	}
+	return id, err
+}
+
+// ClusterPublisher publishes durable events on Redis Cluster as a backend
+// does, with no feed of its own (`ssebridge publish`).
+type ClusterPublisher struct {
+	cc     *redis.ClusterClient
+	prefix string
+	parts  int
+	script *redis.Script
+}
+
+// NewClusterPublisher returns a publisher for channels named prefix+name
+// in parts partitions.
+func NewClusterPublisher(cc *redis.ClusterClient, prefix string, parts int) *ClusterPublisher {
+	return &ClusterPublisher{cc: cc, prefix: prefix, parts: parts, script: redis.NewScript(ClusterPublishScript)}
+}
+
+// Publish runs the cluster publish script for channel.
+func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+	t := p.prefix + "{p" + strconv.Itoa(wire.Partition(channel, p.parts)) + "}:"
+	keys := []string{t + "cursor", t + "config", t + channel + ":history", t + channel + ":trimmed"}
+	s, err := p.script.Run(ctx, p.cc, keys, t+channel, envelope, p.parts).Text()
+	if err != nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+	}
+	return wire.ParseCursor(s)
+}
+
+// Mark takes a new position in channel's partition and publishes it on
+// the channel with no event: streams that get it move their id (and its
+// time) on, so an idle stream's id never grows older than the retention.
+func (c *Cluster) Mark(ctx context.Context, channel string) error {
+	_, cur, conf, hist, trim, shard := c.keys(channel)
+	err := c.publish.Run(ctx, c.cc, []string{cur, conf, hist, trim}, shard, "", c.parts).Err()
+	if err != nil {
+		return fmt.Errorf("mark on %s: %w", channel, err)
+	}
+	return nil
+}
+
+// readBatch is how many entries of one channel a page reads at most.
+const readBatch = 256
+
+// Read returns one page of the durable events of channels, each after the
+// position of its partition in its own cursor in after, up to until (zero
+// on a first read: Position now), in order within each partition,
+// partition after partition, up to about maxBytes of envelopes. Each
+// event's id is the page's start (per partition, the earliest of after)
+// moved on by the events before it and itself.
+func (c *Cluster) Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error) {
+	if len(after) != len(channels) {
+		return wire.Page{}, fmt.Errorf("reading history: %d cursors for %d channels", len(after), len(channels))
+	}
+	first := until.IsZero()
+	if first {
+		var err error
+		if until, err = c.Position(ctx); err != nil {
+			return wire.Page{}, fmt.Errorf("reading history: %w", err)
+		}
+	}
+	u := until.Vector()
+	if u == nil {
+		return wire.Page{Position: until, Reset: wire.ResetEpoch}, nil
+	}
+	if len(channels) == 0 {
+		return wire.Page{Position: until}, nil
+	}
+	var start wire.Cursor
+	for i, a := range after {
+		v := a.Vector()
+		k := wire.Partition(channels[i], c.parts)
+		switch {
+		case v == nil || v.Tag != u.Tag || len(v.Pos) != len(u.Pos):
+			return wire.Page{Position: until, Reset: wire.ResetEpoch}, nil
+		case v.Pos[k] > u.Pos[k]:
+			return wire.Page{Position: until, Reset: wire.ResetFuture}, nil
+		case first && v.Newest()+uint64(c.ttl.Milliseconds()) < uint64(time.Now().UnixMilli()):
+			// Positions are the nodes' clocks in milliseconds: an id whose
+			// newest is older than HISTORY_TTL may be missing events that
+			// expired with their channel's history.
+			return wire.Page{Position: until, Reset: wire.ResetTooOld}, nil
+		}
+		if i == 0 {
+			start = a
+		} else {
+			start = start.Min(a)
+		}
+	}
+
+	p := wire.Page{Position: until}
+	id := start.Vector()
+	bytes := 0
+	byPart := make([][]string, c.parts)
+	fromPart := make([][]uint64, c.parts)
+	for i, ch := range channels {
+		k := wire.Partition(ch, c.parts)
+		byPart[k] = append(byPart[k], ch)
+		fromPart[k] = append(fromPart[k], after[i].Vector().Pos[k])
+	}
+	for k, chans := range byPart {
+		if len(chans) == 0 {
+			continue
+		}
+		entries, more, trimmed, err := c.readPartition(ctx, k, chans, fromPart[k], u.Pos[k])
+		if err != nil {
+			return wire.Page{}, fmt.Errorf("reading history: %w", err)
+		}
+		if trimmed {
+			return wire.Page{Position: until, Reset: wire.ResetTrimmed}, nil
+		}
+		for _, e := range entries {
+			if bytes >= maxBytes || len(p.Events) >= pageEvents {
+				p.More = true
+				return p, nil
+			}
+			id = id.With(k, e.n)
+			p.Events = append(p.Events, wire.Durable{Cursor: wire.VectorCursor(id), Channel: e.channel, Envelope: []byte(e.env)})
+			bytes += len(e.env)
+		}
+		if more {
+			p.More = true
+			return p, nil
+		}
+	}
+	return p, nil
+}
+
+// entry is one durable event read back from a partition.
+type entry struct {
+	n       uint64
+	channel string
+	env     string
+}
+
+// readPartition reads the events of channels of partition k, each after
+// its own position in from, up to upTo, merged in position order. more is
+// set when a channel had more than one batch: the entries then stop at the
+// last position every channel was read up to. trimmed is set when a
+// channel's history was trimmed past its position.
+//
+// One pipeline: per channel, its entries, then its trimmed mark, both on
+// the partition's node in that order, so an event trimmed before the
+// XRANGE read it has moved the mark before the GET reads it.
+func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, from []uint64, upTo uint64) (entries []entry, more, trimmed bool, err error) {
+	ranges := make([]*redis.XMessageSliceCmd, len(channels))
+	trims := make([]*redis.StringCmd, len(channels))
+	_, err = c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, ch := range channels {
+			_, _, _, hist, trim, _ := c.keys(ch)
+			ranges[i] = p.XRangeN(ctx, hist, strconv.FormatUint(from[i]+1, 10)+"-0", strconv.FormatUint(upTo, 10), readBatch)
+			trims[i] = p.Get(ctx, trim)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, false, false, err
+	}
+	limit := upTo
+	for i, ch := range channels {
+		if t := trims[i].Val(); t != "" {
+			tn, _, _ := strings.Cut(t, "-")
+			if n, err := strconv.ParseUint(tn, 10, 64); err == nil && from[i] < n {
+				return nil, false, true, nil
+			}
+		}
+		msgs := ranges[i].Val()
+		for _, m := range msgs {
+			n, ok := entryPos(m.ID)
+			env, _ := m.Values["e"].(string)
+			if !ok || env == "" {
+				continue // not written by the publish script
+			}
+			entries = append(entries, entry{n, ch, env})
+		}
+		if len(msgs) == readBatch {
+			if n, ok := entryPos(msgs[len(msgs)-1].ID); ok && n < limit {
+				limit, more = n, true
+			}
+		}
+	}
+	slices.SortFunc(entries, func(a, b entry) int { return cmp.Compare(a.n, b.n) })
+	for i, e := range entries {
+		if e.n > limit {
+			return entries[:i], more, false, nil
+		}
+	}
+	return entries, more, false, nil
+}
+
+// entryPos is the partition position of a history entry id "<n>-<ms>".
+func entryPos(id string) (uint64, bool) {
+	num, _, _ := strings.Cut(id, "-")
+	n, err := strconv.ParseUint(num, 10, 64)
+	return n, err == nil
+}
+
+// Active returns those of channels whose history holds events after
+// after's position in their partition.
+func (c *Cluster) Active(ctx context.Context, channels []string, after wire.Cursor) ([]string, error) {
+	v := after.Vector()
+	if v == nil {
+		return channels, nil
+	}
+	cmds := make([]*redis.XMessageSliceCmd, len(channels))
+	_, err := c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, ch := range channels {
+			k, _, _, hist, _, _ := c.keys(ch)
+			cmds[i] = p.XRangeN(ctx, hist, strconv.FormatUint(v.Pos[k]+1, 10)+"-0", "+", 1)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("looking up channels with events: %w", err)
+	}
+	var active []string
+	for i, cmd := range cmds {
+		if len(cmd.Val()) > 0 {
+			active = append(active, channels[i])
+		}
+	}
+	return active, nil
+}

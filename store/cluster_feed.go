@@ -1,0 +1,374 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// partFeed is one partition's sharded pub/sub connection. Every channel of
+// a partition hashes to one slot, so the connection is to that slot's
+// master, and go-redis dials the slot's master again when it reconnects (a
+// slot moved, a failover): a bounded number of connections per node,
+// whatever the number of streams and channels.
+type partFeed struct {
+	c *Cluster
+	k int
+
+	mu       sync.Mutex // guards ps and channels; commands are written under it, in call order
+	ps       *redis.PubSub
+	channels map[string]struct{}
+	// unsubscribing counts, per channel, the SUNSUBSCRIBEs written whose
+	// reply has not come: a reply beyond them is the server's own (the
+	// slot moved away).
+	unsubscribing map[string]int
+
+	marker     atomic.Pointer[string]
+	markerRead time.Time // Run's own
+	barrier    barrier
+	connected  atomic.Bool
+}
+
+func (f *partFeed) subscribe(name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.channels[name]; !ok {
+		f.channels[name] = struct{}{}
+		f.c.metrics.Channels.Inc()
+	}
+	return f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
+}
+
+func (f *partFeed) unsubscribe(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.channels[name]; ok {
+		delete(f.channels, name)
+		f.c.metrics.Channels.Dec()
+	}
+	if f.ps.SUnsubscribe(context.Background(), f.c.tagOf(f.k)+name) == nil {
+		f.unsubscribing[name]++
+	}
+}
+
+// wants reports whether the partition must be subscribed to a shard
+// channel (full) of logical name.
+func (f *partFeed) wants(name, full string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n := f.unsubscribing[name]; n > 0 {
+		if n == 1 {
+			delete(f.unsubscribing, name)
+		} else {
+			f.unsubscribing[name] = n - 1
+		}
+		return false // the reply to our own SUNSUBSCRIBE
+	}
+	if full == f.c.tagOf(f.k) {
+		return true
+	}
+	_, ok := f.channels[name]
+	return ok
+}
+
+// forgetReplies forgets the replies still awaited on a lost connection.
+func (f *partFeed) forgetReplies() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	clear(f.unsubscribing)
+}
+
+func (f *partFeed) channelCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.channels)
+}
+
+func (f *partFeed) channelList() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]string, 0, len(f.channels))
+	for n := range f.channels {
+		out = append(out, n)
+	}
+	return out
+}
+
+// Run reads every partition's connection until ctx ends, each on its own
+// goroutine, handing messages to deliver with their logical channel (a
+// durable one with its id, taken from the instance's vector under the
+// lock that makes ids exact). After a partition's connection is lost and
+// made again it delivers, before anything later of that partition, the
+// durable events its channels had meanwhile, then calls connected; retry
+// is called when events were lost beyond recovery (a node lost its data,
+// or trimmed past what the instance had), to end every stream with a
+// retry hint: each resumes by its own id, or is reset.
+func (c *Cluster) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(context.Context), retry func()) {
+	c.mu.Lock()
+	c.deliver, c.retry = deliver, retry
+	c.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, f := range c.feeds {
+		wg.Add(1)
+		go func() { defer wg.Done(); f.run(ctx, connected) }()
+	}
+	wg.Wait()
+}
+
+func (f *partFeed) run(ctx context.Context, connected func(context.Context)) {
+	c := f.c
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		_ = f.ps.Close()
+		f.mu.Unlock()
+	})
+	defer func() {
+		stop()
+		f.mu.Lock()
+		_ = f.ps.Close()
+		f.mu.Unlock()
+		f.barrier.releaseAll(ErrFeedLost)
+	}()
+	backoff := newBackoff(100*time.Millisecond, 2*time.Second)
+	pingSent := false
+	everConnected := false
+	for ctx.Err() == nil {
+		f.mu.Lock()
+		ps := f.ps
+		f.mu.Unlock()
+		msg, err := ps.ReceiveTimeout(ctx, c.pingEvery)
+		if ctx.Err() != nil {
+			return
+		}
+		if isTimeout(err) {
+			if !pingSent {
+				_ = ps.Ping(ctx, "health")
+				pingSent = true
+				continue
+			}
+			c.log.Warn("redis pub/sub: no answer to ping, reconnecting", "partition", f.k)
+			f.redial(ctx)
+			err = errors.New("ping timeout")
+		}
+		pingSent = false
+		if err != nil {
+			if f.connected.Swap(false) {
+				c.metrics.Reconnects.Inc()
+				c.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "partition", f.k, "err", err)
+			}
+			f.barrier.releaseAll(ErrFeedLost)
+			f.forgetReplies()
+			// The node may be gone for good (a failover) or the slot served
+			// elsewhere (MOVED): have go-redis read the slot map again
+			// (lazily, at most one read at a time) before it dials.
+			c.cc.ReloadState(ctx)
+			moved := strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "CLUSTERDOWN")
+			if !sleep(ctx, backoff.next()) {
+				return
+			}
+			if moved {
+				f.redial(ctx)
+			}
+			continue
+		}
+		backoff.reset()
+		if !f.connected.Swap(true) {
+			if err := c.configure(ctx, f.k); err != nil && ctx.Err() == nil {
+				c.log.Warn("partition config not written", "partition", f.k, "err", err)
+			}
+			if everConnected {
+				c.recover(ctx, f)
+			}
+			everConnected = true
+			connected(ctx)
+		}
+		switch m := msg.(type) {
+		case *redis.Message:
+			c.metrics.Messages.Inc()
+			w, err := wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
+			if errors.Is(err, wire.ErrForged) && f.refreshMarker(ctx) {
+				w, err = wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
+			}
+			c.onMessage(f.k, strings.TrimPrefix(m.Channel, c.tagOf(f.k)), w, err)
+		case *redis.Subscription:
+			if m.Kind == "sunsubscribe" && f.wants(strings.TrimPrefix(m.Channel, c.tagOf(f.k)), m.Channel) {
+				// Redis dropped the subscription itself: the slot moved to
+				// another node. Subscribe there, and recover the gap.
+				c.log.Warn("redis pub/sub: a shard channel was unsubscribed by the server (slot moved); reconnecting", "partition", f.k)
+				f.connected.Store(false)
+				c.metrics.Reconnects.Inc()
+				f.barrier.releaseAll(ErrFeedLost)
+				c.cc.ReloadState(ctx)
+				f.redial(ctx)
+			}
+		case *redis.Pong:
+			if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
+				f.barrier.release(seq, nil)
+			}
+		}
+	}
+}
+
+// onMessage gives a durable event its id, the instance's vector with the
+// event's partition at the event's position, and delivers it, under mu.
+// A durable event at or before what the partition delivered already (one
+// that a gap recovery delivered) is dropped.
+func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil && m.Durable() {
+		n := m.Cursor.MS // the frame's "<epoch>:<n>-<ms>"
+		switch {
+		case m.Cursor.Epoch != c.epochs[k]:
+			// The partition's node lost its data: a new epoch. Ids of the
+			// old one now reset.
+			if c.epochs[k] != "" {
+				c.log.Warn("a partition started a new epoch: its node lost its data", "partition", k)
+			}
+			c.epochs[k], c.pos[k] = m.Cursor.Epoch, n
+			c.tag = c.digest()
+		case n <= c.pos[k]:
+			return
+		default:
+			c.pos[k] = n
+		}
+		m.Cursor = wire.VectorCursor(c.stampLocked(k))
+	}
+	c.deliver(channel, m, err)
+}
+
+// recoverPatience bounds how long a partition's gap recovery retries.
+const recoverPatience = 15 * time.Second
+
+// recover delivers the durable events partition k's channels had while
+// its connection was down, from the position the instance had delivered
+// up to the partition's position now, then takes the partition to be
+// there. It runs on the partition's goroutine before any later message.
+func (c *Cluster) recover(ctx context.Context, f *partFeed) {
+	// A node that has just restarted may answer CLUSTERDOWN or LOADING
+	// for a while: retry with backoff, for up to recoverPatience, before
+	// telling streams to resume by themselves.
+	var err error
+	deadline := time.Now().Add(recoverPatience)
+	b := newBackoff(100*time.Millisecond, time.Second)
+	for {
+		if err = c.recoverOnce(ctx, f); err == nil || ctx.Err() != nil {
+			return
+		}
+		if time.Now().After(deadline) || !sleep(ctx, b.next()) {
+			break
+		}
+	}
+	c.log.Warn("durable events published while a partition's connection was down could not be read: streams told to reconnect", "partition", f.k, "err", err)
+	c.retryAll()
+}
+
+func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
+	k := f.k
+	epoch, upTo, err := c.readPosition(ctx, k)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	known, from := c.epochs[k], c.pos[k]
+	if known != epoch {
+		c.adoptLocked(k, epoch, upTo)
+		c.mu.Unlock()
+		if known != "" {
+			c.log.Warn("a partition lost its data while its connection was down: streams told to reconnect", "partition", k)
+			c.retryAll()
+		}
+		return nil
+	}
+	c.mu.Unlock()
+	channels := f.channelList()
+	events := 0
+	for from < upTo && len(channels) > 0 {
+		froms := make([]uint64, len(channels))
+		for i := range froms {
+			froms[i] = from
+		}
+		entries, more, trimmed, err := c.readPartition(ctx, k, channels, froms, upTo)
+		if err != nil {
+			return err
+		}
+		if trimmed {
+			c.log.Warn("durable events were trimmed while a partition's connection was down: streams told to reconnect", "partition", k)
+			c.mu.Lock()
+			c.adoptLocked(k, epoch, upTo)
+			c.mu.Unlock()
+			c.retryAll()
+			return nil
+		}
+		c.mu.Lock()
+		for _, e := range entries {
+			if e.n <= c.pos[k] {
+				continue
+			}
+			c.pos[k] = e.n
+			c.deliver(e.channel, wire.Message{Cursor: wire.VectorCursor(c.stampLocked(k)), Body: []byte(e.env)}, nil)
+			events++
+		}
+		if len(entries) > 0 {
+			from = max(from, entries[len(entries)-1].n)
+		}
+		c.mu.Unlock()
+		if !more {
+			break
+		}
+	}
+	c.mu.Lock()
+	c.adoptLocked(k, epoch, upTo)
+	c.mu.Unlock()
+	if events > 0 {
+		c.log.Info("durable events published while a partition's connection was down were delivered", "partition", k, "events", events)
+	}
+	return nil
+}
+
+func (c *Cluster) retryAll() {
+	c.mu.Lock()
+	retry := c.retry
+	c.mu.Unlock()
+	if retry != nil {
+		retry()
+	}
+}
+
+// refreshMarker reads the partition's marker again, at most once a second,
+// and reports whether it changed.
+func (f *partFeed) refreshMarker(ctx context.Context) bool {
+	if time.Since(f.markerRead) < time.Second {
+		return false
+	}
+	f.markerRead = time.Now()
+	m, err := f.c.cc.HGet(ctx, f.c.tagOf(f.k)+"config", "marker").Result()
+	if err != nil || m == "" || m == *f.marker.Load() {
+		return false
+	}
+	f.marker.Store(&m)
+	return true
+}
+
+// redial replaces the connection with a new one, subscribed to every
+// channel of the partition, to the slot's master as the cluster has it.
+func (f *partFeed) redial(ctx context.Context) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = f.ps.Close()
+	clear(f.unsubscribing)
+	f.ps = f.c.cc.SSubscribe(ctx)
+	channels := []string{f.c.tagOf(f.k)}
+	for n := range f.channels {
+		channels = append(channels, f.c.tagOf(f.k)+n)
+	}
+	_ = f.ps.SSubscribe(ctx, channels...)
+}

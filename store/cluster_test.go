@@ -1,0 +1,133 @@
+package store_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+type got struct {
+	channel string
+	m       wire.Message
+}
+
+// TestClusterPublishReadResume: on a real three-master cluster, the
+// cluster publish script SPUBLISHes inside the script to the shard channel
+// of its slot (Redis 7.0 allows it), the feed delivers the event with a
+// vector id, and a history read from an earlier id returns it.
+func TestClusterPublishReadResume(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c := store.NewCluster(cc, "sse:", 16, 100, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := c.Configure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var msgs []got
+	arrived := make(chan struct{}, 100)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.Run(ctx, func(ch string, m wire.Message, err error) {
+			if err != nil {
+				t.Errorf("%s: %v", ch, err)
+			}
+			mu.Lock()
+			msgs = append(msgs, got{ch, m})
+			mu.Unlock()
+			arrived <- struct{}{}
+		}, func(context.Context) {}, func() {})
+	}()
+	defer wg.Wait()
+	defer cancel()
+
+	channels := []string{"room:a", "room:b", "user:alice", "broadcast"}
+	if err := c.Subscribe(channels...); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start, err := c.Position(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ch := range channels {
+		if _, err := c.Publish(ctx, ch, []byte(`{"data":`+string(rune('0'+i))+`}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range channels {
+		select {
+		case <-arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatal("an event did not arrive")
+		}
+	}
+	mu.Lock()
+	last := msgs[len(msgs)-1].m.Cursor
+	for _, g := range msgs {
+		v := g.m.Cursor.Vector()
+		if v == nil || v.Own != wire.Partition(g.channel, 16) {
+			t.Fatalf("%s: id %v", g.channel, g.m.Cursor)
+		}
+		back, err := c.ParseCursor(g.m.Cursor.String())
+		if err != nil || back.String() != g.m.Cursor.String() {
+			t.Fatalf("%q does not parse back: %v", g.m.Cursor, err)
+		}
+	}
+	mu.Unlock()
+	t.Logf("id after 4 events: %s (%d bytes)", last, len(last.String()))
+
+	after := make([]wire.Cursor, len(channels))
+	for i := range after {
+		after[i] = start
+	}
+	page, err := c.Read(ctx, channels, after, wire.Cursor{}, 1<<20)
+	if err != nil || page.Reset != "" {
+		t.Fatal(err, page.Reset)
+	}
+	if len(page.Events) != len(channels) {
+		t.Fatalf("read %d events, want %d", len(page.Events), len(channels))
+	}
+	for i := range after {
+		after[i] = last
+	}
+	page, err = c.Read(ctx, channels, after, wire.Cursor{}, 1<<20)
+	if err != nil || page.Reset != "" || len(page.Events) != 0 {
+		t.Fatalf("from the last id: %v %q %d events", err, page.Reset, len(page.Events))
+	}
+
+	// A backend's raw EVAL of the script, as documented.
+	k := wire.Partition("room:a", 16)
+	tag := "sse:{p" + itoa(k) + "}:"
+	res, err := cc.Eval(ctx, store.ClusterPublishScript, []string{tag + "cursor", tag + "config", tag + "room:a:history", tag + "room:a:trimmed"},
+		tag+"room:a", `{"data":"raw"}`, 16).Text()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wire.ParseCursor(res); err != nil {
+		t.Fatal(res, err)
+	}
+	_, err = cc.Eval(ctx, store.ClusterPublishScript, []string{tag + "cursor", tag + "config", tag + "room:a:history", tag + "room:a:trimmed"},
+		tag+"room:a", `{"data":"raw"}`, 8).Result()
+	if err == nil {
+		t.Fatal("a publish assuming 8 partitions was accepted")
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,0 +1,182 @@
+package wire
+
+import (
+	"hash/crc32"
+	"strconv"
+	"strings"
+)
+
+// Cluster mode's ids (docs/CLUSTER.md).
+//
+// On Redis Cluster there is no one counter that orders every channel. The
+// channels are spread over a fixed number of partitions instead, each a
+// hash tag with its own position, and an id is a vector: per partition, the
+// position this instance had delivered when it encoded the event. One id is
+// still a cursor over every channel of a stream, and still encoded once for
+// all of the instance's streams.
+//
+// A partition's position is a millisecond clock that the publish script
+// moves on by at least one per event (max(last + 1, now in ms)), as one
+// Redis's ids are: a replica promoted without the last writes goes on from
+// its own clock, past what the old master gave out, instead of giving the
+// same positions again. So the newest position of a vector is also the
+// time the id was made, what HISTORY_TTL is checked against.
+//
+//	<tag>.<newest>.<d 0>.<d 1>. … .<d P-1>       d k = newest - pos k
+//
+// tag is a digest of every partition's epoch (a partition that lost its
+// data starts a new epoch, and ids of the old one mean nothing); all
+// numbers are in base 36, each position as its distance from the newest,
+// which is short for a partition with recent events.
+
+// MaxPartitions bounds CLUSTER_PARTITIONS, and so the size of an id.
+const MaxPartitions = 1024
+
+// Partition is the partition of a logical channel among n: CRC-32 (IEEE) of
+// the name, modulo n. Backends compute the same (Python: zlib.crc32).
+func Partition(channel string, n int) int {
+	return int(crc32.ChecksumIEEE([]byte(channel)) % uint32(n))
+}
+
+// Vector is a cluster-mode id.
+type Vector struct {
+	Tag string   // digest of the partitions' epochs
+	Pos []uint64 // per partition: the last position delivered (milliseconds)
+	// Own is the partition of the event this is the id of, or -1 for a
+	// position that is no event's (a stream's start, a replay's bound).
+	Own int
+}
+
+// VectorCursor wraps v as a Cursor. v must not change afterwards.
+func VectorCursor(v *Vector) Cursor { return Cursor{Epoch: v.Tag, vec: v} }
+
+// Vector returns the vector of a cluster-mode cursor, or nil.
+func (c Cursor) Vector() *Vector { return c.vec }
+
+// Newest is the vector's newest position: about when it was made, in
+// milliseconds.
+func (v *Vector) Newest() uint64 {
+	var m uint64
+	for _, p := range v.Pos {
+		m = max(m, p)
+	}
+	return m
+}
+
+// String writes v as an SSE id.
+func (v *Vector) String() string {
+	m := v.Newest()
+	var b strings.Builder
+	b.Grow(len(v.Tag) + 10 + 4*len(v.Pos))
+	b.WriteString(v.Tag)
+	b.WriteByte('.')
+	b.WriteString(strconv.FormatUint(m, 36))
+	for _, p := range v.Pos {
+		b.WriteByte('.')
+		b.WriteString(strconv.FormatUint(m-p, 36))
+	}
+	return b.String()
+}
+
+// ParseVector reads an id that String wrote for a deployment of n
+// partitions. The result has no Own partition.
+func ParseVector(s string, n int) (Cursor, error) {
+	if n < 1 || n > MaxPartitions || len(s) > 16*(n+2) {
+		return Cursor{}, ErrBadCursor
+	}
+	parts := strings.Split(s, ".")
+	if len(parts) != n+2 || parts[0] == "" || len(parts[0]) > 13 || !alnum(parts[0]) {
+		return Cursor{}, ErrBadCursor
+	}
+	v := &Vector{Tag: parts[0], Pos: make([]uint64, n), Own: -1}
+	m, err := parse36(parts[1])
+	if err != nil {
+		return Cursor{}, err
+	}
+	newest := false
+	for i, p := range parts[2:] {
+		d, err := parse36(p)
+		if err != nil || d > m {
+			return Cursor{}, ErrBadCursor
+		}
+		v.Pos[i], newest = m-d, newest || d == 0
+	}
+	if !newest {
+		return Cursor{}, ErrBadCursor // the newest must be one of them, as String writes it
+	}
+	return VectorCursor(v), nil
+}
+
+// parse36 reads a base-36 number as FormatUint writes it: lower case, no
+// sign, no leading zero, at most 2^53.
+func parse36(s string) (uint64, error) {
+	if s == "" || len(s) > 11 || (len(s) > 1 && s[0] == '0') {
+		return 0, ErrBadCursor
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'z') {
+			return 0, ErrBadCursor
+		}
+	}
+	x, err := strconv.ParseUint(s, 36, 64)
+	if err != nil || x > maxExact {
+		return 0, ErrBadCursor
+	}
+	return x, nil
+}
+
+// comparable reports whether two vectors are of one epoch and size.
+func (v *Vector) comparable(w *Vector) bool {
+	return v.Tag == w.Tag && len(v.Pos) == len(w.Pos)
+}
+
+// vectorBefore is Before for cluster ids: for an event's id, whether c had
+// not reached the event in its partition; for a position, whether c is
+// behind it in some partition. Ids of another epoch count as before.
+func vectorBefore(c, d Cursor) bool {
+	if c.vec == nil || d.vec == nil || !c.vec.comparable(d.vec) {
+		return true
+	}
+	if o := d.vec.Own; o >= 0 {
+		return c.vec.Pos[o] < d.vec.Pos[o]
+	}
+	for i, p := range c.vec.Pos {
+		if p < d.vec.Pos[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// vectorMax is Max for cluster ids: per partition, the later position.
+func vectorMax(c, d Cursor) Cursor {
+	if c.vec == nil || d.vec == nil || !c.vec.comparable(d.vec) {
+		return d // another epoch: the newer wins, as for Before
+	}
+	m := &Vector{Tag: c.vec.Tag, Pos: make([]uint64, len(c.vec.Pos)), Own: -1}
+	for i, p := range c.vec.Pos {
+		m.Pos[i] = max(p, d.vec.Pos[i])
+	}
+	return VectorCursor(m)
+}
+
+// Min returns, per partition, the earlier position of c and d: where a
+// replay over both may start. Cluster ids only.
+func (c Cursor) Min(d Cursor) Cursor {
+	if c.vec == nil || d.vec == nil || !c.vec.comparable(d.vec) {
+		return c
+	}
+	m := &Vector{Tag: c.vec.Tag, Pos: make([]uint64, len(c.vec.Pos)), Own: -1}
+	for i, p := range c.vec.Pos {
+		m.Pos[i] = min(p, d.vec.Pos[i])
+	}
+	return VectorCursor(m)
+}
+
+// With returns a copy of v with partition k at pos, as the id of that
+// partition's event.
+func (v *Vector) With(k int, pos uint64) *Vector {
+	w := &Vector{Tag: v.Tag, Pos: append([]uint64(nil), v.Pos...), Own: k}
+	w.Pos[k] = pos
+	return w
+}

@@ -1,0 +1,115 @@
+package wire_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// partitionTable is the partition of a few channels, for 16 and for 7
+// partitions. clients/django's tests hold the same table: backends and
+// ssebridge must agree on it.
+var partitionTable = []struct {
+	channel string
+	p16, p7 int
+}{
+	{"broadcast", 5, 6}, {"control", 11, 2}, {"user:alice", 6, 0}, {"user:42", 6, 4},
+	{"room:lobby", 5, 6}, {"room:team-7", 15, 5}, {"room:r0", 15, 5}, {"user:u9", 10, 1},
+}
+
+func TestPartition(t *testing.T) {
+	for _, r := range partitionTable {
+		if got := wire.Partition(r.channel, 16); got != r.p16 {
+			t.Errorf("Partition(%q, 16) = %d, want %d", r.channel, got, r.p16)
+		}
+		if got := wire.Partition(r.channel, 7); got != r.p7 {
+			t.Errorf("Partition(%q, 7) = %d, want %d", r.channel, got, r.p7)
+		}
+	}
+}
+
+func vec(tag string, own int, pos ...uint64) wire.Cursor {
+	return wire.VectorCursor(&wire.Vector{Tag: tag, Pos: pos, Own: own})
+}
+
+func TestVectorOrder(t *testing.T) {
+	last := vec("t", -1, 5, 7, 0)
+	cases := []struct {
+		name   string
+		ev     wire.Cursor
+		before bool // last.Before(ev): the event is new to a stream at last
+	}{
+		{"newer in its partition", vec("t", 1, 5, 8, 0), true},
+		{"at last in its partition", vec("t", 1, 9, 7, 9), false},
+		{"older in its partition", vec("t", 0, 4, 9, 9), false},
+		{"another epoch", vec("u", 0, 1, 0, 0), true},
+		{"a position behind somewhere", vec("t", -1, 5, 6, 1), true},
+		{"a position at or behind everywhere", vec("t", -1, 5, 7, 0), false},
+	}
+	for _, c := range cases {
+		if got := last.Before(c.ev); got != c.before {
+			t.Errorf("%s: Before = %v, want %v", c.name, got, c.before)
+		}
+	}
+	m := last.Max(vec("t", 1, 3, 9, 1))
+	if m.String() != "t.9.4.0.8" { // (5, 9, 1): newest 9, then 9-5, 9-9, 9-1
+		t.Errorf("Max = %s, want t.9.4.0.8", m)
+	}
+	if n := last.Min(vec("t", 1, 3, 9, 1)); n.String() != "t.7.4.0.7" { // (3, 7, 0)
+		t.Errorf("Min = %s, want t.7.4.0.7", n)
+	}
+	if z := (wire.Cursor{}).Max(last); z.String() != last.String() {
+		t.Errorf("zero.Max = %s", z)
+	}
+	if !(wire.Cursor{}).Before(last) {
+		t.Error("the zero cursor is not before a vector")
+	}
+}
+
+func TestParseVector(t *testing.T) {
+	good := []string{"abc.tp48jc.0.0.0", "1.z0.0.10.z0", "q.mi4cq3k0.0.5k.mi4cq3k0"}
+	for _, s := range good {
+		c, err := wire.ParseVector(s, 3)
+		if err != nil || c.String() != s || c.Vector() == nil || c.Vector().Own != -1 {
+			t.Errorf("%q: %v %v", s, c, err)
+		}
+	}
+	bad := []string{"", "abc.1.0.0", "abc.1.0.0.0.0", ".1.0.0.0", "a-b.1.0.0.0", "abc.01.0.0.0", "abc.1.A.0.0",
+		"abc.5.1.1.1", "abc.5.6.0.0", "abc.0.1.0.0",
+		"abc.1..0.0", "abc.1.+1.0.0", "abc.zzzzzzzzzzzz.0.0.0", "e:1-2", strings.Repeat("a", 14) + ".1.0.0.0"}
+	for _, s := range bad {
+		if _, err := wire.ParseVector(s, 3); !errors.Is(err, wire.ErrBadCursor) {
+			t.Errorf("%q accepted (%v)", s, err)
+		}
+	}
+	if _, err := wire.ParseCursor("abc.1.0.0.0"); err == nil {
+		t.Error("ParseCursor (single Redis) accepted a cluster id")
+	}
+}
+
+// FuzzParseVector: an accepted id round-trips through String, has the
+// deployment's number of partitions, and is ordered against itself as a
+// position: not before itself, Max and Min of it with itself are it.
+func FuzzParseVector(f *testing.F) {
+	for _, s := range []string{"abc.tp48jc.0.0.0", "1.z0.0.10.z0", "a.1.0.0", "a.1.0.0.0.0", "a.01.0.0.0", "", ".", "a..0.0.0", "A.1.2.3.4"} {
+		f.Add(s, 3)
+	}
+	f.Fuzz(func(t *testing.T, s string, n int) {
+		c, err := wire.ParseVector(s, n)
+		if err != nil {
+			if !errors.Is(err, wire.ErrBadCursor) || !c.IsZero() {
+				t.Fatalf("%q: %v, %+v", s, err, c)
+			}
+			return
+		}
+		v := c.Vector()
+		if v == nil || len(v.Pos) != n || c.String() != s {
+			t.Fatalf("%q (n=%d) accepted as %v", s, n, c)
+		}
+		if c.Before(c) || c.Max(c).String() != s || c.Min(c).String() != s {
+			t.Fatalf("%q: not a position equal to itself", s)
+		}
+	})
+}
