@@ -96,3 +96,27 @@ func TestTLSConfig(t *testing.T) {
 		t.Fatalf("neither set: %v %+v", err, cfg)
 	}
 }
+
+// TestClusterConfig: REDIS_CLUSTER_ADDRS is exclusive with the other
+// topologies, CLUSTER_PARTITIONS is bounded.
+func TestClusterConfig(t *testing.T) {
+	for _, c := range []struct {
+		vars map[string]string
+		want string
+	}{
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "REDIS_URL": "redis://x:6379"}, "exclusive"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "REDIS_SENTINEL_ADDRS": "b:2", "REDIS_SENTINEL_MASTER": "m"}, "exclusive"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "nohost"}, "REDIS_CLUSTER_ADDRS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "0"}, "CLUSTER_PARTITIONS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "1025"}, "CLUSTER_PARTITIONS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1"}, "DURABLE_WAIT_REPLICAS"},
+	} {
+		if _, err := loadConfig(c.vars); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want an error naming %s", c.vars, err, c.want)
+		}
+	}
+	cfg, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": " a:1, b:2 ,"})
+	if err != nil || len(cfg.RedisClusterAddrs) != 2 || cfg.ClusterPartitions != 16 || cfg.ListenAddr != ":8080" {
+		t.Errorf("%+v %v", cfg.RedisClusterAddrs, err)
+	}
+}
