@@ -4,12 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ssebridge/ssebridge/handlers"
@@ -24,49 +21,19 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	cc := clusterClient(cfg)
 	defer cc.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 
 	cl := store.NewCluster(cc, cfg.ChannelPrefix, cfg.ClusterPartitions, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL,
 		cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
 	sessions := store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes)
-	hub := stream.NewHub(cl, cl, stream.Options{
-		MaxStreams:          cfg.MaxStreams,
-		MaxStreamsPerUser:   cfg.MaxStreamsPerUser,
-		MaxRooms:            cfg.MaxRooms,
-		QueueEvents:         cfg.StreamQueue,
-		QueueBytes:          cfg.StreamQueueBytes,
-		MaxEventBytes:       cfg.MaxEventBytes,
-		ReplayMaxBytes:      cfg.ReplayMaxBytes,
-		ReplayInflightBytes: cfg.ReplayInflightBytes,
-		MarkInterval:        cfg.HistoryTTL / 4,
-		Retry:               cfg.RetryInterval,
-		ParseCursor:         cl.ParseCursor,
-	}, log, stream.NewMetrics(reg))
+	opts := hubOptions(cfg)
+	opts.ParseCursor = cl.ParseCursor
+	hub := stream.NewHub(cl, cl, opts, log, stream.NewMetrics(reg))
 
-	e := handlers.New(handlers.Options{
-		Hub:            hub,
-		Sessions:       sessions,
-		History:        cl,
-		PublishToken:   cfg.PublishToken,
-		MaxEventBytes:  cfg.MaxEventBytes,
-		MaxRooms:       cfg.MaxRooms,
-		SessionCookie:  cfg.SessionCookie,
-		AllowedOrigins: cfg.AllowedOrigins,
-		Write:          stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
-		Retry:          cfg.RetryInterval,
-		Ready: func(ctx context.Context) error {
-			if err := cc.Ping(ctx).Err(); err != nil {
-				return fmt.Errorf("redis: %w", err)
-			}
-			if !cl.Connected() {
-				return handlers.ErrNotSubscribed
-			}
-			return nil
-		},
-		Registry: reg,
-		Log:      log,
-	})
+	routes := routeOptions(cfg, hub, sessions, reg, log)
+	routes.History = cl
+	routes.Ready = readiness(cc, cl)
+	e := handlers.New(routes)
 
 	// Before the first stream: every partition's config (the publish
 	// script needs its marker), and where each partition is. A deployment
@@ -82,22 +49,16 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	if err := hub.SubscribeControl(); err != nil {
 		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
-	workers, cancelWorkers := context.WithCancel(context.Background())
-	defer cancelWorkers()
-	done := make(chan struct{}, 3)
 	// A partition's connection came back: its gap was recovered by the
 	// cluster; control messages sent meanwhile were lost, so hold every
 	// stream to its session as it is now.
 	connected := func(context.Context) { hub.RecheckSoon() }
-	go func() { cl.Run(workers, hub.Publish, connected, hub.RetryAll); done <- struct{}{} }()
-	go func() { hub.Run(workers); done <- struct{}{} }()
-	go func() { hub.Recheck(workers, sessions, cfg.SessionRecheckInterval); done <- struct{}{} }()
-	stop := func() {
-		cancelWorkers()
-		for range 3 {
-			<-done
-		}
-	}
+	stop := startWorkers(
+		func(ctx context.Context) { cl.Run(ctx, hub.Publish, connected, hub.RetryAll) },
+		hub.Run,
+		func(ctx context.Context) { hub.Recheck(ctx, sessions, cfg.SessionRecheckInterval) },
+	)
+	defer stop()
 	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
 }
 

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"reflect"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -319,8 +320,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	}
 	defer rdb.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 
 	feed := store.NewFeed(rdb, cfg.ChannelPrefix, cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
 	sessions := store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes)
@@ -328,52 +328,17 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	if cfg.DurableWaitReplicas > 0 {
 		history.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
 	}
-	hub := stream.NewHub(feed, history, stream.Options{
-		MaxStreams:          cfg.MaxStreams,
-		MaxStreamsPerUser:   cfg.MaxStreamsPerUser,
-		MaxRooms:            cfg.MaxRooms,
-		QueueEvents:         cfg.StreamQueue,
-		QueueBytes:          cfg.StreamQueueBytes,
-		MaxEventBytes:       cfg.MaxEventBytes,
-		ReplayMaxBytes:      cfg.ReplayMaxBytes,
-		ReplayInflightBytes: cfg.ReplayInflightBytes,
-		// Well within HISTORY_TTL, so that a connected stream's id is never
-		// too old to resume from.
-		MarkInterval: cfg.HistoryTTL / 4,
-		Retry:        cfg.RetryInterval,
-	}, log, stream.NewMetrics(reg))
+	hub := stream.NewHub(feed, history, hubOptions(cfg), log, stream.NewMetrics(reg))
 	if embedded {
 		dev = &handlers.Dev{Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix)}
 	}
 
-	e := handlers.New(handlers.Options{
-		Hub:            hub,
-		Sessions:       sessions,
-		History:        history,
-		PublishToken:   cfg.PublishToken,
-		MaxEventBytes:  cfg.MaxEventBytes,
-		MaxRooms:       cfg.MaxRooms,
-		SessionCookie:  cfg.SessionCookie,
-		AllowedOrigins: cfg.AllowedOrigins,
-		Write:          stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
-		Retry:          cfg.RetryInterval,
-		Ready: func(ctx context.Context) error {
-			if err := rdb.Ping(ctx).Err(); err != nil {
-				return fmt.Errorf("redis: %w", err)
-			}
-			if !feed.Connected() {
-				return handlers.ErrNotSubscribed
-			}
-			return nil
-		},
-		Registry: reg,
-		Log:      log,
-		Dev:      dev,
-	})
+	routes := routeOptions(cfg, hub, sessions, reg, log)
+	routes.History = history
+	routes.Ready = readiness(rdb, feed)
+	routes.Dev = dev
+	e := handlers.New(routes)
 
-	workers, cancelWorkers := context.WithCancel(context.Background())
-	defer cancelWorkers()
-	done := make(chan struct{}, 3)
 	connected := func(ctx context.Context) {
 		// Redis may have restarted without its data: write the history
 		// settings (and the durable marker) again, fetch what was published
@@ -397,17 +362,85 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	if err := hub.SubscribeControl(); err != nil {
 		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
-	go func() { feed.Run(workers, hub.Publish, connected); done <- struct{}{} }()
-	go func() { hub.Run(workers); done <- struct{}{} }()
-	go func() { hub.Recheck(workers, sessions, cfg.SessionRecheckInterval); done <- struct{}{} }()
-
-	stop := func() {
-		cancelWorkers()
-		for range 3 {
-			<-done
-		}
-	}
+	stop := startWorkers(
+		func(ctx context.Context) { feed.Run(ctx, hub.Publish, connected) },
+		hub.Run,
+		func(ctx context.Context) { hub.Recheck(ctx, sessions, cfg.SessionRecheckInterval) },
+	)
+	defer stop()
 	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
+}
+
+// hubOptions are the hub's settings, whatever Redis it runs on.
+func hubOptions(cfg Config) stream.Options {
+	return stream.Options{
+		MaxStreams:          cfg.MaxStreams,
+		MaxStreamsPerUser:   cfg.MaxStreamsPerUser,
+		MaxRooms:            cfg.MaxRooms,
+		QueueEvents:         cfg.StreamQueue,
+		QueueBytes:          cfg.StreamQueueBytes,
+		MaxEventBytes:       cfg.MaxEventBytes,
+		ReplayMaxBytes:      cfg.ReplayMaxBytes,
+		ReplayInflightBytes: cfg.ReplayInflightBytes,
+		// Well within HISTORY_TTL, so that a connected stream's id is never
+		// too old to resume from.
+		MarkInterval: cfg.HistoryTTL / 4,
+		Retry:        cfg.RetryInterval,
+	}
+}
+
+// routeOptions are the routes' settings, but for what depends on the
+// Redis they run on (History, Ready, Dev), which the caller sets.
+func routeOptions(cfg Config, hub *stream.Hub, sessions *store.Sessions, reg *prometheus.Registry, log *slog.Logger) handlers.Options {
+	return handlers.Options{
+		Hub:            hub,
+		Sessions:       sessions,
+		PublishToken:   cfg.PublishToken,
+		MaxEventBytes:  cfg.MaxEventBytes,
+		MaxRooms:       cfg.MaxRooms,
+		SessionCookie:  cfg.SessionCookie,
+		AllowedOrigins: cfg.AllowedOrigins,
+		Write:          stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
+		Retry:          cfg.RetryInterval,
+		Registry:       reg,
+		Log:            log,
+	}
+}
+
+// newRegistry is the registry /metrics serves, with the Go runtime's and
+// the process's own metrics.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// readiness is /readyz's check: Redis answers, and the feed is subscribed.
+func readiness(rdb redis.Cmdable, feed interface{ Connected() bool }) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		if !feed.Connected() {
+			return handlers.ErrNotSubscribed
+		}
+		return nil
+	}
+}
+
+// startWorkers runs each worker on a goroutine until stop, which waits for
+// them all. Their context is not the server's: they outlive ctx while the
+// streams shut down, and serve stops them after.
+func startWorkers(workers ...func(context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Go(func() { w(ctx) })
+	}
+	return sync.OnceFunc(func() {
+		cancel()
+		wg.Wait()
+	})
 }
 
 // serve listens on LISTEN_ADDR and serves e until ctx ends, then shuts
