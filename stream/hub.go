@@ -56,7 +56,11 @@ type Options struct {
 	ReplayMaxBytes      int           // most one catch-up replays; past it, reset
 	ReplayInflightBytes int           // most replayed bytes read and not yet written, all streams together
 	MarkInterval        time.Duration // how often idle streams' ids are moved on
-	Retry               time.Duration // the retry: hint sent to browsers
+	// Loops is how many event loops write live HTTP/1.1 streams (Linux,
+	// plain TCP): 0 is one per core (GOMAXPROCS), negative is none (a
+	// goroutine per stream).
+	Loops int
+	Retry time.Duration // the retry: hint sent to browsers
 }
 
 // syncTimeout bounds how long Open waits for Redis to confirm a stream's
@@ -96,6 +100,7 @@ type Hub struct {
 
 	replaySlots chan struct{} // one per page of replay in flight
 	recheckNow  chan struct{}
+	loops       *loops // nil: a goroutine per stream
 	cut         context.Context
 	cutAll      context.CancelFunc
 }
@@ -115,6 +120,7 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		recheckNow:  make(chan struct{}, 1),
 	}
 	h.members.init()
+	h.loops = newLoops(h, opts.Loops)
 	h.seen.Store(&wire.Cursor{})
 	h.cut, h.cutAll = context.WithCancel(context.Background())
 	return h
@@ -422,7 +428,7 @@ func (h *Hub) Shutdown() {
 // blocked on a full socket outlives the deadline.
 func (h *Hub) Wait(ctx context.Context) error {
 	done := make(chan struct{})
-	go func() { h.streams.Wait(); close(done) }()
+	go func() { h.streams.Wait(); h.loops.wait(); close(done) }()
 	select {
 	case <-done:
 		return nil
