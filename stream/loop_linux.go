@@ -487,6 +487,7 @@ func (p *poller) leave(c *loopConn, queued [][]byte) {
 		first = append(first, c.batch[c.off+1:]...)
 	}
 	first = append(first, queued...)
+	p.delivered += len(queued)
 	p.drop(c)
 	_ = unix.EpollCtl(p.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
 	f := os.NewFile(uintptr(c.fd), "stream")

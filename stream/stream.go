@@ -23,13 +23,13 @@ const (
 )
 
 // Stream is one open EventSource connection. The hub queues encoded events
-// on it without ever waiting; one writer goroutine (Serve or ServeConn)
-// writes them out. Streams are made by Hub.Open.
+// on it without ever waiting; one writer (a goroutine running Serve or
+// ServeConn, or an event loop after Adopt) writes them out. Streams are made by Hub.Open.
 //
 // Its fields have three owners. members guards the membership fields and
 // is only taken inside a channel's stripe lock (membership.go). mu guards
 // the queue and the catch-up state, and is never held while taking another
-// lock. The writer goroutine alone touches the sink.
+// lock. The writer alone touches the connection.
 type Stream struct {
 	User     string
 	session  string
