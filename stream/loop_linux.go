@@ -164,6 +164,9 @@ func (h *Hub) seamThenLoop(s *Stream, conn net.Conn, opts WriteOptions, first []
 		h.log.Warn("stream ended: connection not handed to a loop", "err", err)
 		why = ReasonWrite
 	}
+	if tcp, ok := conn.(*net.TCPConn); ok && why == ReasonUpload {
+		_ = tcp.CloseWrite() // see finish
+	}
 	conn.Close()
 	h.Close(s, why)
 }
@@ -457,6 +460,11 @@ func (p *poller) timers(now time.Time) {
 // Redis (an unsubscribe), so it runs off the loop.
 func (p *poller) finish(c *loopConn, why string) {
 	p.drop(c)
+	if why == ReasonUpload {
+		// Closed with the client's bytes unread, the socket sends a
+		// reset: a FIN first lets the client read its end as an end.
+		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
+	}
 	unix.Close(c.fd)
 	go p.h.Close(c.s, why)
 }

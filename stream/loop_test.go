@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -295,4 +296,45 @@ func TestLoopJoin(t *testing.T) {
 	eventually(t, "stream back on a loop", func() bool { return onLoops(h) == 1 })
 	h.Publish(wire.RoomChannel("r1"), live(`{"event":"room","data":2}`), nil)
 	c.readUntil(t, "event: room\ndata: 2\n\n")
+}
+
+// TestLoopConcurrentPublishers: streams on the loops, with small socket
+// buffers (so that writes often find them full), get every event of four
+// concurrent publishers: no wake-up of a loop is lost.
+func TestLoopConcurrentPublishers(t *testing.T) {
+	const n, publishers, each = 40, 4, 1000
+	opts := testOpts
+	opts.MaxStreams, opts.MaxStreamsPerUser, opts.QueueEvents = n, n, 1<<16
+	h, _ := newTestHub(t, opts)
+	clients := adoptN(t, h, n, loopWrite, smallBuffers)
+	for _, c := range clients {
+		c.readUntil(t, "event: ready\n")
+	}
+	eventually(t, "on loops", func() bool { return onLoops(h) == n })
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range each {
+				h.Publish(wire.BroadcastChannel, live(fmt.Sprintf(`{"event":"n","data":"%d-%d"}`, p, i)), nil)
+			}
+		})
+	}
+	var rg sync.WaitGroup
+	for i, c := range clients {
+		rg.Go(func() {
+			got := 0
+			for got < publishers*each {
+				line, err := c.r.ReadString('\n')
+				if err != nil {
+					t.Errorf("client %d: %d events, then %v", i, got, err)
+					return
+				}
+				if strings.HasPrefix(line, "event: n") {
+					got++
+				}
+			}
+		})
+	}
+	wg.Wait()
+	rg.Wait()
 }
