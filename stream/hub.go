@@ -238,22 +238,35 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 // Close removes a stream that its writer has finished with and counts why
 // it ended. Channels that no stream needs any more are unsubscribed.
 func (h *Hub) Close(s *Stream, reason string) {
+	if h.forget(s, reason) {
+		h.release(s)
+	}
+}
+
+// forget takes s out of the hub's indexes and counts why it ended; it
+// reports false if s was closed already. Nothing in it waits on Redis.
+func (h *Hub) forget(s *Stream, reason string) bool {
 	h.mu.Lock()
 	if s.removed {
 		h.mu.Unlock()
-		return
+		return false
 	}
 	s.removed = true
 	removeFrom(h.users, s.User, s)
 	removeFrom(h.sessions, s.session, s)
 	h.open--
 	h.mu.Unlock()
-
-	h.detachAll(s)
 	h.metrics.Open.Dec()
 	if reason != "" {
 		h.metrics.Closed.WithLabelValues(reason).Inc()
 	}
+	return true
+}
+
+// release detaches a forgotten stream from its channels (an unsubscribe
+// may wait on Redis) and lets Wait know it is gone.
+func (h *Hub) release(s *Stream) {
+	h.detachAll(s)
 	h.streams.Done()
 }
 

@@ -456,17 +456,21 @@ func (p *poller) timers(now time.Time) {
 	}
 }
 
-// finish closes c's socket and the stream. The hub's Close may wait on
-// Redis (an unsubscribe), so it runs off the loop.
+// finish closes c's socket and the stream. The stream is counted as
+// closed first, so that its end is in the metrics before the client sees
+// it; its channels are left off the loop, since an unsubscribe may wait
+// on Redis.
 func (p *poller) finish(c *loopConn, why string) {
 	p.drop(c)
+	if p.h.forget(c.s, why) {
+		go p.h.release(c.s)
+	}
 	if why == ReasonUpload {
 		// Closed with the client's bytes unread, the socket sends a
 		// reset: a FIN first lets the client read its end as an end.
 		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
 	}
 	unix.Close(c.fd)
-	go p.h.Close(c.s, why)
 }
 
 // drop takes c off the loop.
