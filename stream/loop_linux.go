@@ -30,15 +30,21 @@ import (
 // its eventfd (the hub queued something: Stream.signal pushed the stream
 // on the loop's ready stack), a socket that became writable again
 // (EPOLLOUT, edge-triggered, so it is only reported after a write found
-// the socket full) or a client that spoke or went away (EPOLLIN,
-// EPOLLRDHUP). Heartbeats and write deadlines come from one coarse tick
-// per loop, not a timer per stream.
+// the socket full: no epoll_ctl to add and remove it) or a client that
+// spoke or went away (EPOLLIN, EPOLLRDHUP). Heartbeats and write deadlines
+// come from one coarse tick per loop, not a timer per stream.
+//
+// On epoll through x/sys/unix rather than an engine such as nbio: nbio
+// copies what is written into buffers of each connection's and reads into
+// its own, where here the hub's queues already hold the shared frames and
+// nothing is read; what is needed is a hundred lines.
 //
 // What reads Redis — the opening and a catch-up after a join — still runs
 // on a goroutine of the stream's (seam); a join moves a live stream off
 // its loop for that and back after it.
 
-// loopCount is how many loops a hub gets when Options.Loops is 0.
+// loopCount is how many loops Options.Loops n asks for: 0 is one per
+// core, a negative n none.
 func loopCount(n int) int {
 	if n == 0 {
 		return max(1, runtime.GOMAXPROCS(0))
