@@ -37,7 +37,7 @@ import (
 // On epoll through x/sys/unix rather than an engine such as nbio: nbio
 // copies what is written into buffers of each connection's and reads into
 // its own, where here the hub's queues already hold the shared frames and
-// nothing is read; what is needed is a hundred lines.
+// nothing is read; what is needed fits in this file.
 //
 // What reads Redis — the opening and a catch-up after a join — still runs
 // on a goroutine of the stream's (seam); a join moves a live stream off
