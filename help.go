@@ -40,6 +40,7 @@ var configHelp = map[string]string{
 	"STREAM_QUEUE":             "events queued for one stream before it counts as slow",
 	"STREAM_QUEUE_BYTES":       "bytes queued for one stream before it counts as slow",
 	"REDIS_POOL_SIZE":          "connections for session lookups (plus one for pub/sub)",
+	"EVENT_LOOPS":              "event-loop writers of live HTTP/1.1 streams (Linux): 0 one per core, -1 none",
 	"REDIS_SENTINEL_ADDRS":     "comma-separated host:port of Redis Sentinels, instead of REDIS_URL (docs/SENTINEL.md)",
 	"REDIS_SENTINEL_MASTER":    "with REDIS_SENTINEL_ADDRS: the name the sentinels monitor the primary under",
 	"REDIS_SENTINEL_USERNAME":  "ACL user for the sentinels",

@@ -65,6 +65,9 @@ type Config struct {
 	StreamQueue       int `env:"STREAM_QUEUE" envDefault:"256"`
 	StreamQueueBytes  int `env:"STREAM_QUEUE_BYTES" envDefault:"1048576"`
 	RedisPoolSize     int `env:"REDIS_POOL_SIZE" envDefault:"8"`
+	// Event-loop writers of live HTTP/1.1 streams (Linux): 0 is one per
+	// core, -1 none (a goroutine per stream, as over TLS and HTTP/2).
+	EventLoops int `env:"EVENT_LOOPS" envDefault:"0"`
 
 	// Redis Sentinel (docs/SENTINEL.md), instead of REDIS_URL: go-redis's
 	// failover client asks the sentinels where the primary is, and follows
@@ -386,6 +389,7 @@ func hubOptions(cfg Config) stream.Options {
 		// too old to resume from.
 		MarkInterval: cfg.HistoryTTL / 4,
 		Retry:        cfg.RetryInterval,
+		Loops:        cfg.EventLoops,
 	}
 }
 

@@ -76,10 +76,10 @@ func (ev *events) stream(c echo.Context) error {
 				ev.o.Hub.Close(s, stream.ReasonWrite)
 				return nil
 			}
-			// A goroutine of the stream's own, so that net/http's, and the
-			// buffers it holds, go away now. It ends with the stream; the
-			// hub's Wait waits for that.
-			go func() { ev.o.Hub.Close(s, s.ServeConn(conn, ev.o.Write)) }()
+			// Off net/http's goroutine, so that it, and the buffers it
+			// holds, go away now; once live, the stream is on one of the
+			// hub's event loops. The hub's Wait waits for its end.
+			ev.o.Hub.Adopt(s, conn, ev.o.Write)
 			return nil
 		}
 	}

@@ -1,10 +1,12 @@
 package stream
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -88,5 +90,85 @@ func BenchmarkWriterBatch(b *testing.B) {
 		if err := out.write(batch); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkLoopFanOut is a broadcast's whole way on this machine: queued
+// on every stream, written to every stream's loopback socket by the hub's
+// writers — event loops ("loops") or a goroutine per stream
+// ("goroutines") — and read by the clients, one after the other on the
+// benchmark's goroutine every 128 events (the same cost for both writers).
+// 8,000 streams at most: the process holds both ends of each within
+// 20,000 open files.
+func BenchmarkLoopFanOut(b *testing.B) {
+	for _, writer := range []struct {
+		name  string
+		loops int
+	}{{"loops", 0}, {"goroutines", -1}} {
+		for _, n := range []int{1000, 8000} {
+			b.Run(fmt.Sprint(writer.name, "/", n, "streams"), func(b *testing.B) {
+				benchLoopFanOut(b, n, writer.loops)
+			})
+		}
+	}
+}
+
+func benchLoopFanOut(b *testing.B, n, loops int) {
+	opts := testOpts
+	opts.MaxStreams, opts.MaxStreamsPerUser, opts.QueueEvents, opts.Loops = n, n, 1024, loops
+	h, _ := newTestHub(b, opts)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	clients := make([]*bufio.Reader, n)
+	for i := range clients {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		srv, err := ln.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := h.Open(b.Context(), Spec{User: fmt.Sprint("u", i), Session: fmt.Sprint("t", i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		h.Adopt(s, srv, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Minute})
+		clients[i] = bufio.NewReaderSize(c, 64<<10)
+	}
+	for _, r := range clients { // every stream live before the clock starts
+		if _, err := r.ReadString('}'); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.Discard(2); err != nil {
+			b.Fatal(err)
+		}
+	}
+	body := []byte(`{"event":"chat","data":{"from":"bob","text":"hello, everyone"}}`)
+	frame, _ := wire.EncodeMessage(body, 1<<10)
+	read := func(events int) {
+		for _, r := range clients {
+			if _, err := r.Discard(events * len(frame)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	msg := wire.Message{Body: body}
+	sent := 0
+	for b.Loop() {
+		h.Publish(wire.BroadcastChannel, msg, nil)
+		if sent++; sent%128 == 0 {
+			read(128)
+		}
+	}
+	read(sent % 128)
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(sent)/float64(n), "ns/delivery")
+	h.Shutdown()
+	for _, r := range clients {
+		_, _ = r.Discard(r.Buffered())
 	}
 }

@@ -5,7 +5,9 @@
 // An event's way through: store.Feed reads it from Redis and hands it to
 // Hub.Publish on the feed's one goroutine; Publish encodes it once (package
 // wire) and fanOut queues the same bytes on every stream of its channel
-// without waiting; each stream's writer goroutine writes its queue out.
+// without waiting; each stream's writer writes its queue out: one of the
+// hub's event loops (loop_linux.go) for a live HTTP/1.1 stream on plain
+// TCP, else a goroutine of the stream's.
 //
 // Who owns what, and the concurrency rules:
 //
@@ -21,10 +23,13 @@
 //   - A Stream's members lock guards its channel set and is only taken
 //     inside a stripe lock. Its mu guards its queue, its catch-up state and
 //     why it is ending; nothing else is locked while mu is held.
-//   - The writer goroutine (Serve, ServeConn) owns the connection: it alone
-//     writes, including the opening and every replay (resume.go). Its owner
-//     is the HTTP handler that opened the stream, which calls Close when
-//     the writer returns; Hub.Wait waits for all of them.
+//   - The writer owns the connection: it alone writes, including the
+//     opening and every replay (resume.go). A goroutine writer (Serve,
+//     ServeConn) is owned by whoever started it, which calls Close when it
+//     returns. Adopt's writer is the stream's goroutine while Redis is read
+//     (seam), then a loop, which calls Close when the stream ends. The
+//     loops are the hub's: each runs while it has streams, and Hub.Wait
+//     waits for the streams and the loops.
 //   - Control messages are applied at once on the feed's goroutine
 //     (control.go); nothing there waits for Redis. Hub.Recheck holds open
 //     streams to their sessions as Redis has them now (recheck.go).

@@ -60,6 +60,10 @@ type Options struct {
 	// ParseCursor reads a Last-Event-ID: wire.ParseCursor when nil; in
 	// cluster mode, the vector ids of store.Cluster.
 	ParseCursor func(string) (wire.Cursor, error)
+	// Loops is how many event loops write live HTTP/1.1 streams (Linux,
+	// plain TCP): 0 is one per core (GOMAXPROCS), negative is none (a
+	// goroutine per stream).
+	Loops int
 }
 
 // syncTimeout bounds how long Open waits for Redis to confirm a stream's
@@ -99,6 +103,7 @@ type Hub struct {
 
 	replaySlots chan struct{} // one per page of replay in flight
 	recheckNow  chan struct{}
+	loops       *loops // nil: a goroutine per stream
 	cut         context.Context
 	cutAll      context.CancelFunc
 }
@@ -121,6 +126,7 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 	if h.opts.ParseCursor == nil {
 		h.opts.ParseCursor = wire.ParseCursor
 	}
+	h.loops = newLoops(h, opts.Loops)
 	h.seen.Store(&wire.Cursor{})
 	h.cut, h.cutAll = context.WithCancel(context.Background())
 	return h
@@ -238,22 +244,35 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 // Close removes a stream that its writer has finished with and counts why
 // it ended. Channels that no stream needs any more are unsubscribed.
 func (h *Hub) Close(s *Stream, reason string) {
+	if h.forget(s, reason) {
+		h.release(s)
+	}
+}
+
+// forget takes s out of the hub's indexes and counts why it ended; it
+// reports false if s was closed already. Nothing in it waits on Redis.
+func (h *Hub) forget(s *Stream, reason string) bool {
 	h.mu.Lock()
 	if s.removed {
 		h.mu.Unlock()
-		return
+		return false
 	}
 	s.removed = true
 	removeFrom(h.users, s.User, s)
 	removeFrom(h.sessions, s.session, s)
 	h.open--
 	h.mu.Unlock()
-
-	h.detachAll(s)
 	h.metrics.Open.Dec()
 	if reason != "" {
 		h.metrics.Closed.WithLabelValues(reason).Inc()
 	}
+	return true
+}
+
+// release detaches a forgotten stream from its channels (an unsubscribe
+// may wait on Redis) and lets Wait know it is gone.
+func (h *Hub) release(s *Stream) {
+	h.detachAll(s)
 	h.streams.Done()
 }
 
@@ -437,7 +456,7 @@ func (h *Hub) Shutdown() {
 // blocked on a full socket outlives the deadline.
 func (h *Hub) Wait(ctx context.Context) error {
 	done := make(chan struct{})
-	go func() { h.streams.Wait(); close(done) }()
+	go func() { h.streams.Wait(); h.loops.wait(); close(done) }()
 	select {
 	case <-done:
 		return nil

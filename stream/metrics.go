@@ -14,6 +14,7 @@ type Metrics struct {
 	Control     *prometheus.CounterVec // by op
 	Rechecked   *prometheus.CounterVec // by outcome
 	ReplayPages prometheus.Gauge
+	OnLoops     prometheus.Gauge
 }
 
 // NewMetrics registers the hub's metrics.
@@ -59,7 +60,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ssebridge_replay_pages_inflight",
 			Help: "Pages of replay read from Redis and not yet written (REPLAY_INFLIGHT_BYTES / 256 KiB at most).",
 		}),
+		OnLoops: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ssebridge_streams_on_loops",
+			Help: "Live streams written by the event loops (EVENT_LOOPS) rather than a goroutine each.",
+		}),
 	}
-	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets, m.Control, m.Rechecked, m.ReplayPages)
+	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets, m.Control, m.Rechecked, m.ReplayPages, m.OnLoops)
 	return m
 }

@@ -3,6 +3,7 @@ package stream
 import (
 	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -22,13 +23,13 @@ const (
 )
 
 // Stream is one open EventSource connection. The hub queues encoded events
-// on it without ever waiting; one writer goroutine (Serve or ServeConn)
-// writes them out. Streams are made by Hub.Open.
+// on it without ever waiting; one writer (a goroutine running Serve or
+// ServeConn, or an event loop after Adopt) writes them out. Streams are made by Hub.Open.
 //
 // Its fields have three owners. members guards the membership fields and
 // is only taken inside a channel's stripe lock (membership.go). mu guards
 // the queue and the catch-up state, and is never held while taking another
-// lock. The writer goroutine alone touches the sink.
+// lock. The writer alone touches the connection.
 type Stream struct {
 	User     string
 	session  string
@@ -50,12 +51,13 @@ type Stream struct {
 	queue    [][]byte // frames shared with every other stream they go to
 	queued   int      // bytes in queue
 	limits   limits
-	ending   string // why the stream is ending; "" while it is open
-	final    []byte // written after everything else once ending is set
-	wake     chan struct{}
-	done     chan struct{} // closed once ending is set, for waits that must not outlast it
-	last     wire.Cursor   // the newest durable event queued or replayed: one at or before it is a duplicate
-	catching catchUp       // while set, the writer replays history and live events wait in held
+	ending   string                   // why the stream is ending; "" while it is open
+	final    []byte                   // written after everything else once ending is set
+	wake     chan struct{}            // the writer goroutine's, while the stream is on none of the loops
+	onLoop   atomic.Pointer[loopConn] // the stream's place on an event loop, while it is on one
+	done     chan struct{}            // closed once ending is set, for waits that must not outlast it
+	last     wire.Cursor              // the newest durable event queued or replayed: one at or before it is a duplicate
+	catching catchUp                  // while set, the writer replays history and live events wait in held
 
 	delivered prometheus.Counter
 }
@@ -316,7 +318,12 @@ func (s *Stream) ended() string {
 	return s.ending
 }
 
+// signal wakes the stream's writer: its loop, or its goroutine.
 func (s *Stream) signal() {
+	if c := s.onLoop.Load(); c != nil {
+		c.ready()
+		return
+	}
 	select {
 	case s.wake <- struct{}{}:
 	default:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/ssebridge/ssebridge/wire"
@@ -51,9 +52,11 @@ func (s *Stream) ServeConn(conn net.Conn, opts WriteOptions) string {
 // what nobody will use.
 func (s *Stream) watch(conn net.Conn, gone context.CancelFunc) {
 	var b [64]byte
-	n, _ := conn.Read(b[:])
+	n, err := conn.Read(b[:])
 	if n > 0 {
 		s.end(ReasonUpload, nil)
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		return // seam stopped it: the stream goes on, on a loop
 	}
 	gone()
 }

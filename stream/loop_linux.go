@@ -1,0 +1,520 @@
+//go:build linux
+
+package stream
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// The event-loop writer: a live stream on a plain HTTP/1.1 connection is
+// written by one of a few loops (one per core) instead of a goroutine of
+// its own, so that an idle stream costs no goroutine stack and no buffer,
+// and a fan-out wakes a loop once rather than every stream's goroutine.
+//
+// A loop owns its streams' sockets. It waits in epoll for three things:
+// its eventfd (the hub queued something: Stream.signal pushed the stream
+// on the loop's ready stack), a socket that became writable again
+// (EPOLLOUT, edge-triggered, so it is only reported after a write found
+// the socket full: no epoll_ctl to add and remove it) or a client that
+// spoke or went away (EPOLLIN, EPOLLRDHUP). Heartbeats and write deadlines
+// come from one coarse tick per loop, not a timer per stream.
+//
+// On epoll through x/sys/unix rather than an engine such as nbio: nbio
+// copies what is written into buffers of each connection's and reads into
+// its own, where here the hub's queues already hold the shared frames and
+// nothing is read; what is needed fits in this file.
+//
+// What reads Redis — the opening and a catch-up after a join — still runs
+// on a goroutine of the stream's (seam); a join moves a live stream off
+// its loop for that and back after it.
+
+// loopCount is how many loops Options.Loops n asks for: 0 is one per
+// core, a negative n none.
+func loopCount(n int) int {
+	if n == 0 {
+		return max(1, runtime.GOMAXPROCS(0))
+	}
+	return max(0, n)
+}
+
+// loops are a hub's event loops. A loop runs only while it has streams,
+// so an idle hub holds no goroutine and no file.
+type loops struct {
+	all  []*loop
+	next atomic.Uint32
+	wg   sync.WaitGroup // running loops, for Hub.Wait
+}
+
+func newLoops(h *Hub, n int) *loops {
+	if n = loopCount(n); n == 0 {
+		return nil
+	}
+	ls := &loops{all: make([]*loop, n)}
+	for i := range ls.all {
+		ls.all[i] = &loop{h: h, wg: &ls.wg}
+	}
+	return ls
+}
+
+// takes says whether conn can go on a loop: a plain TCP connection (a TLS
+// one needs its own writer to encrypt).
+func (ls *loops) takes(conn net.Conn) bool {
+	_, ok := conn.(*net.TCPConn)
+	return ls != nil && ok
+}
+
+func (ls *loops) pick() *loop {
+	return ls.all[int(ls.next.Add(1))%len(ls.all)]
+}
+
+// wait waits until every loop has stopped.
+func (ls *loops) wait() {
+	if ls != nil {
+		ls.wg.Wait()
+	}
+}
+
+// loop is one event-loop writer.
+type loop struct {
+	h  *Hub
+	wg *sync.WaitGroup
+
+	ready atomic.Pointer[loopConn] // streams with something to write, newest first
+	awake atomic.Bool              // the eventfd was written and not yet seen: no need to write it again
+
+	mu      sync.Mutex // guards the fields below
+	running bool
+	efd     int         // the eventfd, valid while running
+	joining []*loopConn // handed over, not yet registered with epoll
+}
+
+// loopConn is a stream on a loop. Besides next and queued (the ready
+// stack's), its fields are the loop goroutine's.
+type loopConn struct {
+	loop   *loop
+	s      *Stream
+	fd     int
+	opts   WriteOptions
+	next   *loopConn
+	queued atomic.Bool // on the ready stack
+
+	batch     [][]byte // being written: batch[off][part:] onwards
+	off, part int
+	spare     [][]byte // traded with the stream's queue (Stream.take)
+	ending    string   // write what is left, then close
+	lastWrite time.Time
+	fullSince time.Time // when a write first found the socket full; zero if not
+	admitted  bool      // registered with epoll
+	done      bool      // closed, or gone back to a goroutine
+}
+
+// ready marks c as having something to write and wakes its loop, once for
+// however many streams are marked before the loop looks.
+func (c *loopConn) ready() {
+	if !c.queued.CompareAndSwap(false, true) {
+		return
+	}
+	l := c.loop
+	for {
+		top := l.ready.Load()
+		c.next = top
+		if l.ready.CompareAndSwap(top, c) {
+			break
+		}
+	}
+	if l.awake.CompareAndSwap(false, true) {
+		l.wake()
+	}
+}
+
+func (l *loop) wake() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.running {
+		one := uint64(1)
+		_, _ = unix.Write(l.efd, (*[8]byte)(unsafe.Pointer(&one))[:])
+	}
+}
+
+// serveTaken is Adopt on Linux: the stream's opening on this goroutine,
+// then the loop.
+func (h *Hub) serveTaken(s *Stream, conn net.Conn, opts WriteOptions) {
+	h.seamThenLoop(s, conn, opts, nil, h.opening)
+}
+
+// seamThenLoop runs part (the opening, or a catch-up) on the calling
+// goroutine, after writing first, then hands the stream to a loop.
+func (h *Hub) seamThenLoop(s *Stream, conn net.Conn, opts WriteOptions, first [][]byte, part seamPart) {
+	why := s.seam(conn, opts, first, part)
+	if why == "" {
+		fd, err := detach(conn)
+		if err == nil {
+			h.loops.pick().join(s, fd, opts)
+			return
+		}
+		h.log.Warn("stream ended: connection not handed to a loop", "err", err)
+		why = ReasonWrite
+	}
+	if tcp, ok := conn.(*net.TCPConn); ok && why == ReasonUpload {
+		_ = tcp.CloseWrite() // see finish
+	}
+	conn.Close()
+	h.Close(s, why)
+}
+
+// detach takes conn's socket from Go's poller: a duplicate of its file
+// descriptor, non-blocking, survives conn's closing.
+func detach(conn net.Conn) (int, error) {
+	raw, err := conn.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	cerr := raw.Control(func(f uintptr) {
+		fd, err = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	conn.Close()
+	if err = cmp.Or(cerr, err); err != nil {
+		return -1, err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// join hands s, on socket fd, to l.
+func (l *loop) join(s *Stream, fd int, opts WriteOptions) {
+	c := &loopConn{loop: l, s: s, fd: fd, opts: opts, lastWrite: time.Now()}
+	l.mu.Lock()
+	if !l.running {
+		if err := l.start(opts); err != nil {
+			l.mu.Unlock()
+			l.h.log.Warn("stream ended: event loop not started", "err", err)
+			unix.Close(fd)
+			l.h.Close(s, ReasonWrite)
+			return
+		}
+	}
+	l.joining = append(l.joining, c)
+	l.mu.Unlock()
+	l.h.metrics.OnLoops.Inc()
+	s.onLoop.Store(c)
+	c.ready() // what was queued before the store woke nobody
+}
+
+// start makes the loop's epoll and eventfd and starts its goroutine.
+// l.mu is held.
+func (l *loop) start(opts WriteOptions) error {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("epoll: %w", err)
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(ep)
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, efd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(efd)}); err != nil {
+		unix.Close(ep)
+		unix.Close(efd)
+		return fmt.Errorf("epoll: %w", err)
+	}
+	l.running, l.efd = true, efd
+	l.awake.Store(false)
+	// A coarse tick: a heartbeat may come up to a quarter late, a write
+	// deadline a quarter past its time.
+	tick := max(min(opts.Heartbeat, opts.WriteTimeout)/4, 10*time.Millisecond)
+	p := &poller{loop: l, ep: ep, efd: efd, tick: tick, conns: make(map[int32]*loopConn)}
+	l.wg.Add(1)
+	go p.run()
+	return nil
+}
+
+// poller is one run of a loop, from its first stream to its last.
+type poller struct {
+	*loop
+	ep, efd   int
+	tick      time.Duration
+	conns     map[int32]*loopConn
+	events    [128]unix.EpollEvent
+	iov       [64]unix.Iovec
+	delivered int // events written since the counter was last added to
+}
+
+func (p *poller) run() {
+	defer p.wg.Done()
+	stopCut := context.AfterFunc(p.h.cut, p.wake)
+	defer stopCut()
+	nextTick := time.Now().Add(p.tick)
+	for {
+		wait := max(time.Until(nextTick), 0)
+		n, err := unix.EpollWait(p.ep, p.events[:], int(wait.Milliseconds())+1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			p.h.log.Error("event loop: epoll_wait failed: its streams are ended", "err", err)
+			p.cutAll(ReasonWrite)
+		}
+		now := time.Now()
+		for _, ev := range p.events[:max(n, 0)] {
+			if int(ev.Fd) == p.efd {
+				var b [8]byte
+				_, _ = unix.Read(p.efd, b[:])
+				continue
+			}
+			c := p.conns[ev.Fd]
+			switch {
+			case c == nil:
+			case ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0:
+				p.gone(c)
+			default: // EPOLLOUT: room again in a full socket
+				p.flush(c, now)
+			}
+		}
+		p.awake.Store(false) // before taking the stack: a stream marked after this wakes the loop again
+		p.admit(now)
+		for c := p.ready.Swap(nil); c != nil; {
+			next := c.next
+			c.next = nil
+			c.queued.Store(false)
+			if c.admitted && !c.done {
+				p.flush(c, now)
+			}
+			c = next
+		}
+		if p.h.cut.Err() != nil {
+			p.cutAll(ReasonWrite)
+		}
+		if !now.Before(nextTick) {
+			p.timers(now)
+			nextTick = now.Add(p.tick)
+		}
+		if p.delivered > 0 {
+			p.h.metrics.Delivered.Add(float64(p.delivered))
+			p.delivered = 0
+		}
+		if len(p.conns) == 0 && p.stop() {
+			return
+		}
+	}
+}
+
+// admit registers the streams handed over since the last look.
+func (p *poller) admit(now time.Time) {
+	p.mu.Lock()
+	joining := p.joining
+	p.joining = nil
+	p.mu.Unlock()
+	for _, c := range joining {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLOUT | unix.EPOLLET, Fd: int32(c.fd)}
+		p.conns[int32(c.fd)] = c
+		if err := unix.EpollCtl(p.ep, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
+			p.h.log.Warn("stream ended: not registered with epoll", "err", err)
+			p.finish(c, ReasonWrite)
+			continue
+		}
+		c.admitted, c.lastWrite = true, now
+		p.flush(c, now) // what was queued before the hand-over
+	}
+}
+
+// stop ends the run if no stream was handed over meanwhile.
+func (p *poller) stop() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.joining) > 0 {
+		return false
+	}
+	p.running = false
+	unix.Close(p.efd)
+	unix.Close(p.ep)
+	return true
+}
+
+// flush writes what c has: what is left of its batch, then what the hub
+// queued since, until the socket is full or nothing is left.
+func (p *poller) flush(c *loopConn, now time.Time) {
+	for {
+		if c.off == len(c.batch) {
+			if c.ending != "" {
+				p.finish(c, c.ending)
+				return
+			}
+			batch, ending, rewind := c.s.take(c.spare)
+			if rewind {
+				p.leave(c, batch)
+				return
+			}
+			c.spare = nil
+			c.batch, c.off, c.part, c.ending = batch, 0, 0, ending
+			p.delivered += len(batch)
+			if len(batch) == 0 {
+				c.spare = batch
+				if ending == "" {
+					return
+				}
+				continue
+			}
+		}
+		n, err := p.writev(c)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			if c.fullSince.IsZero() {
+				c.fullSince = now
+			}
+			return // EPOLLOUT says when there is room
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			p.finish(c, cmp.Or(c.s.ended(), ReasonClient))
+			return
+		}
+		c.advance(n)
+		if c.off == len(c.batch) {
+			clear(c.batch) // drop the frames, keep the array
+			c.spare, c.batch, c.off = c.batch[:0], nil, 0
+			c.lastWrite, c.fullSince = now, time.Time{}
+		}
+	}
+}
+
+// writev writes as much of c's batch as the socket takes. The socket is
+// non-blocking, so the system call never waits: a raw one spares the
+// scheduler's bookkeeping.
+func (p *poller) writev(c *loopConn) (int, error) {
+	iov := p.iov[:0]
+	for i, f := range c.batch[c.off:] {
+		if len(iov) == cap(iov) {
+			break
+		}
+		if i == 0 {
+			f = f[c.part:]
+		}
+		if len(f) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &f[0]}
+		v.SetLen(len(f))
+		iov = append(iov, v)
+	}
+	if len(iov) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(c.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// advance moves c's place in its batch on by n written bytes.
+func (c *loopConn) advance(n int) {
+	for n > 0 || (c.off < len(c.batch) && c.part == len(c.batch[c.off])) {
+		left := len(c.batch[c.off]) - c.part
+		if n < left {
+			c.part += n
+			return
+		}
+		n -= left
+		c.off, c.part = c.off+1, 0
+	}
+}
+
+// gone handles a client that spoke or went away: a byte from it is
+// misuse (see watch), anything else its leaving.
+func (p *poller) gone(c *loopConn) {
+	var b [64]byte
+	if n, _ := unix.Read(c.fd, b[:]); n > 0 {
+		c.s.end(ReasonUpload, nil)
+	}
+	p.finish(c, cmp.Or(c.s.ended(), ReasonClient))
+}
+
+// timers, once a tick: a heartbeat on streams nothing was written to for
+// a while, and the end of those whose socket stayed full too long.
+func (p *poller) timers(now time.Time) {
+	for _, c := range p.conns {
+		switch {
+		case !c.fullSince.IsZero():
+			if now.Sub(c.fullSince) >= c.opts.WriteTimeout {
+				p.finish(c, cmp.Or(c.s.ended(), ReasonWrite))
+			}
+		case c.off == len(c.batch) && now.Sub(c.lastWrite) >= c.opts.Heartbeat:
+			c.batch = append(c.spare[:0], wire.Heartbeat)
+			c.spare, c.off, c.part = nil, 0, 0
+			p.flush(c, now)
+		}
+	}
+}
+
+// finish closes c's socket and the stream. The stream is counted as
+// closed first, so that its end is in the metrics before the client sees
+// it; its channels are left off the loop, since an unsubscribe may wait
+// on Redis.
+func (p *poller) finish(c *loopConn, why string) {
+	p.drop(c)
+	if p.h.forget(c.s, why) {
+		go p.h.release(c.s)
+	}
+	if why == ReasonUpload {
+		// Closed with the client's bytes unread, the socket sends a
+		// reset: a FIN first lets the client read its end as an end.
+		_ = unix.Shutdown(c.fd, unix.SHUT_WR)
+	}
+	unix.Close(c.fd)
+}
+
+// drop takes c off the loop.
+func (p *poller) drop(c *loopConn) {
+	c.done = true
+	delete(p.conns, int32(c.fd))
+	c.s.onLoop.Store(nil)
+	p.h.metrics.OnLoops.Dec()
+}
+
+// cutAll ends every stream on the loop at once.
+func (p *poller) cutAll(why string) {
+	for _, c := range p.conns {
+		p.finish(c, cmp.Or(c.s.ended(), why))
+	}
+}
+
+// leave gives c back to a goroutine, for a catch-up after a join: it reads
+// Redis and writes as it reads, which a loop must not wait for. first is
+// what the stream had queued before the join, and the rest of a batch
+// being written.
+func (p *poller) leave(c *loopConn, queued [][]byte) {
+	var first [][]byte
+	if c.off < len(c.batch) {
+		first = append(first, c.batch[c.off][c.part:])
+		first = append(first, c.batch[c.off+1:]...)
+	}
+	first = append(first, queued...)
+	p.delivered += len(queued)
+	p.drop(c)
+	_ = unix.EpollCtl(p.ep, unix.EPOLL_CTL_DEL, c.fd, nil)
+	f := os.NewFile(uintptr(c.fd), "stream")
+	conn, err := net.FileConn(f) // a duplicate, on Go's poller
+	f.Close()
+	if err != nil {
+		p.h.log.Warn("stream ended: connection not taken back from its loop", "err", err)
+		go p.h.Close(c.s, ReasonWrite)
+		return
+	}
+	go p.h.seamThenLoop(c.s, conn, c.opts, first, p.h.catchUp)
+}
