@@ -118,6 +118,15 @@ func (h *Hub) hold(token string, sess wire.Session) {
 			h.metrics.Rechecked.WithLabelValues("user_changed").Inc()
 			continue
 		}
+		if h.attaching(s) {
+			// Open is attaching it to the rooms of a session read moments
+			// ago: a room not attached yet is no room gained, and joined
+			// here it would be replayed from the join, not from the
+			// stream's Last-Event-ID (what the room carried in between
+			// was lost), and a room left here could be attached again
+			// by Open. Judged at the next recheck.
+			continue
+		}
 		for _, c := range s.channelList() {
 			if room, ok := wire.RoomOf(c); ok && !sess.Allows(room) {
 				h.leave(s, c)
@@ -134,6 +143,13 @@ func (h *Hub) hold(token string, sess wire.Session) {
 			}
 		}
 	}
+}
+
+// attaching reports whether Open is still attaching s to its channels.
+func (h *Hub) attaching(s *Stream) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return s.attaching
 }
 
 func (h *Hub) streamsOf(token string) []*Stream {
