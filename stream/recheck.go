@@ -26,7 +26,9 @@ type Sessions interface {
 //   - a stream whose session now names another user ends with a retry
 //     hint, to come back as whoever the session is now;
 //   - a stream leaves every room its session no longer lists, and one
-//     opened without ?rooms= joins every room its session gained.
+//     opened without ?rooms= joins every room its session gained; a
+//     stream that Open is still attaching keeps its rooms until the next
+//     recheck.
 //
 // While Redis is unreachable nothing is changed.
 func (h *Hub) Recheck(ctx context.Context, sessions Sessions, every time.Duration) {
