@@ -2,8 +2,10 @@ package stream
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,5 +97,106 @@ func TestRecheckKeepsNewerJoin(t *testing.T) {
 	}
 	if !s.has("room:team") {
 		t.Fatalf("joined room lost: the session lists team and join was applied, stream rooms %v", s.rooms())
+	}
+}
+
+// history is a History holding a few durable events, as a fake of Redis's.
+type history struct {
+	now    wire.Cursor
+	events []wire.Durable // in id order, none after now
+}
+
+func (m *history) Position(context.Context) (wire.Cursor, error) { return m.now, nil }
+
+func (m *history) Mark(context.Context, string) error { return nil }
+
+func (m *history) Active(context.Context, []string, wire.Cursor) ([]string, error) { return nil, nil }
+
+func (m *history) Read(_ context.Context, channels []string, after []wire.Cursor, until wire.Cursor, _ int) (wire.Page, error) {
+	if until.IsZero() {
+		until = m.now
+	}
+	p := wire.Page{Position: until}
+	for _, ev := range m.events {
+		for i, c := range channels {
+			if c == ev.Channel && after[i].Before(ev.Cursor) && !until.Before(ev.Cursor) {
+				p.Events = append(p.Events, ev)
+			}
+		}
+	}
+	return p, nil
+}
+
+// frames is a sink that keeps what is written.
+type frames struct{ out []string }
+
+func (f *frames) write(batch [][]byte) error {
+	for _, b := range batch {
+		f.out = append(f.out, string(b))
+	}
+	return nil
+}
+
+// sessionOf answers every session read with one user and rooms.
+type sessionOf wire.Session
+
+func (s sessionOf) LookupMany(_ context.Context, tokens []string) ([]wire.Session, []error, error) {
+	out := make([]wire.Session, len(tokens))
+	for i := range out {
+		out[i] = wire.Session(s)
+	}
+	return out, make([]error, len(tokens)), nil
+}
+
+// TestRecheckWhileOpening: a session recheck that runs while Open is still
+// attaching a resuming stream to its rooms does not take the rooms not yet
+// attached for rooms the session gained. Joined, they would be replayed
+// from the join (the newest id the feed had delivered), not from the
+// stream's Last-Event-ID: what they carried in between was lost. (Found by
+// TestWideResume, which stalled once a recheck fell in a resume.)
+func TestRecheckWhileOpening(t *testing.T) {
+	g := &gateSub{commands: &commands{t: t, subs: map[string]bool{}}, block: "room:a", entered: make(chan struct{}), release: make(chan struct{})}
+	missed := wire.Durable{Cursor: wire.Cursor{Epoch: "e", MS: 20}, Envelope: []byte(`{"event":"n","data":"missed"}`)}
+	hist := &history{now: wire.Cursor{Epoch: "e", MS: 30}}
+	h := NewHub(g, hist, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	// A second room that Open attaches after room:a, and whose membership
+	// lock is not the one Open holds while room:a's SUBSCRIBE is written.
+	b := ""
+	for i := 0; b == ""; i++ {
+		if c := fmt.Sprintf("b%d", i); h.members.stripe(wire.RoomChannel(c)) != h.members.stripe("room:a") {
+			b = c
+		}
+	}
+	missed.Channel = wire.RoomChannel(b)
+	hist.events = append(hist.events, missed)
+	// The event was published while the browser was away, after its last
+	// id (e:10-0); the feed delivered it to nobody.
+	h.Publish(missed.Channel, wire.Message{Cursor: missed.Cursor, Body: missed.Envelope}, nil)
+
+	var s *Stream
+	opened := make(chan struct{})
+	go func() {
+		defer close(opened)
+		var err error
+		s, err = h.Open(context.Background(), Spec{User: "alice", Session: "t", Rooms: []string{"a", b}, AllRooms: true, Resume: "e:10-0"})
+		if err != nil {
+			t.Error(err)
+		}
+	}()
+	<-g.entered // Open is attaching room:a; room b is next
+	if err := h.recheck(context.Background(), sessionOf{User: "alice", Rooms: []string{"a", b}}); err != nil {
+		t.Fatal(err)
+	}
+	close(g.release)
+	<-opened
+	if s == nil {
+		return
+	}
+	out := &frames{}
+	if why := h.opening(context.Background(), s, out); why != "" {
+		t.Fatalf("opening ended the stream: %s", why)
+	}
+	if got := strings.Join(out.out, ""); !strings.Contains(got, "missed") {
+		t.Fatalf("the stream resumed from e:10-0 without the event e:20-0 of room %s: %q", b, got)
 	}
 }

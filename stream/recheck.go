@@ -26,7 +26,9 @@ type Sessions interface {
 //   - a stream whose session now names another user ends with a retry
 //     hint, to come back as whoever the session is now;
 //   - a stream leaves every room its session no longer lists, and one
-//     opened without ?rooms= joins every room its session gained.
+//     opened without ?rooms= joins every room its session gained; a
+//     stream that Open is still attaching keeps its rooms until the next
+//     recheck.
 //
 // While Redis is unreachable nothing is changed.
 func (h *Hub) Recheck(ctx context.Context, sessions Sessions, every time.Duration) {
@@ -118,6 +120,15 @@ func (h *Hub) hold(token string, sess wire.Session) {
 			h.metrics.Rechecked.WithLabelValues("user_changed").Inc()
 			continue
 		}
+		if h.attaching(s) {
+			// Open is attaching it to the rooms of a session read moments
+			// ago: a room not attached yet is no room gained, and joined
+			// here it would be replayed from the join, not from the
+			// stream's Last-Event-ID (what the room carried in between
+			// was lost), and a room left here could be attached again
+			// by Open. Judged at the next recheck.
+			continue
+		}
 		for _, c := range s.channelList() {
 			if room, ok := wire.RoomOf(c); ok && !sess.Allows(room) {
 				h.leave(s, c)
@@ -134,6 +145,13 @@ func (h *Hub) hold(token string, sess wire.Session) {
 			}
 		}
 	}
+}
+
+// attaching reports whether Open is still attaching s to its channels.
+func (h *Hub) attaching(s *Stream) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return s.attaching
 }
 
 func (h *Hub) streamsOf(token string) []*Stream {
