@@ -44,15 +44,21 @@ func clusterPublish(cc *redis.ClusterClient, parts int, channel, envelope string
 // nodeOf is the node that serves a channel's partition.
 func nodeOf(t *testing.T, rc *redistest.Cluster, cc *redis.ClusterClient, channel string, parts int) *redistest.ClusterNode {
 	t.Helper()
+	return rc.NodeOfSlot(slotOf(t, cc, channel, parts))
+}
+
+// slotOf is the hash slot of channel's partition.
+func slotOf(t *testing.T, cc *redis.ClusterClient, channel string, parts int) int {
+	t.Helper()
 	slot, err := cc.ClusterKeySlot(context.Background(), "sse:{p"+strconv.Itoa(wire.Partition(channel, parts))+"}:cursor").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return rc.NodeOfSlot(int(slot))
+	return int(slot)
 }
 
-// TestClusterChaos: a three-master Redis Cluster, two instances (one
-// in-process, one a separate process), 30 streams that keep dropping and
+// TestClusterChaos: a three-master Redis Cluster, two instances (separate
+// processes), 30 streams that keep dropping and
 // resuming on either instance with their last id while durable events are
 // published on user, room and broadcast channels spread over all three
 // masters; a master is killed and restarted with its data, and the
@@ -572,11 +578,8 @@ func TestClusterSlotMove(t *testing.T) {
 	const parts = 16
 	url, _ := startClusterApp(t, rc, nil)
 	ctx := context.Background()
-	slot, err := cc.ClusterKeySlot(ctx, "sse:{p"+strconv.Itoa(wire.Partition("room:lobby", parts))+"}:cursor").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	from := rc.NodeOfSlot(int(slot))
+	slot := slotOf(t, cc, "room:lobby", parts)
+	from := rc.NodeOfSlot(slot)
 	to := rc.Nodes[0]
 	if to == from {
 		to = rc.Nodes[1]
@@ -666,9 +669,9 @@ func TestClusterSlotMove(t *testing.T) {
 			publish(i)
 		}
 	}()
-	rc.MoveSlot(int(slot), to)
+	rc.MoveSlot(slot, to)
 	<-done
-	if n := rc.NodeOfSlot(int(slot)); n != to {
+	if n := rc.NodeOfSlot(slot); n != to {
 		t.Fatalf("slot %d is on %s, want %s", slot, n.Addr, to.Addr)
 	}
 	read(150)
@@ -706,11 +709,8 @@ func TestClusterFailover(t *testing.T) {
 	const parts = 16
 	url, _ := startClusterApp(t, rc, nil)
 	ctx := context.Background()
-	slot, err := cc.ClusterKeySlot(ctx, "sse:{p"+strconv.Itoa(wire.Partition("room:lobby", parts))+"}:cursor").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	victim := rc.NodeOfSlot(int(slot))
+	slot := slotOf(t, cc, "room:lobby", parts)
+	victim := rc.NodeOfSlot(slot)
 	v, _ := json.Marshal(map[string]any{"user": "alice", "rooms": []string{"lobby"}})
 	if err := cc.Set(ctx, "session:failover", v, time.Hour).Err(); err != nil {
 		t.Fatal(err)
