@@ -181,10 +181,11 @@ const pageEvents = 1000
 
 // Read returns one page of the durable events of channels, each after its
 // own cursor in after, up to until (zero on a first read: the newest id
-// now), in order, up to about maxBytes of envelopes. On a first read it
-// also says when the cursors cannot be honoured (Page.Reset). Each page is
-// one script call, atomic; pages read up to the same until add up to one
-// consistent snapshot.
+// now), in order, up to about maxBytes of envelopes. It says instead when
+// the cursors cannot be honoured (Page.Reset): another epoch, a position
+// Redis has not reached, older than the retention, or trimmed past. Each
+// page is one script call, atomic; pages read up to the same until add up
+// to one consistent snapshot.
 func (h *History) Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error) {
 	if len(after) != len(channels) {
 		return wire.Page{}, fmt.Errorf("reading history: %d cursors for %d channels", len(after), len(channels))
@@ -221,14 +222,18 @@ func (h *History) Read(ctx context.Context, channels []string, after []wire.Curs
 	if err != nil {
 		return wire.Page{}, fmt.Errorf("reading history: cursor %q: %w", pos, err)
 	}
+	if !until.IsZero() && until.Epoch != position.Epoch {
+		return wire.Page{Position: position, Reset: wire.ResetEpoch}, nil
+	}
+	// Every page, not only a first one: a channel trimmed past its cursor
+	// between two pages has lost events, and a caller that fixed its
+	// bound beforehand (the gap recovery) reads with until from the start.
+	if reset := h.check(after, position, now, trimmed); reset != "" {
+		return wire.Page{Position: position, Reset: reset}, nil
+	}
 	p := wire.Page{Position: position, More: done == 0}
 	if !until.IsZero() {
-		if until.Epoch != position.Epoch {
-			return wire.Page{Position: position, Reset: wire.ResetEpoch}, nil
-		}
 		p.Position = until
-	} else if p.Reset = h.check(after, position, now, trimmed); p.Reset != "" {
-		return wire.Page{Position: position, Reset: p.Reset}, nil
 	}
 	for i := 0; i+2 < len(flat); i += 3 {
 		idx, _ := flat[i].(int64)

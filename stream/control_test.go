@@ -104,13 +104,39 @@ func TestRecheckKeepsNewerJoin(t *testing.T) {
 type history struct {
 	now    wire.Cursor
 	events []wire.Durable // in id order, none after now
+	// afterActive, if set, runs once Active has looked: what a publisher
+	// does meanwhile.
+	afterActive func()
+}
+
+// publish appends an event at ms and returns it.
+func (m *history) publish(channel string, ms uint64, data string) wire.Durable {
+	ev := wire.Durable{Cursor: wire.Cursor{Epoch: "e", MS: ms}, Channel: channel, Envelope: []byte(`{"event":"n","data":"` + data + `"}`)}
+	m.events = append(m.events, ev)
+	m.now = ev.Cursor
+	return ev
 }
 
 func (m *history) Position(context.Context) (wire.Cursor, error) { return m.now, nil }
 
 func (m *history) Mark(context.Context, string) error { return nil }
 
-func (m *history) Active(context.Context, []string, wire.Cursor) ([]string, error) { return nil, nil }
+func (m *history) Active(_ context.Context, channels []string, after wire.Cursor) ([]string, error) {
+	var active []string
+	for _, c := range channels {
+		for _, ev := range m.events {
+			if ev.Channel == c && after.Before(ev.Cursor) {
+				active = append(active, c)
+				break
+			}
+		}
+	}
+	if f := m.afterActive; f != nil {
+		m.afterActive = nil
+		f()
+	}
+	return active, nil
+}
 
 func (m *history) Read(_ context.Context, channels []string, after []wire.Cursor, until wire.Cursor, _ int) (wire.Page, error) {
 	if until.IsZero() {

@@ -354,6 +354,17 @@ func (h *Hub) Recover(ctx context.Context) {
 }
 
 func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
+	// The bound first, then the look-up. Every event up to the bound is in
+	// history before the look-up begins, so no channel that had one in the
+	// gap is left out; what is published after the bound arrives live,
+	// after the recovery and after all it delivered. (The other way round,
+	// a channel quiet at the look-up and published on before the read was
+	// neither read nor delivered: its live copy came behind events the
+	// read had moved streams past, and was dropped as replayed.)
+	until, err := h.history.Position(ctx)
+	if err != nil {
+		return err
+	}
 	// Only the channels that had events read in pages: an instance may
 	// have a hundred thousand channels, and a gap touches few.
 	channels, err := h.history.Active(ctx, h.allChannels(), from)
@@ -361,7 +372,6 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 		return err
 	}
 	after := make([]wire.Cursor, len(channels))
-	var until wire.Cursor
 	events := 0
 	for {
 		for i := range after {
@@ -382,7 +392,6 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 			h.saw(page.Position)
 			return nil
 		}
-		until = page.Position
 		for _, ev := range page.Events {
 			if frame, err := wire.EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes); err == nil {
 				h.fanOut(ev.Channel, frame, ev.Cursor)
