@@ -1,0 +1,54 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// TestReadResetsWhenTrimmedBetweenPages: a replay reads pages up to the
+// bound its first page fixed. If the channel is trimmed past the cursor
+// of the next page meanwhile, the events in between are gone: the next
+// page says so (a reset), rather than carrying on without them.
+func TestReadResetsWhenTrimmedBetweenPages(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client()
+	const maxlen = 10
+	h := store.NewHistory(rdb, "sse:", maxlen, 1<<16, time.Hour)
+	if _, err := h.Configure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start, err := h.Position(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(n int) {
+		for i := range n {
+			if _, err := h.Publish(ctx, "room:a", fmt.Appendf(nil, `{"event":"n","data":%d}`, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish(maxlen)
+	channels, after := []string{"room:a"}, []wire.Cursor{start}
+	// A page of about one event: the first read fixes the bound.
+	first, err := h.Read(ctx, channels, after, wire.Cursor{}, 1)
+	if err != nil || first.Reset != "" || len(first.Events) != 1 || !first.More {
+		t.Fatalf("first page: %d events, more %v, reset %q, err %v; want 1 event and more", len(first.Events), first.More, first.Reset, err)
+	}
+	after[0] = first.Events[0].Cursor
+	// Busy meanwhile: the events after the first page are trimmed away.
+	publish(maxlen)
+	next, err := h.Read(ctx, channels, after, first.Position, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Reset != wire.ResetTrimmed {
+		t.Fatalf("next page after a trim past its cursor: reset %q, %d events; want reset %q", next.Reset, len(next.Events), wire.ResetTrimmed)
+	}
+}
