@@ -52,7 +52,10 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	// A partition's connection came back: its gap was recovered by the
 	// cluster; control messages sent meanwhile were lost, so hold every
 	// stream to its session as it is now.
-	connected := func(context.Context) { hub.RecheckSoon() }
+	connected := func(_ context.Context, recovered int) {
+		hub.CountRecovered(recovered)
+		hub.RecheckSoon()
+	}
 	stop := startWorkers(
 		func(ctx context.Context) { cl.Run(ctx, hub.Publish, connected, hub.RetryAll) },
 		hub.Run,

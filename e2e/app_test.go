@@ -135,9 +135,15 @@ func (a *app) publish(channel, payload string) {
 // as exposed, e.g. `ssebridge_events_dropped_total{reason="too_large"}`.
 func (a *app) metric(series string) float64 {
 	a.t.Helper()
-	resp, err := http.Get(a.url + "/metrics")
+	return metricAt(a.t, a.url, series)
+}
+
+// metricAt reads one sample from the /metrics of the instance at url.
+func metricAt(t *testing.T, url, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
 	if err != nil {
-		a.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)

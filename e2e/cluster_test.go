@@ -476,6 +476,9 @@ func TestClusterGapRecovery(t *testing.T) {
 			t.Errorf("%s delivered %d times", d, got[d])
 		}
 	}
+	if n := metricAt(t, url, "ssebridge_events_recovered_total"); n != float64(len(sent)) {
+		t.Errorf("ssebridge_events_recovered_total %v, want %d", n, len(sent))
+	}
 	if _, err := clusterPublish(cc, parts, "room:lobby", `{"event":"n","data":"after"}`); err != nil {
 		t.Fatal(err)
 	}

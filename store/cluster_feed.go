@@ -107,11 +107,12 @@ func (f *partFeed) channelList() []string {
 // durable one with its id, taken from the instance's vector under the
 // lock that makes ids exact). After a partition's connection is lost and
 // made again it delivers, before anything later of that partition, the
-// durable events its channels had meanwhile, then calls connected; retry
+// durable events its channels had meanwhile, then calls connected with
+// how many it delivered (0 on a first connection); retry
 // is called when events were lost beyond recovery (a node lost its data,
 // or trimmed past what the instance had), to end every stream with a
 // retry hint: each resumes by its own id, or is reset.
-func (c *Cluster) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(context.Context), retry func()) {
+func (c *Cluster) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(ctx context.Context, recovered int), retry func()) {
 	c.mu.Lock()
 	c.deliver, c.retry = deliver, retry
 	c.mu.Unlock()
@@ -123,7 +124,7 @@ func (c *Cluster) Run(ctx context.Context, deliver func(channel string, m wire.M
 	wg.Wait()
 }
 
-func (f *partFeed) run(ctx context.Context, connected func(context.Context)) {
+func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)) {
 	c := f.c
 	stop := context.AfterFunc(ctx, func() {
 		f.mu.Lock()
@@ -184,11 +185,12 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context)) {
 			if err := c.configure(ctx, f.k); err != nil && ctx.Err() == nil {
 				c.log.Warn("partition config not written", "partition", f.k, "err", err)
 			}
+			recovered := 0
 			if everConnected {
-				c.recover(ctx, f)
+				recovered = c.recover(ctx, f)
 			}
 			everConnected = true
-			connected(ctx)
+			connected(ctx, recovered)
 		}
 		switch m := msg.(type) {
 		case *redis.Message:
@@ -252,7 +254,7 @@ const recoverPatience = 15 * time.Second
 // its connection was down, from the position the instance had delivered
 // up to the partition's position now, then takes the partition to be
 // there. It runs on the partition's goroutine before any later message.
-func (c *Cluster) recover(ctx context.Context, f *partFeed) {
+func (c *Cluster) recover(ctx context.Context, f *partFeed) (events int) {
 	// A node that has just restarted may answer CLUSTERDOWN or LOADING
 	// for a while: retry with backoff, for up to recoverPatience, before
 	// telling streams to resume by themselves.
@@ -260,8 +262,11 @@ func (c *Cluster) recover(ctx context.Context, f *partFeed) {
 	deadline := time.Now().Add(recoverPatience)
 	b := newBackoff(100*time.Millisecond, time.Second)
 	for {
-		if err = c.recoverOnce(ctx, f); err == nil || ctx.Err() != nil {
-			return
+		var n int
+		n, err = c.recoverOnce(ctx, f)
+		events += n // a failed try may have delivered pages: the next goes on after them
+		if err == nil || ctx.Err() != nil {
+			return events
 		}
 		if time.Now().After(deadline) || !sleep(ctx, b.next()) {
 			break
@@ -269,13 +274,14 @@ func (c *Cluster) recover(ctx context.Context, f *partFeed) {
 	}
 	c.log.Warn("durable events published while a partition's connection was down could not be read: streams told to reconnect", "partition", f.k, "err", err)
 	c.retryAll()
+	return events
 }
 
-func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
+func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err error) {
 	k := f.k
 	epoch, upTo, err := c.readPosition(ctx, k)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	c.mu.Lock()
 	known, from := c.epochs[k], c.pos[k]
@@ -286,11 +292,10 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
 			c.log.Warn("a partition lost its data while its connection was down: streams told to reconnect", "partition", k)
 			c.retryAll()
 		}
-		return nil
+		return 0, nil
 	}
 	c.mu.Unlock()
 	channels := f.channelList()
-	events := 0
 	for from < upTo && len(channels) > 0 {
 		froms := make([]uint64, len(channels))
 		for i := range froms {
@@ -298,7 +303,7 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
 		}
 		entries, more, trimmed, err := c.readPartition(ctx, k, channels, froms, upTo)
 		if err != nil {
-			return err
+			return events, err
 		}
 		if trimmed {
 			c.log.Warn("durable events were trimmed while a partition's connection was down: streams told to reconnect", "partition", k)
@@ -306,7 +311,7 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
 			c.adoptLocked(k, epoch, upTo)
 			c.mu.Unlock()
 			c.retryAll()
-			return nil
+			return events, nil
 		}
 		c.mu.Lock()
 		for _, e := range entries {
@@ -331,7 +336,7 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) error {
 	if events > 0 {
 		c.log.Info("durable events published while a partition's connection was down were delivered", "partition", k, "events", events)
 	}
-	return nil
+	return events, nil
 }
 
 func (c *Cluster) retryAll() {

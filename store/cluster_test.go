@@ -50,7 +50,7 @@ func TestClusterPublishReadResume(t *testing.T) {
 			msgs = append(msgs, got{ch, m})
 			mu.Unlock()
 			arrived <- struct{}{}
-		}, func(context.Context) {}, func() {})
+		}, func(context.Context, int) {}, func() {})
 	}()
 	defer wg.Wait()
 	defer cancel()

@@ -440,6 +440,13 @@ func (h *Hub) endRetry(s *Stream, reason string) {
 	s.end(reason, wire.RetryFrame(h.jitteredRetry()))
 }
 
+// CountRecovered counts durable events that a gap recovery outside the hub
+// delivered through Publish: in cluster mode each partition's feed
+// recovers its own gap (store.Cluster), and the metric is the hub's.
+func (h *Hub) CountRecovered(events int) {
+	h.metrics.Recovered.Add(float64(events))
+}
+
 // RetryAll ends every stream with a retry hint: each comes back and
 // resumes by its own id (or is reset). Cluster mode calls it when a
 // partition lost events beyond what the instance can recover.
