@@ -360,11 +360,14 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 	// after the recovery and after all it delivered. (The other way round,
 	// a channel quiet at the look-up and published on before the read was
 	// neither read nor delivered: its live copy came behind events the
-	// read had moved streams past, and was dropped as replayed.)
-	until, err := h.history.Position(ctx)
+	// read had moved streams past, and was dropped as replayed.) The
+	// bound is read, not taken (Position would write a new id): a read of
+	// no channel is the position now.
+	now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
 	if err != nil {
 		return err
 	}
+	until := now.Position
 	// Only the channels that had events read in pages: an instance may
 	// have a hundred thousand channels, and a gap touches few.
 	channels, err := h.history.Active(ctx, h.allChannels(), from)
