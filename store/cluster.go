@@ -106,8 +106,8 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 		// channel "<prefix>{p<k>}:" (no logical channel has an empty name),
 		// so it is always to the partition's master, and pings on it are
 		// answered in order with the partition's messages.
-		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int), ps: cc.SSubscribe(context.Background(), c.tagOf(k))}
-		f.marker.Store(new(string))
+		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int)}
+		f.init(cc.SSubscribe(context.Background(), c.tagOf(k)))
 		c.feeds = append(c.feeds, f)
 	}
 	c.tag = c.digest()
@@ -243,9 +243,7 @@ func (c *Cluster) Sync(ctx context.Context) error {
 		if f.channelCount() == 0 {
 			continue
 		}
-		f.mu.Lock()
-		done, err := f.barrier.send(ctx, f.ps)
-		f.mu.Unlock()
+		done, err := f.ping(ctx)
 		if err != nil {
 			return err
 		}
@@ -366,9 +364,7 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 	}
 	waits := make([]<-chan error, c.parts)
 	for k, f := range c.feeds {
-		f.mu.Lock()
-		done, err := f.barrier.send(ctx, f.ps)
-		f.mu.Unlock()
+		done, err := f.ping(ctx)
 		if err != nil {
 			return wire.Cursor{}, fmt.Errorf("partition %d: %w", k, err)
 		}

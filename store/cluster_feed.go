@@ -2,11 +2,8 @@ package store
 
 import (
 	"context"
-	"errors"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,21 +17,15 @@ import (
 // slot moved, a failover): a bounded number of connections per node,
 // whatever the number of streams and channels.
 type partFeed struct {
-	c *Cluster
-	k int
+	subConn // its mu also guards channels and unsubscribing
 
-	mu       sync.Mutex // guards ps and channels; commands are written under it, in call order
-	ps       *redis.PubSub
+	c        *Cluster
+	k        int
 	channels map[string]struct{}
 	// unsubscribing counts, per channel, the SUNSUBSCRIBEs written whose
 	// reply has not come: a reply beyond them is the server's own (the
 	// slot moved away).
 	unsubscribing map[string]int
-
-	marker     atomic.Pointer[string]
-	markerRead time.Time // Run's own
-	barrier    barrier
-	connected  atomic.Bool
 }
 
 func (f *partFeed) subscribe(name string) error {
@@ -126,62 +117,22 @@ func (c *Cluster) Run(ctx context.Context, deliver func(channel string, m wire.M
 
 func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)) {
 	c := f.c
-	stop := context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		_ = f.ps.Close()
-		f.mu.Unlock()
-	})
-	defer func() {
-		stop()
-		f.mu.Lock()
-		_ = f.ps.Close()
-		f.mu.Unlock()
-		f.barrier.releaseAll(ErrFeedLost)
-	}()
-	backoff := newBackoff(100*time.Millisecond, 2*time.Second)
-	pingSent := false
 	everConnected := false
-	for ctx.Err() == nil {
-		f.mu.Lock()
-		ps := f.ps
-		f.mu.Unlock()
-		msg, err := ps.ReceiveTimeout(ctx, c.pingEvery)
-		if ctx.Err() != nil {
-			return
-		}
-		if isTimeout(err) {
-			if !pingSent {
-				_ = ps.Ping(ctx, "health")
-				pingSent = true
-				continue
-			}
-			c.log.Warn("redis pub/sub: no answer to ping, reconnecting", "partition", f.k)
-			f.redial(ctx)
-			err = errors.New("ping timeout")
-		}
-		pingSent = false
-		if err != nil {
-			if f.connected.Swap(false) {
-				c.metrics.Reconnects.Inc()
-				c.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "partition", f.k, "err", err)
-			}
-			f.barrier.releaseAll(ErrFeedLost)
+	f.receive(ctx, receiveHooks{
+		log:     c.log.With("partition", f.k),
+		metrics: c.metrics,
+		every:   c.pingEvery,
+		redial:  f.redial,
+		lost: func(ctx context.Context, err error) bool {
 			f.forgetReplies()
 			// The node may be gone for good (a failover) or the slot served
 			// elsewhere (MOVED): have go-redis read the slot map again
-			// (lazily, at most one read at a time) before it dials.
+			// (lazily, at most one read at a time) before it dials, and
+			// dial anew after the wait when the slot has moved.
 			c.cc.ReloadState(ctx)
-			moved := strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "CLUSTERDOWN")
-			if !sleep(ctx, backoff.next()) {
-				return
-			}
-			if moved {
-				f.redial(ctx)
-			}
-			continue
-		}
-		backoff.reset()
-		if !f.connected.Swap(true) {
+			return strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "CLUSTERDOWN")
+		},
+		up: func(ctx context.Context) {
 			if err := c.configure(ctx, f.k); err != nil && ctx.Err() == nil {
 				c.log.Warn("partition config not written", "partition", f.k, "err", err)
 			}
@@ -191,16 +142,11 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 			}
 			everConnected = true
 			connected(ctx, recovered)
-		}
-		switch m := msg.(type) {
-		case *redis.Message:
-			c.metrics.Messages.Inc()
-			w, err := wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
-			if errors.Is(err, wire.ErrForged) && f.refreshMarker(ctx) {
-				w, err = wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
-			}
-			c.onMessage(f.k, strings.TrimPrefix(m.Channel, c.tagOf(f.k)), w, err)
-		case *redis.Subscription:
+		},
+		message: func(channel string, m wire.Message, err error) {
+			c.onMessage(f.k, strings.TrimPrefix(channel, c.tagOf(f.k)), m, err)
+		},
+		subscription: func(ctx context.Context, m *redis.Subscription) {
 			if m.Kind == "sunsubscribe" && f.wants(strings.TrimPrefix(m.Channel, c.tagOf(f.k)), m.Channel) {
 				// Redis dropped the subscription itself: the slot moved to
 				// another node. Subscribe there, and recover the gap.
@@ -211,12 +157,11 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 				c.cc.ReloadState(ctx)
 				f.redial(ctx)
 			}
-		case *redis.Pong:
-			if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
-				f.barrier.release(seq, nil)
-			}
-		}
-	}
+		},
+		readMarker: func(ctx context.Context) (string, error) {
+			return c.cc.HGet(ctx, c.tagOf(f.k)+"config", "marker").Result()
+		},
+	})
 }
 
 // onMessage gives a durable event its id, the instance's vector with the
@@ -346,21 +291,6 @@ func (c *Cluster) retryAll() {
 	if retry != nil {
 		retry()
 	}
-}
-
-// refreshMarker reads the partition's marker again, at most once a second,
-// and reports whether it changed.
-func (f *partFeed) refreshMarker(ctx context.Context) bool {
-	if time.Since(f.markerRead) < time.Second {
-		return false
-	}
-	f.markerRead = time.Now()
-	m, err := f.c.cc.HGet(ctx, f.c.tagOf(f.k)+"config", "marker").Result()
-	if err != nil || m == "" || m == *f.marker.Load() {
-		return false
-	}
-	f.marker.Store(&m)
-	return true
 }
 
 // redial replaces the connection with a new one, subscribed to every

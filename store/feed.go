@@ -5,10 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,20 +24,14 @@ var ErrFeedLost = errors.New("redis pub/sub connection lost")
 // (the hub decides, and serialises the calls per channel), confirms with
 // Sync, and after a lost connection resubscribes everything.
 type Feed struct {
+	subConn // its mu also guards channels
+
 	rdb       *redis.Client
 	prefix    string
 	pingEvery time.Duration
 	log       *slog.Logger
 	metrics   *FeedMetrics
-
-	mu       sync.Mutex // guards ps and channels; commands are written under it, in call order
-	ps       *redis.PubSub
-	channels map[string]struct{} // logical names this instance must be subscribed to
-
-	marker     atomic.Pointer[string] // the deployment's durable-framing marker
-	markerRead time.Time              // when Run last read it from Redis; Run's own
-	barrier    barrier
-	connected  atomic.Bool
+	channels  map[string]struct{} // logical names this instance must be subscribed to
 }
 
 // FeedMetrics counts what the feed sees.
@@ -80,10 +71,9 @@ func NewFeed(rdb *redis.Client, prefix string, pingEvery time.Duration, log *slo
 		pingEvery: pingEvery,
 		log:       log,
 		metrics:   m,
-		ps:        rdb.Subscribe(context.Background()),
 		channels:  make(map[string]struct{}),
 	}
-	f.marker.Store(new(string))
+	f.init(rdb.Subscribe(context.Background()))
 	return f
 }
 
@@ -129,9 +119,7 @@ func (f *Feed) Unsubscribe(names ...string) {
 // answers in order on the connection, so the reply to a PING written after
 // them is the proof.
 func (f *Feed) Sync(ctx context.Context) error {
-	f.mu.Lock()
-	done, err := f.barrier.send(ctx, f.ps)
-	f.mu.Unlock()
+	done, err := f.ping(ctx)
 	if err != nil {
 		return err
 	}
@@ -154,95 +142,23 @@ func (f *Feed) Sync(ctx context.Context) error {
 // follows: what was published while it was down can be fetched there and
 // delivered ahead of what comes next.
 func (f *Feed) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(context.Context)) {
-	// A read waits up to pingEvery whatever ctx says: closing the
-	// connection when ctx ends stops it at once.
-	stop := context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		_ = f.ps.Close()
-		f.mu.Unlock()
-	})
-	defer func() {
-		stop()
-		f.mu.Lock()
-		_ = f.ps.Close()
-		f.mu.Unlock()
-		f.barrier.releaseAll(ErrFeedLost)
-	}()
-	backoff := newBackoff(100*time.Millisecond, 2*time.Second)
-	pingSent := false
-	for ctx.Err() == nil {
-		f.mu.Lock()
-		ps := f.ps
-		f.mu.Unlock()
-
-		msg, err := ps.ReceiveTimeout(ctx, f.pingEvery)
-		if ctx.Err() != nil {
-			return
-		}
-		if isTimeout(err) {
-			if !pingSent {
-				_ = ps.Ping(ctx, "health")
-				pingSent = true
-				continue
-			}
-			// The ping went unanswered: Redis is hung or the path to it is
-			// gone without a reset. Start over on a new connection.
-			f.log.Warn("redis pub/sub: no answer to ping, reconnecting")
-			f.redial(ctx)
-			err = errors.New("ping timeout")
-		}
-		pingSent = false
-		if err != nil {
-			if f.connected.Swap(false) {
-				f.metrics.Reconnects.Inc()
-				f.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "err", err)
-			}
-			// Waiters would otherwise hang for a reply that will never
-			// come; they learn that their subscriptions are not confirmed.
-			f.barrier.releaseAll(ErrFeedLost)
-			if !sleep(ctx, backoff.next()) {
-				return
-			}
-			continue
-		}
-		backoff.reset()
-		if !f.connected.Swap(true) {
+	f.receive(ctx, receiveHooks{
+		log:     f.log,
+		metrics: f.metrics,
+		every:   f.pingEvery,
+		redial:  f.redial,
+		lost:    func(context.Context, error) bool { return false },
+		up: func(ctx context.Context) {
 			f.log.Info("redis pub/sub connected", "channels", f.channelCount())
 			connected(ctx)
-		}
-		switch m := msg.(type) {
-		case *redis.Message:
-			f.metrics.Messages.Inc()
-			w, err := wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
-			if errors.Is(err, wire.ErrForged) && f.refreshMarker(ctx) {
-				// The marker changed under this instance (config lost and
-				// written again by another): read with the new one.
-				w, err = wire.ParseMessage([]byte(m.Payload), *f.marker.Load())
-			}
-			deliver(strings.TrimPrefix(m.Channel, f.prefix), w, err)
-		case *redis.Pong:
-			if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
-				f.barrier.release(seq, nil)
-			}
-		}
-	}
-}
-
-// refreshMarker reads the deployment's marker again, at most once a second
-// (a flood of forged messages must not become a flood of reads), and
-// reports whether it changed.
-func (f *Feed) refreshMarker(ctx context.Context) bool {
-	if time.Since(f.markerRead) < time.Second {
-		return false
-	}
-	f.markerRead = time.Now()
-	m, err := f.rdb.HGet(ctx, f.prefix+"config", "marker").Result()
-	if err != nil || m == "" || m == *f.marker.Load() {
-		return false
-	}
-	f.log.Warn("the durable marker changed in Redis: reading with the new one")
-	f.SetMarker(m)
-	return true
+		},
+		message: func(channel string, m wire.Message, err error) {
+			deliver(strings.TrimPrefix(channel, f.prefix), m, err)
+		},
+		readMarker: func(ctx context.Context) (string, error) {
+			return f.rdb.HGet(ctx, f.prefix+"config", "marker").Result()
+		},
+	})
 }
 
 // redial replaces the pub/sub connection with a new one subscribed to every
@@ -267,48 +183,6 @@ func (f *Feed) channelCount() int {
 	defer f.mu.Unlock()
 	return len(f.channels)
 }
-
-// barrier matches PING replies to the callers waiting for them.
-type barrier struct {
-	mu      sync.Mutex
-	seq     uint64
-	waiters map[uint64]chan error
-}
-
-// send writes a PING carrying a new sequence number and returns a channel
-// that gets nil when its reply (or any later one) arrives, or an error when
-// the connection is lost first.
-func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan error, error) {
-	b.mu.Lock()
-	b.seq++
-	seq := b.seq
-	done := make(chan error, 1)
-	if b.waiters == nil {
-		b.waiters = make(map[uint64]chan error)
-	}
-	b.waiters[seq] = done
-	b.mu.Unlock()
-	if err := ps.Ping(ctx, strconv.FormatUint(seq, 10)); err != nil {
-		b.mu.Lock()
-		delete(b.waiters, seq)
-		b.mu.Unlock()
-		return nil, err
-	}
-	return done, nil
-}
-
-func (b *barrier) release(upTo uint64, err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for seq, ch := range b.waiters {
-		if seq <= upTo {
-			ch <- err
-			delete(b.waiters, seq)
-		}
-	}
-}
-
-func (b *barrier) releaseAll(err error) { b.release(^uint64(0), err) }
 
 func isTimeout(err error) bool {
 	var ne net.Error
