@@ -28,6 +28,9 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	sessions := store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes)
 	opts := hubOptions(cfg)
 	opts.ParseCursor = cl.ParseCursor
+	if cfg.DurableWaitReplicas > 0 {
+		cl.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
+	}
 	hub := stream.NewHub(cl, cl, opts, log, stream.NewMetrics(reg))
 
 	routes := routeOptions(cfg, hub, sessions, reg, log)
@@ -76,6 +79,7 @@ func clusterClient(cfg Config) *redis.ClusterClient {
 		Password: cfg.RedisPassword,
 		PoolSize: size, MinIdleConns: size, MaxActiveConns: size,
 		DialTimeout: 2 * time.Second,
+		ReadTimeout: waitReadTimeout(cfg),
 		ClientName:  "ssebridge",
 		// go-redis reads the slot map again on MOVED, and otherwise once a
 		// minute by default: after a failover the dead master answers

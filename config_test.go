@@ -98,7 +98,8 @@ func TestTLSConfig(t *testing.T) {
 }
 
 // TestClusterConfig: REDIS_CLUSTER_ADDRS is exclusive with the other
-// topologies, CLUSTER_PARTITIONS is bounded.
+// topologies, CLUSTER_PARTITIONS is bounded, DURABLE_WAIT_* are checked as
+// with one Redis.
 func TestClusterConfig(t *testing.T) {
 	for _, c := range []struct {
 		vars map[string]string
@@ -109,7 +110,8 @@ func TestClusterConfig(t *testing.T) {
 		{map[string]string{"REDIS_CLUSTER_ADDRS": "nohost"}, "REDIS_CLUSTER_ADDRS"},
 		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "0"}, "CLUSTER_PARTITIONS"},
 		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "1025"}, "CLUSTER_PARTITIONS"},
-		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1"}, "DURABLE_WAIT_REPLICAS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "-1"}, "DURABLE_WAIT_REPLICAS"},
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1", "DURABLE_WAIT_TIMEOUT": "0s"}, "DURABLE_WAIT_TIMEOUT"},
 	} {
 		if _, err := loadConfig(c.vars); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v, want an error naming %s", c.vars, err, c.want)
@@ -118,5 +120,8 @@ func TestClusterConfig(t *testing.T) {
 	cfg, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": " a:1, b:2 ,"})
 	if err != nil || len(cfg.RedisClusterAddrs) != 2 || cfg.ClusterPartitions != 16 || cfg.ListenAddr != ":8080" {
 		t.Errorf("%+v %v", cfg.RedisClusterAddrs, err)
+	}
+	if _, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1"}); err != nil {
+		t.Errorf("DURABLE_WAIT_REPLICAS with REDIS_CLUSTER_ADDRS: %v", err)
 	}
 }

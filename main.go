@@ -233,10 +233,8 @@ func checkTopology(cfg *Config) error {
 			return errors.New("REDIS_CLUSTER_ADDRS is exclusive with REDIS_URL and REDIS_SENTINEL_ADDRS: set one of them")
 		case cfg.ClusterPartitions < 1 || cfg.ClusterPartitions > 1024:
 			return errors.New("CLUSTER_PARTITIONS must be between 1 and 1024")
-		case cfg.DurableWaitReplicas > 0:
-			return errors.New("DURABLE_WAIT_REPLICAS is not supported with REDIS_CLUSTER_ADDRS")
 		}
-		return nil
+		return checkWait(cfg)
 	}
 	switch {
 	case sentinel && cfg.RedisURL != "":
@@ -248,13 +246,18 @@ func checkTopology(cfg *Config) error {
 	case !sentinel && cfg.RedisURL == "" && (cfg.RedisUsername != "" || cfg.RedisPassword != ""):
 		return errors.New("REDIS_USERNAME and REDIS_PASSWORD need REDIS_URL or REDIS_SENTINEL_ADDRS: the embedded try-out server has no password")
 	}
-	if cfg.DurableWaitReplicas < 0 {
-		return errors.New("DURABLE_WAIT_REPLICAS must not be negative")
-	}
 	if cfg.DurableWaitReplicas > 0 && !sentinel && cfg.RedisURL == "" {
-		return errors.New("DURABLE_WAIT_REPLICAS needs REDIS_URL or REDIS_SENTINEL_ADDRS: the embedded try-out server has no replicas")
+		return errors.New("DURABLE_WAIT_REPLICAS needs REDIS_URL, REDIS_SENTINEL_ADDRS or REDIS_CLUSTER_ADDRS: the embedded try-out server has no replicas")
 	}
-	if cfg.DurableWaitReplicas > 0 && cfg.DurableWaitTimeout < time.Millisecond {
+	return checkWait(cfg)
+}
+
+// checkWait checks DURABLE_WAIT_REPLICAS and DURABLE_WAIT_TIMEOUT.
+func checkWait(cfg *Config) error {
+	switch {
+	case cfg.DurableWaitReplicas < 0:
+		return errors.New("DURABLE_WAIT_REPLICAS must not be negative")
+	case cfg.DurableWaitReplicas > 0 && cfg.DurableWaitTimeout < time.Millisecond:
 		// WAIT takes milliseconds, and 0 would mean forever.
 		return errors.New("DURABLE_WAIT_TIMEOUT must be at least 1ms")
 	}

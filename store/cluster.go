@@ -76,6 +76,9 @@ type Cluster struct {
 	publish   *redis.Script
 	cursor    *redis.Script
 
+	waitReplicas int           // WaitReplicas; 0: no WAIT
+	waitTimeout  time.Duration // WaitReplicas
+
 	feeds []*partFeed
 
 	mu      sync.Mutex // held across taking an id and delivering its event
@@ -393,18 +396,50 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 	return wire.VectorCursor(c.stampLocked(-1)), nil
 }
 
+// WaitReplicas makes Publish wait, after each durable event, until n
+// replicas of the partition's master have it (Redis's WAIT, at most
+// timeout), and fail when fewer did, as History.WaitReplicas does on one
+// Redis.
+func (c *Cluster) WaitReplicas(n int, timeout time.Duration) {
+	c.waitReplicas, c.waitTimeout = n, timeout
+}
+
 // Publish appends envelope to channel's history and SPUBLISHes it, in one
 // atomic call, and returns the event's position in its partition,
-// "<epoch>:<n>-<ms>" (not an SSE id: see docs/CLUSTER.md).
+// "<epoch>:<n>-<ms>" (not an SSE id: see docs/CLUSTER.md). With
+// WaitReplicas, an error may come with the position: the event is
+// published, but not known to be on enough replicas.
 func (c *Cluster) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
-	p := ClusterPublisher{cc: c.cc, prefix: c.prefix, parts: c.parts, script: c.publish}
-	id, err := p.Publish(ctx, channel, envelope)
+	publish := (&ClusterPublisher{cc: c.cc, prefix: c.prefix, parts: c.parts, script: c.publish}).Publish
+	if c.waitReplicas > 0 && len(envelope) > 0 {
+		publish = c.publishWait
+	}
+	id, err := publish(ctx, channel, envelope)
 	if err != nil && strings.Contains(err.Error(), "has not written") {
 		// The partition's config was lost under this instance (its node
 		// restarted without data): write it again, publish once more.
 		if cerr := c.configure(ctx, wire.Partition(channel, c.parts)); cerr == nil {
-			id, err = p.Publish(ctx, channel, envelope)
+			id, err = publish(ctx, channel, envelope)
 		}
+	}
+	return id, err
+}
+
+// publishWait runs the publish script and WAIT on one connection to the
+// master of the channel's slot: WAIT counts the replicas that have that
+// connection's writes, so it must not go to another node, as a cluster
+// pipeline would send a command without keys.
+func (c *Cluster) publishWait(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+	_, cur, conf, hist, trim, shard := c.keys(channel)
+	node, err := c.cc.MasterForKey(ctx, cur)
+	if err != nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+	}
+	id, err := publishWaiting(ctx, node, c.publish, []string{cur, conf, hist, trim}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
+	if err != nil && id.IsZero() && (strings.Contains(err.Error(), "MOVED ") || strings.Contains(err.Error(), "CLUSTERDOWN")) {
+		// The slot moved, or its master failed over, since the client last
+		// read the slot map: read it again for the publisher's next try.
+		c.cc.ReloadState(ctx)
 	}
 	return id, err
 }

@@ -125,16 +125,23 @@ func (h *History) Publish(ctx context.Context, channel string, envelope []byte) 
 // publishWait runs the script and WAIT in one pipeline, so on one
 // connection: WAIT waits for that connection's last write.
 func (h *History) publishWait(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
-	var ev *redis.Cmd
-	var acked *redis.Cmd
+	return publishWaiting(ctx, h.rdb, h.publish, nil, []any{h.prefix, channel, envelope}, channel, h.waitReplicas, h.waitTimeout)
+}
+
+// publishWaiting runs a durable publish script and then WAIT for replicas
+// in one pipeline on rdb, so on one connection: WAIT waits for that
+// connection's last write. An error may come with the id: the event is
+// published, but not known to be on enough replicas.
+func publishWaiting(ctx context.Context, rdb *redis.Client, script *redis.Script, keys []string, args []any, channel string, replicas int, timeout time.Duration) (wire.Cursor, error) {
+	var ev, acked *redis.Cmd
 	pipe := func(sha bool) {
-		_, _ = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			if sha {
-				ev = h.publish.EvalSha(ctx, p, nil, h.prefix, channel, envelope)
+				ev = script.EvalSha(ctx, p, keys, args...)
 			} else {
-				ev = h.publish.Eval(ctx, p, nil, h.prefix, channel, envelope)
+				ev = script.Eval(ctx, p, keys, args...)
 			}
-			acked = p.Do(ctx, "wait", h.waitReplicas, h.waitTimeout.Milliseconds())
+			acked = p.Do(ctx, "wait", replicas, timeout.Milliseconds())
 			return nil
 		})
 	}
@@ -154,9 +161,9 @@ func (h *History) publishWait(ctx context.Context, channel string, envelope []by
 	if err != nil {
 		return id, fmt.Errorf("durable publish on %s: %s published, WAIT failed: %w", channel, id, err)
 	}
-	if n < int64(h.waitReplicas) {
+	if n < int64(replicas) {
 		return id, fmt.Errorf("durable publish on %s: %s published, but on %d replicas of the %d wanted within %v (DURABLE_WAIT_REPLICAS): it would be lost in a failover now",
-			channel, id, n, h.waitReplicas, h.waitTimeout)
+			channel, id, n, replicas, timeout)
 	}
 	return id, nil
 }

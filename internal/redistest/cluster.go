@@ -142,6 +142,25 @@ func (c *Cluster) Client() *redis.ClusterClient {
 // NodeOfSlot returns the node that serves slot.
 func (c *Cluster) NodeOfSlot(slot int) *ClusterNode {
 	c.t.Helper()
+	if nodes := c.nodesOfSlot(slot, "master"); len(nodes) > 0 {
+		return nodes[0]
+	}
+	c.t.Fatalf("no node serves slot %d", slot)
+	return nil
+}
+
+// ReplicasOfSlot returns the replicas of the master of slot that are not
+// failed. (Redis 7.0 reports an in-sync replica as "loading" as long as
+// its replication offset has not been gossiped.)
+func (c *Cluster) ReplicasOfSlot(slot int) []*ClusterNode {
+	c.t.Helper()
+	return c.nodesOfSlot(slot, "replica")
+}
+
+// nodesOfSlot returns the online nodes of a role ("master", "replica") in
+// the shard of slot.
+func (c *Cluster) nodesOfSlot(slot int, role string) []*ClusterNode {
+	c.t.Helper()
 	// Asked of the first node that answers: one may be down.
 	var shards []redis.ClusterShard
 	var err error
@@ -156,25 +175,25 @@ func (c *Cluster) NodeOfSlot(slot int) *ClusterNode {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	var out []*ClusterNode
 	for _, s := range shards {
 		for _, r := range s.Slots {
 			if r.Start > int64(slot) || int64(slot) > r.End {
 				continue
 			}
 			for _, sn := range s.Nodes {
-				if sn.Role != "master" || sn.Health != "online" {
+				if sn.Role != role || sn.Health == "fail" || role == "master" && sn.Health != "online" {
 					continue
 				}
 				for _, n := range c.Nodes {
 					if sn.Port == int64(n.Port) {
-						return n
+						out = append(out, n)
 					}
 				}
 			}
 		}
 	}
-	c.t.Fatalf("no node serves slot %d", slot)
-	return nil
+	return out
 }
 
 func freePort(t testing.TB) int {
