@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,9 +87,9 @@ type Hub struct {
 
 	members membership
 
-	mu       sync.Mutex // guards the fields below and every Stream.attaching/pending
-	users    map[string]map[*Stream]struct{}
-	sessions map[string]map[*Stream]struct{}
+	mu       sync.Mutex           // guards the fields below and every Stream.attaching/pending
+	users    map[string][]*Stream // see addTo
+	sessions map[string][]*Stream
 	open     int
 	stopping bool
 	controls controlLog
@@ -117,8 +118,8 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		opts:        opts,
 		log:         log,
 		metrics:     m,
-		users:       make(map[string]map[*Stream]struct{}),
-		sessions:    make(map[string]map[*Stream]struct{}),
+		users:       make(map[string][]*Stream),
+		sessions:    make(map[string][]*Stream),
 		replaySlots: make(chan struct{}, max(1, opts.ReplayInflightBytes/replayPageBytes)),
 		recheckNow:  make(chan struct{}, 1),
 	}
@@ -497,9 +498,7 @@ func (h *Hub) all() []*Stream {
 	defer h.mu.Unlock()
 	var out []*Stream
 	for _, set := range h.users {
-		for s := range set {
-			out = append(out, s)
-		}
+		out = append(out, set...)
 	}
 	return out
 }
@@ -531,19 +530,26 @@ func readyFrame(user string, rooms []string, retry time.Duration, id string) []b
 	return append(frame, wire.Envelope{Event: "ready", ID: id, Data: data}.Frame()...)
 }
 
-func addTo(m map[string]map[*Stream]struct{}, key string, s *Stream) {
-	set := m[key]
-	if set == nil {
-		set = make(map[*Stream]struct{})
-		m[key] = set
-	}
-	set[s] = struct{}{}
+// addTo and removeFrom keep the users and sessions indexes. A user or a
+// session has few streams (MAX_STREAMS_PER_USER at most), most often one:
+// a slice of them costs 8 bytes a stream, where a set of its own per key
+// cost a map (128 bytes or more) per key.
+func addTo(m map[string][]*Stream, key string, s *Stream) {
+	m[key] = append(m[key], s)
 }
 
-func removeFrom(m map[string]map[*Stream]struct{}, key string, s *Stream) {
+func removeFrom(m map[string][]*Stream, key string, s *Stream) {
 	set := m[key]
-	delete(set, s)
-	if len(set) == 0 {
-		delete(m, key)
+	i := slices.Index(set, s)
+	if i < 0 {
+		return
 	}
+	last := len(set) - 1
+	set[i] = set[last]
+	set[last] = nil // no hold on a closed stream
+	if last == 0 {
+		delete(m, key)
+		return
+	}
+	m[key] = set[:last]
 }
