@@ -178,6 +178,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	s := newStream(h, spec.User, spec.Session)
 	s.resume = spec.Resume
 	s.allRooms = spec.AllRooms
+	s.channels = make([]string, 0, 2+len(spec.Rooms)) // its user's, broadcast, rooms
 
 	h.mu.Lock()
 	if err := h.admitsLocked(spec.User); err != nil {

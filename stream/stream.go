@@ -44,8 +44,8 @@ type Stream struct {
 	removed   bool
 
 	members  sync.Mutex
-	channels map[string]struct{} // logical channels the stream is attached to
-	closed   bool                // Close has run: attach nothing more
+	channels []string // logical channels the stream is attached to: a few, MaxRooms+2 at most
+	closed   bool     // Close has run: attach nothing more
 
 	mu       sync.Mutex
 	queue    [][]byte // frames shared with every other stream they go to
@@ -99,7 +99,6 @@ func newStream(h *Hub, user, session string) *Stream {
 		User:      user,
 		session:   session,
 		hub:       h,
-		channels:  make(map[string]struct{}),
 		limits:    limits{h.opts.QueueEvents, h.opts.QueueBytes},
 		wake:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
