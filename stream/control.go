@@ -76,7 +76,7 @@ func (h *Hub) control(c wire.Control) {
 	var now []*Stream
 	for _, s := range h.users[c.User] {
 		if s.attaching {
-			s.pending = append(s.pending, c)
+			h.pending[s] = append(h.pending[s], c)
 			continue
 		}
 		now = append(now, s)

@@ -87,9 +87,12 @@ type Hub struct {
 
 	members membership
 
-	mu       sync.Mutex           // guards the fields below and every Stream.attaching/pending
+	mu       sync.Mutex           // guards the fields below and every Stream.attaching/removed
 	users    map[string][]*Stream // see addTo
 	sessions map[string][]*Stream
+	// pending holds control messages for streams Open is still attaching:
+	// here, not in the stream, since few streams ever have one.
+	pending  map[*Stream][]wire.Control
 	open     int
 	stopping bool
 	controls controlLog
@@ -120,6 +123,7 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		metrics:     m,
 		users:       make(map[string][]*Stream),
 		sessions:    make(map[string][]*Stream),
+		pending:     make(map[*Stream][]wire.Control),
 		replaySlots: make(chan struct{}, max(1, opts.ReplayInflightBytes/replayPageBytes)),
 		recheckNow:  make(chan struct{}, 1),
 	}
@@ -194,7 +198,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	h.streams.Add(1)
 	addTo(h.users, spec.User, s)
 	addTo(h.sessions, spec.Session, s)
-	s.attaching = true // control messages for it wait in s.pending until it is attached
+	s.attaching = true // control messages for it wait in h.pending until it is attached
 	h.mu.Unlock()
 	h.metrics.Open.Inc()
 
@@ -216,7 +220,8 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 			h.apply(s, c)
 		}
 		h.mu.Lock()
-		missed, s.pending = s.pending, nil
+		missed = h.pending[s]
+		delete(h.pending, s)
 		if len(missed) == 0 {
 			s.attaching = false
 		}
