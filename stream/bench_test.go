@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -170,5 +171,44 @@ func benchLoopFanOut(b *testing.B, n, loops int) {
 	h.Shutdown()
 	for _, r := range clients {
 		_, _ = r.Discard(r.Buffered())
+	}
+}
+
+// BenchmarkIdleStreamHeap is the heap the hub holds for each idle live
+// stream (a user of its own, one session, one room shared by all; no
+// writer, so neither a loop's record nor a connection), after a collection:
+//
+//	go test -run '^$' -bench IdleStreamHeap -benchtime 1x ./stream
+func BenchmarkIdleStreamHeap(b *testing.B) {
+	const n = 15000
+	opts := testOpts
+	opts.MaxStreams = n
+	users, sessions := make([]string, n), make([]string, n)
+	for i := range n {
+		users[i], sessions[i] = fmt.Sprint("u", i), fmt.Sprint("t", i)
+	}
+	rooms := []string{"bench"}
+	pos := wire.Cursor{Epoch: "e", MS: 1}
+	for b.Loop() {
+		h, _ := newTestHub(b, opts)
+		streams := make([]*Stream, 0, n)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for i := range n {
+			s, err := h.Open(b.Context(), Spec{User: users[i], Session: sessions[i], Rooms: rooms, AllRooms: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.startAt(pos) // what its opening leaves it at
+			h.goLive(s, pos, 0)
+			streams = append(streams, s)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/stream")
+		for _, s := range streams {
+			h.Close(s, ReasonClient)
+		}
 	}
 }

@@ -74,9 +74,9 @@ func (h *Hub) control(c wire.Control) {
 	h.mu.Lock()
 	h.controls.add(c)
 	var now []*Stream
-	for s := range h.users[c.User] {
+	for _, s := range h.users[c.User] {
 		if s.attaching {
-			s.pending = append(s.pending, c)
+			h.pending[s] = append(h.pending[s], c)
 			continue
 		}
 		now = append(now, s)

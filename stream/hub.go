@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,9 +87,12 @@ type Hub struct {
 
 	members membership
 
-	mu       sync.Mutex // guards the fields below and every Stream.attaching/pending
-	users    map[string]map[*Stream]struct{}
-	sessions map[string]map[*Stream]struct{}
+	mu       sync.Mutex           // guards the fields below and every Stream.attaching/removed
+	users    map[string][]*Stream // see addTo
+	sessions map[string][]*Stream
+	// pending holds control messages for streams Open is still attaching:
+	// here, not in the stream, since few streams ever have one.
+	pending  map[*Stream][]wire.Control
 	open     int
 	stopping bool
 	controls controlLog
@@ -117,8 +121,9 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		opts:        opts,
 		log:         log,
 		metrics:     m,
-		users:       make(map[string]map[*Stream]struct{}),
-		sessions:    make(map[string]map[*Stream]struct{}),
+		users:       make(map[string][]*Stream),
+		sessions:    make(map[string][]*Stream),
+		pending:     make(map[*Stream][]wire.Control),
 		replaySlots: make(chan struct{}, max(1, opts.ReplayInflightBytes/replayPageBytes)),
 		recheckNow:  make(chan struct{}, 1),
 	}
@@ -177,6 +182,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	s := newStream(h, spec.User, spec.Session)
 	s.resume = spec.Resume
 	s.allRooms = spec.AllRooms
+	s.channels = make([]string, 0, 2+len(spec.Rooms)) // its user's, broadcast, rooms
 
 	h.mu.Lock()
 	if err := h.admitsLocked(spec.User); err != nil {
@@ -192,7 +198,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	h.streams.Add(1)
 	addTo(h.users, spec.User, s)
 	addTo(h.sessions, spec.Session, s)
-	s.attaching = true // control messages for it wait in s.pending until it is attached
+	s.attaching = true // control messages for it wait in h.pending until it is attached
 	h.mu.Unlock()
 	h.metrics.Open.Inc()
 
@@ -214,7 +220,8 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 			h.apply(s, c)
 		}
 		h.mu.Lock()
-		missed, s.pending = s.pending, nil
+		missed = h.pending[s]
+		delete(h.pending, s)
 		if len(missed) == 0 {
 			s.attaching = false
 		}
@@ -497,9 +504,7 @@ func (h *Hub) all() []*Stream {
 	defer h.mu.Unlock()
 	var out []*Stream
 	for _, set := range h.users {
-		for s := range set {
-			out = append(out, s)
-		}
+		out = append(out, set...)
 	}
 	return out
 }
@@ -531,19 +536,26 @@ func readyFrame(user string, rooms []string, retry time.Duration, id string) []b
 	return append(frame, wire.Envelope{Event: "ready", ID: id, Data: data}.Frame()...)
 }
 
-func addTo(m map[string]map[*Stream]struct{}, key string, s *Stream) {
-	set := m[key]
-	if set == nil {
-		set = make(map[*Stream]struct{})
-		m[key] = set
-	}
-	set[s] = struct{}{}
+// addTo and removeFrom keep the users and sessions indexes. A user or a
+// session has few streams (MAX_STREAMS_PER_USER at most), most often one:
+// a slice of them costs 8 bytes a stream, where a set of its own per key
+// cost a map (128 bytes or more) per key.
+func addTo(m map[string][]*Stream, key string, s *Stream) {
+	m[key] = append(m[key], s)
 }
 
-func removeFrom(m map[string]map[*Stream]struct{}, key string, s *Stream) {
+func removeFrom(m map[string][]*Stream, key string, s *Stream) {
 	set := m[key]
-	delete(set, s)
-	if len(set) == 0 {
-		delete(m, key)
+	i := slices.Index(set, s)
+	if i < 0 {
+		return
 	}
+	last := len(set) - 1
+	set[i] = set[last]
+	set[last] = nil // no hold on a closed stream
+	if last == 0 {
+		delete(m, key)
+		return
+	}
+	m[key] = set[:last]
 }

@@ -33,7 +33,46 @@ const (
 
 type shard struct {
 	mu   sync.RWMutex
-	subs map[string]map[*Stream]struct{}
+	subs map[string]streamSet
+}
+
+// streamSet is the streams of one channel. Most channels are a user's,
+// with one stream: that one is held inline, and a map is made only for a
+// second (a map costs 128 bytes or more). A channel with every stream
+// (broadcast) is a map, so that taking one out stays O(1).
+type streamSet struct {
+	one  *Stream // the only stream, while many is nil
+	many map[*Stream]struct{}
+}
+
+func (set *streamSet) add(s *Stream) {
+	switch {
+	case set.many != nil:
+		set.many[s] = struct{}{}
+	case set.one == nil:
+		set.one = s
+	default:
+		set.many = map[*Stream]struct{}{set.one: {}, s: {}}
+		set.one = nil
+	}
+}
+
+// remove takes s out and reports whether the set is empty.
+func (set *streamSet) remove(s *Stream) bool {
+	if set.many == nil {
+		if set.one == s {
+			set.one = nil
+		}
+		return set.one == nil
+	}
+	delete(set.many, s)
+	if len(set.many) == 1 {
+		for last := range set.many {
+			set.one = last
+		}
+		set.many = nil
+	}
+	return set.one == nil && len(set.many) == 0
 }
 
 type membership struct {
@@ -45,7 +84,7 @@ type membership struct {
 func (m *membership) init() {
 	m.seed = maphash.MakeSeed()
 	for i := range m.shards {
-		m.shards[i].subs = make(map[string]map[*Stream]struct{})
+		m.shards[i].subs = make(map[string]streamSet)
 	}
 }
 
@@ -68,23 +107,19 @@ func (h *Hub) attach(s *Stream, channel string) error {
 	st.Lock()
 	defer st.Unlock()
 	s.members.Lock()
-	_, has := s.channels[channel]
-	if s.closed || has {
+	if s.closed || slices.Contains(s.channels, channel) {
 		s.members.Unlock()
 		return nil
 	}
-	s.channels[channel] = struct{}{}
+	s.channels = append(s.channels, channel)
 	s.members.Unlock()
 
 	sh := h.members.shard(channel)
 	sh.mu.Lock()
-	set := sh.subs[channel]
-	first := set == nil
-	if first {
-		set = make(map[*Stream]struct{})
-		sh.subs[channel] = set
-	}
-	set[s] = struct{}{}
+	set, had := sh.subs[channel]
+	first := !had
+	set.add(s)
+	sh.subs[channel] = set
 	sh.mu.Unlock()
 	if first {
 		return h.sub.Subscribe(channel)
@@ -99,19 +134,25 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 	st.Lock()
 	defer st.Unlock()
 	s.members.Lock()
-	_, had := s.channels[channel]
-	delete(s.channels, channel)
+	i := slices.Index(s.channels, channel)
+	if i >= 0 {
+		last := len(s.channels) - 1
+		s.channels[i] = s.channels[last]
+		s.channels[last] = ""
+		s.channels = s.channels[:last]
+	}
 	s.members.Unlock()
-	if !had {
+	if i < 0 {
 		return false
 	}
 	sh := h.members.shard(channel)
 	sh.mu.Lock()
 	set := sh.subs[channel]
-	delete(set, s)
-	last := len(set) == 0
+	last := set.remove(s)
 	if last {
 		delete(sh.subs, channel)
+	} else {
+		sh.subs[channel] = set
 	}
 	sh.mu.Unlock()
 	if last {
@@ -125,10 +166,7 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 func (h *Hub) detachAll(s *Stream) {
 	s.members.Lock()
 	s.closed = true
-	channels := make([]string, 0, len(s.channels))
-	for c := range s.channels {
-		channels = append(channels, c)
-	}
+	channels := slices.Clone(s.channels)
 	s.members.Unlock()
 	for _, c := range channels {
 		h.detach(s, c)
@@ -139,11 +177,7 @@ func (h *Hub) detachAll(s *Stream) {
 func (s *Stream) channelList() []string {
 	s.members.Lock()
 	defer s.members.Unlock()
-	out := make([]string, 0, len(s.channels))
-	for c := range s.channels {
-		out = append(out, c)
-	}
-	return out
+	return slices.Clone(s.channels)
 }
 
 // rooms returns the rooms a stream is attached to, sorted.
@@ -161,8 +195,7 @@ func (s *Stream) rooms() []string {
 func (s *Stream) has(channel string) bool {
 	s.members.Lock()
 	defer s.members.Unlock()
-	_, ok := s.channels[channel]
-	return ok
+	return slices.Contains(s.channels, channel)
 }
 
 // fanOut queues frame on every stream of channel. It never blocks on a
@@ -171,7 +204,11 @@ func (h *Hub) fanOut(channel string, frame []byte, cursor wire.Cursor) {
 	sh := h.members.shard(channel)
 	var slow []*Stream
 	sh.mu.RLock()
-	for s := range sh.subs[channel] {
+	set := sh.subs[channel]
+	if s := set.one; s != nil && !s.offer(channel, frame, cursor) {
+		slow = append(slow, s)
+	}
+	for s := range set.many {
 		if !s.offer(channel, frame, cursor) {
 			slow = append(slow, s)
 		}

@@ -157,9 +157,5 @@ func (h *Hub) attaching(s *Stream) bool {
 func (h *Hub) streamsOf(token string) []*Stream {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]*Stream, 0, len(h.sessions[token]))
-	for s := range h.sessions[token] {
-		out = append(out, s)
-	}
-	return out
+	return slices.Clone(h.sessions[token])
 }

@@ -223,7 +223,7 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 func (h *Hub) replaySlot(ctx context.Context, s *Stream) (func(), error) {
 	select {
 	case h.replaySlots <- struct{}{}:
-	case <-s.done: // ended meanwhile (a logout): no need of a slot
+	case <-s.doneChan(): // ended meanwhile (a logout): no need of a slot
 		return func() {}, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()

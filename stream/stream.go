@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -31,47 +29,46 @@ const (
 // the queue and the catch-up state, and is never held while taking another
 // lock. The writer alone touches the connection.
 type Stream struct {
-	User     string
-	session  string
-	resume   string // the Last-Event-ID it was opened with
-	allRooms bool   // opened with all of its session's rooms (no ?rooms=)
-	hub      *Hub
+	User    string
+	session string
+	resume  string // the Last-Event-ID it was opened with
+	hub     *Hub
 
 	// Guarded by the hub's mu: whether Open is still attaching it (control
-	// messages for it wait in pending meanwhile), and whether Close ran.
+	// messages for it wait in the hub's pending meanwhile), and whether
+	// Close ran.
 	attaching bool
-	pending   []wire.Control
 	removed   bool
 
+	allRooms bool // opened with all of its session's rooms (no ?rooms=)
+	closed   bool // guarded by members: Close has run, attach nothing more
+
+	// An idle stream is held by the thousand: its fields are kept to what
+	// every stream needs (256 bytes), and what only some need is made when
+	// needed (catching, wake, done).
+
 	members  sync.Mutex
-	channels map[string]struct{} // logical channels the stream is attached to
-	closed   bool                // Close has run: attach nothing more
+	channels []string // logical channels the stream is attached to: a few, MaxRooms+2 at most
 
 	mu       sync.Mutex
-	queue    [][]byte // frames shared with every other stream they go to
-	queued   int      // bytes in queue
-	limits   limits
-	ending   string                   // why the stream is ending; "" while it is open
-	final    []byte                   // written after everything else once ending is set
-	wake     chan struct{}            // the writer goroutine's, while the stream is on none of the loops
-	onLoop   atomic.Pointer[loopConn] // the stream's place on an event loop, while it is on one
-	done     chan struct{}            // closed once ending is set, for waits that must not outlast it
-	last     wire.Cursor              // the newest durable event queued or replayed: one at or before it is a duplicate
-	catching catchUp                  // while set, the writer replays history and live events wait in held
+	queue    [][]byte      // frames shared with every other stream they go to
+	queued   int           // bytes in queue
+	ending   string        // why the stream is ending; "" while it is open
+	final    []byte        // written after everything else once ending is set
+	last     wire.Cursor   // the newest durable event queued or replayed: one at or before it is a duplicate
+	catching *catchUp      // while set, the writer replays history and live events wait in held
+	gen      uint64        // counts joins and skips, so that a pass of catch-up knows it must run again
+	done     chan struct{} // closed once ending is set, for waits that must not outlast it; made by doneChan
 
-	delivered prometheus.Counter
+	onLoop atomic.Pointer[loopConn]      // the stream's place on an event loop, while it is on one
+	wake   atomic.Pointer[chan struct{}] // the writer goroutine's (serve), while it runs one
 }
-
-// limits bound a stream's queue; past them the stream is slow.
-type limits struct{ events, bytes int }
 
 // catchUp is what the writer must replay before live events flow again.
 type catchUp struct {
-	on     bool
 	replay bool                   // every channel must be replayed after from (a resume)
 	from   wire.Cursor            // where the replay starts, or the stream's id if none is needed
 	base   map[string]wire.Cursor // channels joined meanwhile: replayed after their own cursor
-	gen    uint64                 // counts joins and skips, so that a pass knows it must run again
 	// skipping is set when held overflowed with a durable event: durable
 	// events are no longer held (the next pass replays them) until a new
 	// pass starts.
@@ -96,16 +93,11 @@ type heldEvent struct {
 
 func newStream(h *Hub, user, session string) *Stream {
 	return &Stream{
-		User:      user,
-		session:   session,
-		hub:       h,
-		channels:  make(map[string]struct{}),
-		limits:    limits{h.opts.QueueEvents, h.opts.QueueBytes},
-		wake:      make(chan struct{}, 1),
-		done:      make(chan struct{}),
-		delivered: h.metrics.Delivered,
+		User:    user,
+		session: session,
+		hub:     h,
 		// Until its opening is written, a stream only holds.
-		catching: catchUp{on: true},
+		catching: &catchUp{},
 	}
 }
 
@@ -118,12 +110,12 @@ func (s *Stream) offer(channel string, frame []byte, cursor wire.Cursor) bool {
 	switch {
 	case s.ending != "":
 		return true // already on its way out; nothing more to do
-	case s.catching.on:
-		c := &s.catching
+	case s.catching != nil:
+		c := s.catching
 		if c.skipping && !cursor.IsZero() {
 			return true // history has it: the next pass replays it
 		}
-		if len(c.held) >= s.limits.events || c.size+len(frame) > s.limits.bytes {
+		if len(c.held) >= s.hub.opts.QueueEvents || c.size+len(frame) > s.hub.opts.QueueBytes {
 			if cursor.IsZero() {
 				return false // a live event cannot be had again: slow
 			}
@@ -131,7 +123,7 @@ func (s *Stream) offer(channel string, frame []byte, cursor wire.Cursor) bool {
 			// skip durable events for now and run another pass of replay
 			// once this one is done (gen tells the writer).
 			c.skipping = true
-			c.gen++
+			s.gen++
 			return true
 		}
 		c.held = append(c.held, heldEvent{frame, cursor, channel})
@@ -148,7 +140,7 @@ func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
 		}
 		s.last = s.last.Max(cursor) // cursor itself, but per partition in cluster mode
 	}
-	if len(s.queue) >= s.limits.events || s.queued+len(frame) > s.limits.bytes {
+	if len(s.queue) >= s.hub.opts.QueueEvents || s.queued+len(frame) > s.hub.opts.QueueBytes {
 		return false
 	}
 	s.queue = append(s.queue, frame)
@@ -169,15 +161,15 @@ func (s *Stream) rewind(channel string, since wire.Cursor) {
 	if s.ending != "" {
 		return
 	}
-	c := &s.catching
-	if !c.on {
-		*c = catchUp{on: true, from: s.last, gen: c.gen}
+	if s.catching == nil {
+		s.catching = &catchUp{from: s.last}
 	}
+	c := s.catching
 	if c.base == nil {
 		c.base = make(map[string]wire.Cursor)
 	}
 	c.base[channel] = since
-	c.gen++
+	s.gen++
 	s.signal()
 }
 
@@ -186,7 +178,10 @@ func (s *Stream) rewind(channel string, since wire.Cursor) {
 func (s *Stream) drop(channel string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := &s.catching
+	c := s.catching
+	if c == nil {
+		return
+	}
 	kept := c.held[:0]
 	for _, e := range c.held {
 		if e.channel == channel {
@@ -205,16 +200,21 @@ func (s *Stream) drop(channel string) {
 func (s *Stream) catchUpState() catchUpState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := &s.catching
+	c := s.catching
+	if c == nil {
+		return catchUpState{gen: s.gen}
+	}
 	c.skipping = false // from here on, what the pass does not read is held
-	return catchUpState{on: c.on, replay: c.replay, from: c.from, base: maps.Clone(c.base), gen: c.gen}
+	return catchUpState{on: true, replay: c.replay, from: c.from, base: maps.Clone(c.base), gen: s.gen}
 }
 
 // replayFrom makes the catch-up replay every channel after from.
 func (s *Stream) replayFrom(from wire.Cursor) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.catching.from, s.catching.replay = from, true
+	if s.catching != nil {
+		s.catching.from, s.catching.replay = from, true
+	}
 }
 
 // startAt sets the stream's id to pos, where a new stream starts: nothing
@@ -222,7 +222,9 @@ func (s *Stream) replayFrom(from wire.Cursor) {
 func (s *Stream) startAt(pos wire.Cursor) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.catching.from = pos
+	if s.catching != nil {
+		s.catching.from = pos
+	}
 	s.last = pos
 }
 
@@ -233,11 +235,14 @@ func (s *Stream) startAt(pos wire.Cursor) {
 func (s *Stream) goLive(pos wire.Cursor, gen uint64) (live, held bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.catching.gen != gen {
+	if s.gen != gen {
 		return false, true
 	}
-	events := s.catching.held
-	s.catching = catchUp{gen: gen}
+	var events []heldEvent
+	if s.catching != nil {
+		events = s.catching.held
+	}
+	s.catching = nil
 	s.last = s.last.Max(pos)
 	held = true
 	for _, e := range events {
@@ -254,10 +259,10 @@ func (s *Stream) goLive(pos wire.Cursor, gen uint64) (live, held bool) {
 func (s *Stream) offerReset(reset []byte, pos wire.Cursor) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ending != "" || s.catching.on {
+	if s.ending != "" || s.catching != nil {
 		return true
 	}
-	if len(s.queue) >= s.limits.events || s.queued+len(reset) > s.limits.bytes {
+	if len(s.queue) >= s.hub.opts.QueueEvents || s.queued+len(reset) > s.hub.opts.QueueBytes {
 		return false
 	}
 	s.queue = append(s.queue, reset)
@@ -301,11 +306,15 @@ func (s *Stream) stop(reason string, final []byte, mode endMode) bool {
 		return false
 	}
 	s.ending, s.final = reason, final
-	close(s.done)
+	if s.done != nil {
+		close(s.done)
+	}
 	if mode == dropQueued {
 		s.queue, s.queued = nil, 0
 	}
-	s.catching.held, s.catching.size = nil, 0
+	if s.catching != nil {
+		s.catching.held, s.catching.size = nil, 0
+	}
 	s.mu.Unlock()
 	s.signal()
 	return true
@@ -318,15 +327,33 @@ func (s *Stream) ended() string {
 	return s.ending
 }
 
-// signal wakes the stream's writer: its loop, or its goroutine.
+// doneChan returns a channel closed once the stream is ending. It is made
+// on the first call: few streams ever wait on it.
+func (s *Stream) doneChan() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done == nil {
+		s.done = make(chan struct{})
+		if s.ending != "" {
+			close(s.done)
+		}
+	}
+	return s.done
+}
+
+// signal wakes the stream's writer: its loop, or its goroutine. With
+// neither (on a seam, or before its writer started) there is nobody to
+// wake: the writer takes the queue when it starts, or on its loop.
 func (s *Stream) signal() {
 	if c := s.onLoop.Load(); c != nil {
 		c.ready()
 		return
 	}
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	if w := s.wake.Load(); w != nil {
+		select {
+		case *w <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -346,5 +373,5 @@ func (s *Stream) take(spare [][]byte) (batch [][]byte, ending string, rewind boo
 		}
 		return batch, s.ending, false
 	}
-	return batch, "", s.catching.on
+	return batch, "", s.catching != nil
 }

@@ -70,6 +70,11 @@ type sink interface {
 // then queued frames written together, with one system call, so a stream
 // that fell behind catches up in few.
 func (s *Stream) serve(ctx context.Context, out sink, opts WriteOptions) string {
+	// Made here, not with the stream: a stream on a loop has none. The
+	// first wake-up takes whatever was queued or ended before.
+	wake := make(chan struct{}, 1)
+	wake <- struct{}{}
+	s.wake.Store(&wake)
 	if why := s.hub.opening(ctx, s, out); why != "" {
 		return why
 	}
@@ -80,7 +85,7 @@ func (s *Stream) serve(ctx context.Context, out sink, opts WriteOptions) string 
 	lastWrite := time.Now()
 	var spare [][]byte // the queue's other half: taking the queue allocates nothing
 	delivered := 0     // added to the shared counter now and then, not per batch
-	defer func() { s.delivered.Add(float64(delivered)) }()
+	defer func() { s.hub.metrics.Delivered.Add(float64(delivered)) }()
 	for {
 		var batch [][]byte
 		ending, beat, rewind := "", false, false
@@ -95,9 +100,9 @@ func (s *Stream) serve(ctx context.Context, out sink, opts WriteOptions) string 
 				continue
 			}
 			batch, beat = [][]byte{wire.Heartbeat}, true
-			s.delivered.Add(float64(delivered))
+			s.hub.metrics.Delivered.Add(float64(delivered))
 			delivered = 0
-		case <-s.wake:
+		case <-wake:
 			batch, ending, rewind = s.take(spare)
 		}
 		n := len(batch)
@@ -109,7 +114,7 @@ func (s *Stream) serve(ctx context.Context, out sink, opts WriteOptions) string 
 		}
 		if !beat {
 			if delivered += n; delivered >= 256 {
-				s.delivered.Add(float64(delivered))
+				s.hub.metrics.Delivered.Add(float64(delivered))
 				delivered = 0
 			}
 			clear(batch) // drop the frames, keep the array

@@ -1,0 +1,111 @@
+package stream
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// members lists a set's streams.
+func (set streamSet) members() []*Stream {
+	var out []*Stream
+	if set.one != nil {
+		out = append(out, set.one)
+	}
+	for s := range set.many {
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestStreamSet: a set holds its one stream inline, grows into a map at a
+// second and goes back to inline when one is left.
+func TestStreamSet(t *testing.T) {
+	a, b, c := &Stream{User: "a"}, &Stream{User: "b"}, &Stream{User: "c"}
+	var set streamSet
+	check := func(want ...*Stream) {
+		t.Helper()
+		got := set.members()
+		if len(got) != len(want) {
+			t.Fatalf("set holds %d streams, want %d", len(got), len(want))
+		}
+		for _, s := range want {
+			if !slices.Contains(got, s) {
+				t.Fatalf("set lacks %s", s.User)
+			}
+		}
+		if len(want) == 1 && (set.one == nil || set.many != nil) {
+			t.Fatal("a set of one stream holds a map")
+		}
+	}
+	set.add(a)
+	check(a)
+	if set.remove(b) {
+		t.Fatal("removing a stream it does not hold emptied the set")
+	}
+	check(a)
+	set.add(b)
+	set.add(c)
+	check(a, b, c)
+	if set.remove(a) {
+		t.Fatal("empty with two streams left")
+	}
+	check(b, c)
+	set.remove(b)
+	check(c)
+	set.add(a)
+	check(a, c)
+	set.remove(c)
+	if !set.remove(a) {
+		t.Fatal("not empty with no stream left")
+	}
+	check()
+}
+
+// TestUserChannelSets: a user's channel reaches each of the user's streams
+// once as they open and close, and is unsubscribed with the last.
+func TestUserChannelSets(t *testing.T) {
+	h, cmds := newTestHub(t, testOpts)
+	user := wire.UserChannel("u")
+	held := func(s *Stream) int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.catching.held) // no writer: a stream holds what it gets
+	}
+	var open []*Stream
+	for n := range 3 {
+		s, err := h.Open(context.Background(), Spec{User: "u", Session: "k"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, s)
+		h.Publish(user, live(`{"n":1}`), nil)
+		for i, s := range open {
+			if got, want := held(s), n+1-i; got != want {
+				t.Fatalf("stream %d of %d holds %d events, want %d", i, len(open), got, want)
+			}
+		}
+	}
+	for len(open) > 0 {
+		h.Close(open[0], ReasonClient)
+		open = open[1:]
+		before := make([]int, len(open))
+		for i, s := range open {
+			before[i] = held(s)
+		}
+		h.Publish(user, live(`{"n":2}`), nil)
+		for i, s := range open {
+			if held(s) != before[i]+1 {
+				t.Fatalf("stream %d of %d: %d events held, want %d", i, len(open), held(s), before[i]+1)
+			}
+		}
+	}
+	if left := cmds.subscribed(); len(left) != 0 {
+		t.Fatalf("subscribed with no stream: %v", left)
+	}
+	if len(h.users) != 0 || len(h.sessions) != 0 || len(h.allChannels()) != 0 {
+		t.Fatal("the hub still knows closed streams")
+	}
+}
