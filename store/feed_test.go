@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -94,5 +95,76 @@ func TestFeedConnectedAfterReplacedBehindItsBack(t *testing.T) {
 	}
 	if g := <-delivered; g.body != "after" || g.connected != 2 {
 		t.Fatalf("after the connection was replaced: delivered %q after %d calls of connected, want after, 2: the gap is never recovered", g.body, g.connected)
+	}
+}
+
+// TestFeedSubscribeThatReconnects: a Subscribe that meets a dead
+// connection makes go-redis dial and resubscribe inside the call, from its
+// set as it was before the call: the new channel is not in it. The feed
+// must still be subscribed to the channel once a later Sync returns (a
+// second stream of the user attached meanwhile relies on it).
+func TestFeedSubscribeThatReconnects(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := redistest.Start(t)
+	rdb, admin := srv.Client(), srv.Client()
+	feed := store.NewFeed(rdb, "sse:", time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil)), store.NewFeedMetrics(prometheus.NewRegistry()))
+	if err := feed.Subscribe("room:a"); err != nil {
+		t.Fatal(err)
+	}
+	delivered := make(chan string, 16)
+	gate := make(chan struct{})
+	deliver := func(_ string, m wire.Message, _ error) {
+		delivered <- string(m.Body)
+		if string(m.Body) == "busy" {
+			<-gate
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		feed.Run(ctx, deliver, func(context.Context) {})
+	}()
+	defer func() { cancel(); <-done }()
+	if err := feed.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Publish(ctx, "sse:room:a", "busy").Err(); err != nil {
+		t.Fatal(err)
+	}
+	<-delivered
+	if err := admin.Do(ctx, "client", "kill", "type", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The first writes may still go out (the socket has only a FIN): a
+	// new channel each time, so that the one whose SUBSCRIBE failed is new.
+	var err error
+	bob := ""
+	for i := 0; i < 100 && err == nil; i++ {
+		bob = fmt.Sprintf("user:bob%d", i)
+		err = feed.Subscribe(bob)
+	}
+	if err == nil {
+		t.Fatal("every SUBSCRIBE on the killed connection went through")
+	}
+	close(gate)
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	defer scancel()
+	for {
+		if err := feed.Sync(sctx); err == nil {
+			break
+		} else if !errors.Is(err, store.ErrFeedLost) {
+			t.Fatal(err)
+		}
+	}
+	// One connection delivers in publish order: bob's message comes
+	// before the room's, or not at all.
+	for _, p := range [][2]string{{"sse:" + bob, "to-bob"}, {"sse:room:a", "to-room"}} {
+		if err := admin.Publish(ctx, p[0], p[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := <-delivered; got != "to-bob" {
+		t.Fatalf("after Sync returned: delivered %q first, want to-bob: %s is not subscribed on the new connection", got, bob)
 	}
 }
