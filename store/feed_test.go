@@ -6,116 +6,46 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/ssebridge/ssebridge/internal/redistest"
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
-// TestFeedConnectedAfterReplacedBehindItsBack: go-redis replaces a dead
-// pub/sub connection from whichever call meets the failure, not only from
-// the feed's read. If the connection dies while the feed is busy
-// delivering (exactly when Redis drops a slow subscriber: its output
-// buffer limit) and a stream's Subscribe or Sync meets the dead socket
-// first, go-redis dials and resubscribes there; the feed's next read is on
-// the new connection and never sees an error. connected must still run
-// before anything the new connection delivers: what was published in the
-// gap is recovered only there.
-func TestFeedConnectedAfterReplacedBehindItsBack(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv := redistest.Start(t)
-	rdb, admin := srv.Client(), srv.Client()
-	feed := store.NewFeed(rdb, "sse:", time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil)), store.NewFeedMetrics(prometheus.NewRegistry()))
-	if err := feed.Subscribe("room:a"); err != nil {
-		t.Fatal(err)
-	}
-
-	type got struct {
-		body      string
-		connected int32
-	}
-	var connected atomic.Int32
-	delivered := make(chan got, 16)
-	gate := make(chan struct{})
-	deliver := func(_ string, m wire.Message, _ error) {
-		delivered <- got{string(m.Body), connected.Load()}
-		if string(m.Body) == "busy" {
-			<-gate // the feed is busy elsewhere: nobody reads the connection
-		}
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		feed.Run(ctx, deliver, func(context.Context) { connected.Add(1) })
-	}()
-	defer func() { cancel(); <-done }()
-	if err := feed.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-
-	if err := admin.Publish(ctx, "sse:room:a", "busy").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if g := <-delivered; g.body != "busy" || g.connected != 1 {
-		t.Fatalf("first delivery %+v, want busy after one connected", g)
-	}
-	// Redis drops the subscriber while the feed is inside deliver.
-	if err := admin.Do(ctx, "client", "kill", "type", "pubsub").Err(); err != nil {
-		t.Fatal(err)
-	}
-	// A stream subscribes meanwhile: the first write may still go out (the
-	// socket has only a FIN), a later one fails and go-redis reconnects.
-	var err error
-	for i := 0; i < 100 && err == nil; i++ {
-		err = feed.Subscribe("user:bob")
-	}
-	if err == nil {
-		t.Fatal("every SUBSCRIBE on the killed connection went through")
-	}
-	// Whatever was published between the kill and the new SUBSCRIBE is
-	// recovered only if connected runs again.
-	close(gate)
-	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-	defer scancel()
-	for {
-		if err := feed.Sync(sctx); err == nil {
-			break
-		} else if !errors.Is(err, store.ErrFeedLost) {
-			t.Fatal(err)
-		}
-	}
-	if err := admin.Publish(ctx, "sse:room:a", "after").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if g := <-delivered; g.body != "after" || g.connected != 2 {
-		t.Fatalf("after the connection was replaced: delivered %q after %d calls of connected, want after, 2: the gap is never recovered", g.body, g.connected)
-	}
+// delivery is what a feed handed on, with how many times connected had
+// run by then.
+type delivery struct {
+	body      string
+	connected int32
 }
 
-// TestFeedSubscribeThatReconnects: a Subscribe that meets a dead
-// connection makes go-redis dial and resubscribe inside the call, from its
-// set as it was before the call: the new channel is not in it. The feed
-// must still be subscribed to the channel once a later Sync returns (a
-// second stream of the user attached meanwhile relies on it).
-func TestFeedSubscribeThatReconnects(t *testing.T) {
+// replacedFeed runs a feed subscribed to room:a, kills its connection
+// while the feed is inside deliver (busy elsewhere: nobody reads the
+// connection), then subscribes new channels until go-redis has made a new
+// connection from within one of those calls, and lets the feed read
+// again. It returns the deliveries from then on and the channel whose
+// SUBSCRIBE met the dead connection.
+func replacedFeed(t *testing.T) (ctx context.Context, admin *redis.Client, feed *store.Feed, delivered <-chan delivery, met string) {
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	srv := redistest.Start(t)
 	rdb, admin := srv.Client(), srv.Client()
-	feed := store.NewFeed(rdb, "sse:", time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil)), store.NewFeedMetrics(prometheus.NewRegistry()))
+	feed = store.NewFeed(rdb, "sse:", time.Minute, slog.New(slog.NewTextHandler(io.Discard, nil)), store.NewFeedMetrics(prometheus.NewRegistry()))
 	if err := feed.Subscribe("room:a"); err != nil {
 		t.Fatal(err)
 	}
-	delivered := make(chan string, 16)
+	var connected atomic.Int32
+	out := make(chan delivery, 16)
 	gate := make(chan struct{})
+	var open sync.Once
 	deliver := func(_ string, m wire.Message, _ error) {
-		delivered <- string(m.Body)
+		out <- delivery{string(m.Body), connected.Load()}
 		if string(m.Body) == "busy" {
 			<-gate
 		}
@@ -123,31 +53,37 @@ func TestFeedSubscribeThatReconnects(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		feed.Run(ctx, deliver, func(context.Context) {})
+		feed.Run(ctx, deliver, func(context.Context) { connected.Add(1) })
 	}()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { open.Do(func() { close(gate) }); cancel(); <-done })
 	if err := feed.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := admin.Publish(ctx, "sse:room:a", "busy").Err(); err != nil {
 		t.Fatal(err)
 	}
-	<-delivered
+	if d := <-out; d.body != "busy" || d.connected != 1 {
+		t.Fatalf("first delivery %+v, want busy after one connected", d)
+	}
 	if err := admin.Do(ctx, "client", "kill", "type", "pubsub").Err(); err != nil {
 		t.Fatal(err)
 	}
-	// The first writes may still go out (the socket has only a FIN): a
-	// new channel each time, so that the one whose SUBSCRIBE failed is new.
-	var err error
-	bob := ""
-	for i := 0; i < 100 && err == nil; i++ {
-		bob = fmt.Sprintf("user:bob%d", i)
-		err = feed.Subscribe(bob)
+	// The first writes still go out (the socket has only had a FIN); one
+	// fails, and go-redis dials and resubscribes inside that call. A new
+	// channel each time, so that the one that met the dead socket is new.
+	for i := 0; ; i++ {
+		if i == 100 {
+			t.Fatal("no new pub/sub connection after 100 SUBSCRIBEs")
+		}
+		met = fmt.Sprintf("user:bob%d", i)
+		_ = feed.Subscribe(met)
+		if clients, err := admin.Do(ctx, "client", "list", "type", "pubsub").Text(); err != nil {
+			t.Fatal(err)
+		} else if clients != "" {
+			break
+		}
 	}
-	if err == nil {
-		t.Fatal("every SUBSCRIBE on the killed connection went through")
-	}
-	close(gate)
+	open.Do(func() { close(gate) })
 	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
 	defer scancel()
 	for {
@@ -157,6 +93,36 @@ func TestFeedSubscribeThatReconnects(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return ctx, admin, feed, out, met
+}
+
+// TestFeedConnectedAfterReplacedBehindItsBack: go-redis replaces a dead
+// pub/sub connection from whichever call meets the failure, not only from
+// the feed's read. If the connection dies while the feed is busy
+// delivering (as when Redis drops a slow subscriber at its output buffer
+// limit) and a stream's Subscribe or Sync meets the dead socket first,
+// go-redis dials and resubscribes there; the feed's next read is on the
+// new connection and never sees an error. connected must still run
+// before anything the new connection delivers: what was published in the
+// gap is recovered only there.
+func TestFeedConnectedAfterReplacedBehindItsBack(t *testing.T) {
+	ctx, admin, _, delivered, _ := replacedFeed(t)
+	if err := admin.Publish(ctx, "sse:room:a", "after").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := <-delivered; d.body != "after" || d.connected != 2 {
+		t.Fatalf("after the connection was replaced: delivered %q after %d calls of connected, want after, 2: the gap is never recovered", d.body, d.connected)
+	}
+}
+
+// TestFeedSubscribeThatReconnects: a Subscribe that meets a dead
+// connection makes go-redis dial and resubscribe inside the call, from its
+// set as it was before the call: the new channel is not in it. The feed
+// must still be subscribed to the channel once a later Sync returns (a
+// second stream of the user attached meanwhile relies on it, and so does
+// a join, which does not end the stream when its Subscribe fails).
+func TestFeedSubscribeThatReconnects(t *testing.T) {
+	ctx, admin, _, delivered, bob := replacedFeed(t)
 	// One connection delivers in publish order: bob's message comes
 	// before the room's, or not at all.
 	for _, p := range [][2]string{{"sse:" + bob, "to-bob"}, {"sse:room:a", "to-room"}} {
@@ -164,7 +130,7 @@ func TestFeedSubscribeThatReconnects(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := <-delivered; got != "to-bob" {
-		t.Fatalf("after Sync returned: delivered %q first, want to-bob: %s is not subscribed on the new connection", got, bob)
+	if d := <-delivered; d.body != "to-bob" {
+		t.Fatalf("after Sync returned: delivered %q first, want to-bob: %s is not subscribed on the new connection", d.body, bob)
 	}
 }
