@@ -35,7 +35,13 @@ func (f *partFeed) subscribe(name string) error {
 		f.channels[name] = struct{}{}
 		f.c.metrics.Channels.Inc()
 	}
-	return f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
+	err := f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
+	if err != nil {
+		// go-redis resubscribed inside the failed call without name:
+		// once more (see Feed.Subscribe).
+		err = f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
+	}
+	return err
 }
 
 func (f *partFeed) unsubscribe(name string) {

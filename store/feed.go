@@ -96,7 +96,15 @@ func (f *Feed) Subscribe(names ...string) error {
 		full[i] = f.prefix + n
 	}
 	f.metrics.Channels.Set(float64(len(f.channels)))
-	return f.ps.Subscribe(context.Background(), full...)
+	err := f.ps.Subscribe(context.Background(), full...)
+	if err != nil {
+		// A write that failed has go-redis dial and resubscribe inside
+		// the call, from its set as it was before these channels: once
+		// more puts them on the new connection (or, if Redis is still
+		// away, in the set the next one resubscribes).
+		err = f.ps.Subscribe(context.Background(), full...)
+	}
+	return err
 }
 
 // Unsubscribe unsubscribes from channels.

@@ -126,6 +126,16 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 			continue
 		}
 		backoff.reset()
+		if c.connected.Load() && resubscribed(msg) {
+			// go-redis made a new connection from a call that met the old
+			// one dead (a Subscribe, a Sync) while this loop was not
+			// reading: no error came here, but the gap is the same.
+			c.connected.Store(false)
+			h.metrics.Reconnects.Inc()
+			h.log.Warn("redis pub/sub connection lost and made again meanwhile; streams stay open")
+			c.barrier.releaseAll(ErrFeedLost)
+			_ = h.lost(ctx, errors.New("connection replaced")) // already made again: no redial
+		}
 		if !c.connected.Swap(true) {
 			h.up(ctx)
 		}
@@ -149,6 +159,15 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 			}
 		}
 	}
+}
+
+// resubscribed reports whether msg is the first reply on a new
+// connection: go-redis resubscribes every channel in one command, and the
+// count in the first confirmation is 1. (An existing connection does not
+// answer 1: the feed keeps the control channel, a partition its own.)
+func resubscribed(msg any) bool {
+	s, ok := msg.(*redis.Subscription)
+	return ok && s.Count == 1 && (s.Kind == "subscribe" || s.Kind == "ssubscribe")
 }
 
 // refreshMarker reads the marker again, at most once a second (a flood of
