@@ -52,3 +52,46 @@ func TestReadResetsWhenTrimmedBetweenPages(t *testing.T) {
 		t.Fatalf("next page after a trim past its cursor: reset %q, %d events; want reset %q", next.Reset, len(next.Events), wire.ResetTrimmed)
 	}
 }
+
+// TestReadNoResetWhenTrimmedOnlyPastTheBound: a replay's later page must
+// not say reset because a busy channel was trimmed of events published
+// after the bound (they arrive live): none of the events up to the bound
+// is lost. Here the busy channel has nothing left before the bound, a
+// quiet channel has one event, and the busy one is trimmed meanwhile.
+func TestReadNoResetWhenTrimmedOnlyPastTheBound(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client()
+	const maxlen = 10
+	h := store.NewHistory(rdb, "sse:", maxlen, 1<<16, time.Hour)
+	if _, err := h.Configure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start, err := h.Position(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(ch string, n int) {
+		for i := range n {
+			if _, err := h.Publish(ctx, ch, fmt.Appendf(nil, `{"event":"n","data":%d}`, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish("room:busy", 1)
+	publish("room:quiet", 1)
+	channels := []string{"room:busy", "room:quiet"}
+	first, err := h.Read(ctx, channels, []wire.Cursor{start, start}, wire.Cursor{}, 1)
+	if err != nil || first.Reset != "" || len(first.Events) != 1 || !first.More {
+		t.Fatalf("first page: %d events, more %v, reset %q, err %v; want 1 event and more", len(first.Events), first.More, first.Reset, err)
+	}
+	horizon := first.Events[0].Cursor // the busy channel's only event up to the bound
+	// Published after the bound, and trimmed: none of it is the replay's.
+	publish("room:busy", 2*maxlen)
+	next, err := h.Read(ctx, channels, []wire.Cursor{horizon, horizon}, first.Position, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Reset != "" || len(next.Events) != 1 || next.Events[0].Channel != "room:quiet" {
+		t.Fatalf("next page: reset %q, %d events; want the quiet channel's event and no reset", next.Reset, len(next.Events))
+	}
+}
