@@ -192,7 +192,8 @@ const pageEvents = 1000
 // the cursors cannot be honoured (Page.Reset): another epoch, a position
 // Redis has not reached, older than the retention, or trimmed past. Each
 // page is one script call, atomic; pages read up to the same until add up
-// to one consistent snapshot.
+// to one consistent snapshot, if each reads only the channels the one
+// before left unfinished (Page.Finished).
 func (h *History) Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error) {
 	if len(after) != len(channels) {
 		return wire.Page{}, fmt.Errorf("reading history: %d cursors for %d channels", len(after), len(channels))
@@ -210,14 +211,15 @@ func (h *History) Read(ctx context.Context, channels []string, after []wire.Curs
 	if err != nil {
 		return wire.Page{}, fmt.Errorf("reading history: %w", err)
 	}
-	if len(res) != 5 {
-		return wire.Page{}, fmt.Errorf("reading history: %d values from the script, want 5", len(res))
+	if len(res) != 6 {
+		return wire.Page{}, fmt.Errorf("reading history: %d values from the script, want 6", len(res))
 	}
 	pos, _ := res[0].(string)
 	now, _ := res[1].(int64)
 	done, _ := res[2].(int64)
 	trimmed, _ := res[3].([]any)
 	flat, _ := res[4].([]any)
+	left, _ := res[5].([]any)
 
 	if pos == "" {
 		// Redis lost its data (or was never used): the cursors are from
@@ -242,6 +244,9 @@ func (h *History) Read(ctx context.Context, channels []string, after []wire.Curs
 	if !until.IsZero() {
 		p.Position = until
 	}
+	if p.More {
+		p.Finished = finished(channels, left)
+	}
 	for i := 0; i+2 < len(flat); i += 3 {
 		idx, _ := flat[i].(int64)
 		id, _ := flat[i+1].(string)
@@ -253,6 +258,23 @@ func (h *History) Read(ctx context.Context, channels []string, after []wire.Curs
 		p.Events = append(p.Events, wire.Durable{Cursor: c, Channel: channels[idx-1], Envelope: []byte(env)})
 	}
 	return p, nil
+}
+
+// finished returns the channels whose 1-based index is not in left.
+func finished(channels []string, left []any) []string {
+	has := make([]bool, len(channels))
+	for _, v := range left {
+		if i, ok := v.(int64); ok && i >= 1 && int(i) <= len(channels) {
+			has[i-1] = true
+		}
+	}
+	var out []string
+	for i, c := range channels {
+		if !has[i] {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // Active returns those of channels whose history holds events after

@@ -85,9 +85,13 @@ func TestReadNoResetWhenTrimmedOnlyPastTheBound(t *testing.T) {
 		t.Fatalf("first page: %d events, more %v, reset %q, err %v; want 1 event and more", len(first.Events), first.More, first.Reset, err)
 	}
 	horizon := first.Events[0].Cursor // the busy channel's only event up to the bound
+	if len(first.Finished) != 1 || first.Finished[0] != "room:busy" {
+		t.Fatalf("first page: finished %v, want room:busy (nothing of it left up to the bound)", first.Finished)
+	}
 	// Published after the bound, and trimmed: none of it is the replay's.
 	publish("room:busy", 2*maxlen)
-	next, err := h.Read(ctx, channels, []wire.Cursor{horizon, horizon}, first.Position, 1<<16)
+	// The next page reads what the first left unfinished.
+	next, err := h.Read(ctx, []string{"room:quiet"}, []wire.Cursor{horizon}, first.Position, 1<<16)
 	if err != nil {
 		t.Fatal(err)
 	}

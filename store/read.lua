@@ -6,12 +6,14 @@
 -- after:  per channel, the entry id ("<ms>-<n>") after which to read
 -- until:  the entry id up to which to read; "" on a first page: the cursor now
 --
--- Returns { cursor, now_ms, done, trimmed, events }:
+-- Returns { cursor, now_ms, done, trimmed, events, left }:
 --   cursor   the value of <prefix>cursor ("" if Redis has none: data lost)
 --   now_ms   the server's clock
 --   done     1 when every event up to until was returned
 --   trimmed  per channel, the id of the newest event trimmed from it, or ""
 --   events   flat: channel index (1-based), entry id, envelope, ...
+--   left     when done is 0, the indexes of the channels with events left up
+--            to until (the others need no later page)
 --
 -- A script runs atomically, and until bounds every read, so successive pages
 -- against the same until form one consistent snapshot. The page stops once
@@ -83,10 +85,11 @@ while true do
     end
   end
   if not best then
-    return { pos, now, 1, trimmed, events }
+    return { pos, now, 1, trimmed, events, {} }
   end
   if count >= maxEvents or bytes >= maxBytes then
-    return { pos, now, 0, trimmed, events }
+    -- active holds exactly the channels whose next entry is up to until.
+    return { pos, now, 0, trimmed, events, active }
   end
   local e = buf[best][at[best]]
   at[best] = at[best] + 1

@@ -381,9 +381,9 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 	if err != nil || len(channels) == 0 {
 		return err
 	}
-	after := make([]wire.Cursor, len(channels))
 	events := 0
 	for {
+		after := make([]wire.Cursor, len(channels))
 		for i := range after {
 			after[i] = from
 		}
@@ -412,6 +412,7 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 		if !page.More {
 			break
 		}
+		channels = without(channels, page.Finished)
 	}
 	h.saw(until)
 	h.metrics.Recovered.Add(float64(events))

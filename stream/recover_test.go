@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -55,5 +56,53 @@ func TestRecoverKeepsEventsPublishedDuringIt(t *testing.T) {
 	}
 	if ending != "" || strings.Join(got, " ") != "in-the-gap woke after" {
 		t.Fatalf("stream got %q (ending %q), want in-the-gap woke after, once each, in order", got, ending)
+	}
+}
+
+// pagedHistory returns one event a page, and with More the channels that
+// have nothing left up to the bound (as store.History does); it records
+// the channels of every read.
+type pagedHistory struct {
+	history
+	reads [][]string
+}
+
+func (p *pagedHistory) Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error) {
+	p.reads = append(p.reads, slices.Clone(channels))
+	page, err := p.history.Read(ctx, channels, after, until, maxBytes)
+	if len(page.Events) > 1 {
+		rest := page.Events[1:]
+		page.Events, page.More = page.Events[:1], true
+		for _, c := range channels {
+			if !slices.ContainsFunc(rest, func(ev wire.Durable) bool { return ev.Channel == c }) {
+				page.Finished = append(page.Finished, c)
+			}
+		}
+	}
+	return page, err
+}
+
+// TestReplaySkipsFinishedChannels: a replay's later pages read only the
+// channels an earlier page left unfinished. A finished channel would be
+// checked again, and a busy one trimmed meanwhile of events past the
+// bound (which arrive live) would reset the stream for nothing.
+func TestReplaySkipsFinishedChannels(t *testing.T) {
+	hist := &pagedHistory{history: history{now: wire.Cursor{Epoch: "e", MS: 10}}}
+	h := NewHub(&commands{t: t, subs: map[string]bool{}}, hist, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	hist.publish("room:busy", 20, "busy")
+	hist.publish("room:quiet", 30, "quiet")
+	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "t", Rooms: []string{"busy", "quiet"}, Resume: "e:10-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &frames{}
+	if why := h.opening(context.Background(), s, out); why != "" {
+		t.Fatalf("opening ended the stream: %s", why)
+	}
+	if got := strings.Join(out.out, ""); !strings.Contains(got, "data: busy\n") || !strings.Contains(got, "data: quiet\n") {
+		t.Fatalf("replay wrote %q, want both events", got)
+	}
+	if len(hist.reads) != 2 || !slices.Equal(hist.reads[1], []string{"room:quiet"}) {
+		t.Fatalf("reads %q: want the second page to read room:quiet alone", hist.reads)
 	}
 }

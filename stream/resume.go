@@ -150,6 +150,7 @@ func unsynced(base map[string]wire.Cursor, synced map[string]bool) bool {
 // a write failed.
 func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, horizon *wire.Cursor) (pos wire.Cursor, why string, ok bool) {
 	var until wire.Cursor
+	var finished []string // channels with nothing left up to until
 	total := 0
 	for {
 		if s.ended() != "" {
@@ -165,7 +166,7 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 		}
 		// Taken once the slot is had, however long that took: a room left
 		// meanwhile is not read.
-		channels := s.channelList()
+		channels := without(s.channelList(), finished)
 		after := make([]wire.Cursor, len(channels))
 		for i, c := range channels {
 			// Never before from: what the stream has was written in id
@@ -213,7 +214,26 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 		if !page.More {
 			return until, "", true
 		}
+		finished = append(finished, page.Finished...)
 	}
+}
+
+// without returns channels less those in drop.
+func without(channels, drop []string) []string {
+	if len(drop) == 0 {
+		return channels
+	}
+	skip := make(map[string]struct{}, len(drop))
+	for _, c := range drop {
+		skip[c] = struct{}{}
+	}
+	out := make([]string, 0, len(channels))
+	for _, c := range channels {
+		if _, ok := skip[c]; !ok {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // replaySlot waits for room among the replay pages in flight, so that a

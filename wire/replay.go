@@ -18,6 +18,11 @@ type Page struct {
 	// More is set when events up to Position remain: read again from the
 	// last event's cursor.
 	More bool
+	// Finished, with More, names channels of the read that have no event
+	// left up to Position: a later page need not read them, and must not
+	// check them (a busy channel trimmed since of events past Position,
+	// which arrive live, has lost nothing). nil: any may have events left.
+	Finished []string
 	// Reset says why the cursors cannot be honoured; "" when they can.
 	Reset string
 }
