@@ -24,11 +24,11 @@ import (
 // in order: run checks order across channels (one Redis: ids are totally
 // ordered), runCluster (cluster_test.go) per channel.
 type churn struct {
-	rdb      redis.Cmdable                         // where the sessions go
+	rdb      redis.Cmdable                        // where the sessions go
 	publish  func(channel, envelope string) error // a durable publish, as a backend does
-	retryFor time.Duration                         // how long a publish may keep failing; 10s if 0
-	grace    time.Duration                         // after publishing, for the streams to get what they are owed; 60s if 0
-	targets  func() []string                       // base URLs of the instances up now
+	retryFor time.Duration                        // how long a publish may keep failing; 10s if 0
+	grace    time.Duration                        // after publishing, for the streams to get what they are owed; 60s if 0
+	targets  func() []string                      // base URLs of the instances up now
 	streams  int
 	duration time.Duration // of publishing
 	faults   []fault
