@@ -78,15 +78,22 @@ func (a *app) awaitReady() {
 // session stores a session as the backend would and returns its token.
 func (a *app) session(user any, rooms ...string) string {
 	a.t.Helper()
+	token := fmt.Sprintf("tok-%v-%d", user, time.Now().UnixNano())
+	setSession(a.t, a.rdb, a.cfg.SessionPrefix+token, user, rooms...)
+	return token
+}
+
+// setSession stores a session of user with rooms at key (the prefix and
+// the token), for an hour, as the backend would.
+func setSession(t testing.TB, rdb redis.Cmdable, key string, user any, rooms ...string) {
+	t.Helper()
 	if rooms == nil {
 		rooms = []string{}
 	}
 	v, _ := json.Marshal(map[string]any{"user": user, "rooms": rooms})
-	token := fmt.Sprintf("tok-%v-%d", user, time.Now().UnixNano())
-	if err := a.rdb.Set(context.Background(), a.cfg.SessionPrefix+token, v, time.Hour).Err(); err != nil {
-		a.t.Fatal(err)
+	if err := rdb.Set(context.Background(), key, v, time.Hour).Err(); err != nil {
+		t.Fatal(err)
 	}
-	return token
 }
 
 func bearer(token string) http.Header {
@@ -106,6 +113,22 @@ func (a *app) open(token, query string) *ssetest.Stream {
 		a.t.Fatalf("want the ready event first, got %+v, %v", ev, err)
 	}
 	return s
+}
+
+// openReady opens GET /events at base (an instance's URL) with header h
+// and reads the ready event, which must come first and carry an id: the
+// position the stream starts at. The caller closes the stream.
+func openReady(ctx context.Context, base string, h http.Header) (*ssetest.Stream, string, error) {
+	s, err := ssetest.Open(ctx, base+"/events", h)
+	if err != nil {
+		return nil, "", fmt.Errorf("opening stream: %w", err)
+	}
+	ev, err := s.NextEvent(5 * time.Second)
+	if err != nil || ev.Event != "ready" || !ev.HasID {
+		s.Close()
+		return nil, "", fmt.Errorf("want the ready event, with an id, first; got %+v, %v", ev, err)
+	}
+	return s, ev.ID, nil
 }
 
 // refusal opens GET /events and wants a refusal.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,10 +21,14 @@ import (
 // churn is a bounded run in which streams keep dropping and resuming with
 // their last id while durable events are published, and faults happen. At
 // the end every stream must have every event of its channels exactly once,
-// in order.
+// in order: run checks order across channels (one Redis: ids are totally
+// ordered), runCluster (cluster_test.go) per channel.
 type churn struct {
-	rdb      *redis.Client
-	targets  func() []string // base URLs of the instances up now
+	rdb      redis.Cmdable                        // where the sessions go
+	publish  func(channel, envelope string) error // a durable publish, as a backend does
+	retryFor time.Duration                        // how long a publish may keep failing; 10s if 0
+	grace    time.Duration                        // after publishing, for the streams to get what they are owed; 60s if 0
+	targets  func() []string                      // base URLs of the instances up now
 	streams  int
 	duration time.Duration // of publishing
 	faults   []fault
@@ -47,17 +52,35 @@ type msg struct {
 	seq int
 }
 
-// run returns per-stream lost, duplicated and reset counts, after logging the totals.
-func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
-	ctx := context.Background()
-	channelsOf := func(i int) []string {
-		return []string{fmt.Sprintf("user:u%d", i%10), fmt.Sprintf("room:r%d", i%3), "broadcast"}
+// churnChannels are the channels a churn publishes on; churnChannelsOf(i)
+// those of stream i (session churn<i>).
+func churnChannels() []string {
+	all := []string{"broadcast", "room:r0", "room:r1", "room:r2"}
+	for u := range 10 {
+		all = append(all, fmt.Sprintf("user:u%d", u))
 	}
+	return all
+}
+
+func churnChannelsOf(i int) map[string]bool {
+	return map[string]bool{fmt.Sprintf("user:u%d", i%10): true, fmt.Sprintf("room:r%d", i%3): true, "broadcast": true}
+}
+
+// churned is what a churn saw: what was published, and what each stream got.
+type churned struct {
+	acked   []msg        // acknowledged publishes, in order
+	retried map[msg]bool // acknowledged after a failed try: maybe published twice
+	got     [][]delivery // per stream, as they arrived
+}
+
+// drive runs the churn: the publisher, the faults on their schedule and the
+// streams, until publishing has ended and every stream has every distinct
+// event it is owed (or the grace is over).
+func (c churn) drive(t *testing.T) churned {
+	ctx := context.Background()
+	retryFor, grace := cmp.Or(c.retryFor, 10*time.Second), cmp.Or(c.grace, 60*time.Second)
 	for i := range c.streams {
-		v := fmt.Sprintf(`{"user":"u%d","rooms":["r%d"]}`, i%10, i%3)
-		if err := c.rdb.Set(ctx, fmt.Sprintf("session:churn%d", i), v, time.Hour).Err(); err != nil {
-			t.Fatal(err)
-		}
+		setSession(t, c.rdb, fmt.Sprintf("session:churn%d", i), fmt.Sprintf("u%d", i%10), fmt.Sprintf("r%d", i%3))
 	}
 
 	// Each stream connects once before publishing starts, so every event
@@ -70,45 +93,45 @@ func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
 	last := make([]string, c.streams)
 	for i := range c.streams {
 		distinct[i] = map[msg]bool{}
-		s, err := ssetest.Open(ctx, c.targets()[0]+"/events", bearer(fmt.Sprintf("churn%d", i)))
+		ts := c.targets()
+		s, id, err := openReady(ctx, ts[i%len(ts)], bearer(fmt.Sprintf("churn%d", i)))
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("stream %d: %v", i, err)
 		}
-		ev, err := s.NextEvent(5 * time.Second)
-		if err != nil || ev.Event != "ready" || !ev.HasID {
-			t.Fatalf("stream %d: ready with an id: %+v %v", i, ev, err)
-		}
-		last[i] = ev.ID
+		last[i] = id
 		s.Close()
 	}
 
 	var (
 		mu      sync.Mutex
 		acked   []msg
+		retried = map[msg]bool{}
 		owed    = make([]int, c.streams) // set once publishing ends
 		settled atomic.Bool
 	)
 	var wg sync.WaitGroup
 	wg.Go(func() { // the publisher
-		all := []string{"broadcast", "room:r0", "room:r1", "room:r2"}
-		for u := range 10 {
-			all = append(all, fmt.Sprintf("user:u%d", u))
-		}
+		all := churnChannels()
 		end := time.Now().Add(c.duration)
 		for seq := 0; time.Now().Before(end); seq++ {
 			ch := all[rand.IntN(len(all))]
 			env := fmt.Sprintf(`{"event":"n","data":{"c":%q,"s":%d}}`, ch, seq)
-			for try := 0; ; try++ {
-				if _, err := evalPublish(c.rdb, ch, env); err == nil {
+			try := 0
+			for ; ; try++ {
+				if err := c.publish(ch, env); err == nil {
 					break
-				} else if try > 200 {
-					t.Errorf("publish failed for 10s: %v", err)
+				} else if time.Duration(try)*50*time.Millisecond > retryFor {
+					t.Errorf("publish on %s failed for %v: %v", ch, retryFor, err)
 					return
 				}
 				time.Sleep(50 * time.Millisecond) // Redis restarting: a backend would retry too
 			}
 			mu.Lock()
 			acked = append(acked, msg{ch, seq})
+			// A try whose reply was lost (Redis killed after it ran the
+			// script) may have published the event: the retry publishes
+			// it again, a second event with the same payload.
+			retried[msg{ch, seq}] = try > 0
 			mu.Unlock()
 			time.Sleep(time.Millisecond)
 		}
@@ -123,7 +146,7 @@ func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
 	})
 
 	var clients sync.WaitGroup
-	deadline := time.Now().Add(c.duration + 60*time.Second)
+	deadline := time.Now().Add(c.duration + grace)
 	for i := range c.streams {
 		clients.Go(func() {
 			for time.Now().Before(deadline) {
@@ -174,12 +197,8 @@ func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
 
 	wg.Wait()
 	mu.Lock()
-	published = len(acked)
 	for i := range c.streams {
-		mine := map[string]bool{}
-		for _, ch := range channelsOf(i) {
-			mine[ch] = true
-		}
+		mine := churnChannelsOf(i)
 		for _, m := range acked {
 			if mine[m.ch] {
 				owed[i]++
@@ -189,16 +208,19 @@ func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
 	mu.Unlock()
 	settled.Store(true)
 	clients.Wait()
+	return churned{acked: acked, retried: retried, got: got}
+}
 
+// run returns per-stream lost, duplicated and reset counts, after logging the totals.
+func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
+	r := c.drive(t)
+	published = len(r.acked)
 	twice := 0
 	for i := range c.streams {
-		mine := map[string]bool{}
-		for _, ch := range channelsOf(i) {
-			mine[ch] = true
-		}
+		mine := churnChannelsOf(i)
 		seen := map[msg]wire.Cursor{}
 		var prev wire.Cursor
-		for _, d := range got[i] {
+		for _, d := range r.got[i] {
 			if d.resets > 0 {
 				resets++
 				continue
@@ -215,7 +237,7 @@ func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
 			seen[m] = d.id
 			prev = d.id
 		}
-		for _, m := range acked {
+		for _, m := range r.acked {
 			if mine[m.ch] {
 				if _, ok := seen[m]; !ok {
 					lost++
@@ -231,7 +253,10 @@ func (c churn) run(t *testing.T) (lost, dup, resets, published, delivered int) {
 // TestResumeSeam: one instance, streams that drop and resume all the time.
 func TestResumeSeam(t *testing.T) {
 	a := startApp(t, nil, map[string]string{"MAX_STREAMS_PER_USER": "100"})
-	c := churn{rdb: a.rdb, targets: func() []string { return []string{a.url} }, streams: 10, duration: 3 * time.Second}
+	c := churn{
+		rdb: a.rdb, publish: func(ch, env string) error { _, err := evalPublish(a.rdb, ch, env); return err },
+		targets: func() []string { return []string{a.url} }, streams: 10, duration: 3 * time.Second,
+	}
 	lost, dup, resets, published, _ := c.run(t)
 	if lost != 0 || dup != 0 || resets != 0 || published == 0 {
 		t.Fatalf("lost %d, duplicated %d, resets %d (of %d published): want 0, 0, 0", lost, dup, resets, published)
@@ -245,6 +270,7 @@ func TestChaos(t *testing.T) {
 		t.Skip("-short: skipping the chaos run")
 	}
 	r := redistest.Start(t)
+	rdb := r.Client()
 	vars := map[string]string{"REDIS_URL": r.URL(), "MAX_STREAMS_PER_USER": "100", "HISTORY_MAXLEN": "100000"}
 	var mu sync.Mutex
 	procs := []*proc{startBinary(t, vars), startBinary(t, vars)}
@@ -260,7 +286,8 @@ func TestChaos(t *testing.T) {
 		return urls
 	}
 	c := churn{
-		rdb: r.Client(), targets: targets, streams: 50, duration: 10 * time.Second,
+		rdb: rdb, publish: func(ch, env string) error { _, err := evalPublish(rdb, ch, env); return err },
+		targets: targets, streams: 50, duration: 10 * time.Second,
 		faults: []fault{
 			{2 * time.Second, "Redis killed (SIGKILL) and restarted", r.Restart},
 			{5 * time.Second, "instance 2 killed with SIGKILL", func() {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -71,10 +70,7 @@ func TestClusterChaos(t *testing.T) {
 	rc := redistest.StartCluster(t, 3)
 	cc := rc.Client()
 	const parts = 16
-	all := []string{"broadcast", "room:r0", "room:r1", "room:r2"}
-	for u := range 10 {
-		all = append(all, fmt.Sprintf("user:u%d", u))
-	}
+	all := churnChannels()
 	nodes := map[string]map[string]bool{} // node → kinds of channel on it
 	for _, ch := range all {
 		n := nodeOf(t, rc, cc, ch, parts).Addr
@@ -104,8 +100,10 @@ func TestClusterChaos(t *testing.T) {
 	}
 	// The master of the broadcast channel: every stream has it.
 	victim := nodeOf(t, rc, cc, "broadcast", parts)
-	c := clusterChurn{
-		cc: cc, parts: parts, channels: all, targets: targets, streams: 30, duration: 10 * time.Second,
+	c := churn{
+		rdb: cc, publish: func(ch, env string) error { _, err := clusterPublish(cc, parts, ch, env); return err },
+		retryFor: 15 * time.Second, grace: 40 * time.Second,
+		targets: targets, streams: 30, duration: 10 * time.Second,
 		faults: []fault{
 			{2 * time.Second, "the broadcast channel's master killed (SIGKILL) and restarted with its data", func() {
 				victim.Stop()
@@ -126,171 +124,33 @@ func TestClusterChaos(t *testing.T) {
 			}},
 		},
 	}
-	lost, dup, disorder, resets, published, delivered := c.run(t)
+	lost, dup, disorder, resets, published, delivered := c.runCluster(t)
 	fmt.Printf("cluster chaos: published=%d delivered=%d lost=%d duplicated=%d out_of_order=%d resets=%d\n", published, delivered, lost, dup, disorder, resets)
 	if lost != 0 || dup != 0 || disorder != 0 || resets != 0 || published == 0 {
 		t.Fatalf("lost %d, duplicated %d, out of order %d, resets %d (of %d published): want none", lost, dup, disorder, resets, published)
 	}
 }
 
-// clusterChurn is chaos_test.go's churn for cluster mode: order is
-// checked per channel (ids are vectors, ordered per partition).
-type clusterChurn struct {
-	cc       *redis.ClusterClient
-	parts    int
-	channels []string
-	targets  func() []string
-	streams  int
-	duration time.Duration
-	faults   []fault
-}
-
-func (c clusterChurn) run(t *testing.T) (lost, dup, disorder, resets, published, delivered int) {
-	ctx := context.Background()
-	channelsOf := func(i int) []string {
-		return []string{fmt.Sprintf("user:u%d", i%10), fmt.Sprintf("room:r%d", i%3), "broadcast"}
-	}
-	for i := range c.streams {
-		v := fmt.Sprintf(`{"user":"u%d","rooms":["r%d"]}`, i%10, i%3)
-		if err := c.cc.Set(ctx, fmt.Sprintf("session:churn%d", i), v, time.Hour).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := make([][]msg, c.streams)
-	gotResets := make([]int, c.streams)
-	last := make([]string, c.streams)
-	for i := range c.streams {
-		s, err := ssetest.Open(ctx, c.targets()[i%2%len(c.targets())]+"/events", bearer(fmt.Sprintf("churn%d", i)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ev, err := s.NextEvent(5 * time.Second)
-		if err != nil || ev.Event != "ready" || !ev.HasID {
-			t.Fatalf("stream %d: ready with an id: %+v %v", i, ev, err)
-		}
-		last[i] = ev.ID
-		s.Close()
-	}
-
-	var (
-		mu      sync.Mutex
-		acked   []msg
-		retried = map[msg]bool{} // published after a failed try: maybe twice
-		owed    = make([]int, c.streams)
-		settled atomic.Bool
-	)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		end := time.Now().Add(c.duration)
-		for seq := 0; time.Now().Before(end); seq++ {
-			ch := c.channels[rand.IntN(len(c.channels))]
-			env := fmt.Sprintf(`{"event":"n","data":{"c":%q,"s":%d}}`, ch, seq)
-			try := 0
-			for ; ; try++ {
-				if _, err := clusterPublish(c.cc, c.parts, ch, env); err == nil {
-					break
-				} else if try > 300 {
-					t.Errorf("publish failed for 15s: %v", err)
-					return
-				}
-				time.Sleep(50 * time.Millisecond) // a master restarting: a backend would retry too
-			}
-			mu.Lock()
-			acked = append(acked, msg{ch, seq})
-			// A try whose reply was lost (the master killed after it
-			// ran the script) may have published the event: the retry
-			// publishes it again, a second event with the same payload.
-			retried[msg{ch, seq}] = try > 0
-			mu.Unlock()
-			time.Sleep(time.Millisecond)
-		}
-	})
-	wg.Go(func() {
-		start := time.Now()
-		for _, f := range c.faults {
-			time.Sleep(time.Until(start.Add(f.at)))
-			t.Logf("fault at %v: %s", time.Since(start).Round(time.Millisecond), f.what)
-			f.do()
-		}
-	})
-
-	var clients sync.WaitGroup
-	deadline := time.Now().Add(c.duration + 40*time.Second)
-	for i := range c.streams {
-		clients.Go(func() {
-			for time.Now().Before(deadline) {
-				if settled.Load() && len(got[i]) >= owed[i] {
-					return
-				}
-				ts := c.targets()
-				h := bearer(fmt.Sprintf("churn%d", i))
-				h.Set("Last-Event-ID", last[i])
-				s, err := ssetest.Open(ctx, ts[rand.IntN(len(ts))]+"/events", h)
-				if err != nil {
-					time.Sleep(time.Duration(20+rand.IntN(80)) * time.Millisecond)
-					continue
-				}
-				keep := time.Now().Add(time.Duration(50+rand.IntN(700)) * time.Millisecond)
-				for time.Now().Before(keep) || settled.Load() && len(got[i]) < owed[i] {
-					ev, err := s.Next(200 * time.Millisecond)
-					if err == ssetest.ErrTimeout {
-						if settled.Load() && len(got[i]) >= owed[i] {
-							break
-						}
-						continue
-					}
-					if err != nil {
-						break
-					}
-					if ev.HasID {
-						last[i] = ev.ID
-					}
-					switch ev.Event {
-					case "reset":
-						gotResets[i]++
-					case "n":
-						var d struct {
-							C string
-							S int
-						}
-						_ = json.Unmarshal([]byte(ev.Data), &d)
-						got[i] = append(got[i], msg{d.C, d.S})
-					}
-				}
-				s.Close()
-			}
-		})
-	}
-	wg.Wait()
-	mu.Lock()
-	published = len(acked)
-	for i := range c.streams {
-		mine := map[string]bool{}
-		for _, ch := range channelsOf(i) {
-			mine[ch] = true
-		}
-		for _, m := range acked {
-			if mine[m.ch] {
-				owed[i]++
-			}
-		}
-	}
-	mu.Unlock()
-	settled.Store(true)
-	clients.Wait()
-
+// runCluster is churn.run for cluster mode: order is checked per channel
+// (ids are vectors, ordered per partition), and an event a retried publish
+// sent twice may arrive twice.
+func (c churn) runCluster(t *testing.T) (lost, dup, disorder, resets, published, delivered int) {
+	r := c.drive(t)
+	published = len(r.acked)
 	twice := 0
 	for i := range c.streams {
-		mine := map[string]bool{}
-		for _, ch := range channelsOf(i) {
-			mine[ch] = true
-		}
+		mine := churnChannelsOf(i)
 		seen := map[msg]int{}
 		prev := map[string]int{}
-		for _, m := range got[i] {
+		for _, d := range r.got[i] {
+			if d.resets > 0 {
+				resets++
+				continue
+			}
 			delivered++
+			m := msg{d.ch, d.seq}
 			if seen[m]++; seen[m] > 1 {
-				if seen[m] == 2 && retried[m] {
+				if seen[m] == 2 && r.retried[m] {
 					twice++ // published twice, not delivered twice
 				} else {
 					dup++
@@ -303,12 +163,11 @@ func (c clusterChurn) run(t *testing.T) (lost, dup, disorder, resets, published,
 			}
 			prev[m.ch] = m.seq
 		}
-		for _, m := range acked {
+		for _, m := range r.acked {
 			if mine[m.ch] && seen[m] == 0 {
 				lost++
 			}
 		}
-		resets += gotResets[i]
 	}
 	t.Logf("cluster churn: %d streams, %d events published, %d deliveries, %d lost, %d duplicated, %d resets; %d deliveries of events a retried publish sent twice",
 		c.streams, published, delivered, lost, dup, resets, twice)
@@ -319,23 +178,77 @@ func (c clusterChurn) run(t *testing.T) (lost, dup, disorder, resets, published,
 // instance at url, and waits for its ready event.
 func openCluster(t *testing.T, cc *redis.ClusterClient, url, user string, rooms ...string) *ssetest.Stream {
 	t.Helper()
-	if rooms == nil {
-		rooms = []string{}
-	}
-	v, _ := json.Marshal(map[string]any{"user": user, "rooms": rooms})
 	token := fmt.Sprintf("tok-%s-%d", user, time.Now().UnixNano())
-	if err := cc.Set(context.Background(), "session:"+token, v, time.Hour).Err(); err != nil {
+	setSession(t, cc, "session:"+token, user, rooms...)
+	s, _, err := openReady(context.Background(), url, bearer(token))
+	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := ssetest.Open(context.Background(), url+"/events", bearer(token))
-	if err != nil {
-		t.Fatal("opening stream:", err)
-	}
 	t.Cleanup(s.Close)
-	if ev, err := s.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
-		t.Fatalf("want the ready event first, got %+v, %v", ev, err)
-	}
 	return s
+}
+
+// resumer is one client's stream that, as EventSource does, opens again
+// with the last id it saw whenever the server ends it.
+type resumer struct {
+	ctx   context.Context
+	url   string // the instance's
+	token string
+	last  string          // the id to resume from
+	cur   *ssetest.Stream // nil between streams
+	opens int
+}
+
+// openResumer stores a session of alice in the lobby at session:<token>,
+// opens its first stream and reads the ready event: the stream starts
+// there, so every event published afterwards is owed to it.
+func openResumer(t *testing.T, cc *redis.ClusterClient, url, token string) *resumer {
+	t.Helper()
+	setSession(t, cc, "session:"+token, "alice", "lobby")
+	ctx := context.Background()
+	s, id, err := openReady(ctx, url, bearer(token))
+	if err != nil {
+		t.Fatalf("the first stream: %v", err)
+	}
+	r := &resumer{ctx: ctx, url: url, token: token, last: id, cur: s, opens: 1}
+	t.Cleanup(r.drop)
+	return r
+}
+
+// next reads the next event within d (heartbeats skipped), first opening a
+// stream from the last id if none is open. An error other than a timeout
+// ends the stream; a refused open is returned after a pause, as a
+// browser's retry waits.
+func (r *resumer) next(d time.Duration) (ssetest.Event, error) {
+	if r.cur == nil {
+		h := bearer(r.token)
+		h.Set("Last-Event-ID", r.last)
+		s, err := ssetest.Open(r.ctx, r.url+"/events", h)
+		if err != nil {
+			time.Sleep(50 * time.Millisecond)
+			return ssetest.Event{}, err
+		}
+		r.cur, r.opens = s, r.opens+1
+	}
+	ev, err := r.cur.NextEvent(d)
+	if err != nil {
+		if err != ssetest.ErrTimeout {
+			r.drop()
+		}
+		return ev, err
+	}
+	if ev.HasID {
+		r.last = ev.ID
+	}
+	return ev, nil
+}
+
+// drop closes the stream open now, if any.
+func (r *resumer) drop() {
+	if r.cur != nil {
+		r.cur.Close()
+		r.cur = nil
+	}
 }
 
 // ssebridgeConns counts, per node, the connections named ssebridge, and
@@ -580,17 +493,13 @@ func TestClusterSlotMove(t *testing.T) {
 	cc := rc.Client()
 	const parts = 16
 	url, _ := startClusterApp(t, rc, nil)
-	ctx := context.Background()
 	slot := slotOf(t, cc, "room:lobby", parts)
 	from := rc.NodeOfSlot(slot)
 	to := rc.Nodes[0]
 	if to == from {
 		to = rc.Nodes[1]
 	}
-	v, _ := json.Marshal(map[string]any{"user": "alice", "rooms": []string{"lobby"}})
-	if err := cc.Set(ctx, "session:slotmove", v, time.Hour).Err(); err != nil {
-		t.Fatal(err)
-	}
+	r := openResumer(t, cc, url, "slotmove")
 
 	publish := func(i int) {
 		t.Helper()
@@ -605,17 +514,7 @@ func TestClusterSlotMove(t *testing.T) {
 			time.Sleep(20 * time.Millisecond) // keys between nodes (TRYAGAIN): a backend retries
 		}
 	}
-	var (
-		got   []int
-		last  string
-		cur   *ssetest.Stream // the stream open now, kept across reads
-		opens int
-	)
-	defer func() {
-		if cur != nil {
-			cur.Close()
-		}
-	}()
+	var got []int
 	read := func(upTo int) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
@@ -623,26 +522,10 @@ func TestClusterSlotMove(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Fatalf("got %d events, the last %v; want up to %d", len(got), got[max(0, len(got)-3):], upTo)
 			}
-			if cur == nil {
-				h := bearer("slotmove")
-				if last != "" {
-					h.Set("Last-Event-ID", last)
-				}
-				s, err := ssetest.Open(ctx, url+"/events", h)
-				if err != nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-				cur, opens = s, opens+1
-			}
-			ev, err := cur.NextEvent(10 * time.Second)
+			ev, err := r.next(10 * time.Second)
 			if err != nil {
-				cur.Close() // told to reconnect: resume by the id
-				cur = nil
+				r.drop() // told to reconnect (or silent too long): resume by the id
 				continue
-			}
-			if ev.HasID {
-				last = ev.ID
 			}
 			if ev.Event == "n" {
 				i, _ := strconv.Atoi(ev.Data)
@@ -650,16 +533,6 @@ func TestClusterSlotMove(t *testing.T) {
 			}
 		}
 	}
-	first, err := ssetest.Open(ctx, url+"/events", bearer("slotmove"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ev, err := first.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
-		t.Fatal(ev, err)
-	} else {
-		last = ev.ID // the stream starts here
-	}
-	cur, opens = first, 1
 
 	for i := 1; i <= 50; i++ {
 		publish(i)
@@ -678,15 +551,15 @@ func TestClusterSlotMove(t *testing.T) {
 		t.Fatalf("slot %d is on %s, want %s", slot, n.Addr, to.Addr)
 	}
 	read(150)
-	before := opens
+	before := r.opens
 	for i := 151; i <= 160; i++ {
 		publish(i)
 	}
 	read(160)
-	if opens != before {
+	if r.opens != before {
 		t.Errorf("the stream reconnected to get the events published after the move: they did not arrive live")
 	}
-	t.Logf("streams opened: %d", opens)
+	t.Logf("streams opened: %d", r.opens)
 	for i, n := range got {
 		if n != i+1 {
 			t.Fatalf("event %d is %d: want 1..160 once, in order (%v)", i, n, got[max(0, i-3):min(len(got), i+3)])
@@ -711,13 +584,8 @@ func TestClusterFailover(t *testing.T) {
 	cc := rc.Client()
 	const parts = 16
 	url, _ := startClusterApp(t, rc, nil)
-	ctx := context.Background()
 	slot := slotOf(t, cc, "room:lobby", parts)
 	victim := rc.NodeOfSlot(slot)
-	v, _ := json.Marshal(map[string]any{"user": "alice", "rooms": []string{"lobby"}})
-	if err := cc.Set(ctx, "session:failover", v, time.Hour).Err(); err != nil {
-		t.Fatal(err)
-	}
 
 	type acked struct {
 		m     msg
@@ -732,16 +600,7 @@ func TestClusterFailover(t *testing.T) {
 		downFor   time.Duration
 	)
 	// The stream starts before the first event: every one is owed to it.
-	last := ""
-	cur, err := ssetest.Open(ctx, url+"/events", bearer("failover"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ev, err := cur.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
-		t.Fatal(ev, err)
-	} else {
-		last = ev.ID
-	}
+	r := openResumer(t, cc, url, "failover")
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	wg.Go(func() {
@@ -781,29 +640,9 @@ func TestClusterFailover(t *testing.T) {
 	readUntil := func(done func() bool, within time.Duration) {
 		deadline := time.Now().Add(within)
 		for !done() && time.Now().Before(deadline) {
-			if cur == nil {
-				h := bearer("failover")
-				if last != "" {
-					h.Set("Last-Event-ID", last)
-				}
-				s, err := ssetest.Open(ctx, url+"/events", h)
-				if err != nil {
-					time.Sleep(50 * time.Millisecond)
-					continue
-				}
-				cur = s
-			}
-			ev, err := cur.NextEvent(500 * time.Millisecond)
-			if err == ssetest.ErrTimeout {
-				continue
-			}
+			ev, err := r.next(500 * time.Millisecond)
 			if err != nil {
-				cur.Close()
-				cur = nil
 				continue
-			}
-			if ev.HasID {
-				last = ev.ID
 			}
 			if ev.Event == "n" {
 				var d struct {
@@ -817,11 +656,6 @@ func TestClusterFailover(t *testing.T) {
 			}
 		}
 	}
-	defer func() {
-		if cur != nil {
-			cur.Close()
-		}
-	}()
 	readUntil(func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 30 }, 10*time.Second)
 	mu.Lock()
 	killedAt = time.Now()

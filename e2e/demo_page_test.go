@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 )
 
@@ -17,8 +16,8 @@ import (
 func TestDemoPageTryOut(t *testing.T) {
 	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // where the try-out file goes
 	base := "http://" + runApp(t, nil)
-	browser := browserWith(t)
-	p, _ := jsTab(t, browser, "demo page", base+"/")
+	browser := startBrowser(t)
+	p, _ := openTab(t, browser, "demo page", base+"/")
 
 	text := func(id string) string {
 		t.Helper()
@@ -90,16 +89,7 @@ func TestDemoPageTryOut(t *testing.T) {
 		t.Fatalf("note after publish: %q", n)
 	}
 
-	cookies, err := chromedp.Call(p.ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{base}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var token string
-	for _, c := range cookies.Cookies {
-		if c.Name == "sse_session" {
-			token = c.Value
-		}
-	}
+	token, _ := sessionCookie(p, base)
 	if token == "" {
 		t.Fatal("no sse_session cookie after login")
 	}
@@ -119,14 +109,8 @@ func TestDemoPageTryOut(t *testing.T) {
 
 	// The cookie is gone from the browser, the session from Redis, and the
 	// stream from ssebridge.
-	cookies, err = chromedp.Call(p.ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{base}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range cookies.Cookies {
-		if c.Name == "sse_session" {
-			t.Fatalf("the cookie is still there after logout")
-		}
+	if _, ok := sessionCookie(p, base); ok {
+		t.Fatalf("the cookie is still there after logout")
 	}
 	req, _ := http.NewRequest("GET", base+"/events/check", nil)
 	req.Header.Set("Cookie", "sse_session="+token)

@@ -28,24 +28,17 @@ const python = "/usr/bin/python3" // Debian's, which sees python3-django and pyt
 
 // browserPrereqs skips the browser test, loudly, when Chromium or Django is
 // missing; in CI (.ci/run installs both) it fails instead.
-func browserPrereqs(t *testing.T) string {
-	chromium, err := exec.LookPath("chromium")
+func browserPrereqs(t *testing.T) {
+	t.Helper()
 	missing := ""
-	if err != nil {
+	if _, err := exec.LookPath("chromium"); err != nil {
 		missing = "chromium"
 	} else if out, err := exec.Command(python, "-c", "import django, redis").CombinedOutput(); err != nil {
 		missing = "python3-django/python3-redis (" + strings.TrimSpace(string(out)) + ")"
 	}
-	if missing == "" {
-		return chromium
+	if missing != "" {
+		notRun(t, missing, "chromium python3-django python3-redis")
 	}
-	msg := "BROWSER TESTS NOT RUN: " + missing + " is missing; apt-get install -y chromium python3-django python3-redis (.ci/run does)"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	fmt.Fprintf(os.Stderr, "\n*** %s ***\n\n", msg)
-	t.Skip(msg)
-	return ""
 }
 
 func freeAddr(t *testing.T) string {
@@ -100,55 +93,6 @@ func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
 	return url
 }
 
-// page is one browser tab.
-type page struct {
-	t    *testing.T
-	name string
-	ctx  context.Context
-}
-
-// on returns the page reporting to t (a subtest's).
-func (p page) on(t *testing.T) page { p.t = t; return p }
-
-func (p page) do(actions ...chromedp.Action[chromedp.Void]) {
-	p.t.Helper()
-	ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
-	defer cancel()
-	if err := chromedp.Do(ctx, actions...); err != nil {
-		p.t.Fatalf("%s: %v", p.name, err)
-	}
-}
-
-// await waits until the expression is true on the page.
-func (p page) await(what, expr string) {
-	p.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
-		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`!!(`+expr+`)`))
-		cancel()
-		if err == nil && ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
-			defer cancel()
-			state, derr := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + '\n' + document.body.innerText + '\nevents: ' + JSON.stringify(window.sseLog)`))
-			p.t.Fatalf("%s: waiting for %s (last error: %v)\nthe page (%v):\n%s", p.name, what, err, derr, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p page) eval(expr string) []string {
-	p.t.Helper()
-	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[[]string](expr))
-	if err != nil {
-		p.t.Fatalf("%s: %v", p.name, err)
-	}
-	return v
-}
-
 // items returns the texts of a list on the page (#messages or #dms).
 func (p page) items(list string) []string {
 	return p.eval(`Array.from(document.querySelectorAll('#` + list + ` li'), li => li.textContent)`)
@@ -190,7 +134,7 @@ func (p page) dm(to, text string) {
 
 func TestBrowserFlow(t *testing.T) {
 	top := t // what outlives the subtests (ssebridge restarted in one) is the top test's
-	chromium := browserPrereqs(t)
+	browserPrereqs(t)
 	start := time.Now()
 	r := redistest.Start(t)
 	sseAddr, djangoAddr := freeAddr(t), freeAddr(t)
@@ -212,38 +156,18 @@ func TestBrowserFlow(t *testing.T) {
 			es.onerror = function () { if (es.readyState === EventSource.CLOSED) window.result = 'closed'; };
 		</script>`, sseURL+"/events")
 	}))
-	defer foreign.Close()
+	t.Cleanup(foreign.Close) // after the browser's end (cleanups run last first)
 
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chromium), chromedp.UserDataDir(t.TempDir()),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.WindowSize(1000, 800))
-	defer cancelAlloc()
-	browser, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-	if err := chromedp.Do(browser); err != nil { // starts Chromium
-		t.Fatal(err)
-	}
-	// A tab lives as long as the context of its first action: open each
-	// tab with no timeout, so that the timeouts of later actions do not
-	// close it.
-	tab := func(name string, parent context.Context, opts ...chromedp.ContextOption) page {
-		ctx, _ := chromedp.NewContext(parent, opts...)
-		if err := chromedp.Do(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return page{t, name, ctx}
-	}
+	browser := startBrowser(t)
 	person := func(name string) page { // a browser profile of its own: its own cookies
-		return tab(name, browser, chromedp.WithNewBrowserContext())
+		p, _ := newTab(t, browser, name, chromedp.WithNewBrowserContext())
+		return p
 	}
 	alice, bob, carol := person("alice"), person("bob"), person("carol")
 	alice.signIn(django, "alice", "lobby")
 	bob.signIn(django, "bob", "lobby")
 	carol.signIn(django, "carol")
-	bobDMs := tab("bob's second tab", bob.ctx)
+	bobDMs, _ := newTab(t, bob.ctx, "bob's second tab")
 	bobDMs.do(chromedp.Navigate(django+"/me"), chromedp.WaitVisible("#dms"))
 	bobDMs.await("bob's second stream", `document.getElementById('status').textContent === 'live'`)
 
@@ -278,7 +202,7 @@ func TestBrowserFlow(t *testing.T) {
 	})
 
 	t.Run("a foreign origin gets no stream with Bob's cookie", func(t *testing.T) {
-		evil := tab("bob on a foreign page", bob.ctx).on(t)
+		evil, _ := newTab(t, bob.ctx, "bob on a foreign page")
 		evil.do(chromedp.Navigate(foreign.URL))
 		evil.await("the EventSource to give up", `window.result !== 'pending'`)
 		if got, _ := chromedp.Run(evil.ctx, chromedp.Evaluate[string](`window.result`)); got != "closed" {
@@ -326,16 +250,7 @@ func TestBrowserFlow(t *testing.T) {
 
 	t.Run("sign-out ends Bob's streams; the old cookie opens nothing", func(t *testing.T) {
 		bob, bobDMs := bob.on(t), bobDMs.on(t)
-		cookies, err := chromedp.Call(bob.ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{sseURL}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var old string
-		for _, c := range cookies.Cookies {
-			if c.Name == "sse_session" {
-				old = c.Value
-			}
-		}
+		old, _ := sessionCookie(bob, sseURL)
 		if old == "" {
 			t.Fatal("bob has no sse_session cookie for ssebridge's origin")
 		}
@@ -343,7 +258,7 @@ func TestBrowserFlow(t *testing.T) {
 		bob.do(chromedp.Click("#signout"))
 		bobDMs.await("bob's other tab to be signed out", `document.getElementById('status').textContent === 'signed out'`)
 
-		_, err = chromedp.Call(bob.ctx, network.SetCookie, network.SetCookieParams{Name: "sse_session", Value: old, URL: sseURL})
+		_, err := chromedp.Call(bob.ctx, network.SetCookie, network.SetCookieParams{Name: "sse_session", Value: old, URL: sseURL})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -355,26 +270,6 @@ func TestBrowserFlow(t *testing.T) {
 		screenshot(t, bobDMs, "bob.png")
 	})
 	t.Logf("browser flow took %v", time.Since(start).Round(time.Millisecond))
-}
-
-// screenshot keeps a picture of the page in artifacts/ (not committed; CI keeps it).
-func screenshot(t *testing.T, p page, name string) {
-	buf, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(100)) // quality 100: a PNG
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := os.Getenv("ARTIFACTS_DIR")
-	if dir == "" {
-		dir = filepath.Join(repoRoot, "artifacts")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, buf, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot: %s", path)
 }
 
 // TestDjangoChatOrigins: the Django chat through the package
@@ -390,7 +285,7 @@ func TestDjangoChatOrigins(t *testing.T) {
 	djangoPort := port(freeAddr(t))
 	origins := "http://127.0.0.1:" + djangoPort + ",http://localhost:" + djangoPort
 	sse := startBinary(t, map[string]string{"REDIS_URL": r.URL(), "ALLOWED_ORIGINS": origins})
-	browser := browserWith(t)
+	browser := startBrowser(t)
 	for _, host := range []string{"localhost", "127.0.0.1"} {
 		t.Run(host, func(t *testing.T) {
 			// Django on 127.0.0.1 (localhost reaches it too), its pages
@@ -398,11 +293,8 @@ func TestDjangoChatOrigins(t *testing.T) {
 			startDjango(t, "127.0.0.1:"+djangoPort, r.URL(), "http://"+host+":"+port(sse.addr))
 			django := "http://" + host + ":" + djangoPort
 			person := func(name string) page {
-				ctx, _ := chromedp.NewContext(browser, chromedp.WithNewBrowserContext()) // cookies of its own
-				if err := chromedp.Do(ctx); err != nil {
-					t.Fatal(err)
-				}
-				return page{t, name + " at " + host, ctx}
+				p, _ := newTab(t, browser, name+" at "+host, chromedp.WithNewBrowserContext()) // cookies of its own
+				return p
 			}
 			alice, bob := person("alice"), person("bob")
 			alice.signIn(django, "alice", "lobby")
@@ -416,11 +308,7 @@ func TestDjangoChatOrigins(t *testing.T) {
 			screenshot(t, bob, "django-chat-"+host+".png")
 			// Bob's second tab keeps its page (and stream) while the first
 			// signs out: its stream ends with the logout.
-			ctx, _ := chromedp.NewContext(bob.ctx)
-			if err := chromedp.Do(ctx); err != nil { // opens the tab, with no timeout
-				t.Fatal(err)
-			}
-			bob2 := page{t, "bob's second tab at " + host, ctx}
+			bob2, _ := newTab(t, bob.ctx, "bob's second tab at "+host)
 			bob2.do(chromedp.Navigate(django+"/me"), chromedp.WaitVisible("#dms"))
 			bob2.await("bob's second stream", `document.getElementById('status').textContent === 'live'`)
 			bob.do(chromedp.Click("#signout"), chromedp.WaitVisible("#signin"))

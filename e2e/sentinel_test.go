@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,26 @@ type gotEvent struct {
 	reset string
 }
 
+// publisherStats is what one publisher of TestSentinelFailover went through.
+type publisherStats struct {
+	resumed      time.Time // its first publish acknowledged after the kill
+	failed       int       // tries not acknowledged
+	firstFailure string    // why the first one was not
+}
+
+// record counts p, which why says was not acknowledged if it was not.
+func (st *publisherStats) record(p sentPub, why string) {
+	if p.acked && p.afterKill && st.resumed.IsZero() {
+		st.resumed = time.Now()
+	}
+	if !p.acked {
+		st.failed++
+		if st.firstFailure == "" {
+			st.firstFailure = why
+		}
+	}
+}
+
 // TestSentinelFailover: a primary, a replica, three sentinels; two
 // ssebridge instances on the failover client; streams resuming all the
 // time with Last-Event-ID; two durable publishers, one through the script
@@ -61,9 +82,7 @@ func TestSentinelFailover(t *testing.T) {
 	}
 	allChannels := []string{"broadcast", "room:r0", "room:r1", "user:u0", "user:u1", "user:u2", "user:u3"}
 	for i := range streams {
-		if err := admin.Set(ctx, fmt.Sprintf("session:sent%d", i), fmt.Sprintf(`{"user":"u%d","rooms":["r%d"]}`, i%4, i%2), time.Hour).Err(); err != nil {
-			t.Fatal(err)
-		}
+		setSession(t, admin, fmt.Sprintf("session:sent%d", i), fmt.Sprintf("u%d", i%4), fmt.Sprintf("r%d", i%2))
 	}
 	vars := map[string]string{
 		"REDIS_SENTINEL_ADDRS":    strings.Join(sen.SentinelAddrs(), ","),
@@ -100,31 +119,24 @@ func TestSentinelFailover(t *testing.T) {
 	last := make([]string, streams)
 	serverEnds := make([]int, streams)
 	for i := range streams {
-		s, err := ssetest.Open(ctx, urls[i%2]+"/events", bearer(fmt.Sprintf("sent%d", i)))
+		s, id, err := openReady(ctx, urls[i%2], bearer(fmt.Sprintf("sent%d", i)))
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("stream %d: %v", i, err)
 		}
-		ev, err := s.NextEvent(5 * time.Second)
-		if err != nil || ev.Event != "ready" || !ev.HasID {
-			t.Fatalf("stream %d: ready with an id: %+v %v", i, ev, err)
-		}
-		last[i] = ev.ID
+		last[i] = id
 		s.Close()
 	}
 
 	var (
-		mu        sync.Mutex
-		pubs      []sentPub
-		killed    atomic.Bool
-		killAt    time.Time // set before killed
-		resumedA  time.Time // first publish acknowledged after the kill, each publisher
-		resumedB  time.Time
-		failedA   int
-		refusedB  int
-		firstRefB string
-		stop      = make(chan struct{})
-		owed      = make([][]string, streams) // keys, in id order; set before settled
-		settled   atomic.Bool
+		mu      sync.Mutex
+		pubs    []sentPub
+		killed  atomic.Bool
+		killAt  time.Time      // set before killed
+		pubA    publisherStats // the script, no WAIT
+		pubB    publisherStats // POST /publish, WAIT 1
+		stop    = make(chan struct{})
+		owed    = make([][]string, streams) // keys, in id order; set before settled
+		settled atomic.Bool
 	)
 	count := func(prefix string, afterKill bool) int {
 		mu.Lock()
@@ -136,14 +148,6 @@ func TestSentinelFailover(t *testing.T) {
 			}
 		}
 		return n
-	}
-	record := func(p sentPub, resumed *time.Time) {
-		mu.Lock()
-		defer mu.Unlock()
-		pubs = append(pubs, p)
-		if p.acked && p.afterKill && resumed.IsZero() {
-			*resumed = time.Now()
-		}
 	}
 	// From the kill until the test has seen what a stream resuming from a
 	// lost id gets, the publishers hold back: any durable publish on the new
@@ -168,48 +172,53 @@ func TestSentinelFailover(t *testing.T) {
 		}
 	}
 
-	var pubWG sync.WaitGroup
-	// Publisher A: the script through go-redis's failover client, as a
-	// backend does, without WAIT. No retries inside go-redis: each try is
-	// one event of its own, so none can be published twice unseen.
-	pubA := sen.FailoverClient(func(o *redis.FailoverOptions) { o.MaxRetries = -1 })
-	pubWG.Go(func() {
+	// publishLoop publishes one event after another on random channels,
+	// keys prefix<seq>, until stop, holding back at the gate once the
+	// primary is dead; publish sends p, and sets p.id and p.acked, or says
+	// why not. Failed tries are counted in st, and back off for a while.
+	publishLoop := func(prefix string, st *publisherStats, every, backoff time.Duration, publish func(p *sentPub) (why string)) {
 		for seq := 0; !stopped(); seq++ {
-			ch := allChannels[rand.IntN(len(allChannels))]
 			after := killed.Load()
 			if after && !passGate() {
 				return
 			}
-			p := sentPub{key: fmt.Sprintf("a%d", seq), ch: ch, afterKill: after}
-			env := fmt.Sprintf(`{"event":"n","data":{"k":%q,"c":%q}}`, p.key, ch)
-			s, err := evalPublish(pubA, ch, env)
+			p := sentPub{key: prefix + strconv.Itoa(seq), ch: allChannels[rand.IntN(len(allChannels))], afterKill: after}
+			why := publish(&p)
+			mu.Lock()
+			pubs = append(pubs, p)
+			st.record(p, why)
+			mu.Unlock()
+			if !p.acked {
+				time.Sleep(backoff) // Redis failing over: a backend would retry too
+				continue
+			}
+			time.Sleep(every)
+		}
+	}
+	var pubWG sync.WaitGroup
+	// Publisher A: the script through go-redis's failover client, as a
+	// backend does, without WAIT. No retries inside go-redis: each try is
+	// one event of its own, so none can be published twice unseen.
+	scriptClient := sen.FailoverClient(func(o *redis.FailoverOptions) { o.MaxRetries = -1 })
+	pubWG.Go(func() {
+		publishLoop("a", &pubA, 5*time.Millisecond, 20*time.Millisecond, func(p *sentPub) string {
+			env := fmt.Sprintf(`{"event":"n","data":{"k":%q,"c":%q}}`, p.key, p.ch)
+			s, err := evalPublish(scriptClient, p.ch, env)
 			if err == nil {
 				p.id, err = wire.ParseCursor(s)
 			}
-			p.acked = err == nil
-			record(p, &resumedA)
-			if err != nil {
-				mu.Lock()
-				failedA++
-				mu.Unlock()
-				time.Sleep(20 * time.Millisecond) // Redis failing over: a backend would retry too
-				continue
+			if p.acked = err == nil; !p.acked {
+				return err.Error()
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return ""
+		})
 	})
 	// Publisher B: POST /publish on either instance, which waits for one
 	// replica (DURABLE_WAIT_REPLICAS=1) before answering 200.
 	httpc := &http.Client{Timeout: 20 * time.Second}
 	pubWG.Go(func() {
-		for seq := 0; !stopped(); seq++ {
-			ch := allChannels[rand.IntN(len(allChannels))]
-			after := killed.Load()
-			if after && !passGate() {
-				return
-			}
-			p := sentPub{key: fmt.Sprintf("b%d", seq), ch: ch, afterKill: after}
-			body := fmt.Sprintf(`{"channel":%q,"event":"n","data":{"k":%q,"c":%q}}`, ch, p.key, ch)
+		publishLoop("b", &pubB, 10*time.Millisecond, 50*time.Millisecond, func(p *sentPub) string {
+			body := fmt.Sprintf(`{"channel":%q,"event":"n","data":{"k":%q,"c":%q}}`, p.ch, p.key, p.ch)
 			req, _ := http.NewRequest("POST", urls[rand.IntN(2)]+"/publish", strings.NewReader(body))
 			req.Header.Set("Authorization", "Bearer pub")
 			var answer struct{ ID, Error string }
@@ -226,19 +235,11 @@ func TestSentinelFailover(t *testing.T) {
 				id, err := wire.ParseCursor(answer.ID)
 				p.id, p.acked = id, err == nil
 			}
-			record(p, &resumedB)
 			if !p.acked {
-				mu.Lock()
-				refusedB++
-				if firstRefB == "" {
-					firstRefB = fmt.Sprintf("%d %s", status, answer.Error)
-				}
-				mu.Unlock()
-				time.Sleep(50 * time.Millisecond)
-				continue
+				return fmt.Sprintf("%d %s", status, answer.Error)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return ""
+		})
 	})
 	defer func() { // on every way out, the publishers stop before the processes
 		select {
@@ -400,7 +401,7 @@ func TestSentinelFailover(t *testing.T) {
 	close(gate)
 	eventually(t, 10*time.Second, "publishing (no WAIT) to resume on the promoted replica", func() bool { return count("a", true) > 0 })
 	mu.Lock()
-	failoverA := resumedA.Sub(killAt)
+	failoverA := pubA.resumed.Sub(killAt)
 	mu.Unlock()
 	t.Logf("FAILOVER: sentinels named the new primary %v after the kill; durable publishing (no WAIT) resumed after %v", switched.Round(time.Millisecond), failoverA.Round(time.Millisecond))
 
@@ -410,7 +411,7 @@ func TestSentinelFailover(t *testing.T) {
 	restartedAt := time.Since(killAt)
 	eventually(t, 30*time.Second, "POST /publish with DURABLE_WAIT_REPLICAS=1 to succeed again", func() bool { return count("b", true) > 0 })
 	mu.Lock()
-	failoverB := resumedB.Sub(killAt)
+	failoverB := pubB.resumed.Sub(killAt)
 	mu.Unlock()
 	t.Logf("FAILOVER: old primary restarted %v after the kill; POST /publish with WAIT resumed %v after the kill", restartedAt.Round(time.Millisecond), failoverB.Round(time.Millisecond))
 	a0, b0 := count("a", true), count("b", true)
@@ -469,8 +470,8 @@ func TestSentinelFailover(t *testing.T) {
 			lost[p.key] = true // may have been published, and seen live, before the kill
 		}
 	}
-	t.Logf("published: A (no WAIT) %d acknowledged, %d failed tries; B (POST /publish, WAIT 1) %d acknowledged, %d refused (first: %s); %d acknowledged after the kill",
-		ackedA, failedA, ackedB, refusedB, firstRefB, ackedAfter)
+	t.Logf("published: A (no WAIT) %d acknowledged, %d failed tries (first: %s); B (POST /publish, WAIT 1) %d acknowledged, %d refused (first: %s); %d acknowledged after the kill",
+		ackedA, pubA.failed, pubA.firstFailure, ackedB, pubB.failed, pubB.firstFailure, ackedAfter)
 	t.Logf("LOST in the failover: %d events acknowledged without WAIT (none with WAIT); %d refused or failed tries were on the new primary all the same, %d were not",
 		lostAcked, keptUnacked, lostUnacked)
 	if lostAcked == 0 {

@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"sync"
@@ -17,71 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/network"
-	"github.com/chromedp/chromedp"
-
 	"github.com/ssebridge/ssebridge/static"
 )
 
 // Tests of /ssebridge.js itself in headless Chromium: resuming after a
 // refusal, reporting a refusal it cannot read, and one stream for all tabs.
-
-// jsPrereqs is browserPrereqs without Django: these tests need Chromium
-// only. Missing, it skips loudly, except in CI, where it fails.
-func jsPrereqs(t *testing.T) string {
-	chromium, err := exec.LookPath("chromium")
-	if err == nil {
-		return chromium
-	}
-	msg := "BROWSER TESTS NOT RUN: chromium is missing; apt-get install -y chromium (.ci/run does)"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	fmt.Fprintf(os.Stderr, "\n*** %s ***\n\n", msg)
-	t.Skip(msg)
-	return ""
-}
-
-// jsBrowser starts headless Chromium for the test.
-func jsBrowser(t *testing.T) context.Context {
-	chromium := jsPrereqs(t)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chromium), chromedp.UserDataDir(t.TempDir()),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true))
-	t.Cleanup(cancelAlloc)
-	browser, cancel := chromedp.NewContext(allocCtx)
-	t.Cleanup(cancel)
-	if err := chromedp.Do(browser); err != nil { // starts Chromium
-		t.Fatal(err)
-	}
-	return browser
-}
-
-// jsTab opens a tab of the browser's default profile (all such tabs share
-// cookies, Web Locks and BroadcastChannels) at url. The tab lives until
-// close is called or the test ends.
-func jsTab(t *testing.T, browser context.Context, name, url string) (p page, close func()) {
-	t.Helper()
-	ctx, cancel := chromedp.NewContext(browser) // no timeout: the tab lives as long as ctx
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatal(err)
-	}
-	p = page{t, name, ctx}
-	p.do(chromedp.Navigate(url))
-	return p, cancel
-}
-
-// setCookie gives the browser the session cookie for ssebridge's host (all
-// ports of 127.0.0.1: the test pages are on the same site).
-func setCookie(t *testing.T, browser context.Context, sseURL, token string) {
-	t.Helper()
-	_, err := chromedp.Call(browser, network.SetCookie, network.SetCookieParams{Name: "sse_session", Value: token, URL: sseURL})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
 
 // jsPages serves the test page at /, and /ssebridge.js as ssebridge does.
 // The page loads ssebridge.js from ?src= and
@@ -142,36 +79,6 @@ func jsPages(t *testing.T) *httptest.Server {
 
 func pageURL(pages *httptest.Server, src, events, opts string) string {
 	return pages.URL + "/?" + url.Values{"src": {src}, "events": {events}, "opts": {opts}}.Encode()
-}
-
-// awaitWithin is page.await with a deadline of its own.
-func (p page) awaitWithin(within time.Duration, what, expr string) {
-	p.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
-		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`!!(`+expr+`)`))
-		cancel()
-		if err == nil && ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
-			defer cancel()
-			state, derr := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify(window.sseLog)`))
-			p.t.Fatalf("%s: waiting %v for %s (last error: %v)\nthe page's log (%v): %s", p.name, within, what, err, derr, state)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p page) bool(expr string) bool {
-	p.t.Helper()
-	v, err := chromedp.Run(p.ctx, chromedp.Evaluate[bool](`!!(`+expr+`)`))
-	if err != nil {
-		p.t.Fatalf("%s: %v", p.name, err)
-	}
-	return v
 }
 
 func (p page) got() []string { return p.eval(`window.got`) }
@@ -305,7 +212,7 @@ func seq(from, to int) []string {
 // where it was: the durable events published while it was refused arrive,
 // once, in order, with no reset.
 func TestBrowserJSResumeAfterRefusal(t *testing.T) {
-	browser := jsBrowser(t)
+	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{
 		"ALLOWED_ORIGINS": pages.URL, "MAX_STREAMS_PER_USER": "1", "RETRY_INTERVAL": "500ms",
@@ -313,7 +220,7 @@ func TestBrowserJSResumeAfterRefusal(t *testing.T) {
 	proxy := startGateProxy(t, a.url[len("http://"):])
 	token := a.session("alice")
 	setCookie(t, browser, proxy.url(), token)
-	tab, _ := jsTab(t, browser, "alice", pageURL(pages, proxy.url(), proxy.url()+"/events", "{}"))
+	tab, _ := openTab(t, browser, "alice", pageURL(pages, proxy.url(), proxy.url()+"/events", "{}"))
 	tab.await("the stream", `window.readies === 1`)
 	durableN(t, a, 1)
 	durableN(t, a, 2)
@@ -353,12 +260,12 @@ func TestBrowserJSResumeAfterRefusal(t *testing.T) {
 // is reported to onproblem after maxSilentTries tries, and the helper
 // keeps trying.
 func TestBrowserJSProblem(t *testing.T) {
-	browser := jsBrowser(t)
+	browser := startBrowser(t)
 	pages := jsPages(t) // not in ALLOWED_ORIGINS
 	a := startApp(t, nil, nil)
 	setCookie(t, browser, a.url, a.session("alice"))
-	foreign, _ := jsTab(t, browser, "a page on a foreign origin", pageURL(pages, a.url, a.url+"/events", "{}"))
-	unreachable, _ := jsTab(t, browser, "a page whose ssebridge is down",
+	foreign, _ := openTab(t, browser, "a page on a foreign origin", pageURL(pages, a.url, a.url+"/events", "{}"))
+	unreachable, _ := openTab(t, browser, "a page whose ssebridge is down",
 		pageURL(pages, a.url, "http://"+freeAddr(t)+"/events", "{maxSilentTries: 2}"))
 
 	// The default, 5 tries, takes 7.5 to 15 s of backoff (0.5-1 s, doubling).
@@ -385,7 +292,7 @@ func TestBrowserJSProblem(t *testing.T) {
 // get every durable event once, in order, those published between the two
 // streams included. A logout ends the stream in every tab.
 func TestBrowserJSSharedStream(t *testing.T) {
-	browser := jsBrowser(t)
+	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
 	// Streams go through the proxy, and nothing else does (the pages load
@@ -397,7 +304,7 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	var tabs []page
 	var closers []func()
 	for i := range 3 {
-		p, close := jsTab(t, browser, fmt.Sprintf("tab %d", i+1), at)
+		p, close := openTab(t, browser, fmt.Sprintf("tab %d", i+1), at)
 		p.await("the stream to be ready", `window.readies >= 1`)
 		tabs, closers = append(tabs, p), append(closers, close)
 	}

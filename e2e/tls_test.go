@@ -34,28 +34,6 @@ func runAppStop(t *testing.T, environ map[string]string) (string, func()) {
 	return p.addr, func() { _ = p.stop() }
 }
 
-// browserWith starts headless Chromium with the flags of PITFALLS.md and
-// more; it closes before what the test started earlier (cleanups run last
-// first). Missing, it skips loudly, except under CI, where it fails.
-func browserWith(t *testing.T, more ...chromedp.ExecAllocatorOption) context.Context {
-	chromium := jsPrereqs(t)
-	opts := append([]chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromium), chromedp.UserDataDir(t.TempDir()),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.WindowSize(1000, 900),
-	}, more...)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(cancelAlloc)
-	browser, cancel := chromedp.NewContext(allocCtx)
-	t.Cleanup(cancel)
-	if err := chromedp.Do(browser); err != nil { // starts Chromium
-		t.Fatal(err)
-	}
-	return browser
-}
-
 // metricOver reads one series from /metrics with client.
 func metricOver(t *testing.T, client *http.Client, base, series string) float64 {
 	t.Helper()
@@ -153,9 +131,9 @@ func TestTLSHTTP2(t *testing.T) {
 	// The browser goes through a TCP proxy, which counts its connections.
 	open := func(t *testing.T, name string, flags ...chromedp.ExecAllocatorOption) (page, *gateProxy) {
 		proxy := startGateProxy(t, addr)
-		browser := browserWith(t, append(flags, chromedp.Flag("ignore-certificate-errors", true))...)
+		browser := startBrowser(t, append(flags, chromedp.Flag("ignore-certificate-errors", true))...)
 		origin := "https://" + proxy.l.Addr().String()
-		p, _ := jsTab(t, browser, name, origin+"/")
+		p, _ := openTab(t, browser, name, origin+"/")
 		p.await("the demo page's session check", `document.body.dataset.checked === '401'`)
 		setCookie(t, browser, origin, token)
 		p.do(chromedp.Evaluate[chromedp.Void](tenStreamsJS))
