@@ -11,15 +11,16 @@ import (
 	"github.com/ssebridge/ssebridge/wire"
 )
 
-// TestReadResetsWhenTrimmedBetweenPages: a replay reads pages up to the
-// bound its first page fixed. If the channel is trimmed past the cursor
-// of the next page meanwhile, the events in between are gone: the next
-// page says so (a reset), rather than carrying on without them.
-func TestReadResetsWhenTrimmedBetweenPages(t *testing.T) {
+// maxlen is the history's length in these tests: small, to trim.
+const maxlen = 10
+
+// newHistory returns a configured history on a fresh Redis keeping maxlen
+// events per channel, a position before any event, and a func that
+// publishes n events on a channel.
+func newHistory(t *testing.T) (*store.History, wire.Cursor, func(channel string, n int)) {
+	t.Helper()
 	ctx := context.Background()
-	rdb := redistest.Start(t).Client()
-	const maxlen = 10
-	h := store.NewHistory(rdb, "sse:", maxlen, 1<<16, time.Hour)
+	h := store.NewHistory(redistest.Start(t).Client(), "sse:", maxlen, 1<<16, time.Hour)
 	if _, err := h.Configure(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -27,13 +28,24 @@ func TestReadResetsWhenTrimmedBetweenPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	publish := func(n int) {
+	return h, start, func(channel string, n int) {
+		t.Helper()
 		for i := range n {
-			if _, err := h.Publish(ctx, "room:a", fmt.Appendf(nil, `{"event":"n","data":%d}`, i)); err != nil {
+			if _, err := h.Publish(ctx, channel, fmt.Appendf(nil, `{"event":"n","data":%d}`, i)); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
+}
+
+// TestReadResetsWhenTrimmedBetweenPages: a replay reads pages up to the
+// bound its first page fixed. If the channel is trimmed past the cursor
+// of the next page meanwhile, the events in between are gone: the next
+// page says so (a reset), rather than carrying on without them.
+func TestReadResetsWhenTrimmedBetweenPages(t *testing.T) {
+	ctx := context.Background()
+	h, start, publishOn := newHistory(t)
+	publish := func(n int) { publishOn("room:a", n) }
 	publish(maxlen)
 	channels, after := []string{"room:a"}, []wire.Cursor{start}
 	// A page of about one event: the first read fixes the bound.
@@ -60,23 +72,7 @@ func TestReadResetsWhenTrimmedBetweenPages(t *testing.T) {
 // quiet channel has one event, and the busy one is trimmed meanwhile.
 func TestReadNoResetWhenTrimmedOnlyPastTheBound(t *testing.T) {
 	ctx := context.Background()
-	rdb := redistest.Start(t).Client()
-	const maxlen = 10
-	h := store.NewHistory(rdb, "sse:", maxlen, 1<<16, time.Hour)
-	if _, err := h.Configure(ctx); err != nil {
-		t.Fatal(err)
-	}
-	start, err := h.Position(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publish := func(ch string, n int) {
-		for i := range n {
-			if _, err := h.Publish(ctx, ch, fmt.Appendf(nil, `{"event":"n","data":%d}`, i)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	h, start, publish := newHistory(t)
 	publish("room:busy", 1)
 	publish("room:quiet", 1)
 	channels := []string{"room:busy", "room:quiet"}
