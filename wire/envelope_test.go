@@ -40,11 +40,27 @@ func TestEncodeMessage(t *testing.T) {
 		{"NUL in id", `{"id":"1\u0000","data":1}`, "", ErrBadField},
 		{"event not a string", `{"event":{},"data":1}`, "", ErrBadEnvelope},
 		{"id not a string", `{"id":[1],"data":1}`, "", ErrBadEnvelope},
-		{"too large", `{"data":"` + strings.Repeat("x", 100) + `"}`, "", ErrTooLarge},
+		{"too large", `{"data":"` + strings.Repeat("x", 200) + `"}`, "", ErrTooLarge},
+		// Live ids: a safe alphabet only, so that no id can come back as a
+		// cursor, however a client or HTTP trims or reads it.
+		{"uuid id", `{"id":"0f8fad5b-d9cb-469f-a165-70867728950e","data":1}`, "id: 0f8fad5b-d9cb-469f-a165-70867728950e\nevent: message\ndata: 1\n\n", nil},
+		{"base64 id", `{"id":"a+b/c=_~@","data":1}`, "id: a+b/c=_~@\nevent: message\ndata: 1\n\n", nil},
+		{"cursor id", `{"id":"E:1-0","data":1}`, "", ErrBadField},
+		{"cursor id behind a space", `{"id":" E:1-0","data":1}`, "", ErrBadField},
+		{"cursor id before a space", `{"id":"E:1-0 ","data":1}`, "", ErrBadField},
+		{"cursor id behind a tab", `{"id":"\tE:1-0","data":1}`, "", ErrBadField},
+		{"cursor id behind a no-break space", `{"id":"\u00a0E:1-0","data":1}`, "", ErrBadField},
+		{"cluster id", `{"id":"k3x9.lq2.0.5","data":1}`, "", ErrBadField},
+		{"colon", `{"id":"order:17","data":1}`, "", ErrBadField},
+		{"dot", `{"id":"msg.42","data":1}`, "", ErrBadField},
+		{"space inside", `{"id":"a b","data":1}`, "", ErrBadField},
+		{"non-ASCII", `{"id":"é","data":1}`, "", ErrBadField},
+		{"id too long", `{"id":"` + strings.Repeat("i", 129) + `","data":1}`, "", ErrBadField},
+		{"negative integer id", `{"id":-7,"data":1}`, "id: -7\nevent: message\ndata: 1\n\n", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := EncodeMessage([]byte(tt.payload), 100)
+			got, err := EncodeMessage([]byte(tt.payload), 200)
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("error %v, want %v", err, tt.err)
 			}

@@ -28,6 +28,13 @@ func TestParseSession(t *testing.T) {
 		{`{"user":"a"} trailing`, "", 0, true},
 		{`["user","a"]`, "", 0, true},
 		{`not json`, "", 0, true},
+		// Keys are matched exactly: encoding/json would fold case (Unicode
+		// too: "ſ" is "s") and let the last match win, where the backend
+		// reads only "user" and "rooms".
+		{`{"user":"alice","uſer":"bob"}`, "alice", 0, false},
+		{`{"user":"alice","USER":"bob"}`, "alice", 0, false},
+		{`{"user":"alice","rooms":["lobby"],"ROOMS":["secret","x"]}`, "alice", 1, false},
+		{`{"User":"bob"}`, "", 0, true},
 	}
 	for _, tt := range tests {
 		s, err := ParseSession([]byte(tt.raw))
