@@ -28,6 +28,7 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	sessions := store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes)
 	opts := hubOptions(cfg)
 	opts.ParseCursor = cl.ParseCursor
+	opts.AfterGrant = cl.AfterGrant
 	if cfg.DurableWaitReplicas > 0 {
 		cl.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
 	}

@@ -36,7 +36,7 @@ func (ev *events) stream(c echo.Context) error {
 		resume = c.QueryParam("lastEventId") // for curl, and pages that keep the id themselves
 	}
 	ctx := c.Request().Context()
-	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: who.session.User, Session: who.token, Rooms: who.rooms, AllRooms: who.allRooms, Resume: resume, Ticket: ticket})
+	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: who.session.User, Session: who.token, Rooms: who.rooms, AllRooms: who.allRooms, Resume: resume, Granted: who.session.Granted, Ticket: ticket})
 	if err != nil && ctx.Err() != nil {
 		ev.refused.WithLabelValues("client_gone").Inc() // nobody is left to answer
 		return nil

@@ -197,12 +197,34 @@ func (c *Cluster) readPosition(ctx context.Context, k int) (epoch string, n uint
 
 // parsePosition reads a partition's "<epoch>:<n>".
 func parsePosition(k int, s string) (string, uint64, error) {
-	e, num, ok := strings.Cut(s, ":")
-	n, err := strconv.ParseUint(num, 10, 64)
-	if !ok || err != nil || e == "" {
+	e, n, ok := wire.ParsePartitionPosition(s)
+	if !ok {
 		return "", 0, fmt.Errorf("partition %d's position %q is not ssebridge's", k, s)
 	}
 	return e, n, nil
+}
+
+// AfterGrant is Cluster mode's rule for a room's grant (wire.AfterGrant):
+// the grant is the position of the room's partition when the room was
+// granted, and a replay of the room reads that partition after it. A
+// grant of an epoch the partition no longer has, or an after of another
+// tag than the instance's, is left to the replay's own epoch check.
+func (c *Cluster) AfterGrant(after wire.Cursor, channel, grant string) wire.Cursor {
+	epoch, n, ok := wire.ParsePartitionPosition(grant)
+	v := after.Vector()
+	if !ok || v == nil {
+		return after
+	}
+	k := wire.Partition(channel, c.parts)
+	c.mu.Lock()
+	current := v.Tag == c.tag && len(v.Pos) == c.parts && c.epochs[k] == epoch
+	c.mu.Unlock()
+	if !current || v.Pos[k] >= n {
+		return after
+	}
+	w := &wire.Vector{Tag: v.Tag, Pos: append([]uint64(nil), v.Pos...), Own: -1}
+	w.Pos[k] = n
+	return wire.VectorCursor(w)
 }
 
 // adoptLocked takes partition k to be at n of epoch, as Redis has it.

@@ -93,7 +93,7 @@ func (h *Hub) apply(s *Stream, c wire.Control) {
 	case wire.OpLogout:
 		s.finish(ReasonLogout, logoutFrame)
 	case wire.OpJoin:
-		h.join(s, wire.RoomChannel(c.Room))
+		h.join(s, wire.RoomChannel(c.Room), c.Since)
 	case wire.OpLeave:
 		h.leave(s, wire.RoomChannel(c.Room))
 	}
@@ -104,8 +104,11 @@ func (h *Hub) apply(s *Stream, c wire.Control) {
 // published before Redis has the subscription in force: so the stream
 // holds live events and its writer, once the subscription is confirmed,
 // replays the channel from the newest id the feed had delivered when the
-// join was applied, then lets live events flow again.
-func (h *Hub) join(s *Stream, channel string) {
+// join was applied, then lets live events flow again. grant, if set, is
+// the position the room was granted at: the feed may not have delivered
+// that far (it only sees the channels it subscribes to), and the replay
+// reads nothing of the room from before it.
+func (h *Hub) join(s *Stream, channel, grant string) {
 	if s.has(channel) {
 		return
 	}
@@ -113,7 +116,7 @@ func (h *Hub) join(s *Stream, channel string) {
 		h.drop(wire.ControlChannel, fmt.Errorf("%w: user %s already has %d rooms on a stream (MAX_ROOMS)", errTooManyRooms, s.User, h.opts.MaxRooms))
 		return
 	}
-	s.rewind(channel, *h.seen.Load())
+	s.rewind(channel, *h.seen.Load(), grant)
 	if err := h.attach(s, channel); err != nil {
 		// The feed resubscribes once Redis is back; meanwhile the writer's
 		// Sync fails and ends the stream, to resume from its own id.

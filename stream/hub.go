@@ -61,6 +61,11 @@ type Options struct {
 	// ParseCursor reads a Last-Event-ID: wire.ParseCursor when nil; in
 	// cluster mode, the vector ids of store.Cluster.
 	ParseCursor func(string) (wire.Cursor, error)
+	// AfterGrant moves a replay's position on a room's channel on to the
+	// position the room was granted at (wire.Session.Granted, or a join's
+	// since), so that no stream gets a room's events from before its
+	// grant: wire.AfterGrant when nil; in cluster mode, store.Cluster's.
+	AfterGrant func(after wire.Cursor, channel, grant string) wire.Cursor
 	// Loops is how many event loops write live HTTP/1.1 streams (Linux,
 	// plain TCP): 0 is one per core (GOMAXPROCS), negative is none (a
 	// goroutine per stream).
@@ -131,6 +136,9 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 	if h.opts.ParseCursor == nil {
 		h.opts.ParseCursor = wire.ParseCursor
 	}
+	if h.opts.AfterGrant == nil {
+		h.opts.AfterGrant = wire.AfterGrant
+	}
 	h.loops = newLoops(h, opts.Loops)
 	h.seen.Store(&wire.Cursor{})
 	h.cut, h.cutAll = context.WithCancel(context.Background())
@@ -146,6 +154,9 @@ type Spec struct {
 	// session recheck then also joins rooms the session gained.
 	AllRooms bool
 	Resume   string // Last-Event-ID: the id of the last event the browser got, if any
+	// Granted is the session's grant positions per room: a resume never
+	// replays a room from before its grant.
+	Granted map[string]string
 	// Ticket, taken before the session was read, lets Open apply the
 	// control messages that arrived between that read and the stream's
 	// registration, which would otherwise miss it.
@@ -181,6 +192,9 @@ func (h *Hub) admitsLocked(user string) error {
 func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	s := newStream(h, spec.User, spec.Session)
 	s.resume = spec.Resume
+	if spec.Resume != "" {
+		s.catching.grants = grantsOf(spec.Rooms, spec.Granted)
+	}
 	s.allRooms = spec.AllRooms
 	s.channels = make([]string, 0, 2+len(spec.Rooms)) // its user's, broadcast, rooms
 
@@ -559,4 +573,19 @@ func removeFrom(m map[string][]*Stream, key string, s *Stream) {
 		return
 	}
 	m[key] = set[:last]
+}
+
+// grantsOf keys a session's grant positions by room channel, for the rooms
+// a stream has; nil when none has one.
+func grantsOf(rooms []string, granted map[string]string) map[string]string {
+	var out map[string]string
+	for _, r := range rooms {
+		if g, ok := granted[r]; ok && g != "" {
+			if out == nil {
+				out = make(map[string]string)
+			}
+			out[wire.RoomChannel(r)] = g
+		}
+	}
+	return out
 }

@@ -140,7 +140,7 @@ func (h *Hub) hold(token string, sess wire.Session) {
 		}
 		for _, room := range sess.Rooms {
 			if c := wire.RoomChannel(room); !s.has(c) {
-				h.join(s, c)
+				h.join(s, c, sess.Granted[room])
 				h.metrics.Rechecked.WithLabelValues("joined_room").Inc()
 			}
 		}

@@ -172,6 +172,9 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			// Never before from: what the stream has was written in id
 			// order, and a replay must not go back behind it.
 			after[i] = st.from.Max(st.base[c]).Max(*horizon)
+			if g, ok := st.grants[c]; ok {
+				after[i] = h.opts.AfterGrant(after[i], c, g)
+			}
 		}
 		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
 		if err != nil {

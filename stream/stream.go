@@ -69,6 +69,10 @@ type catchUp struct {
 	replay bool                   // every channel must be replayed after from (a resume)
 	from   wire.Cursor            // where the replay starts, or the stream's id if none is needed
 	base   map[string]wire.Cursor // channels joined meanwhile: replayed after their own cursor
+	// grants: per room channel, the position the room was granted at
+	// (Spec.Granted for a resume, a join's since); the replay reads the
+	// room only after it.
+	grants map[string]string
 	// skipping is set when held overflowed with a durable event: durable
 	// events are no longer held (the next pass replays them) until a new
 	// pass starts.
@@ -82,6 +86,7 @@ type catchUpState struct {
 	on, replay bool
 	from       wire.Cursor
 	base       map[string]wire.Cursor
+	grants     map[string]string
 	gen        uint64
 }
 
@@ -154,8 +159,9 @@ func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
 // rewind asks the writer to replay history again before live events flow:
 // channel was joined, and what it carried between the join and the
 // subscription taking effect must not be lost. The replay covers every
-// channel after the stream's last id, and channel after since.
-func (s *Stream) rewind(channel string, since wire.Cursor) {
+// channel after the stream's last id, and channel after since, and after
+// grant (the position the room was granted at) if set.
+func (s *Stream) rewind(channel string, since wire.Cursor, grant string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ending != "" {
@@ -169,6 +175,12 @@ func (s *Stream) rewind(channel string, since wire.Cursor) {
 		c.base = make(map[string]wire.Cursor)
 	}
 	c.base[channel] = since
+	if grant != "" {
+		if c.grants == nil {
+			c.grants = make(map[string]string)
+		}
+		c.grants[channel] = grant
+	}
 	s.gen++
 	s.signal()
 }
@@ -193,6 +205,7 @@ func (s *Stream) drop(channel string) {
 	clear(c.held[len(kept):])
 	c.held = kept
 	delete(c.base, channel)
+	delete(c.grants, channel)
 }
 
 // catchUpState returns what the writer must replay, as a pass of replay
@@ -205,7 +218,7 @@ func (s *Stream) catchUpState() catchUpState {
 		return catchUpState{gen: s.gen}
 	}
 	c.skipping = false // from here on, what the pass does not read is held
-	return catchUpState{on: true, replay: c.replay, from: c.from, base: maps.Clone(c.base), gen: s.gen}
+	return catchUpState{on: true, replay: c.replay, from: c.from, base: maps.Clone(c.base), grants: maps.Clone(c.grants), gen: s.gen}
 }
 
 // replayFrom makes the catch-up replay every channel after from.

@@ -101,3 +101,54 @@ func (c Cursor) EntryID() string {
 func ParseEntryID(epoch, id string) (Cursor, error) {
 	return ParseCursor(epoch + ":" + id)
 }
+
+// CheckGrant reports why s is not a grant position: what the backend read
+// from Redis when it granted a room, "" (no history yet), a single Redis's
+// "<epoch>:<ms>-<n>" (the value of <prefix>cursor) or a Cluster
+// partition's "<epoch>:<n>" (the value of <prefix>{p<k>}:cursor for the
+// room's partition k).
+func CheckGrant(s string) error {
+	if s == "" {
+		return nil
+	}
+	if _, err := ParseCursor(s); err == nil {
+		return nil
+	}
+	if _, _, ok := ParsePartitionPosition(s); ok {
+		return nil
+	}
+	return errors.New("not a position read from Redis (want \"<epoch>:<ms>-<n>\", \"<epoch>:<n>\" or \"\")")
+}
+
+// ParsePartitionPosition reads a Cluster partition's "<epoch>:<n>".
+func ParsePartitionPosition(s string) (epoch string, n uint64, ok bool) {
+	epoch, num, ok := strings.Cut(s, ":")
+	if !ok || epoch == "" || len(epoch) > 32 || !alnum(epoch) || num == "" || len(num) > 16 {
+		return "", 0, false
+	}
+	for i := 0; i < len(num); i++ {
+		if num[i] < '0' || num[i] > '9' {
+			return "", 0, false
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || n > maxExact {
+		return "", 0, false
+	}
+	return epoch, n, true
+}
+
+// AfterGrant is the single-Redis rule for a room's grant: a replay of the
+// room reads after the later of after and grant (after the grant when
+// after is no position). A grant of another epoch
+// than after's changes nothing: if after is of the current epoch, the
+// grant was made before any of its history (epochs only move on); if after
+// is of an older one, the replay resets to the current position, later
+// than the grant anyway.
+func AfterGrant(after Cursor, _ string, grant string) Cursor {
+	g, err := ParseCursor(grant)
+	if err != nil || after.vec != nil || !after.IsZero() && g.Epoch != after.Epoch {
+		return after
+	}
+	return after.Max(g)
+}

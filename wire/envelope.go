@@ -29,6 +29,15 @@ type Envelope struct {
 // an envelope; any other payload is sent whole as the data of a "message"
 // event, so that nothing a backend publishes is silently lost.
 func ParseEnvelope(payload []byte) (Envelope, error) {
+	env, err := parseEnvelope(payload)
+	if err != nil {
+		return Envelope{}, err
+	}
+	return env, env.check()
+}
+
+// parseEnvelope is ParseEnvelope without the check of names and ids.
+func parseEnvelope(payload []byte) (Envelope, error) {
 	trimmed := bytes.TrimSpace(payload)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return Envelope{Event: "message", Data: payload}, nil
@@ -71,7 +80,7 @@ func ParseEnvelope(payload []byte) (Envelope, error) {
 		}
 		env.Data = buf.Bytes()
 	}
-	return env, env.check()
+	return env, nil
 }
 
 func idText(raw json.RawMessage) (string, error) {
@@ -91,11 +100,8 @@ func idText(raw json.RawMessage) (string, error) {
 var reserved = map[string]bool{"ready": true, "reset": true, "logout": true}
 
 // check refuses names and ids that would end their SSE field early and so
-// inject a field or a whole event (a NUL in an id makes browsers ignore
-// it), ssebridge's own event names, and ids shaped like ssebridge's event
-// ids: a live event's id becomes the browser's Last-Event-ID, so a payload
-// that chose a cursor could make the next resume skip or repeat durable
-// events.
+// inject a field or a whole event, ssebridge's own event names, and live ids
+// outside LiveID's alphabet.
 func (e Envelope) check() error {
 	if strings.ContainsAny(e.Event, "\r\n") {
 		return fmt.Errorf("%w: \"event\" holds CR or LF", ErrBadField)
@@ -103,13 +109,35 @@ func (e Envelope) check() error {
 	if reserved[e.Event] {
 		return fmt.Errorf("%w: \"event\" %q is ssebridge's own", ErrBadField, e.Event)
 	}
-	if strings.ContainsAny(e.ID, "\r\n\x00") {
-		return fmt.Errorf("%w: \"id\" holds CR, LF or NUL", ErrBadField)
-	}
-	if _, err := ParseCursor(e.ID); err == nil {
-		return fmt.Errorf("%w: \"id\" %q has the shape of an ssebridge event id, which only durable events carry", ErrBadField, truncate(e.ID, 40))
+	if e.ID != "" && !LiveID(e.ID) {
+		return fmt.Errorf("%w: \"id\" %q: a live event's id is 1-%d characters of letters, digits and - _ ~ + / = @", ErrBadField, truncate(e.ID, 40), MaxLiveIDLen)
 	}
 	return nil
+}
+
+// MaxLiveIDLen is the longest id a live event may carry.
+const MaxLiveIDLen = 128
+
+// LiveID reports whether id may be a live event's id. A live event's id
+// becomes the browser's Last-Event-ID and comes back on the next resume,
+// trimmed by HTTP (RFC 9110) and perhaps by other clients in other ways:
+// if it could then read as a cursor, a payload relayed by the backend
+// would choose where the stream resumes, and skip durable events. An
+// alphabet with no white space and neither of the separators of
+// ssebridge's ids (':' of "<epoch>:<ms>-<n>", '.' of cluster ids) makes
+// that impossible by construction, whatever shapes ids take later; it
+// still holds numbers, UUIDs, ULIDs and base64.
+func LiveID(id string) bool {
+	if len(id) == 0 || len(id) > MaxLiveIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_~+/=@", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // Frame returns the event as SSE bytes: id: (when set), event:, then one
@@ -172,8 +200,13 @@ func EncodeDurable(cursor Cursor, envelope []byte, maxBytes int) ([]byte, error)
 	if len(envelope) > maxBytes {
 		return nil, fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, len(envelope), maxBytes)
 	}
-	env, err := ParseEnvelope(envelope)
+	env, err := parseEnvelope(envelope)
 	if err != nil {
+		return nil, err
+	}
+	// The envelope's own id is not sent, so it is not judged either.
+	env.ID = ""
+	if err := env.check(); err != nil {
 		return nil, err
 	}
 	env.ID = cursor.String()

@@ -122,6 +122,9 @@ func FuzzParseSession(f *testing.F) {
 		`{"user":"a"} trailing`, `["user","a"]`, `null`, ``, `not json`,
 		`{"user":"` + strings.Repeat("u", 128) + `"}`, `{"user":"` + strings.Repeat("u", 129) + `"}`,
 		`{"user":"a","x":` + strings.Repeat("[", 10001) + strings.Repeat("]", 10001) + `}`,
+		`{"user":"alice","uſer":"bob"}`, `{"user":"a","rooms":["l"],"ROOMS":["secret"]}`,
+		`{"user":"a","rooms":["l"],"granted":{"l":"e1:17-0"}}`, `{"user":"a","rooms":["l"],"granted":{"l":"e1:17"}}`,
+		`{"user":"a","granted":{"l":""}}`, `{"user":"a","granted":{"l":"x"}}`, `{"user":"a","granted":{"l":1}}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -138,6 +141,21 @@ func FuzzParseSession(f *testing.F) {
 		}
 		if !validName(s.User) {
 			t.Fatalf("%q: accepted user %q", raw, s.User)
+		}
+		// What the backend reads: the keys exactly as written.
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &obj); err != nil || obj["user"] == nil {
+			t.Fatalf("%q: accepted as %+v with no \"user\" key", raw, s)
+		}
+		var rooms []string
+		_ = json.Unmarshal(obj["rooms"], &rooms)
+		if !slices.Equal(rooms, s.Rooms) {
+			t.Fatalf("%q: rooms %q, but the \"rooms\" key holds %q", raw, s.Rooms, rooms)
+		}
+		for room, g := range s.Granted {
+			if wire.CheckGrant(g) != nil {
+				t.Fatalf("%q: accepted grant %q for %q", raw, g, room)
+			}
 		}
 		for _, r := range s.Rooms {
 			if !validName(r) {
@@ -158,6 +176,9 @@ func FuzzParseSession(f *testing.F) {
 // cursorShape is the cursor syntax: an epoch of 1–32 letters and digits,
 // then ":<ms>-<n>" in decimal.
 var cursorShape = regexp.MustCompile(`^([A-Za-z0-9]{1,32}):([0-9]+)-([0-9]+)$`)
+
+// liveIDShape is what a live event's id may be (docs/protocol.md).
+var liveIDShape = regexp.MustCompile(`^[A-Za-z0-9_~+/=@-]{1,128}$`)
 
 // fitsExact reports whether digits are at most 2^53, the largest integer
 // the scripts' Lua numbers hold exactly.

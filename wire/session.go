@@ -21,6 +21,12 @@ var (
 type Session struct {
 	User  string
 	Rooms []string
+	// Granted holds, per room, the position Redis's history was at when
+	// the backend granted the room (see CheckGrant): a stream is never
+	// sent the room's events from before it. A room without one was
+	// granted before there was history to hide (sessions written by older
+	// backends): its history is the stream's from any position.
+	Granted map[string]string
 }
 
 // Allows reports whether the session lists room.
@@ -34,26 +40,48 @@ func (s Session) Allows(room string) bool {
 }
 
 // ParseSession checks a stored session value: a JSON object whose "user" is
-// a valid name (string or integer) and whose optional "rooms" is an array of
-// valid room names. Other fields are ignored.
+// a valid name (string or integer), whose optional "rooms" is an array of
+// valid room names, and whose optional "granted" maps rooms to positions.
+// Keys are matched exactly, as the backend wrote them: encoding/json would
+// match "USER" or "uſer" too, and the last match would win, so a session
+// could read as another user than the backend's own reading of it. Other
+// keys are ignored.
 func ParseSession(raw []byte) (Session, error) {
-	var v struct {
-		User  json.RawMessage `json:"user"`
-		Rooms []string        `json:"rooms"`
-	}
-	if err := json.Unmarshal(raw, &v); err != nil {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
 		return Session{}, fmt.Errorf("%w: not a JSON object with \"user\" and \"rooms\": %v", ErrBadSession, err)
 	}
-	user, err := parseUser(v.User)
+	user, err := parseUser(obj["user"])
 	if err != nil {
 		return Session{}, fmt.Errorf("%w: %v", ErrBadSession, err)
 	}
-	for _, r := range v.Rooms {
+	var rooms []string
+	if err := decodeOptional(obj["rooms"], &rooms); err != nil {
+		return Session{}, fmt.Errorf("%w: \"rooms\" is not an array of strings: %v", ErrBadSession, err)
+	}
+	for _, r := range rooms {
 		if err := CheckName(r); err != nil {
 			return Session{}, fmt.Errorf("%w: room: %v", ErrBadSession, err)
 		}
 	}
-	return Session{User: user, Rooms: v.Rooms}, nil
+	var granted map[string]string
+	if err := decodeOptional(obj["granted"], &granted); err != nil {
+		return Session{}, fmt.Errorf("%w: \"granted\" is not an object of strings: %v", ErrBadSession, err)
+	}
+	for room, pos := range granted {
+		if err := CheckGrant(pos); err != nil {
+			return Session{}, fmt.Errorf("%w: \"granted\": room %q: %v", ErrBadSession, truncate(room, 40), err)
+		}
+	}
+	return Session{User: user, Rooms: rooms, Granted: granted}, nil
+}
+
+// decodeOptional decodes raw into v unless it is absent or null.
+func decodeOptional(raw json.RawMessage, v any) error {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil
+	}
+	return json.Unmarshal(raw, v)
 }
 
 func parseUser(raw json.RawMessage) (string, error) {
