@@ -169,6 +169,42 @@ func TestEmbeddedTryOut(t *testing.T) {
 	resp.Body.Close()
 	want(t, s, "chat", "hi")
 
+	// The try-out's login grants its rooms: a stream resuming from before
+	// the login gets none of the room's events from before it.
+	durable := func(channel, payload string) string {
+		resp, err := client.PostForm(base+"/dev/publish", url.Values{"channel": {channel}, "payload": {payload}, "durable": {"1"}})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("durable publish: %v %v", resp, err)
+		}
+		defer resp.Body.Close()
+		var v struct{ ID string }
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v.ID
+	}
+	old := durable("broadcast", `{"event":"n","data":"old"}`)
+	durable("room:vault", `{"event":"n","data":"before the grant"}`)
+	resp, err = client.PostForm(base+"/dev/login", url.Values{"user": {"bob"}, "rooms": {"vault"}})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("login: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	durable("room:vault", `{"event":"n","data":"after the grant"}`)
+	var bob string
+	for _, c := range jar.Cookies(u) {
+		if c.Name == "sse_session" {
+			bob = c.Name + "=" + c.Value
+		}
+	}
+	s2, err := ssetest.Open(ctx, base+"/events", http.Header{"Cookie": {bob}, "Last-Event-ID": {old}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	want(t, s2, "ready", `{"user":"bob","rooms":["vault"]}`)
+	want(t, s2, "n", "after the grant")
+
 	for path, status := range map[string]int{"/": 200, "/ssebridge.js": 200, "/healthz": 200} {
 		resp, err := http.Get(base + path)
 		if err != nil || resp.StatusCode != status {

@@ -37,7 +37,18 @@ func (d *dev) login(c echo.Context) error {
 		rooms = append(rooms, r)
 	}
 	const ttl = 24 * time.Hour
-	token, err := d.o.Sessions.Create(c.Request().Context(), wire.Session{User: user, Rooms: rooms}, ttl)
+	// The rooms are granted now: a publish of nothing takes a position
+	// after every event so far (History.Position), and the session's
+	// streams never get the rooms' events from before it.
+	pos, err := d.o.History.Publish(c.Request().Context(), "", nil)
+	if err != nil {
+		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+	}
+	granted := make(map[string]string, len(rooms))
+	for _, r := range rooms {
+		granted[r] = pos.String()
+	}
+	token, err := d.o.Sessions.Create(c.Request().Context(), wire.Session{User: user, Rooms: rooms, Granted: granted}, ttl)
 	if err != nil {
 		return c.JSON(http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 	}

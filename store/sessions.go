@@ -98,11 +98,15 @@ func (s *Sessions) Create(ctx context.Context, sess wire.Session, ttl time.Durat
 	if rooms == nil {
 		rooms = []string{}
 	}
-	v, err := json.Marshal(map[string]any{"user": sess.User, "rooms": rooms})
+	v := map[string]any{"user": sess.User, "rooms": rooms}
+	if len(sess.Granted) > 0 {
+		v["granted"] = sess.Granted
+	}
+	raw, err := json.Marshal(v)
 	if err != nil {
 		return "", err
 	}
-	if err := s.rdb.Set(ctx, s.prefix+t, v, ttl).Err(); err != nil {
+	if err := s.rdb.Set(ctx, s.prefix+t, raw, ttl).Err(); err != nil {
 		return "", fmt.Errorf("storing session: %w", err)
 	}
 	return t, nil
