@@ -128,6 +128,25 @@ func TestClusterPublishReadResume(t *testing.T) {
 	if err == nil {
 		t.Fatal("a publish assuming 8 partitions was accepted")
 	}
+
+	// A grant (docs/CLUSTER.md): the room's partition's position when the
+	// room was granted. A read from before it, moved on by AfterGrant,
+	// returns only what followed; a grant of another epoch bounds nothing.
+	grant, err := cc.Get(ctx, tag+"cursor").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Publish(ctx, "room:a", []byte(`{"data":"granted"}`)); err != nil {
+		t.Fatal(err)
+	}
+	from := c.AfterGrant(start, "room:a", grant)
+	page, err = c.Read(ctx, []string{"room:a"}, []wire.Cursor{from}, wire.Cursor{}, 1<<20)
+	if err != nil || page.Reset != "" || len(page.Events) != 1 || string(page.Events[0].Envelope) != `{"data":"granted"}` {
+		t.Fatalf("read after the grant %s: %v %q %d events", grant, err, page.Reset, len(page.Events))
+	}
+	if got := c.AfterGrant(start, "room:a", "zz:1"); got.String() != start.String() {
+		t.Fatalf("a grant of another epoch moved %s to %s", start, got)
+	}
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }

@@ -60,3 +60,46 @@ func TestCheckName(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckGrant(t *testing.T) {
+	for grant, ok := range map[string]bool{
+		"": true, "18c2f0a:1733380000000-0": true, "e1:17": true,
+		"e1": false, ":17": false, "e1:": false, "e1:x": false, "e 1:17": false, "e1:17-": false,
+		"e1:99999999999999999": false, " e1:17": false, "e1:17 ": false,
+	} {
+		if got := CheckGrant(grant) == nil; got != ok {
+			t.Errorf("CheckGrant(%q) ok=%v, want %v", grant, got, ok)
+		}
+	}
+}
+
+// TestAfterGrant: on one Redis, a replay of a room reads after the later
+// of its position and the room's grant, when both are of one epoch.
+func TestAfterGrant(t *testing.T) {
+	at := func(s string) Cursor {
+		c, err := ParseCursor(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	tests := []struct {
+		after, grant, want string
+	}{
+		{"e:5-0", "e:9-2", "e:9-2"},   // resuming from before the grant
+		{"e:9-3", "e:9-2", "e:9-3"},   // after it: unchanged
+		{"e:5-0", "old:9-2", "e:5-0"}, // a grant of an earlier epoch: before all of e's history
+		{"e:5-0", "", "e:5-0"},        // no history when granted
+		{"e:5-0", "e:9", "e:5-0"},     // a Cluster partition's position: not this mode's
+		{"", "e:9-2", "e:9-2"},        // no position yet: from the grant
+	}
+	for _, tt := range tests {
+		var after Cursor
+		if tt.after != "" {
+			after = at(tt.after)
+		}
+		if got := AfterGrant(after, "room:r", tt.grant); got.String() != tt.want {
+			t.Errorf("AfterGrant(%q, %q) = %q, want %q", tt.after, tt.grant, got, tt.want)
+		}
+	}
+}
