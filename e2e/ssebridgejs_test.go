@@ -299,9 +299,10 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
-	// Streams go through the proxy, and nothing else does (the pages load
-	// ssebridge.js from their own server): the proxy can hold the next
-	// leader's stream until the old one is gone and events were missed.
+	// Streams and the tabs' /events/check go through the proxy, and
+	// nothing else does (the pages load ssebridge.js from their own
+	// server): the proxy can hold the next leader's stream until the old
+	// one is gone and events were missed.
 	proxy := startGateProxy(t, a.url[len("http://"):])
 	setCookie(t, browser, proxy.url(), a.session("alice"))
 	at := pageURL(pages, pages.URL, proxy.url()+"/events", "{}")
@@ -359,7 +360,9 @@ func TestBrowserJSSharedStream(t *testing.T) {
 		done <- fmt.Errorf("still publishing after 10000 events")
 	}()
 	tabs[l[0]].await("events during the flow", `window.got.length >= 10`)
-	proxy.hold()
+	// cut, not hold: every tab asked /events/check through the proxy, and
+	// the next leader's EventSource could reuse such an idle connection.
+	proxy.cut()
 	closers[l[0]]()
 	eventually(t, 10*time.Second, "the old leader's stream to end", func() bool { return a.metric("ssebridge_streams_open") == 0 })
 	gap := sent.Load()
@@ -496,5 +499,50 @@ func TestBrowserJSSessionChange(t *testing.T) {
 		if !p.bool(`window.h.session().user === 'bob'`) {
 			t.Fatalf("%s believes it has %q's session", p.name, p.eval(`[String(window.h.session && window.h.session().user)]`))
 		}
+	}
+}
+
+// The browser's session changes with no tab of the new session open (bob
+// logged in on a page without the helper): alice's tabs keep alice's
+// stream, and show her events, until it reconnects. The reconnection
+// carries bob's cookie; its ready says bob's session, and every tab moves
+// to bob's stream, the leader's followers and a tab with a stream of its
+// own (shared: false) too. Nothing of alice's is shown after the move.
+func TestBrowserJSSessionChangeOnReconnect(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL, "RETRY_INTERVAL": "500ms"})
+	proxy := startGateProxy(t, a.url[len("http://"):])
+	setCookie(t, browser, proxy.url(), a.session("alice"))
+	at := pageURL(pages, pages.URL, proxy.url()+"/events", "{}")
+	one, _ := openTab(t, browser, "tab 1", at)
+	one.await("alice's ready", `window.seen.includes('ready alice')`)
+	two, _ := openTab(t, browser, "tab 2", at)
+	two.await("alice's ready", `window.seen.includes('ready alice')`)
+	own, _ := openTab(t, browser, "a tab with its own stream", pageURL(pages, pages.URL, proxy.url()+"/events", "{shared: false}"))
+	own.await("alice's ready", `window.seen.includes('ready alice')`)
+	tabs := []page{one, two, own}
+
+	setCookie(t, browser, proxy.url(), a.session("bob"))
+	a.publish("user:alice", `{"event":"n","data":"alice-1"}`)
+	for _, p := range tabs {
+		p.await("alice's event on alice's stream", `window.seen.includes('n alice-1')`)
+	}
+	proxy.cut()
+	proxy.open()
+	for _, p := range tabs {
+		p.await("the move to bob's session", `window.seen.includes('session bob') && window.seen.includes('ready bob')`)
+	}
+	eventually(t, 10*time.Second, "bob's streams only: the shared one and the unshared tab's", func() bool {
+		return a.metric("ssebridge_streams_open") == 2
+	})
+	if n := len(slices.DeleteFunc([]page{one, two}, func(p page) bool { return !p.bool(`window.h.isLeader()`) })); n != 1 {
+		t.Fatalf("%d leaders among the two shared tabs, want 1", n)
+	}
+	a.publish("user:alice", `{"event":"n","data":"alice-2"}`)
+	a.publish("user:bob", `{"event":"n","data":"bob-1"}`)
+	for _, p := range tabs {
+		p.await("bob's event", `window.seen.includes('n bob-1')`)
+		seenOnlyOwn(t, p)
 	}
 }
