@@ -66,6 +66,49 @@ class LoginTests(RedisTestCase):
         self.assertEqual(self.redis.dbsize(), 0)
 
 
+def browser(token=None):
+    """A request from a browser that holds token in its ssebridge cookie (or none)."""
+    request = RequestFactory().get("/")
+    if token is not None:
+        request.COOKIES["sse_session"] = token
+    return request
+
+
+class RevokeTests(RedisTestCase):
+    """A login revokes the session the browser held before: left in Redis
+    for its TTL, its token would still open streams of the earlier user."""
+
+    def test_login_revokes_the_browsers_earlier_session(self):
+        alice = sse.login(browser(), HttpResponse(), "alice", ["lobby"])
+        elsewhere = sse.login(browser(), HttpResponse(), "alice")  # another browser's: kept
+        response = HttpResponse()
+        bob = sse.login(browser(alice), response, "bob")
+        self.assertIsNone(self.redis.get("session:" + alice))
+        self.assertEqual(json.loads(self.redis.get("session:" + bob)), {"user": "bob", "rooms": []})
+        self.assertIsNotNone(self.redis.get("session:" + elsewhere))
+        self.assertEqual(response.cookies["sse_session"].value, bob)
+
+    def test_login_with_an_unknown_or_no_earlier_session(self):
+        for held in (None, "", "gone"):
+            with self.subTest(held=held):
+                token = sse.login(browser(held), HttpResponse(), "alice")
+                self.assertIsNotNone(self.redis.get("session:" + token))
+
+    def test_revoked_under_the_configured_prefix_and_cookie(self):
+        self.configure(COOKIE="nodejskey", SESSION_PREFIX="s:")
+        first = sse.login(browser(), HttpResponse(), "alice")
+        request = RequestFactory().get("/")
+        request.COOKIES["nodejskey"] = first
+        second = sse.login(request, HttpResponse(), "alice")
+        self.assertIsNone(self.redis.get("s:" + first))
+        self.assertIsNotNone(self.redis.get("s:" + second))
+
+    def test_the_old_call_is_refused_with_a_reason(self):
+        with self.assertRaisesRegex(TypeError, "login\\(request, response, user"):
+            sse.login(HttpResponse(), "alice")
+        self.assertEqual(self.redis.dbsize(), 0)
+
+
 class LogoutTests(RedisTestCase):
     def request_with(self, token):
         request = RequestFactory().get("/")
