@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -544,5 +545,41 @@ func TestBrowserJSSessionChangeOnReconnect(t *testing.T) {
 	for _, p := range tabs {
 		p.await("bob's event", `window.seen.includes('n bob-1')`)
 		seenOnlyOwn(t, p)
+	}
+}
+
+// bob logs in where alice was (the backend revokes alice's session, and
+// her streams get event: logout): alice's tabs, whose browser now holds
+// bob's session, move to bob's stream rather than end.
+func TestBrowserJSSessionChangeOnLogout(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
+	alice := a.session("alice")
+	setCookie(t, browser, a.url, alice)
+	at := pageURL(pages, pages.URL, a.url+"/events", "{}")
+	one, _ := openTab(t, browser, "tab 1", at)
+	one.await("alice's ready", `window.seen.includes('ready alice')`)
+	two, _ := openTab(t, browser, "tab 2", at)
+	two.await("alice's ready", `window.seen.includes('ready alice')`)
+
+	// What ssebridge_django's login does, and a logout for alice's streams
+	// (ssebridge sends the same when its recheck finds the key gone).
+	setCookie(t, browser, a.url, a.session("bob"))
+	if err := a.rdb.Del(context.Background(), a.cfg.SessionPrefix+alice).Err(); err != nil {
+		t.Fatal(err)
+	}
+	a.publish("control", `{"op":"logout","user":"alice"}`)
+	for _, p := range []page{one, two} {
+		p.await("the move to bob's session", `window.seen.includes('session bob') && window.seen.includes('ready bob')`)
+	}
+	eventually(t, 10*time.Second, "one stream, bob's", func() bool { return a.metric("ssebridge_streams_open") == 1 })
+	a.publish("user:bob", `{"event":"n","data":"bob-1"}`)
+	for _, p := range []page{one, two} {
+		p.await("bob's event", `window.seen.includes('n bob-1')`)
+		seenOnlyOwn(t, p)
+		if p.bool(`window.ended`) {
+			t.Fatalf("%s ended: %q", p.name, p.eval(`[window.ended]`))
+		}
 	}
 }

@@ -108,7 +108,22 @@
       if (e.type === 'ready') { attempt = 0; silent = 0; ready = ev; }
       post({ ev: ev, own: own });
       if (on[e.type]) on[e.type](e);
-      if (e.type === 'logout') finish('logout');
+      if (e.type === 'logout') loggedOut();
+    }
+
+    // A logout ends this session's stream. The browser may hold another
+    // session by now (a login in another tab revoked this one, and
+    // ssebridge ended its streams): then the tab moves to it, else it ends.
+    function loggedOut() {
+      var was = who.session;
+      es.close(); // no reconnection meanwhile: ssebridge would refuse it
+      es = null;
+      ready = null;
+      ask(function (r, b) {
+        if (who.session !== was) return; // moved meanwhile
+        if (r && r.ok && b.session && b.session !== was) return move({ user: b.user, session: b.session });
+        finish('logout');
+      });
     }
 
     function parse(data) {
