@@ -9,7 +9,7 @@ or durable) and control messages.
     def signin(request):
         ...                                           # your own authentication
         response = redirect("home")
-        sse.login(response, user.username, rooms=["lobby"])
+        sse.login(request, response, user.username, rooms=["lobby"])
         return response
 
     def signout(request):
