@@ -20,10 +20,10 @@
 //
 // A tab shows only events of a stream opened for the session it believes
 // it has. When ssebridge says the browser's session changed (a stream's
-// ready, or /events/check asked when another tab announces a session), the
-// tab leaves its stream and tabs for the new session's, starts afresh and
-// tells opts.onsession({user, session, previous}): a page drawn for another
-// user should reload.
+// ready; /events/check, asked when another tab announces a session, after a
+// refusal or on a logout), the tab leaves its stream and tabs for the new
+// session's, starts afresh and tells opts.onsession({user, session,
+// previous}): a page drawn for another user should reload.
 //
 //   const s = SSEBridge.open('https://push.example.com/events', {
 //     on: { chat: (e) => show(JSON.parse(e.data)) },
@@ -63,6 +63,7 @@
     // said it (/events/check, a ready): never from the page or another tab.
     var who = null;
     var esWho = null;  // the session of the EventSource's stream, from its ready; null until it came
+    var gen = 0;       // counts leave(): an answer asked for before is stale
     var me = Math.random().toString(36).slice(2);
     want(Object.keys(on));
 
@@ -108,7 +109,7 @@
       if (e.type === 'ready') { attempt = 0; silent = 0; ready = ev; }
       post({ ev: ev, own: own });
       if (on[e.type]) on[e.type](e);
-      if (e.type === 'logout') loggedOut();
+      if (e.type === 'logout' && !stopped) loggedOut(); // (the page may have closed the handle)
     }
 
     // A logout ends this session's stream. The browser may hold another
@@ -120,7 +121,6 @@
       es = null;
       ready = null;
       ask(function (r, b) {
-        if (who.session !== was) return; // moved meanwhile
         if (r && r.ok && b.session && b.session !== was) return move({ user: b.user, session: b.session });
         finish('logout');
       });
@@ -142,13 +142,14 @@
     }
 
     // GET /events/check: then(response, body), or then(null, error) when
-    // the answer cannot be had or read.
+    // the answer cannot be had or read; not at all if the tab closed, or
+    // left its stream and tabs meanwhile (the answer is of another time).
     function ask(then) {
-      var u = new URL(abs);
+      var u = new URL(abs), g = gen;
       u.pathname = u.pathname.replace(/\/events\/?$/, '/events/check');
       fetch(u, { credentials: credentials ? 'include' : 'same-origin' }).then(function (r) {
-        return r.json().then(null, function () { return {}; }).then(function (b) { if (!stopped) then(r, b || {}); });
-      }, function (err) { if (!stopped) then(null, err); });
+        return r.json().then(null, function () { return {}; }).then(function (b) { if (!stopped && g === gen) then(r, b || {}); });
+      }, function (err) { if (!stopped && g === gen) then(null, err); });
     }
 
     // A final refusal ends the stream in every tab.
@@ -165,7 +166,7 @@
         silent = 0; // ssebridge answered, and the page could read it
         if (refused(r, b)) return;
         // 200, or a limit of the user's (perhaps the stream its leader holds)
-        if (b.session) { who = { user: b.user, session: b.session }; return join(); }
+        if (b.session) { who = { user: b.user, session: b.session }; attempt = 0; return join(); }
         if (r.ok) { shared = false; return connect(); } // an older ssebridge names no session: no sharing
         later(Number(r.headers.get('Retry-After')) * 1000, start);
       });
@@ -228,6 +229,8 @@
 
     // The stream and the tabs of the session left: the next tab leads, from lastId.
     function leave() {
+      gen++;
+      asking = false;
       clearTimeout(timer);
       if (es) es.close();
       es = null;
