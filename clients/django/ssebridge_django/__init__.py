@@ -40,7 +40,7 @@ from .publishing import (
 )
 from .sessions import get_session, login, logout, set_rooms, token
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BROADCAST",
