@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // TestDemoPageTryOut uses the demo page as a person would, in embedded mode
@@ -59,7 +61,8 @@ func TestDemoPageTryOut(t *testing.T) {
 	if w := text("who"); w != "logged in as alice, rooms: lobby" {
 		t.Fatalf("who: %q", w)
 	}
-	if ev := events(); len(ev) != 1 || ev[0] != `ready {"user":"alice","rooms":["lobby"]}` {
+	token, _ := sessionCookie(p, base)
+	if ev := events(); len(ev) != 1 || ev[0] != `ready {"user":"alice","rooms":["lobby"],"session":"`+wire.SessionID(token)+`"}` {
 		t.Fatalf("events after login: %q", ev)
 	}
 
@@ -89,7 +92,7 @@ func TestDemoPageTryOut(t *testing.T) {
 		t.Fatalf("note after publish: %q", n)
 	}
 
-	token, _ := sessionCookie(p, base)
+	token, _ = sessionCookie(p, base)
 	if token == "" {
 		t.Fatal("no sse_session cookie after login")
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ssebridge/ssebridge/internal/ssetest"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 func TestAuth(t *testing.T) {
@@ -90,32 +91,56 @@ func TestAuth(t *testing.T) {
 	}
 }
 
+// TestCheckEndpoint: /events/check answers as /events would, and names
+// the session (wire.SessionID, as ready does) once it is known, a refusal
+// for a limit included; never the token.
 func TestCheckEndpoint(t *testing.T) {
-	a := startApp(t, nil, nil)
+	a := startApp(t, nil, map[string]string{"MAX_STREAMS_PER_USER": "1"})
 	token := a.session("alice", "lobby")
-	for _, tt := range []struct {
+	sid := wire.SessionID(token)
+	if other := wire.SessionID(a.session("alice", "lobby")); other == sid {
+		t.Fatalf("two sessions of alice have one id %q", sid)
+	}
+	type row struct {
 		header http.Header
 		query  string
 		status int
 		body   string
-	}{
-		{bearer(token), "", 200, `{"rooms":["lobby"],"user":"alice"}`},
-		{bearer(token), "?rooms=lobby", 200, `{"rooms":["lobby"],"user":"alice"}`},
-		{bearer(token), "?rooms=other", 403, `{"error":"room \"other\" is not in the session"}`},
-		{bearer("nope"), "", 401, `{"error":"unknown or expired session"}`},
-	} {
-		req, _ := http.NewRequest("GET", a.url+"/events/check"+tt.query, nil)
-		req.Header = tt.header
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != tt.status || strings.TrimSpace(string(body)) != tt.body {
-			t.Errorf("check%s: got %d %s, want %d %s", tt.query, resp.StatusCode, body, tt.status, tt.body)
+	}
+	check := func(rows ...row) {
+		t.Helper()
+		for _, tt := range rows {
+			req, _ := http.NewRequest("GET", a.url+"/events/check"+tt.query, nil)
+			req.Header = tt.header
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.status || strings.TrimSpace(string(body)) != tt.body {
+				t.Errorf("check%s: got %d %s, want %d %s", tt.query, resp.StatusCode, body, tt.status, tt.body)
+			}
+			if strings.Contains(string(body), token) {
+				t.Errorf("check%s: the answer holds the token: %s", tt.query, body)
+			}
 		}
 	}
+	check(
+		row{bearer(token), "", 200, `{"rooms":["lobby"],"session":"` + sid + `","user":"alice"}`},
+		row{bearer(token), "?rooms=lobby", 200, `{"rooms":["lobby"],"session":"` + sid + `","user":"alice"}`},
+		row{bearer(token), "?rooms=other", 403, `{"error":"room \"other\" is not in the session"}`},
+		row{bearer("nope"), "", 401, `{"error":"unknown or expired session"}`},
+	)
+	// The ready event names the same session.
+	s, err := ssetest.Open(context.Background(), a.url+"/events", bearer(token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want(t, s, "ready", `{"user":"alice","rooms":["lobby"],"session":"`+sid+`"}`)
+	// alice's one stream is open: a refusal, which names the session still.
+	check(row{bearer(token), "", 429, `{"error":"too many streams for this user","session":"` + sid + `"}`})
 }
 
 func TestOrigin(t *testing.T) {

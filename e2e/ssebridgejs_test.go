@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,8 +27,10 @@ import (
 // opens the stream ?events= with the options ?opts= (a JS object literal)
 // added to its own. The page records what it receives in window.got (the
 // data of "n" events, and resets), window.readies, window.problems and
-// window.ended; window.h is the helper's handle; window.sseLog is every
-// callback, for failure messages.
+// window.ended; window.seen is what the tab showed, in order: "ready
+// <user>", "n <data>", and "session <user>" when the helper moved the tab to
+// another session (onsession); window.h is the helper's handle;
+// window.sseLog is every callback, for failure messages.
 func jsPages(t *testing.T) *httptest.Server {
 	mux := http.NewServeMux()
 	mux.Handle("GET /ssebridge.js", http.FileServerFS(static.FS))
@@ -47,7 +51,7 @@ func jsPages(t *testing.T) *httptest.Server {
 <p id="end"></p>
 <script src=%q></script>
 <script>
-  window.got = []; window.readies = 0; window.problems = []; window.ended = ''; window.sseLog = [];
+  window.got = []; window.readies = 0; window.problems = []; window.ended = ''; window.sseLog = []; window.seen = [];
   function log(s) { window.sseLog.push(s); show(); }
   // What a person sees: the tab's part in the shared stream, the events.
   function show() {
@@ -62,12 +66,13 @@ func jsPages(t *testing.T) *httptest.Server {
   }
   window.h = SSEBridge.open(%q, Object.assign({
     on: {
-      ready: function (e) { window.readies++; log('ready ' + e.lastEventId); },
-      n: function (e) { window.got.push(e.data); log('n ' + e.data + ' ' + e.lastEventId); },
+      ready: function (e) { window.readies++; window.seen.push('ready ' + JSON.parse(e.data).user); log('ready ' + e.lastEventId + ' ' + e.data); },
+      n: function (e) { window.got.push(e.data); window.seen.push('n ' + e.data); log('n ' + e.data + ' ' + e.lastEventId); },
       reset: function (e) { window.got.push('reset ' + e.data); log('reset ' + e.data); },
     },
     onproblem: function (info) { window.problems.push(info); log('problem ' + JSON.stringify(info)); },
     onend: function (why, status, message) { window.ended = why + ' ' + status; log('end ' + why + ' ' + status + ' ' + message); },
+    onsession: function (info) { window.seen.push('session ' + info.user); log('session ' + JSON.stringify(info)); },
   }, %s));
   show();
 </script>`, q.Get("src")+"/ssebridge.js", q.Get("events"), opts)
@@ -295,9 +300,10 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
-	// Streams go through the proxy, and nothing else does (the pages load
-	// ssebridge.js from their own server): the proxy can hold the next
-	// leader's stream until the old one is gone and events were missed.
+	// Streams and the tabs' /events/check go through the proxy, and
+	// nothing else does (the pages load ssebridge.js from their own
+	// server): the proxy can hold the next leader's stream until the old
+	// one is gone and events were missed.
 	proxy := startGateProxy(t, a.url[len("http://"):])
 	setCookie(t, browser, proxy.url(), a.session("alice"))
 	at := pageURL(pages, pages.URL, proxy.url()+"/events", "{}")
@@ -355,7 +361,9 @@ func TestBrowserJSSharedStream(t *testing.T) {
 		done <- fmt.Errorf("still publishing after 10000 events")
 	}()
 	tabs[l[0]].await("events during the flow", `window.got.length >= 10`)
-	proxy.hold()
+	// cut, not hold: every tab asked /events/check through the proxy, and
+	// the next leader's EventSource could reuse such an idle connection.
+	proxy.cut()
 	closers[l[0]]()
 	eventually(t, 10*time.Second, "the old leader's stream to end", func() bool { return a.metric("ssebridge_streams_open") == 0 })
 	gap := sent.Load()
@@ -410,4 +418,168 @@ func TestBrowserJSSharedStream(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "no stream open", func() bool { return a.metric("ssebridge_streams_open") == 0 })
 	t.Logf("%d events; the leader's tab closed after event %d; the next stream was held until event %d at least", last, gap, gap+5)
+}
+
+// seenOnlyOwn checks what a tab showed (window.seen) against the rule of
+// shared streams: a tab shows only events of a stream opened for the
+// session it believes it has. The tab believes the session of its first
+// ready, then that of each "session <user>" (onsession); every ready and
+// every event ("n <user>-<k>") in between must be of that user. It returns
+// what the tab showed.
+func seenOnlyOwn(t *testing.T, p page) []string {
+	t.Helper()
+	seen := p.eval(`window.seen`)
+	current := ""
+	for i, s := range seen {
+		kind, rest, _ := strings.Cut(s, " ")
+		owner := rest
+		switch kind {
+		case "session":
+			current = rest
+			continue
+		case "n":
+			owner, _, _ = strings.Cut(rest, "-")
+		}
+		if current == "" && kind == "ready" {
+			current = owner
+		}
+		if owner != current {
+			t.Fatalf("%s showed %q (item %d) while it believed it was %q's: %q", p.name, s, i, current, seen)
+		}
+	}
+	return seen
+}
+
+// Two sessions in one browser. alice's tab leads the shared stream and
+// another of hers follows; bob logs in (the cookie is now his) and opens
+// the page in a third tab. That tab gets bob's stream, never alice's ready
+// or events; the two tabs of alice's learn that the browser's session
+// changed, tell their page (onsession) and move to bob's stream: no tab
+// shows an event of a stream opened for another session than the one it
+// believes it has, and alice's stream is closed.
+func TestBrowserJSSessionChange(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
+	at := pageURL(pages, pages.URL, a.url+"/events", "{}")
+	setCookie(t, browser, a.url, a.session("alice"))
+	alice1, _ := openTab(t, browser, "alice's first tab", at)
+	alice1.await("alice's ready", `window.seen.includes('ready alice')`)
+	alice2, _ := openTab(t, browser, "alice's second tab", at)
+	alice2.await("alice's ready", `window.seen.includes('ready alice')`)
+	a.publish("user:alice", `{"event":"n","data":"alice-1"}`)
+	for _, p := range []page{alice1, alice2} {
+		p.await("alice's event", `window.seen.includes('n alice-1')`)
+	}
+	if n := a.metric("ssebridge_streams_open"); n != 1 {
+		t.Fatalf("%v streams open for alice's two tabs, want 1", n)
+	}
+
+	setCookie(t, browser, a.url, a.session("bob"))
+	bob, _ := openTab(t, browser, "bob's tab", at)
+	bob.await("bob's ready", `window.seen.includes('ready bob')`)
+	for _, p := range []page{alice1, alice2} {
+		p.await("the move to bob's session", `window.seen.includes('session bob') && window.seen.includes('ready bob')`)
+	}
+	eventually(t, 10*time.Second, "alice's stream to be closed: one stream, bob's", func() bool {
+		return a.metric("ssebridge_streams_open") == 1
+	})
+	a.publish("user:alice", `{"event":"n","data":"alice-2"}`)
+	a.publish("user:bob", `{"event":"n","data":"bob-1"}`)
+	a.publish("user:bob", `{"event":"n","data":"bob-2"}`)
+	for _, p := range []page{bob, alice1, alice2} {
+		p.await("bob's events", `window.seen.includes('n bob-2')`)
+	}
+	for _, p := range []page{bob, alice1, alice2} {
+		seenOnlyOwn(t, p)
+	}
+	if seen := bob.eval(`window.seen`); !slices.Equal(seen, []string{"ready bob", "n bob-1", "n bob-2"}) {
+		t.Fatalf("bob's tab showed %q", seen)
+	}
+	for _, p := range []page{alice1, alice2} {
+		if !p.bool(`window.h.session().user === 'bob'`) {
+			t.Fatalf("%s believes it has %q's session", p.name, p.eval(`[String(window.h.session && window.h.session().user)]`))
+		}
+	}
+}
+
+// The browser's session changes with no tab of the new session open (bob
+// logged in on a page without the helper): alice's tabs keep alice's
+// stream, and show her events, until it reconnects. The reconnection
+// carries bob's cookie; its ready says bob's session, and every tab moves
+// to bob's stream, the leader's followers and a tab with a stream of its
+// own (shared: false) too. Nothing of alice's is shown after the move.
+func TestBrowserJSSessionChangeOnReconnect(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL, "RETRY_INTERVAL": "500ms"})
+	proxy := startGateProxy(t, a.url[len("http://"):])
+	setCookie(t, browser, proxy.url(), a.session("alice"))
+	at := pageURL(pages, pages.URL, proxy.url()+"/events", "{}")
+	one, _ := openTab(t, browser, "tab 1", at)
+	one.await("alice's ready", `window.seen.includes('ready alice')`)
+	two, _ := openTab(t, browser, "tab 2", at)
+	two.await("alice's ready", `window.seen.includes('ready alice')`)
+	own, _ := openTab(t, browser, "a tab with its own stream", pageURL(pages, pages.URL, proxy.url()+"/events", "{shared: false}"))
+	own.await("alice's ready", `window.seen.includes('ready alice')`)
+	tabs := []page{one, two, own}
+
+	setCookie(t, browser, proxy.url(), a.session("bob"))
+	a.publish("user:alice", `{"event":"n","data":"alice-1"}`)
+	for _, p := range tabs {
+		p.await("alice's event on alice's stream", `window.seen.includes('n alice-1')`)
+	}
+	proxy.cut()
+	proxy.open()
+	for _, p := range tabs {
+		p.await("the move to bob's session", `window.seen.includes('session bob') && window.seen.includes('ready bob')`)
+	}
+	eventually(t, 10*time.Second, "bob's streams only: the shared one and the unshared tab's", func() bool {
+		return a.metric("ssebridge_streams_open") == 2
+	})
+	if n := len(slices.DeleteFunc([]page{one, two}, func(p page) bool { return !p.bool(`window.h.isLeader()`) })); n != 1 {
+		t.Fatalf("%d leaders among the two shared tabs, want 1", n)
+	}
+	a.publish("user:alice", `{"event":"n","data":"alice-2"}`)
+	a.publish("user:bob", `{"event":"n","data":"bob-1"}`)
+	for _, p := range tabs {
+		p.await("bob's event", `window.seen.includes('n bob-1')`)
+		seenOnlyOwn(t, p)
+	}
+}
+
+// bob logs in where alice was (the backend revokes alice's session, and
+// her streams get event: logout): alice's tabs, whose browser now holds
+// bob's session, move to bob's stream rather than end.
+func TestBrowserJSSessionChangeOnLogout(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
+	alice := a.session("alice")
+	setCookie(t, browser, a.url, alice)
+	at := pageURL(pages, pages.URL, a.url+"/events", "{}")
+	one, _ := openTab(t, browser, "tab 1", at)
+	one.await("alice's ready", `window.seen.includes('ready alice')`)
+	two, _ := openTab(t, browser, "tab 2", at)
+	two.await("alice's ready", `window.seen.includes('ready alice')`)
+
+	// What ssebridge_django's login does, and a logout for alice's streams
+	// (ssebridge sends the same when its recheck finds the key gone).
+	setCookie(t, browser, a.url, a.session("bob"))
+	if err := a.rdb.Del(context.Background(), a.cfg.SessionPrefix+alice).Err(); err != nil {
+		t.Fatal(err)
+	}
+	a.publish("control", `{"op":"logout","user":"alice"}`)
+	for _, p := range []page{one, two} {
+		p.await("the move to bob's session", `window.seen.includes('session bob') && window.seen.includes('ready bob')`)
+	}
+	eventually(t, 10*time.Second, "one stream, bob's", func() bool { return a.metric("ssebridge_streams_open") == 1 })
+	a.publish("user:bob", `{"event":"n","data":"bob-1"}`)
+	for _, p := range []page{one, two} {
+		p.await("bob's event", `window.seen.includes('n bob-1')`)
+		seenOnlyOwn(t, p)
+		if p.bool(`window.ended`) {
+			t.Fatalf("%s ended: %q", p.name, p.eval(`[window.ended]`))
+		}
+	}
 }

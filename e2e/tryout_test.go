@@ -80,7 +80,7 @@ func TestTryOut(t *testing.T) {
 	out, tailErr := tail.stdout, tail.stderr
 	eventually(t, 5*time.Second, "tail to print ready", func() bool { return strings.Contains(out.String(), "event=ready") })
 	tail.awaitLog(t, "try-out mode", 5*time.Second) // its stderr, read by another goroutine
-	if !strings.Contains(out.String(), `data={"user":"tail","rooms":["lobby"]}`) || !strings.Contains(tailErr.String(), "try-out mode") {
+	if !strings.Contains(out.String(), `data={"user":"tail","rooms":["lobby"],"session":"`) || !strings.Contains(tailErr.String(), "try-out mode") {
 		t.Fatalf("tail printed:\n%s\nand on stderr:\n%s", out.String(), tailErr.String())
 	}
 
@@ -160,7 +160,7 @@ func TestEmbeddedTryOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	want(t, s, "ready", `{"user":"alice","rooms":["lobby"]}`)
+	want(t, s, "ready", `{"user":"alice","rooms":["lobby"],"session":"`+wire.SessionID(strings.TrimPrefix(cookie, "sse_session="))+`"}`)
 
 	resp, err = client.PostForm(base+"/dev/publish", url.Values{"channel": {"room:lobby"}, "payload": {`{"event":"chat","data":"hi"}`}})
 	if err != nil || resp.StatusCode != 200 {

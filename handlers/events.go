@@ -107,22 +107,31 @@ func (ev *events) openRefusal(c echo.Context, user string, err error) error {
 
 // check serves GET /events/check: the answer GET /events would give, without
 // opening a stream. EventSource hides the status of a refused stream; this
-// lets a page tell a final refusal (401, 403) from a passing one.
+// lets a page tell a final refusal (401, 403) from a passing one. Once the
+// session is known, the answer names it (wire.SessionID), a refusal for a
+// limit included: ssebridge.js asks before it joins the tabs of a session,
+// and a tab of a user whose one allowed stream its leader holds must still
+// learn which tabs to join.
 func (ev *events) check(c echo.Context) error {
 	who, err := ev.authorize(c, nil)
 	if err != nil {
 		return err
 	}
 	sess, rooms := who.session, who.rooms
+	sid := wire.SessionID(who.token)
 	if ev.o.Hub != nil {
 		if err := ev.o.Hub.Admits(sess.User); err != nil {
-			return ev.openRefusal(c, sess.User, err)
+			refusal := ev.openRefusal(c, sess.User, err)
+			if he, ok := refusal.(*echo.HTTPError); ok {
+				return c.JSON(he.Code, map[string]any{"error": he.Message, "session": sid})
+			}
+			return refusal
 		}
 	}
 	if rooms == nil {
 		rooms = []string{}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"user": sess.User, "rooms": rooms})
+	return c.JSON(http.StatusOK, map[string]any{"user": sess.User, "rooms": rooms, "session": sid})
 }
 
 // authorized is what authorize found: whose stream, and which rooms.

@@ -538,14 +538,18 @@ func (h *Hub) resetFrame(pos wire.Cursor, reason string) []byte {
 
 var logoutFrame = []byte("event: logout\ndata: {}\n\n")
 
-func readyFrame(user string, rooms []string, retry time.Duration, id string) []byte {
+// readyFrame is the first event of a stream: whose it is (the user, and
+// the session's id, wire.SessionID, which ssebridge.js groups tabs by) and
+// its rooms.
+func readyFrame(user, session string, rooms []string, retry time.Duration, id string) []byte {
 	if rooms == nil {
 		rooms = []string{}
 	}
 	data, _ := json.Marshal(struct {
-		User  string   `json:"user"`
-		Rooms []string `json:"rooms"`
-	}{user, rooms})
+		User    string   `json:"user"`
+		Rooms   []string `json:"rooms"`
+		Session string   `json:"session"`
+	}{user, rooms, session})
 	frame := wire.RetryFrame(retry.Milliseconds())
 	frame = frame[:len(frame)-1] // one block: retry: and the ready event together
 	return append(frame, wire.Envelope{Event: "ready", ID: id, Data: data}.Frame()...)

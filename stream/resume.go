@@ -44,8 +44,9 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 		from = c
 	}
 	rooms := s.rooms()
+	sid := wire.SessionID(s.session) // made here, once a stream: an idle stream holds only the token
 	if !from.IsZero() {
-		if err := out.write([][]byte{readyFrame(s.User, rooms, h.opts.Retry, "")}); err != nil {
+		if err := out.write([][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, "")}); err != nil {
 			return s.writeFailed(ctx)
 		}
 		s.replayFrom(from)
@@ -55,9 +56,9 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 	if err != nil {
 		return h.redisFailed(ctx, s, "no position from redis", err)
 	}
-	frames := [][]byte{readyFrame(s.User, rooms, h.opts.Retry, pos.String())}
+	frames := [][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, pos.String())}
 	if reset != "" {
-		frames = [][]byte{readyFrame(s.User, rooms, h.opts.Retry, ""), h.resetFrame(pos, reset)}
+		frames = [][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, ""), h.resetFrame(pos, reset)}
 	}
 	if err := out.write(frames); err != nil {
 		return s.writeFailed(ctx)

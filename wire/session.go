@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +39,19 @@ func (s Session) Allows(room string) bool {
 		}
 	}
 	return false
+}
+
+// SessionID names the session stored under token without revealing the
+// token: base64url of the first 16 bytes of SHA-256("ssebridge session id\x00"
+// + token), 22 characters. ssebridge gives it to the page (in ready, and in
+// /events/check's answer) so that ssebridge.js shares a stream only among
+// the tabs of one session: the cookie is HttpOnly, and a page cannot tell
+// otherwise whose session it holds. It is not a credential (a stream needs
+// the token, which cannot be had back from it), and tells nothing the
+// page's holder does not know; it is still never logged.
+func SessionID(token string) string {
+	sum := sha256.Sum256([]byte("ssebridge session id\x00" + token))
+	return base64.RawURLEncoding.EncodeToString(sum[:16])
 }
 
 // ParseSession checks a stored session value: a JSON object whose "user" is

@@ -16,6 +16,17 @@ func TestParseSession(t *testing.T) {
 		{`{"user":"diegoug"}`, "diegoug", 0, false},
 		{`{"user":"alice","rooms":["lobby","team-7"],"extra":{"x":1}}`, "alice", 2, false},
 		{`{"user":42}`, "42", 0, false},
+		// A JSON integer must fit int64 (ssebridge_django applies the same
+		// rule: clients/django/tests/test_sessions.py); a string of digits
+		// is a name like any other.
+		{`{"user":-5}`, "-5", 0, false},
+		{`{"user":9223372036854775807}`, "9223372036854775807", 0, false},
+		{`{"user":-9223372036854775808}`, "-9223372036854775808", 0, false},
+		{`{"user":9223372036854775808}`, "", 0, true},
+		{`{"user":-9223372036854775809}`, "", 0, true},
+		{`{"user":18446744073709551616}`, "", 0, true},
+		{`{"user":1e3}`, "", 0, true},
+		{`{"user":"9223372036854775808"}`, "9223372036854775808", 0, false},
 		{`{"user":"a@b.c:d_e-f"}`, "a@b.c:d_e-f", 0, false},
 		{`{"user":""}`, "", 0, true},
 		{`{"user":null}`, "", 0, true},
@@ -101,5 +112,22 @@ func TestAfterGrant(t *testing.T) {
 		if got := AfterGrant(after, "room:r", tt.grant); got.String() != tt.want {
 			t.Errorf("AfterGrant(%q, %q) = %q, want %q", tt.after, tt.grant, got, tt.want)
 		}
+	}
+}
+
+// TestSessionID: a session's id is fixed for its token, differs between
+// tokens, is 22 base64url characters (a valid name, safe in a lock's name)
+// and does not hold the token.
+func TestSessionID(t *testing.T) {
+	a, b := SessionID("tok-a"), SessionID("tok-b")
+	if a != SessionID("tok-a") || a == b {
+		t.Fatalf("SessionID: %q, %q", a, b)
+	}
+	if len(a) != 22 || strings.Trim(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+		t.Fatalf("SessionID %q: want 22 base64url characters", a)
+	}
+	long := strings.Repeat("secret", 20)
+	if id := SessionID(long); strings.Contains(long, id) || strings.Contains(id, "secret") {
+		t.Fatalf("SessionID(%q) = %q", long, id)
 	}
 }

@@ -9,7 +9,7 @@ or durable) and control messages.
     def signin(request):
         ...                                           # your own authentication
         response = redirect("home")
-        sse.login(response, user.username, rooms=["lobby"])
+        sse.login(request, response, user.username, rooms=["lobby"])
         return response
 
     def signout(request):
@@ -40,7 +40,7 @@ from .publishing import (
 )
 from .sessions import get_session, login, logout, set_rooms, token
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BROADCAST",

@@ -42,7 +42,9 @@ DEFAULTS = {
     # same site ("Lax"), and COOKIE_DOMAIN=".example.com" when ssebridge is
     # on another host of the site. "None" needs COOKIE_SECURE.
     "COOKIE_SAMESITE": "Lax",
-    "COOKIE_SECURE": False,
+    # None: Secure unless settings.DEBUG (a token must not cross plain HTTP
+    # in production; a development server has no HTTPS). True or False to choose.
+    "COOKIE_SECURE": None,
     "COOKIE_DOMAIN": None,
     "COOKIE_PATH": "/",
 }
@@ -77,7 +79,7 @@ def problems():
     samesite = user.get("COOKIE_SAMESITE", DEFAULTS["COOKIE_SAMESITE"])
     if samesite is not None and str(samesite).lower() not in _SAMESITE:
         out.append('SSEBRIDGE["COOKIE_SAMESITE"] must be "Lax", "Strict", "None" or None, not %r' % (samesite,))
-    elif samesite is not None and str(samesite).lower() == "none" and not user.get("COOKIE_SECURE", False):
+    elif samesite is not None and str(samesite).lower() == "none" and not _secure(user.get("COOKIE_SECURE")):
         out.append('SSEBRIDGE["COOKIE_SAMESITE"] = "None" needs SSEBRIDGE["COOKIE_SECURE"] = True (browsers drop the cookie otherwise)')
     parts = user.get("CLUSTER_PARTITIONS", DEFAULTS["CLUSTER_PARTITIONS"])
     if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= 1024:
@@ -90,6 +92,16 @@ def problems():
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
         out.append('SSEBRIDGE["SESSION_TTL"] must be a positive number of seconds, not %r' % (ttl,))
     return out
+
+
+def _secure(value):
+    return (not settings.DEBUG) if value is None else bool(value)
+
+
+def cookie_secure():
+    """Whether the cookie is Secure: COOKIE_SECURE, or when it is None (the
+    default), not settings.DEBUG."""
+    return _secure(get("COOKIE_SECURE"))
 
 
 def check():

@@ -30,9 +30,25 @@ def check_name(kind, name):
     return name
 
 
+# ssebridge reads an integer user as a 64-bit signed integer (wire/session.go
+# parseUser) and refuses a session whose user does not fit.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_user(user):
+    """user as ssebridge will see it (a string), or ValueError: ssebridge's
+    rule (wire/session.go parseUser, wire/names.go CheckName). A string is a
+    name (1-128 letters, digits and _ - . : @); an integer must fit in 64
+    bits (signed), and is then the name of its decimal digits. A bool, a
+    float or anything else is refused."""
+    if isinstance(user, int) and not isinstance(user, bool) and not INT64_MIN <= user <= INT64_MAX:
+        raise ValueError("user id %r: an integer user must fit in 64 bits (signed), as ssebridge requires" % (user,))
+    return check_name("user id", user)
+
+
 def user(id):
     """The channel of every open stream of a user: "user:<id>"."""
-    return "user:" + check_name("user id", id)
+    return "user:" + check_user(id)
 
 
 def room(name):
@@ -148,7 +164,7 @@ def control(op, user, room=None, pipe=None):
 
     On Redis Cluster it goes to the shard channel of "control", never in a
     pipe (a MULTI cannot span the session's slot and the channel's)."""
-    message = {"op": op, "user": check_name("user id", user)}
+    message = {"op": op, "user": check_user(user)}
     if room is not None:
         message["room"] = check_name("room name", room)
     if conf.cluster():

@@ -5,9 +5,10 @@ import json
 import secrets
 
 from django.core.exceptions import ImproperlyConfigured
+from django.http.response import HttpResponseBase
 
 from . import conf
-from .publishing import check_name, control
+from .publishing import check_name, check_user, control
 
 
 def _key(token):
@@ -16,7 +17,7 @@ def _key(token):
 
 def _cookie_attrs():
     samesite = conf.get("COOKIE_SAMESITE")
-    secure = bool(conf.get("COOKIE_SECURE"))
+    secure = conf.cookie_secure()
     if samesite is not None and str(samesite).lower() == "none" and not secure:
         raise ImproperlyConfigured('SSEBRIDGE["COOKIE_SAMESITE"] = "None" needs SSEBRIDGE["COOKIE_SECURE"] = True')
     return {
@@ -28,25 +29,39 @@ def _cookie_attrs():
     }
 
 
-def login(response, user, rooms=()):
-    """Start an ssebridge session for user and set its cookie on response.
+def login(request, response, user=None, rooms=()):
+    """Start an ssebridge session for user and set its cookie on response,
+    revoking the session the browser held before (request's cookie).
 
-    user is a string or an integer, rooms the room names the user's streams
-    may have. Stores {"user": ..., "rooms": [...]} under a new random token
-    for SESSION_TTL seconds and sets the cookie (HttpOnly, COOKIE_SAMESITE,
-    COOKIE_SECURE). Returns the token (a secret: do not log it).
+    user is a string or an integer (one that fits in 64 bits, as ssebridge
+    requires), rooms the room names the user's streams may have. Deletes
+    the session named by request's cookie, if any: left in Redis for its
+    TTL, its token would still open streams of the earlier user (its open
+    streams end within ssebridge's SESSION_RECHECK_INTERVAL). Then stores
+    {"user": ..., "rooms": [...]} under a new random token for SESSION_TTL
+    seconds and sets the cookie (HttpOnly, COOKIE_SAMESITE, COOKIE_SECURE).
+    Returns the token (a secret: do not log it).
     """
-    if isinstance(user, bool) or not isinstance(user, (str, int)):
-        raise ValueError("user must be a string or an integer, not %r" % (user,))
-    check_name("user id", user)
+    if isinstance(request, HttpResponseBase):
+        # The call of version 0.1: login(response, user, rooms). Without the
+        # request the earlier session cannot be revoked; refuse, and say so.
+        raise TypeError("ssebridge_django.login(request, response, user, rooms=()) takes the request first "
+                        "(it revokes the session the browser held before), not login(response, user, ...)")
+    # user has a default only so that the old two-argument call gets the
+    # TypeError above rather than Python's; None is refused below.
+    check_user(user)
     rooms = _rooms(rooms)
     ttl = int(conf.get("SESSION_TTL"))
     attrs = _cookie_attrs()
-    token = secrets.token_urlsafe(32)
+    client = conf.redis_client()
+    earlier = token(request)
+    if earlier is not None:
+        client.delete(_key(earlier))  # before the new one exists: no moment with both
+    new = secrets.token_urlsafe(32)
     value = json.dumps({"user": user, "rooms": rooms}, separators=(",", ":"))
-    conf.redis_client().set(_key(token), value, ex=ttl)
-    response.set_cookie(conf.get("COOKIE"), token, max_age=ttl, **attrs)
-    return token
+    client.set(_key(new), value, ex=ttl)
+    response.set_cookie(conf.get("COOKIE"), new, max_age=ttl, **attrs)
+    return new
 
 
 def _rooms(rooms):

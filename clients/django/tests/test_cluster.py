@@ -127,7 +127,7 @@ class ClusterTests(SimpleTestCase):
     def test_sessions(self):
         ps = self.ssubscribe("control")
         response = HttpResponse()
-        token = sse.login(response, "alice", rooms=["lobby"])
+        token = sse.login(HttpRequest(), response, "alice", rooms=["lobby"])
         request = HttpRequest()
         request.COOKIES[conf.get("COOKIE")] = token
         self.assertEqual(sse.set_rooms(request, ["team-7"]), ["team-7"])
@@ -138,3 +138,11 @@ class ClusterTests(SimpleTestCase):
         self.assertEqual(sse.logout(request, HttpResponse(), end_streams=True), "alice")
         self.assertIsNone(self.client.get("session:" + token))
         self.assertEqual(json.loads(self.next_message(ps)), {"op": "logout", "user": "alice"})
+
+    def test_login_revokes_the_earlier_session(self):
+        first = sse.login(HttpRequest(), HttpResponse(), "alice")
+        request = HttpRequest()
+        request.COOKIES[conf.get("COOKIE")] = first
+        second = sse.login(request, HttpResponse(), "bob")
+        self.assertIsNone(self.client.get("session:" + first))
+        self.assertEqual(json.loads(self.client.get("session:" + second))["user"], "bob")

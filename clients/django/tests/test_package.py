@@ -39,13 +39,20 @@ class SettingsCheckTests(SimpleTestCase):
     def test_defaults_pass(self):
         self.assertEqual(self.errors(), [])
 
-    @override_settings(SSEBRIDGE={"REDIS_ULR": "redis://x", "COOKIE_SAMESITE": "None", "SESSION_TTL": 0})
+    @override_settings(SSEBRIDGE={"REDIS_ULR": "redis://x", "COOKIE_SAMESITE": "None", "COOKIE_SECURE": False, "SESSION_TTL": 0})
     def test_problems_reported(self):
         errors = self.errors()
         self.assertEqual(len(errors), 3, errors)
         self.assertIn("REDIS_ULR", errors[0])
         self.assertIn("COOKIE_SECURE", errors[1])
         self.assertIn("SESSION_TTL", errors[2])
+
+
+    @override_settings(SSEBRIDGE={"COOKIE_SAMESITE": "None"})
+    def test_samesite_none_with_the_default_secure(self):
+        self.assertEqual(self.errors(), [])  # DEBUG is off: Secure
+        with self.settings(DEBUG=True):
+            self.assertEqual(len(self.errors()), 1)
 
 
 class InstallTests(SimpleTestCase):

@@ -26,7 +26,7 @@ def signin(request):
         request.session["user"] = user
         request.session["rooms"] = rooms
         response = redirect("room", room=rooms[0]) if rooms else redirect("me")
-        sse.login(response, user, rooms)
+        sse.login(request, response, user, rooms)  # revokes the browser's earlier session
         return response
     return render(request, "chat/signin.html", {"rooms": ROOMS})
 
