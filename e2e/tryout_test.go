@@ -202,7 +202,7 @@ func TestEmbeddedTryOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	want(t, s2, "ready", `{"user":"bob","rooms":["vault"]}`)
+	want(t, s2, "ready", `{"user":"bob","rooms":["vault"],"session":"`+wire.SessionID(strings.TrimPrefix(bob, "sse_session="))+`"}`)
 	want(t, s2, "n", "after the grant")
 
 	for path, status := range map[string]int{"/": 200, "/ssebridge.js": 200, "/healthz": 200} {
