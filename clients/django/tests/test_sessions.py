@@ -221,3 +221,44 @@ class UserRuleTests(RedisTestCase):
                 with self.assertRaises(ValueError):
                     sse.logout_user(user)
         self.assertEqual(self.redis.dbsize(), 0)
+
+
+class GrantTests(RedisTestCase):
+    """Rooms are granted at the position Redis's history is at (the value of
+    <CHANNEL_PREFIX>cursor): ssebridge never sends a stream a room's events
+    from before its grant (docs/protocol.md, "Sessions")."""
+
+    def session(self, token):
+        return json.loads(self.redis.get("session:" + token))
+
+    def test_login_grants_the_rooms_now(self):
+        no_history = sse.login(browser(), HttpResponse(), "alice", ["lobby"])
+        self.assertEqual(self.session(no_history)["granted"], {"lobby": ""})
+        self.redis.set("sse:cursor", "e1:100-3")
+        token = sse.login(browser(), HttpResponse(), "alice", ["lobby", "team-7"])
+        self.assertEqual(self.session(token)["granted"], {"lobby": "e1:100-3", "team-7": "e1:100-3"})
+
+    def test_a_new_login_of_the_same_user_keeps_earlier_grants(self):
+        self.redis.set("sse:cursor", "e1:100-0")
+        first = sse.login(browser(), HttpResponse(), "alice", ["lobby"])
+        self.redis.set("sse:cursor", "e1:200-0")
+        again = sse.login(browser(first), HttpResponse(), "alice", ["lobby", "team-7"])
+        # lobby was hers already: a tab resuming across the login loses nothing.
+        self.assertEqual(self.session(again)["granted"], {"lobby": "e1:100-0", "team-7": "e1:200-0"})
+        bob = sse.login(browser(again), HttpResponse(), "bob", ["lobby"])
+        self.assertEqual(self.session(bob)["granted"], {"lobby": "e1:200-0"})
+
+    def test_set_rooms_grants_added_rooms_and_joins_with_since(self):
+        self.redis.set("sse:cursor", "e1:100-0")
+        token = sse.login(browser(), HttpResponse(), "alice", ["lobby", "team-7"])
+        self.redis.set("sse:cursor", "e1:300-1")
+        control = self.subscribe("sse:control")
+        sse.set_rooms(browser(token), ["team-7", "team-9"])
+        self.assertEqual(self.session(token)["granted"], {"team-7": "e1:100-0", "team-9": "e1:300-1"})
+        self.assertEqual(self.next_json(control)[1], {"op": "join", "user": "alice", "room": "team-9", "since": "e1:300-1"})
+
+    def test_join_carries_since(self):
+        self.redis.set("sse:cursor", "e1:400-0")
+        control = self.subscribe("sse:control")
+        sse.join("alice", "team-7")
+        self.assertEqual(self.next_json(control)[1], {"op": "join", "user": "alice", "room": "team-7", "since": "e1:400-0"})
