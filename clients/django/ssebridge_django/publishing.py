@@ -159,14 +159,38 @@ def publish_durable(channel, event, data):
     return event_id.decode() if isinstance(event_id, bytes) else event_id
 
 
-def control(op, user, room=None, pipe=None):
-    """Publish a control message: {"op": op, "user": ..., "room": ...}.
+def grant_positions(rooms):
+    """Where Redis's history is now, for each room: the position a room is
+    granted at (a session's "granted", a join's "since"). ssebridge never
+    sends a stream a room's events from before its grant. The value of
+    <CHANNEL_PREFIX>cursor ("" while there is no history); on Redis Cluster,
+    of the room's partition's cursor key."""
+    client = conf.redis_client()
+    if conf.cluster():
+        keys = {r: _tag(room(r)) + "cursor" for r in rooms}
+        values = {k: _text(client.get(k)) for k in set(keys.values())}
+        return {r: values[k] for r, k in keys.items()}
+    position = _text(client.get(conf.get("CHANNEL_PREFIX") + "cursor"))
+    return {r: position for r in rooms}
+
+
+def _text(value):
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def control(op, user, room=None, pipe=None, since=None):
+    """Publish a control message: {"op": op, "user": ..., "room": ...}, and
+    "since" (a join's grant position) when given.
 
     On Redis Cluster it goes to the shard channel of "control", never in a
     pipe (a MULTI cannot span the session's slot and the channel's)."""
     message = {"op": op, "user": check_user(user)}
     if room is not None:
         message["room"] = check_name("room name", room)
+    if since is not None:
+        message["since"] = since
     if conf.cluster():
         return _spublish(conf.redis_client(), CONTROL, json.dumps(message, separators=(",", ":")))
     target = pipe if pipe is not None else conf.redis_client()
@@ -174,11 +198,13 @@ def control(op, user, room=None, pipe=None):
 
 
 def join(user, room):
-    """Subscribe the user's open streams to room, now, on every ssebridge.
+    """Subscribe the user's open streams to room, now, on every ssebridge,
+    granted now: they get none of the room's events from before.
 
     Only open streams: future ones get the session's rooms (set_rooms updates
     both)."""
-    return control("join", user, room)
+    room = check_name("room name", room)
+    return control("join", user, room, since=grant_positions([room])[room])
 
 
 def leave(user, room):

@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http.response import HttpResponseBase
 
 from . import conf
-from .publishing import check_name, check_user, control
+from .publishing import check_name, check_user, control, grant_positions
 
 
 def _key(token):
@@ -54,14 +54,35 @@ def login(request, response, user=None, rooms=()):
     ttl = int(conf.get("SESSION_TTL"))
     attrs = _cookie_attrs()
     client = conf.redis_client()
-    earlier = token(request)
-    if earlier is not None:
-        client.delete(_key(earlier))  # before the new one exists: no moment with both
+    # Taken before the new one exists: no moment with both.
+    previous = _take(token(request)) or {}
+    granted = grant_positions(rooms)
+    if str(previous.get("user")) == str(user):
+        # Rooms she had already keep their grant: a tab that resumes
+        # across the login gets what it missed of them.
+        kept = previous.get("granted") or {}
+        granted.update({r: kept[r] for r in rooms if r in kept})
     new = secrets.token_urlsafe(32)
-    value = json.dumps({"user": user, "rooms": rooms}, separators=(",", ":"))
+    value = json.dumps({"user": user, "rooms": rooms, "granted": granted}, separators=(",", ":"))
     client.set(_key(new), value, ex=ttl)
     response.set_cookie(conf.get("COOKIE"), new, max_age=ttl, **attrs)
     return new
+
+
+def _take(t):
+    """Delete the session stored under token t and return it (a dict), or
+    None if there is none."""
+    if t is None:
+        return None
+    if conf.cluster():
+        # No MULTI on a cluster client: GETDEL is one atomic command.
+        raw = conf.redis_client().execute_command("GETDEL", _key(t))
+    else:
+        pipe = conf.redis_client().pipeline(transaction=True)
+        pipe.get(_key(t))
+        pipe.delete(_key(t))
+        raw, _ = pipe.execute()
+    return json.loads(raw) if raw is not None else None
 
 
 def _rooms(rooms):
@@ -100,20 +121,7 @@ def logout(request, response, end_streams=True):
 
     Returns the session's user, or None if there was no session.
     """
-    t = token(request)
-    user = None
-    if t is not None and conf.cluster():
-        # No MULTI on a cluster client: GETDEL is one atomic command.
-        raw = conf.redis_client().execute_command("GETDEL", _key(t))
-        if raw is not None:
-            user = json.loads(raw).get("user")
-    elif t is not None:
-        pipe = conf.redis_client().pipeline(transaction=True)
-        pipe.get(_key(t))
-        pipe.delete(_key(t))
-        raw, _ = pipe.execute()
-        if raw is not None:
-            user = json.loads(raw).get("user")
+    user = (_take(token(request)) or {}).get("user")
     if end_streams and user is not None:
         control("logout", user)
     attrs = _cookie_attrs()
@@ -144,17 +152,14 @@ def set_rooms(request, rooms):
                 if raw is None:
                     return None
                 session = json.loads(raw)
-                before = [str(r) for r in session.get("rooms") or []]
-                session["rooms"] = rooms
+                added, removed = _change_rooms(session, rooms)
                 pipe.multi()
                 # KEEPTTL: the session keeps its expiry.
                 pipe.set(key, json.dumps(session, separators=(",", ":")), keepttl=True)
-                for r in rooms:
-                    if r not in before:
-                        control("join", session["user"], r, pipe=pipe)
-                for r in before:
-                    if r not in rooms:
-                        control("leave", session["user"], r, pipe=pipe)
+                for r, since in added.items():
+                    control("join", session["user"], r, pipe=pipe, since=since)
+                for r in removed:
+                    control("leave", session["user"], r, pipe=pipe)
                 pipe.execute()
                 return rooms
             except redis.WatchError:
@@ -172,14 +177,24 @@ def _set_rooms_cluster(key, rooms):
     if raw is None:
         return None
     session = json.loads(raw)
-    before = [str(r) for r in session.get("rooms") or []]
-    session["rooms"] = rooms
+    added, removed = _change_rooms(session, rooms)
     if not client.set(key, json.dumps(session, separators=(",", ":")), keepttl=True, xx=True):
         return None  # gone meanwhile
-    for r in rooms:
-        if r not in before:
-            control("join", session["user"], r)
-    for r in before:
-        if r not in rooms:
-            control("leave", session["user"], r)
+    for r, since in added.items():
+        control("join", session["user"], r, since=since)
+    for r in removed:
+        control("leave", session["user"], r)
     return rooms
+
+
+def _change_rooms(session, rooms):
+    """Give session the rooms: those it gains are granted now, those it
+    keeps keep their grant. Returns the rooms gained, each with its grant
+    position (a join's since), and the rooms lost."""
+    before = [str(r) for r in session.get("rooms") or []]
+    kept = session.get("granted") or {}
+    added = grant_positions([r for r in rooms if r not in before])
+    granted = {r: kept[r] for r in rooms if r in before and r in kept}
+    granted.update(added)
+    session["rooms"], session["granted"] = rooms, granted
+    return added, [r for r in before if r not in rooms]

@@ -118,7 +118,10 @@ class ClusterTests(SimpleTestCase):
     def test_control(self):
         ps = self.ssubscribe("control")
         sse.join("alice", "team-7")
-        self.assertEqual(json.loads(self.next_message(ps)), {"op": "join", "user": "alice", "room": "team-7"})
+        # Granted at the position of the room's partition.
+        since = self.client.get(sse.publishing._tag("room:team-7") + "cursor")
+        since = since.decode() if since is not None else ""
+        self.assertEqual(json.loads(self.next_message(ps)), {"op": "join", "user": "alice", "room": "team-7", "since": since})
         sse.leave("alice", "team-7")
         self.assertEqual(json.loads(self.next_message(ps)), {"op": "leave", "user": "alice", "room": "team-7"})
         sse.logout_user("alice")
@@ -131,7 +134,10 @@ class ClusterTests(SimpleTestCase):
         request = HttpRequest()
         request.COOKIES[conf.get("COOKIE")] = token
         self.assertEqual(sse.set_rooms(request, ["team-7"]), ["team-7"])
-        self.assertEqual(json.loads(self.next_message(ps)), {"op": "join", "user": "alice", "room": "team-7"})
+        since = self.client.get(sse.publishing._tag("room:team-7") + "cursor")
+        since = since.decode() if since is not None else ""
+        self.assertEqual(json.loads(self.next_message(ps)), {"op": "join", "user": "alice", "room": "team-7", "since": since})
+        self.assertEqual(json.loads(self.client.get("session:" + token))["granted"], {"team-7": since})
         self.assertEqual(json.loads(self.next_message(ps)), {"op": "leave", "user": "alice", "room": "lobby"})
         self.assertEqual(json.loads(self.client.get("session:" + token))["rooms"], ["team-7"])
         self.assertGreater(self.client.ttl("session:" + token), 0)

@@ -104,7 +104,7 @@ class ControlTests(RedisTestCase):
         sse.logout_user("alice")
         raw = [self.next_message(ps)[1] for _ in range(3)]
         self.assertEqual(raw, [
-            b'{"op":"join","user":"alice","room":"team-7"}',
+            b'{"op":"join","user":"alice","room":"team-7","since":""}',
             b'{"op":"leave","user":"42","room":"lobby"}',
             b'{"op":"logout","user":"alice"}',
         ])

@@ -23,7 +23,7 @@ class LoginTests(RedisTestCase):
         token = sse.login(browser(), HttpResponse(), "alice", ["lobby", "team-7"])
         self.assertGreaterEqual(len(token), 43)  # secrets.token_urlsafe(32)
         raw = self.redis.get("session:" + token)
-        self.assertEqual(json.loads(raw), {"user": "alice", "rooms": ["lobby", "team-7"]})
+        self.assertEqual(json.loads(raw), {"user": "alice", "rooms": ["lobby", "team-7"], "granted": {"lobby": "", "team-7": ""}})
         ttl = self.redis.ttl("session:" + token)
         self.assertTrue(86400 - 5 <= ttl <= 86400, ttl)
 
@@ -32,7 +32,7 @@ class LoginTests(RedisTestCase):
 
     def test_integer_user_and_no_rooms(self):
         token = sse.login(browser(), HttpResponse(), 42)
-        self.assertEqual(json.loads(self.redis.get("session:" + token)), {"user": 42, "rooms": []})
+        self.assertEqual(json.loads(self.redis.get("session:" + token)), {"user": 42, "rooms": [], "granted": {}})
 
     def test_default_cookie_flags(self):
         response = HttpResponse()
@@ -98,7 +98,7 @@ class RevokeTests(RedisTestCase):
         response = HttpResponse()
         bob = sse.login(browser(alice), response, "bob")
         self.assertIsNone(self.redis.get("session:" + alice))
-        self.assertEqual(json.loads(self.redis.get("session:" + bob)), {"user": "bob", "rooms": []})
+        self.assertEqual(json.loads(self.redis.get("session:" + bob)), {"user": "bob", "rooms": [], "granted": {}})
         self.assertIsNotNone(self.redis.get("session:" + elsewhere))
         self.assertEqual(response.cookies["sse_session"].value, bob)
 
@@ -164,7 +164,7 @@ class LogoutTests(RedisTestCase):
 
     def test_get_session(self):
         token = sse.login(browser(), HttpResponse(), "alice", ["lobby"])
-        self.assertEqual(sse.get_session(self.request_with(token)), {"user": "alice", "rooms": ["lobby"]})
+        self.assertEqual(sse.get_session(self.request_with(token)), {"user": "alice", "rooms": ["lobby"], "granted": {"lobby": ""}})
         self.assertEqual(sse.token(self.request_with(token)), token)
         self.assertIsNone(sse.get_session(self.request_with(None)))
         self.assertIsNone(sse.get_session(self.request_with("nope")))
@@ -178,9 +178,10 @@ class SetRoomsTests(RedisTestCase):
         request.COOKIES["sse_session"] = token
         control = self.subscribe("sse:control")
         self.assertEqual(sse.set_rooms(request, ["team-7", "team-9"]), ["team-7", "team-9"])
-        self.assertEqual(json.loads(self.redis.get("session:" + token)), {"user": "alice", "rooms": ["team-7", "team-9"]})
+        self.assertEqual(json.loads(self.redis.get("session:" + token)),
+                         {"user": "alice", "rooms": ["team-7", "team-9"], "granted": {"team-7": "", "team-9": ""}})
         self.assertTrue(590 <= self.redis.ttl("session:" + token) <= 600)
-        self.assertEqual(self.next_json(control)[1], {"op": "join", "user": "alice", "room": "team-9"})
+        self.assertEqual(self.next_json(control)[1], {"op": "join", "user": "alice", "room": "team-9", "since": ""})
         self.assertEqual(self.next_json(control)[1], {"op": "leave", "user": "alice", "room": "lobby"})
 
     def test_no_session(self):
@@ -206,7 +207,7 @@ class UserRuleTests(RedisTestCase):
                 token = sse.login(browser(), HttpResponse(), user)
                 # Stored as given: an integer as a JSON integer, as ssebridge reads it.
                 self.assertEqual(self.redis.get("session:" + token).decode(),
-                                 '{"user":%s,"rooms":[]}' % json.dumps(user))
+                                 '{"user":%s,"rooms":[],"granted":{}}' % json.dumps(user))
                 self.assertEqual(sse.user(user), "user:%s" % user)
                 sse.logout_user(user)
                 self.assertEqual(self.next_json(control)[1], {"op": "logout", "user": str(user)})
