@@ -70,6 +70,7 @@ func replayBeforeReset(t *testing.T, url, token, lastID string, want int) (event
 	}
 	br := bufio.NewReader(resp.Body)
 	ready := 0 // 1: in the ready block, 2: past it
+	block := 0 // bytes of the current block so far
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
@@ -82,12 +83,17 @@ func replayBeforeReset(t *testing.T, url, token, lastID string, want int) (event
 			}
 			continue
 		case line == "event: reset\n":
+			// Its id: line came first, and is the reset's own.
 			data, _ := br.ReadString('\n')
-			return events, bytes, strings.TrimSpace(strings.TrimPrefix(data, "data: "))
+			return events, bytes - block, strings.TrimSpace(strings.TrimPrefix(data, "data: "))
 		case line == "event: n\n":
 			events++
 		}
 		bytes += len(line)
+		block += len(line)
+		if line == "\n" {
+			block = 0
+		}
 		if events == want && line == "\n" {
 			return events, bytes, ""
 		}
