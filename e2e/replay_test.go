@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -146,5 +147,64 @@ func TestReplayTooLarge(t *testing.T) {
 				t.Errorf("too_large resets counted: %v, want 1", got)
 			}
 		})
+	}
+}
+
+// TestResumeLimit: opens with a Last-Event-ID (header or ?lastEventId=)
+// past MAX_RESUMES_PER_USER_PER_MINUTE are refused with 429 and a
+// Retry-After, and counted; /events/check says so too, so that
+// ssebridge.js waits; a new stream (no id) and another user's resumes are
+// not held.
+func TestResumeLimit(t *testing.T) {
+	a := startApp(t, nil, map[string]string{"MAX_RESUMES_PER_USER_PER_MINUTE": "2"})
+	alice, bob := a.session("alice"), a.session("bob")
+	s, id, err := openReady(context.Background(), a.url, bearer(alice))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	for i, st := range []struct {
+		token, how string // how: header, query, none (no id), check
+		status     int
+	}{
+		{alice, "header", 200},
+		{alice, "query", 200},
+		{alice, "header", 429}, // a burst of 2, then one every 30 s
+		{alice, "query", 429},
+		{alice, "check", 429},
+		{alice, "none", 200}, // not a resume
+		{bob, "header", 200},
+		{bob, "header", 200},
+		{bob, "header", 429},
+	} {
+		path, h := "/events", bearer(st.token)
+		switch st.how {
+		case "header":
+			h.Set("Last-Event-ID", id)
+		case "query":
+			path += "?lastEventId=" + id
+		case "check":
+			path = "/events/check"
+		}
+		req, _ := http.NewRequest(http.MethodGet, a.url+path, nil)
+		req.Header = h
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close() // a stream ends with its connection
+		after := resp.Header.Get("Retry-After")
+		if resp.StatusCode != st.status {
+			t.Fatalf("step %d (%+v): status %d, want %d", i, st, resp.StatusCode, st.status)
+		}
+		if secs, _ := strconv.Atoi(after); st.status == 429 && (secs < 1 || secs > 30) {
+			t.Fatalf("step %d (%+v): Retry-After %q, want 1 to 30 s", i, st, after)
+		}
+	}
+	if got := a.metric(`ssebridge_handshakes_refused_total{reason="resume_limit"}`); got != 4 {
+		t.Errorf("resume_limit refusals counted: %v, want 4", got)
+	}
+	if got := a.metric(`ssebridge_resume_limit_users`); got != 2 {
+		t.Errorf("users tracked: %v, want 2", got)
 	}
 }
