@@ -3,9 +3,13 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssebridge/ssebridge/internal/redistest"
 	"github.com/ssebridge/ssebridge/store"
@@ -97,6 +101,67 @@ func TestSize(t *testing.T) {
 			// Past the limit: it stops within one XRANGE batch (32) of it.
 			if got <= tt.limit || got > tt.limit+32*(8100+overhead) {
 				t.Fatalf("counted %d with limit %d (all: %d): want past the limit by at most a batch", got, tt.limit, exact)
+			}
+		})
+	}
+}
+
+// TestClusterSize: Cluster.Size counts each partition's channels in a call
+// of its own (their keys share its slot), carries the budget from one
+// partition to the next, and stops once past it.
+func TestClusterSize(t *testing.T) {
+	ctx := context.Background()
+	const parts = 16
+	c := store.NewCluster(redistest.StartCluster(t, 3).Client(), "sse:", parts, 1000, 1<<16, time.Hour, time.Second,
+		slog.New(slog.NewTextHandler(io.Discard, nil)), store.NewFeedMetrics(prometheus.NewRegistry()))
+	if err := c.Configure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var channels []string
+	inPart := map[int]bool{}
+	for i := 0; len(channels) < 4; i++ { // four channels, each in a partition of its own
+		ch := fmt.Sprintf("room:r%d", i)
+		if k := wire.Partition(ch, parts); !inPart[k] {
+			inPart[k] = true
+			channels = append(channels, ch)
+		}
+	}
+	const overhead, each = 40, 20 // each: an envelope's length
+	for _, ch := range channels {
+		for range 50 {
+			if _, err := c.Publish(ctx, ch, fmt.Appendf(nil, `{"data":"%s"}`, strings.Repeat("x", each-11))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	vector := func(p uint64) wire.Cursor {
+		pos := make([]uint64, parts)
+		for k := range pos {
+			pos[k] = p
+		}
+		return wire.VectorCursor(&wire.Vector{Tag: "t", Pos: pos, Own: -1})
+	}
+	start, until := vector(0), vector(1<<62)
+	after := []wire.Cursor{start, start, start, start}
+	all := 4 * 50 * (each + overhead)
+	for _, tt := range []struct {
+		name  string
+		limit int
+	}{
+		{"everything", all},
+		{"past the limit in the second partition", 70 * (each + overhead)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := c.Size(ctx, channels, after, until, overhead, tt.limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.limit >= all && got != all {
+				t.Fatalf("counted %d, want %d", got, all)
+			}
+			// Past the limit: stopped within one XRANGE batch (32) of it.
+			if tt.limit < all && (got <= tt.limit || got > tt.limit+32*(each+overhead)) {
+				t.Fatalf("counted %d with limit %d (all: %d)", got, tt.limit, all)
 			}
 		})
 	}
