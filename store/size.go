@@ -16,7 +16,7 @@ var sizeScript string
 // by one XRANGE batch), so that it stays short, as a page of Read does:
 // Redis runs nothing else meanwhile.
 const (
-	sizeCallBytes   = 1 << 20
+	sizeCallBytes   = 512 << 10
 	sizeCallEntries = 4096
 )
 

@@ -18,7 +18,7 @@
 -- call are in one slot (one partition).
 local budget, overhead = tonumber(ARGV[1]), tonumber(ARGV[2])
 local maxBytes, maxEntries, last = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local batch = 32
+local batch = 16
 local bytes, entries, nxt = 0, 0, {}
 for i = 1, #KEYS do nxt[i] = ARGV[5 + i] end
 for i = 1, #KEYS do

@@ -98,8 +98,8 @@ func TestSize(t *testing.T) {
 				}
 				return
 			}
-			// Past the limit: it stops within one XRANGE batch (32) of it.
-			if got <= tt.limit || got > tt.limit+32*(8100+overhead) {
+			// Past the limit: it stops within one XRANGE batch (16) of it.
+			if got <= tt.limit || got > tt.limit+16*(8100+overhead) {
 				t.Fatalf("counted %d with limit %d (all: %d): want past the limit by at most a batch", got, tt.limit, exact)
 			}
 		})
@@ -159,8 +159,8 @@ func TestClusterSize(t *testing.T) {
 			if tt.limit >= all && got != all {
 				t.Fatalf("counted %d, want %d", got, all)
 			}
-			// Past the limit: stopped within one XRANGE batch (32) of it.
-			if tt.limit < all && (got <= tt.limit || got > tt.limit+32*(each+overhead)) {
+			// Past the limit: stopped within one XRANGE batch (16) of it.
+			if tt.limit < all && (got <= tt.limit || got > tt.limit+16*(each+overhead)) {
 				t.Fatalf("counted %d with limit %d (all: %d)", got, tt.limit, all)
 			}
 		})
