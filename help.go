@@ -54,6 +54,8 @@ var configHelp = map[string]string{
 	"PPROF_ADDR":               "e.g. 127.0.0.1:6060: Go's profiling endpoints on their own listener; unset: none",
 	"TLS_CERT_FILE":            "PEM certificate chain: with TLS_KEY_FILE, serve HTTPS and HTTP/2 (both or neither)",
 	"TLS_KEY_FILE":             "PEM private key of TLS_CERT_FILE",
+
+	"MAX_RESUMES_PER_USER_PER_MINUTE": "opens with a Last-Event-ID per user on this instance: a burst of that many, then one every minute/N (429 past it)",
 }
 
 // configVar is one environment variable of Config.

@@ -56,6 +56,11 @@ type Config struct {
 	// Replayed bytes read from Redis and not yet written, all streams
 	// together: what a mass reconnect may hold in memory for replay.
 	ReplayInflightBytes int `env:"REPLAY_INFLIGHT_BYTES" envDefault:"67108864"`
+	// Opens with a Last-Event-ID per user per minute, each a replay of up
+	// to REPLAY_MAX_BYTES. 60: the 16 streams MAX_STREAMS_PER_USER allows
+	// all resuming at once, three times in a minute, or one stream every
+	// second, when a browser waits retry: (1 to 3 s) to reconnect.
+	MaxResumesPerUserPerMinute int `env:"MAX_RESUMES_PER_USER_PER_MINUTE" envDefault:"60"`
 
 	MaxStreamsPerUser int `env:"MAX_STREAMS_PER_USER" envDefault:"16"`
 	MaxStreams        int `env:"MAX_STREAMS" envDefault:"100000"`
@@ -174,6 +179,7 @@ func loadConfig(environ map[string]string) (Config, error) {
 		"REDIS_POOL_SIZE": int64(cfg.RedisPoolSize), "HISTORY_MAXLEN": int64(cfg.HistoryMaxLen),
 		"HISTORY_TTL": int64(cfg.HistoryTTL), "REPLAY_MAX_BYTES": int64(cfg.ReplayMaxBytes),
 		"REPLAY_INFLIGHT_BYTES": int64(cfg.ReplayInflightBytes), "MAX_ROOMS": int64(cfg.MaxRooms),
+		"MAX_RESUMES_PER_USER_PER_MINUTE": int64(cfg.MaxResumesPerUserPerMinute),
 	}
 	for name, v := range positive {
 		if v <= 0 {
@@ -388,6 +394,7 @@ func hubOptions(cfg Config) stream.Options {
 		MaxEventBytes:       cfg.MaxEventBytes,
 		ReplayMaxBytes:      cfg.ReplayMaxBytes,
 		ReplayInflightBytes: cfg.ReplayInflightBytes,
+		MaxResumesPerUser:   cfg.MaxResumesPerUserPerMinute,
 		// Well within HISTORY_TTL, so that a connected stream's id is never
 		// too old to resume from.
 		MarkInterval: cfg.HistoryTTL / 4,

@@ -111,7 +111,8 @@ var listenRE = regexp.MustCompile(`msg="ssebridge listening" addr=(\S+)`)
 
 // startBinary runs the ssebridge server (built with -race under -race) with
 // vars on top of the test's environment, LISTEN_ADDR=127.0.0.1:0 and
-// LOG_LEVEL=info unless vars say otherwise, and waits until it listens.
+// LOG_LEVEL=info and MAX_RESUMES_PER_USER_PER_MINUTE=1000000 unless vars
+// say otherwise, and waits until it listens.
 // It is stopped with SIGTERM when the test ends (see launch).
 func startBinary(t testing.TB, vars map[string]string) *proc {
 	t.Helper()
@@ -126,7 +127,10 @@ func startPlainBinary(t testing.TB, vars map[string]string) *proc {
 
 func startServer(t testing.TB, path string, vars map[string]string) *proc {
 	t.Helper()
-	env := map[string]string{"LISTEN_ADDR": "127.0.0.1:0", "LOG_LEVEL": "info"}
+	env := map[string]string{"LISTEN_ADDR": "127.0.0.1:0", "LOG_LEVEL": "info",
+		// Tests resume one user far more often than a browser does (drop,
+		// resume, in a loop); TestResumeLimit sets its own.
+		"MAX_RESUMES_PER_USER_PER_MINUTE": "1000000"}
 	for k, v := range vars {
 		env[k] = v
 	}

@@ -3,6 +3,7 @@ package handlers
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -91,7 +92,13 @@ func (ev *events) stream(c echo.Context) error {
 
 // openRefusal answers a stream the hub would not open.
 func (ev *events) openRefusal(c echo.Context, user string, err error) error {
+	var resumes *stream.ResumeLimitError
 	switch {
+	case errors.As(err, &resumes):
+		// Retry-After says when the next resume is let through, not
+		// RETRY_INTERVAL: sooner would be refused again.
+		c.Response().Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(resumes.Wait.Seconds())), 1)))
+		return ev.refuse(http.StatusTooManyRequests, "resume_limit", "too many resumes for this user (MAX_RESUMES_PER_USER_PER_MINUTE)")
 	case errors.Is(err, stream.ErrTooManyForUser):
 		return ev.refuseRetry(c, http.StatusTooManyRequests, "user_limit", "too many streams for this user")
 	case errors.Is(err, stream.ErrTooManyStreams):

@@ -75,6 +75,7 @@ type Cluster struct {
 	metrics   *FeedMetrics
 	publish   *redis.Script
 	cursor    *redis.Script
+	size      *redis.Script
 
 	waitReplicas int           // WaitReplicas; 0: no WAIT
 	waitTimeout  time.Duration // WaitReplicas
@@ -101,6 +102,7 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 		pingEvery: pingEvery, log: log, metrics: m,
 		publish: redis.NewScript(ClusterPublishScript),
 		cursor:  redis.NewScript(cursorScript),
+		size:    redis.NewScript(sizeScript),
 		epochs:  make([]string, parts),
 		pos:     make([]uint64, parts),
 	}

@@ -35,6 +35,7 @@ type History struct {
 	ttl      time.Duration
 	publish  *redis.Script
 	read     *redis.Script
+	size     *redis.Script
 
 	waitReplicas int           // WaitReplicas; 0: no WAIT
 	waitTimeout  time.Duration // WaitReplicas
@@ -48,6 +49,7 @@ func NewHistory(rdb *redis.Client, prefix string, maxlen, maxBytes int, ttl time
 		rdb: rdb, prefix: prefix, maxlen: maxlen, maxBytes: maxBytes, ttl: ttl,
 		publish: redis.NewScript(PublishScript),
 		read:    redis.NewScript(readScript),
+		size:    redis.NewScript(sizeScript),
 	}
 }
 

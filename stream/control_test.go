@@ -153,6 +153,18 @@ func (m *history) Read(_ context.Context, channels []string, after []wire.Cursor
 	return p, nil
 }
 
+func (m *history) Size(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, overhead, limit int) (int, error) {
+	p, _ := m.Read(ctx, channels, after, until, 0)
+	n := 0
+	for _, ev := range p.Events {
+		if n > limit {
+			break
+		}
+		n += len(ev.Envelope) + overhead
+	}
+	return n, nil
+}
+
 // frames is a sink that keeps what is written.
 type frames struct{ out []string }
 

@@ -34,6 +34,10 @@ type History interface {
 	Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error)
 	// Active returns those of channels with events after a cursor.
 	Active(ctx context.Context, channels []string, after wire.Cursor) ([]string, error)
+	// Size counts, without reading them out, the events Read would return
+	// from after up to until, each as its envelope's length plus overhead,
+	// stopping once the count passes limit.
+	Size(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, overhead, limit int) (int, error)
 }
 
 // Errors Hub.Open returns.
@@ -56,6 +60,7 @@ type Options struct {
 	MaxEventBytes       int           // largest published payload
 	ReplayMaxBytes      int           // most one catch-up replays; past it, reset
 	ReplayInflightBytes int           // most replayed bytes read and not yet written, all streams together
+	MaxResumesPerUser   int           // opens with a Last-Event-ID per user per minute; 0: no limit
 	MarkInterval        time.Duration // how often idle streams' ids are moved on
 	Retry               time.Duration // the retry: hint sent to browsers
 	// ParseCursor reads a Last-Event-ID: wire.ParseCursor when nil; in
@@ -101,6 +106,7 @@ type Hub struct {
 	open     int
 	stopping bool
 	controls controlLog
+	resumes  *resumeLimit
 
 	// Open streams, for Wait: added to in Open, under mu and only while
 	// not stopping, so never after Wait has begun; done in Close.
@@ -129,6 +135,7 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		users:       make(map[string][]*Stream),
 		sessions:    make(map[string][]*Stream),
 		pending:     make(map[*Stream][]wire.Control),
+		resumes:     newResumeLimit(opts.MaxResumesPerUser, max(opts.MaxStreams, 1)),
 		replaySlots: make(chan struct{}, max(1, opts.ReplayInflightBytes/replayPageBytes)),
 		recheckNow:  make(chan struct{}, 1),
 	}
@@ -164,11 +171,19 @@ type Spec struct {
 }
 
 // Admits says whether Open would take a stream of user now: nil, or the
-// error Open would return for a limit or a shutdown.
+// error Open would return for a limit or a shutdown. It takes the stream
+// to be a resume (as a page's reconnection is): a user out of resumes gets
+// a *ResumeLimitError.
 func (h *Hub) Admits(user string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.admitsLocked(user)
+	if err := h.admitsLocked(user); err != nil {
+		return err
+	}
+	if wait, ok := h.resumes.allow(user, time.Now(), false); !ok {
+		return &ResumeLimitError{Wait: wait}
+	}
+	return nil
 }
 
 func (h *Hub) admitsLocked(user string) error {
@@ -207,6 +222,14 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	if !ok {
 		h.mu.Unlock()
 		return nil, ErrControlBacklog
+	}
+	if spec.Resume != "" {
+		wait, ok := h.resumes.allow(spec.User, time.Now(), true)
+		h.metrics.ResumeUsers.Set(float64(h.resumes.users()))
+		if !ok {
+			h.mu.Unlock()
+			return nil, &ResumeLimitError{Wait: wait}
+		}
 	}
 	h.open++
 	h.streams.Add(1)

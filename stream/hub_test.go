@@ -75,6 +75,10 @@ func (noHistory) Mark(context.Context, string) error { return nil }
 
 func (noHistory) Active(context.Context, []string, wire.Cursor) ([]string, error) { return nil, nil }
 
+func (noHistory) Size(context.Context, []string, []wire.Cursor, wire.Cursor, int, int) (int, error) {
+	return 0, nil
+}
+
 func (noHistory) Read(_ context.Context, _ []string, _ []wire.Cursor, until wire.Cursor, _ int) (wire.Page, error) {
 	if until.IsZero() {
 		until = wire.Cursor{Epoch: "e", MS: 1}

@@ -15,6 +15,7 @@ type Metrics struct {
 	Rechecked   *prometheus.CounterVec // by outcome
 	ReplayPages prometheus.Gauge
 	OnLoops     prometheus.Gauge
+	ResumeUsers prometheus.Gauge
 }
 
 // NewMetrics registers the hub's metrics.
@@ -64,7 +65,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ssebridge_streams_on_loops",
 			Help: "Live streams written by the event loops (EVENT_LOOPS) rather than a goroutine each.",
 		}),
+		ResumeUsers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ssebridge_resume_limit_users",
+			Help: "Users whose resumes MAX_RESUMES_PER_USER_PER_MINUTE tracks (at most MAX_STREAMS; refusals: ssebridge_handshakes_refused_total{reason=\"resume_limit\"}).",
+		}),
 	}
-	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets, m.Control, m.Rechecked, m.ReplayPages, m.OnLoops)
+	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets, m.Control, m.Rechecked, m.ReplayPages, m.OnLoops, m.ResumeUsers)
 	return m
 }

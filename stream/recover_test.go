@@ -106,3 +106,41 @@ func TestReplaySkipsFinishedChannels(t *testing.T) {
 		t.Fatalf("reads %q: want the second page to read room:quiet alone", hist.reads)
 	}
 }
+
+// TestReplayTooLarge: a pass of replay over ReplayMaxBytes writes its
+// reset and none of its events, though the pass takes several pages and
+// its first page alone is under the limit; one at the limit is written
+// whole.
+func TestReplayTooLarge(t *testing.T) {
+	bound := wire.Cursor{Epoch: "e", MS: 40}
+	each := len(`{"event":"n","data":"x"}`) + replayOverhead(bound) // what one event counts
+	for _, tt := range []struct {
+		name  string
+		limit int
+		want  string // the frames after ready, joined
+	}{
+		{"over", 3*each - 1, "id: e:40-0\nevent: reset\ndata: {\"reason\":\"too_large\"}\n\n"},
+		{"at", 3 * each, "id: e:20-0\nevent: n\ndata: x\n\nid: e:30-0\nevent: n\ndata: x\n\nid: e:40-0\nevent: n\ndata: x\n\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			hist := &pagedHistory{history: history{now: wire.Cursor{Epoch: "e", MS: 10}}}
+			opts := testOpts
+			opts.ReplayMaxBytes = tt.limit
+			h := NewHub(&commands{t: t, subs: map[string]bool{}}, hist, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+			for _, ms := range []uint64{20, 30, 40} {
+				hist.publish("room:a", ms, "x")
+			}
+			s, err := h.Open(context.Background(), Spec{User: "alice", Session: "t", Rooms: []string{"a"}, Resume: "e:10-0"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := &frames{}
+			if why := h.opening(context.Background(), s, out); why != "" {
+				t.Fatalf("opening ended the stream: %s", why)
+			}
+			if got := strings.Join(out.out[1:], ""); got != tt.want {
+				t.Fatalf("after ready: %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -178,6 +178,17 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			}
 		}
 		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
+		overhead := replayOverhead(page.Position)
+		if err == nil && page.Reset == "" && until.IsZero() && page.More {
+			// More than a page: the pass's size is learnt before any of it
+			// is written, so that one over the limit sends its reset alone.
+			// Later pages read no more than this counted (channels only go).
+			var n int
+			n, err = h.history.Size(ctx, channels, after, page.Position, overhead, h.opts.ReplayMaxBytes)
+			if n > h.opts.ReplayMaxBytes {
+				page.Reset = wire.ResetTooLarge
+			}
+		}
 		if err != nil {
 			release()
 			return pos, h.redisFailed(ctx, s, "history could not be read", err), false
@@ -194,7 +205,7 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 				if err != nil {
 					continue // refused when it was published live, refused again
 				}
-				total += len(frame)
+				total += len(ev.Envelope) + overhead // as Size counts
 				frames = append(frames, frame)
 			}
 			if total > h.opts.ReplayMaxBytes {
@@ -221,6 +232,12 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 		finished = append(finished, page.Finished...)
 	}
 }
+
+// replayOverhead is what a replayed event counts towards REPLAY_MAX_BYTES
+// besides its envelope: its id (taken as long as the pass's bound) and 16
+// bytes of framing. Envelopes, not frames, so that Redis can count a pass
+// (History.Size) without decoding it.
+func replayOverhead(bound wire.Cursor) int { return len(bound.String()) + 16 }
 
 // without returns channels less those in drop.
 func without(channels, drop []string) []string {
