@@ -194,10 +194,12 @@
       });
     }
 
+    // The jitter spreads the backoff, never goes below atLeast (a
+    // Retry-After): a try before it would only be refused again.
     function later(atLeast, then) {
       attempt++;
-      var ms = Math.max(Math.min(30000, 1000 * Math.pow(2, attempt - 1)), atLeast || 0);
-      timer = setTimeout(then, ms / 2 + Math.random() * ms / 2);
+      var ms = Math.min(30000, 1000 * Math.pow(2, attempt - 1));
+      timer = setTimeout(then, Math.max(ms / 2 + Math.random() * ms / 2, atLeast || 0) + Math.random() * 250);
     }
 
     // A try that failed for a reason the page cannot see: after
