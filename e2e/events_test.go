@@ -68,7 +68,7 @@ func TestAuth(t *testing.T) {
 					t.Fatalf("want retry: and ready, got %+v %v", ev, err)
 				}
 				h := s.Response.Header
-				if h.Get("Content-Type") != "text/event-stream" || h.Get("Cache-Control") != "no-cache" || h.Get("X-Accel-Buffering") != "no" {
+				if h.Get("Content-Type") != "text/event-stream" || h.Get("Cache-Control") != "no-store" || h.Get("X-Accel-Buffering") != "no" {
 					t.Errorf("headers: %v", h)
 				}
 				return
@@ -114,6 +114,10 @@ func TestCheckEndpoint(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tt.status || strings.TrimSpace(string(body)) != tt.body {
 			t.Errorf("check%s: got %d %s, want %d %s", tt.query, resp.StatusCode, body, tt.status, tt.body)
+		}
+		// The user and rooms are the session's: no cache may keep them.
+		if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+			t.Errorf("check%s: Cache-Control %q, want no-store", tt.query, cc)
 		}
 	}
 }

@@ -83,6 +83,7 @@ type server struct {
 
 type setup struct {
 	withRedis bool
+	dev       bool // the try-out's /dev routes (needs withRedis)
 	options   func(*Options)
 }
 
@@ -109,6 +110,9 @@ func newServer(t *testing.T, s setup) *server {
 		o.History = history
 		if _, err := history.Configure(context.Background()); err != nil {
 			t.Fatal(err)
+		}
+		if s.dev {
+			o.Dev = &Dev{Publisher: store.NewPublisher(srv.rdb, "sse:")}
 		}
 	}
 	if s.options != nil {
