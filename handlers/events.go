@@ -47,7 +47,7 @@ func (ev *events) stream(c echo.Context) error {
 
 	h := c.Response().Header()
 	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
+	h.Set("Cache-Control", "no-store") // the user's events: no cache keeps them
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 
 	// Take the connection over from net/http when it is HTTP/1.1: the

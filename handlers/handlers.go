@@ -84,13 +84,13 @@ func New(o Options) *echo.Echo {
 	o.Registry.MustRegister(refused)
 
 	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused}
-	e.GET("/events", ev.stream)
-	e.GET("/events/check", ev.check)
+	e.GET("/events", ev.stream, noStore)
+	e.GET("/events/check", ev.check, noStore)
 	e.OPTIONS("/events", ev.preflight)
 	e.OPTIONS("/events/check", ev.preflight)
 
 	if o.PublishToken != "" {
-		e.POST("/publish", (&publisher{o: o}).publish)
+		e.POST("/publish", (&publisher{o: o}).publish, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
@@ -101,10 +101,21 @@ func New(o Options) *echo.Echo {
 
 	if o.Dev != nil {
 		d := &dev{o: o}
-		e.GET("/dev", d.info)
-		e.POST("/dev/login", d.login)
-		e.POST("/dev/publish", d.publish)
-		e.POST("/dev/logout", d.logout)
+		g := e.Group("/dev", noStore)
+		g.GET("", d.info)
+		g.POST("/login", d.login)
+		g.POST("/publish", d.publish)
+		g.POST("/logout", d.logout)
 	}
 	return e
+}
+
+// noStore marks every answer of a route, refusals included, Cache-Control:
+// no-store: they carry a user's data (who a session is, its rooms, a
+// login's cookie), which neither the browser nor a shared cache may keep.
+func noStore(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "no-store")
+		return next(c)
+	}
 }
