@@ -4,6 +4,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -63,6 +64,9 @@ func New(o Options) *echo.Echo {
 	e.Use(middleware.Recover())
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
 		code, msg := http.StatusInternalServerError, "internal error"
+		if errors.Is(err, errClientGone) {
+			return // counted where it was seen; nobody to answer
+		}
 		if he, ok := err.(*echo.HTTPError); ok {
 			code, msg = he.Code, http.StatusText(he.Code)
 			if m, ok := he.Message.(string); ok {
@@ -83,14 +87,15 @@ func New(o Options) *echo.Echo {
 	}, []string{"reason"})
 	o.Registry.MustRegister(refused)
 
-	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused}
+	clog := clientLog{log: o.Log, limit: logLimit}
+	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused, log: clog}
 	e.GET("/events", ev.stream, noStore)
 	e.GET("/events/check", ev.check, noStore)
 	e.OPTIONS("/events", ev.preflight)
 	e.OPTIONS("/events/check", ev.preflight)
 
 	if o.PublishToken != "" {
-		e.POST("/publish", (&publisher{o: o}).publish, noStore)
+		e.POST("/publish", (&publisher{o: o, log: clog}).publish, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})

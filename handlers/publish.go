@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 
@@ -16,7 +17,10 @@ import (
 
 // publisher serves POST /publish: durable publish for backends without
 // Redis access.
-type publisher struct{ o Options }
+type publisher struct {
+	o   Options
+	log clientLog
+}
 
 // publishRequest is the body of POST /publish.
 type publishRequest struct {
@@ -70,8 +74,14 @@ func (p *publisher) publish(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
 	}
 	id, err := p.o.History.Publish(c.Request().Context(), req.Channel, envelope)
+	if err != nil && c.Request().Context().Err() != nil {
+		// The client left (its context, not Redis, ended the call): no
+		// outage to warn of, and nobody to answer.
+		p.log.write(slog.LevelDebug, "publish:client_gone", "durable publish: the client went away", "channel", req.Channel)
+		return errClientGone
+	}
 	if err != nil {
-		p.o.Log.Warn("durable publish failed", "channel", req.Channel, "err", err)
+		p.log.write(slog.LevelWarn, "publish:redis", "durable publish failed", "channel", req.Channel, "err", err)
 		c.Response().Header().Set("Retry-After", "1")
 		return echo.NewHTTPError(http.StatusServiceUnavailable, "redis unavailable")
 	}
