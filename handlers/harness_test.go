@@ -143,6 +143,9 @@ func (s *server) do(method, path string, header http.Header, body string) (*http
 	for k, v := range header {
 		req.Header[k] = v
 	}
+	if h := header.Get("Host"); h != "" {
+		req.Host = h // net/http sends req.Host, never a Host header
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		s.t.Fatal(err)

@@ -76,10 +76,11 @@ func TestRefusalLogOrigin(t *testing.T) {
 
 // TestRefusalFlood: a flood of requests a stranger can send (no token, a
 // made-up token, a foreign origin, a preflight, a bad room, a session the
-// backend wrote wrong, a bad publish token) logs a bounded number of lines,
+// backend wrote wrong, a bad publish token, a foreign page on the try-out's
+// /dev routes) logs a bounded number of lines,
 // at most one per kind a minute, whatever the level, however many requests.
 func TestRefusalFlood(t *testing.T) {
-	s := newServer(t, setup{withRedis: true, options: func(o *Options) { o.PublishToken = "s3cret" }})
+	s := newServer(t, setup{withRedis: true, dev: true, options: func(o *Options) { o.PublishToken = "s3cret" }})
 	tok := s.session("good", `{"user":"alice","rooms":["lobby"]}`)
 	bad := s.session("bad", `{"user":`)
 	kinds := []struct {
@@ -97,6 +98,8 @@ func TestRefusalFlood(t *testing.T) {
 		{"room not in the session", "GET", "/events/check?rooms=other", []string{"Authorization", "Bearer " + tok}, 403},
 		{"malformed session", "GET", "/events/check", []string{"Authorization", "Bearer " + bad}, 401},
 		{"bad publish token", "POST", "/publish", []string{"Authorization", "Bearer nope"}, 401},
+		{"try-out login from a foreign page", "POST", "/dev/login", []string{"Origin", "https://evil.example"}, 403},
+		{"try-out publish by DNS rebinding", "POST", "/dev/publish", []string{"Host", "evil.example"}, 421},
 	}
 	const each = 50
 	for range each {
