@@ -21,7 +21,7 @@ func TestLoadConfig(t *testing.T) {
 		listen  string
 	}{
 		{map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}, ":8080"},
-		{map[string]string{"LISTEN_ADDR": ":9000"}, ":9000"},
+		{map[string]string{"LISTEN_ADDR": "127.0.0.1:9000"}, "127.0.0.1:9000"},
 	} {
 		if cfg, err := loadConfig(tt.environ); err != nil || cfg.ListenAddr != tt.listen {
 			t.Errorf("%v: LISTEN_ADDR %q, %v; want %q", tt.environ, cfg.ListenAddr, err, tt.listen)

@@ -105,8 +105,13 @@ func New(o Options) *echo.Echo {
 	e.GET("/*", echo.WrapHandler(http.FileServerFS(static.FS)))
 
 	if o.Dev != nil {
-		d := &dev{o: o}
-		g := e.Group("/dev", noStore)
+		devRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssebridge_dev_refused_total",
+			Help: "Try-out /dev requests refused: a foreign Host (DNS rebinding) or Origin, by reason.",
+		}, []string{"reason"})
+		o.Registry.MustRegister(devRefused)
+		d := &dev{o: o, refused: devRefused, log: clog}
+		g := e.Group("/dev", noStore, d.guard)
 		g.GET("", d.info)
 		g.POST("/login", d.login)
 		g.POST("/publish", d.publish)
