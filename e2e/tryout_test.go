@@ -220,7 +220,9 @@ func TestTryOutDevRefusesForeignPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	want(t, s, "ready", `{"user":"alice","rooms":[]}`)
+	if ev, err := s.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
+		t.Fatalf("want ready first, got %+v %v", ev, err)
+	}
 
 	own := "http://127.0.0.1:" + port
 	tests := []struct {
