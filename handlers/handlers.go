@@ -95,7 +95,12 @@ func New(o Options) *echo.Echo {
 	e.OPTIONS("/events/check", ev.preflight)
 
 	if o.PublishToken != "" {
-		e.POST("/publish", (&publisher{o: o, log: clog}).publish, noStore)
+		publishRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssebridge_publish_refused_total",
+			Help: "POST /publish requests refused, by reason.",
+		}, []string{"reason"})
+		o.Registry.MustRegister(publishRefused)
+		e.POST("/publish", (&publisher{o: o, log: clog, refused: publishRefused}).publish, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
