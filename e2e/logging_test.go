@@ -2,12 +2,16 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
 )
 
 // TestRedisLogThroughSlog: go-redis's own lines (here: dial errors, eight
@@ -74,5 +78,37 @@ done:
 	}
 	if dial != 1 {
 		t.Errorf("%d dial-error lines, want 1 (a burst of one kind is one line a minute):\n%s", dial, strings.Join(all, "\n"))
+	}
+}
+
+// TestHTTPLogLimited: net/http's own complaints, which any client causes
+// (here: plain HTTP to the TLS port, a failed TLS handshake each), come out
+// structured, at debug, one line a minute per kind with the count held
+// back, however many connections.
+func TestHTTPLogLimited(t *testing.T) {
+	r := redistest.Start(t)
+	cert, key, _ := selfSignedCert(t, t.TempDir())
+	p := startBinary(t, map[string]string{"REDIS_URL": r.URL(), "TLS_CERT_FILE": cert, "TLS_KEY_FILE": key, "LOG_LEVEL": "debug"})
+	const n = 100
+	for range n {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n", p.addr)
+		_, _ = io.Copy(io.Discard, c) // net/http answers 400 and closes
+		c.Close()
+	}
+	if err := p.stop(); err != nil { // its log is complete once it has exited
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		if strings.Contains(line, "TLS handshake error") {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "level=DEBUG") || !strings.Contains(lines[0], "source=net/http") {
+		t.Fatalf("%d failed TLS handshakes logged %d lines, want 1 at debug from net/http:\n%s", n, len(lines), strings.Join(lines, "\n"))
 	}
 }
