@@ -493,8 +493,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(add
 		// No WriteTimeout: it would cut every stream. Each write of a stream
 		// has its own deadline instead (WRITE_TIMEOUT).
 		// net/http's own complaints (TLS handshakes that fail, …) go to the
-		// same structured log, at debug: scanners make plenty of them.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// same structured log, at debug and once a minute per kind: scanners
+		// make plenty of them.
+		ErrorLog: newHTTPLogger(log),
 	}
 
 	if cfg.PprofAddr != "" {
