@@ -21,7 +21,7 @@ func TestLoadConfig(t *testing.T) {
 		listen  string
 	}{
 		{map[string]string{"REDIS_URL": "redis://127.0.0.1:6379"}, ":8080"},
-		{map[string]string{"LISTEN_ADDR": ":9000"}, ":9000"},
+		{map[string]string{"LISTEN_ADDR": "127.0.0.1:9000"}, "127.0.0.1:9000"},
 	} {
 		if cfg, err := loadConfig(tt.environ); err != nil || cfg.ListenAddr != tt.listen {
 			t.Errorf("%v: LISTEN_ADDR %q, %v; want %q", tt.environ, cfg.ListenAddr, err, tt.listen)
@@ -123,5 +123,56 @@ func TestClusterConfig(t *testing.T) {
 	}
 	if _, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1"}); err != nil {
 		t.Errorf("DURABLE_WAIT_REPLICAS with REDIS_CLUSTER_ADDRS: %v", err)
+	}
+}
+
+// TestTryOutConfig: the try-out (no Redis named) starts only on purpose: a
+// Redis variable set but empty, as a template with a missing secret leaves
+// it, stops the start, and so does the try-out on an address beyond
+// loopback, since its /dev routes log anyone in.
+func TestTryOutConfig(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		environ map[string]string
+		listen  string   // with no error
+		errHas  []string // else
+	}{
+		{"nothing set", map[string]string{}, "127.0.0.1:8080", nil},
+		{"loopback", map[string]string{"LISTEN_ADDR": "127.0.0.1:9000"}, "127.0.0.1:9000", nil},
+		{"other loopback address", map[string]string{"LISTEN_ADDR": "127.0.0.2:9000"}, "127.0.0.2:9000", nil},
+		{"localhost", map[string]string{"LISTEN_ADDR": "localhost:9000"}, "localhost:9000", nil},
+		{"IPv6 loopback", map[string]string{"LISTEN_ADDR": "[::1]:9000"}, "[::1]:9000", nil},
+		{"REDIS_URL empty", map[string]string{"REDIS_URL": ""}, "", []string{"REDIS_URL", "empty", "unset"}},
+		{"REDIS_URL blank", map[string]string{"REDIS_URL": "  "}, "", []string{"REDIS_URL", "empty"}},
+		{"REDIS_SENTINEL_ADDRS empty", map[string]string{"REDIS_SENTINEL_ADDRS": ""}, "", []string{"REDIS_SENTINEL_ADDRS", "empty"}},
+		{"REDIS_CLUSTER_ADDRS only commas", map[string]string{"REDIS_CLUSTER_ADDRS": " , "}, "", []string{"REDIS_CLUSTER_ADDRS", "empty"}},
+		{"all interfaces", map[string]string{"LISTEN_ADDR": "0.0.0.0:8080"}, "", []string{"LISTEN_ADDR", "loopback", "REDIS_URL"}},
+		{"no host", map[string]string{"LISTEN_ADDR": ":9000"}, "", []string{"LISTEN_ADDR", "loopback"}},
+		{"IPv6 all interfaces", map[string]string{"LISTEN_ADDR": "[::]:9000"}, "", []string{"LISTEN_ADDR", "loopback"}},
+		{"a LAN address", map[string]string{"LISTEN_ADDR": "192.168.1.10:8080"}, "", []string{"LISTEN_ADDR", "loopback"}},
+		{"a host name", map[string]string{"LISTEN_ADDR": "devbox:8080"}, "", []string{"LISTEN_ADDR", "loopback"}},
+		// With a Redis named there are no /dev routes, and an empty
+		// variable of another topology is left over from a template.
+		{"REDIS_URL, all interfaces", map[string]string{"REDIS_URL": "redis://r:6379", "LISTEN_ADDR": "0.0.0.0:8080"}, "0.0.0.0:8080", nil},
+		{"sentinel, REDIS_URL empty", map[string]string{"REDIS_URL": "", "REDIS_SENTINEL_ADDRS": "s:26379", "REDIS_SENTINEL_MASTER": "m"}, ":8080", nil},
+		{"REDIS_URL, REDIS_CLUSTER_ADDRS empty", map[string]string{"REDIS_URL": "redis://r:6379", "REDIS_CLUSTER_ADDRS": ""}, ":8080", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := loadConfig(tt.environ)
+			if tt.errHas == nil {
+				if err != nil || cfg.ListenAddr != tt.listen {
+					t.Fatalf("LISTEN_ADDR %q, %v; want %q and no error", cfg.ListenAddr, err, tt.listen)
+				}
+				return
+			}
+			for _, want := range tt.errHas {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("error %v, want one naming %q", err, want)
+				}
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error on more than one line: %q", err)
+			}
+		})
 	}
 }

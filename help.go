@@ -83,8 +83,9 @@ Usage:
   ssebridge tail [flags]      print a stream's events, resuming after a drop (ssebridge tail -h)
   ssebridge help              this text (also -h, --help)
 
-Without REDIS_URL the server starts an embedded Redis for trying out, and
-publish and tail on the same machine find it by themselves.
+Without REDIS_URL the server starts an embedded Redis for trying out, on
+loopback only (REDIS_URL set but empty is an error), and publish and tail
+on the same machine find it by themselves.
 
 Environment (server mode; a bad value stops the start, naming the variable):
 `

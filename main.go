@@ -163,12 +163,6 @@ func loadConfig(environ map[string]string) (Config, error) {
 	if err != nil {
 		return cfg, namedEnvError(err)
 	}
-	// The try-out mode (no Redis named) has routes that log anyone in and
-	// publish anything: unless told otherwise, it listens on loopback only.
-	_, listenSet := environ["LISTEN_ADDR"]
-	if !listenSet && cfg.RedisURL == "" && len(cfg.RedisSentinelAddrs) == 0 && len(cfg.RedisClusterAddrs) == 0 {
-		cfg.ListenAddr = "127.0.0.1:8080"
-	}
 	positive := map[string]int64{
 		"HEARTBEAT_INTERVAL": int64(cfg.HeartbeatInterval), "SESSION_RECHECK_INTERVAL": int64(cfg.SessionRecheckInterval),
 		"RETRY_INTERVAL": int64(cfg.RetryInterval), "WRITE_TIMEOUT": int64(cfg.WriteTimeout),
@@ -203,7 +197,43 @@ func loadConfig(environ map[string]string) (Config, error) {
 	if err := checkTopology(&cfg); err != nil {
 		return cfg, err
 	}
+	if err := checkTryOut(&cfg, environ); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// checkTryOut checks the try-out mode (no Redis named, after checkTopology
+// trimmed the lists), whose /dev routes log anyone in and publish anything:
+// it starts only on purpose, and answers only this machine. A Redis variable
+// set but empty, as a template whose secret is missing leaves it, is an
+// error, not a try-out. LISTEN_ADDR defaults to 127.0.0.1:8080, and must be
+// a loopback address.
+func checkTryOut(cfg *Config, environ map[string]string) error {
+	if strings.TrimSpace(cfg.RedisURL) == "" {
+		cfg.RedisURL = ""
+	}
+	if cfg.RedisURL != "" || len(cfg.RedisSentinelAddrs) > 0 || len(cfg.RedisClusterAddrs) > 0 {
+		return nil
+	}
+	// The variables that name a Redis, and what a value looks like.
+	for _, v := range []struct{ name, example string }{
+		{"REDIS_URL", "redis://host:6379/0"},
+		{"REDIS_SENTINEL_ADDRS", "host:26379,host2:26379"},
+		{"REDIS_CLUSTER_ADDRS", "host:7000,host2:7000"},
+	} {
+		if _, set := environ[v.name]; set {
+			return fmt.Errorf("%s is set but empty: set it (%s), or unset it (unset %s) for the embedded try-out server", v.name, v.example, v.name)
+		}
+	}
+	if _, set := environ["LISTEN_ADDR"]; !set {
+		cfg.ListenAddr = "127.0.0.1:8080"
+		return nil
+	}
+	if !handlers.LoopbackHost(cfg.ListenAddr) {
+		return fmt.Errorf("LISTEN_ADDR %q is not a loopback address, and without REDIS_URL the try-out's /dev routes log anyone in: listen on 127.0.0.1:PORT, localhost:PORT or [::1]:PORT, or set REDIS_URL", cfg.ListenAddr)
+	}
+	return nil
 }
 
 // checkTopology checks the variables that choose the Redis deployment:
@@ -313,13 +343,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		defer mr.Close()
 		mr.ClockTTL(true) // let session TTLs run down as they would in Redis
 		redisURL = "redis://" + mr.Addr()
+		// loadConfig made sure LISTEN_ADDR is a loopback address.
 		log.Warn("REDIS_URL is not set: started an embedded Redis-compatible server, FOR TRYING OUT ONLY; the /dev routes are on",
 			"addr", mr.Addr(), "try", "redis-cli -p "+mr.Port())
-		if host, _, err := net.SplitHostPort(cfg.ListenAddr); err == nil {
-			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
-				log.Warn("LISTEN_ADDR is not a loopback address: the /dev routes, which log anyone in and publish anything, are reachable from the network", "addr", cfg.ListenAddr)
-			}
-		}
 		// Once listening, leave the addresses where `ssebridge publish` and
 		// `ssebridge tail` on this machine find them; remove them at the end.
 		var endTryOut func()
@@ -474,8 +500,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(add
 		// No WriteTimeout: it would cut every stream. Each write of a stream
 		// has its own deadline instead (WRITE_TIMEOUT).
 		// net/http's own complaints (TLS handshakes that fail, …) go to the
-		// same structured log, at debug: scanners make plenty of them.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// same structured log, at debug and once a minute per kind: scanners
+		// make plenty of them.
+		ErrorLog: newHTTPLogger(log),
 	}
 
 	if cfg.PprofAddr != "" {

@@ -69,7 +69,7 @@ func TestAuth(t *testing.T) {
 					t.Fatalf("want retry: and ready, got %+v %v", ev, err)
 				}
 				h := s.Response.Header
-				if h.Get("Content-Type") != "text/event-stream" || h.Get("Cache-Control") != "no-cache" || h.Get("X-Accel-Buffering") != "no" {
+				if h.Get("Content-Type") != "text/event-stream" || h.Get("Cache-Control") != "no-store" || h.Get("X-Accel-Buffering") != "no" {
 					t.Errorf("headers: %v", h)
 				}
 				return

@@ -690,3 +690,65 @@ func TestReservedNamesAndIDs(t *testing.T) {
 		t.Errorf("refused: %v, want 8", got)
 	}
 }
+
+// TestCancelledLookups: GET /events with made-up tokens, each given up as
+// soon as it is sent, while Redis does not answer (a listener that takes
+// connections and never replies): the issue's 3 × 20,000 HEADERS and
+// RST_STREAM wrote a WARN line and counted reason="redis" for nearly every
+// one. They are client_gone, and not one is a Redis warning.
+func TestCancelledLookups(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() { _, _ = io.Copy(io.Discard, c) }) // reads, never answers
+		}
+	})
+	defer func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
+	p := startBinary(t, map[string]string{"REDIS_URL": "redis://" + l.Addr().String(), "REDIS_POOL_SIZE": "1"})
+	base := "http://" + p.addr
+
+	const n = 200
+	for i := range n {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /events HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer made-up-%d\r\n\r\n", p.addr, i)
+		c.Close() // gone before any answer could come
+	}
+	gone, redisDown := `ssebridge_handshakes_refused_total{reason="client_gone"}`, `ssebridge_handshakes_refused_total{reason="redis"}`
+	// Each look-up ends when its client's context does, or at go-redis's
+	// read timeout (3 s) for the one on the connection.
+	eventually(t, 20*time.Second, "every request to be counted", func() bool {
+		return metricAt(t, base, gone)+metricAt(t, base, redisDown) >= n
+	})
+	if g, r := metricAt(t, base, gone), metricAt(t, base, redisDown); g != n || r != 0 {
+		t.Errorf("%d requests gone: client_gone %v, redis %v; want %d and 0", n, g, r, n)
+	}
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		if strings.Contains(line, "stream refused") && !strings.Contains(line, "level=DEBUG") {
+			t.Errorf("a refusal logged above debug: %s", line)
+		}
+	}
+}

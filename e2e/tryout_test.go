@@ -3,10 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,17 +30,27 @@ func tryOutEnv(t *testing.T) string {
 	t.Helper()
 	cache := t.TempDir()
 	t.Setenv("XDG_CACHE_HOME", cache)
-	for _, v := range []string{"REDIS_URL", "PUBLISH_TOKEN", "CHANNEL_PREFIX"} {
-		t.Setenv(v, "")
-	}
+	unsetenv(t, "REDIS_URL", "PUBLISH_TOKEN", "CHANNEL_PREFIX")
 	return filepath.Join(cache, "ssebridge", "tryout.json")
+}
+
+// unsetenv removes variables from the test's environment, and so from the
+// processes it starts, until the test ends. Set to "" is not unset:
+// REDIS_URL= is a configuration error, not the try-out.
+func unsetenv(t testing.TB, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		t.Setenv(name, "") // restored when the test ends
+		os.Unsetenv(name)
+	}
 }
 
 // startEmbedded runs ssebridge as `go run .` does, with no REDIS_URL, and
 // returns its URL and the process.
 func startEmbedded(t *testing.T) (string, *proc) {
 	t.Helper()
-	p := startBinary(t, map[string]string{"REDIS_URL": ""})
+	unsetenv(t, "REDIS_URL", "REDIS_SENTINEL_ADDRS", "REDIS_CLUSTER_ADDRS")
+	p := startBinary(t, nil)
 	// The try-out file is written once it listens, and then logged.
 	p.awaitLog(t, "msg=\"try-out: ", 10*time.Second)
 	return "http://" + p.addr, p
@@ -225,5 +239,159 @@ func TestDevRoutesOffWithRealRedis(t *testing.T) {
 		if resp.StatusCode == 200 {
 			t.Errorf("POST %s answered 200 with REDIS_URL set", path)
 		}
+	}
+}
+
+// TestTryOutDevRefusesForeignPages: the /dev routes log anyone in and
+// publish anything, so they answer only pages of this machine: a foreign
+// Origin (any site the developer visits) gets 403, a foreign Host (that
+// site's name rebound to 127.0.0.1: DNS rebinding) 421, and neither logs in
+// nor publishes. Loopback names and origins, on any port, are served.
+func TestTryOutDevRefusesForeignPages(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	base, p := startEmbedded(t)
+	_, port, _ := net.SplitHostPort(p.addr)
+	s, err := ssetest.Open(context.Background(), base+"/events", http.Header{"Cookie": {"sse_session=" + devLogin(t, base, "alice")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if ev, err := s.NextEvent(5 * time.Second); err != nil || ev.Event != "ready" {
+		t.Fatalf("want ready first, got %+v %v", ev, err)
+	}
+
+	own := "http://127.0.0.1:" + port
+	tests := []struct {
+		name, host, origin string
+		status             int
+		errHas             string
+	}{
+		{"foreign origin", "", "https://evil.example", 403, "Origin"},
+		{"null origin", "", "null", 403, "Origin"},
+		{"foreign host (DNS rebinding)", "evil.example:" + port, "http://evil.example:" + port, 421, "Host"},
+		{"foreign host, no origin", "evil.example:" + port, "", 421, "Host"},
+		{"foreign host, no port", "evil.example", "", 421, "Host"},
+		{"LAN address as host", "192.168.1.10:" + port, "", 421, "Host"},
+		{"own origin", "", own, 200, ""},
+		{"no origin (curl, ssebridge tail)", "", "", 200, ""},
+		{"localhost", "localhost:" + port, "http://localhost:" + port, 200, ""},
+		{"another loopback page", "", "http://localhost:3000", 200, ""},
+		{"[::1]", "[::1]:" + port, "http://[::1]:" + port, 200, ""},
+		{"127.0.0.2", "127.0.0.2:" + port, "", 200, ""},
+	}
+	refused := map[string]float64{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, route := range []struct{ path, form string }{
+				{"/dev/login", "user=mallory&rooms=lobby"},
+				{"/dev/publish", "channel=user:alice&payload=" + url.QueryEscape(tt.name)},
+			} {
+				req, _ := http.NewRequest("POST", base+route.path, strings.NewReader(route.form))
+				req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				if tt.host != "" {
+					req.Host = tt.host
+				}
+				if tt.origin != "" {
+					req.Header.Set("Origin", tt.origin)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tt.status {
+					t.Fatalf("POST %s: %d %s, want %d", route.path, resp.StatusCode, body, tt.status)
+				}
+				if tt.status == 200 {
+					continue
+				}
+				if !strings.HasPrefix(string(body), `{"error":`) || !strings.Contains(string(body), tt.errHas) {
+					t.Errorf("POST %s: body %s, want a JSON error naming the %s", route.path, body, tt.errHas)
+				}
+				if c := resp.Header.Get("Set-Cookie"); c != "" {
+					t.Errorf("POST %s refused, yet set a cookie: %s", route.path, c)
+				}
+				refused[map[int]string{403: "origin", 421: "host"}[tt.status]]++
+			}
+		})
+	}
+	// The refused publishes never reached alice: the accepted ones come in order.
+	for _, tt := range tests {
+		if tt.status == 200 {
+			want(t, s, "message", tt.name)
+		}
+	}
+	for reason, n := range refused {
+		series := `ssebridge_dev_refused_total{reason="` + reason + `"}`
+		if got := metricAt(t, base, series); got != n {
+			t.Errorf("%s = %v, want %v", series, got, n)
+		}
+	}
+}
+
+// devLogin logs user in with POST /dev/login and returns the session token.
+func devLogin(t *testing.T, base, user string) string {
+	t.Helper()
+	resp, err := http.PostForm(base+"/dev/login", url.Values{"user": {user}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, c := range resp.Cookies() {
+		if c.Name == "sse_session" && resp.StatusCode == 200 {
+			return c.Value
+		}
+	}
+	t.Fatalf("login: %d, no sse_session cookie", resp.StatusCode)
+	return ""
+}
+
+// TestTryOutRefusesToStart: a try-out that would not be one on purpose
+// stops at once (exit 2) with one line naming the variable and the fix:
+// REDIS_URL set but empty (a template whose secret is missing), and the
+// try-out on an address beyond loopback. The address is taken on loopback
+// by the test first, so that a binary that did not refuse could not listen
+// on it either: nothing ever listens beyond loopback.
+func TestTryOutRefusesToStart(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	unsetenv(t, "REDIS_URL", "REDIS_SENTINEL_ADDRS", "REDIS_CLUSTER_ADDRS")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	for _, tt := range []struct {
+		name   string
+		env    map[string]string
+		errHas []string
+	}{
+		{"REDIS_URL set but empty", map[string]string{"REDIS_URL": "", "LISTEN_ADDR": "127.0.0.1:" + port}, []string{"REDIS_URL", "empty"}},
+		{"REDIS_URL blank", map[string]string{"REDIS_URL": " ", "LISTEN_ADDR": "127.0.0.1:" + port}, []string{"REDIS_URL", "empty"}},
+		{"all interfaces", map[string]string{"LISTEN_ADDR": "0.0.0.0:" + port}, []string{"LISTEN_ADDR", "loopback"}},
+		{"no host", map[string]string{"LISTEN_ADDR": ":" + port}, []string{"LISTEN_ADDR", "loopback"}},
+		{"IPv6 all interfaces", map[string]string{"LISTEN_ADDR": "[::]:" + port}, []string{"LISTEN_ADDR", "loopback"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, binary)
+			cmd.Env = environ(tt.env)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+				t.Fatalf("exit: %v, want 2; output:\n%s", err, out)
+			}
+			msg := strings.TrimSpace(string(out))
+			if strings.Count(msg, "\n") != 0 || !strings.HasPrefix(msg, "ssebridge: configuration: ") {
+				t.Errorf("want one configuration line, got:\n%s", msg)
+			}
+			for _, w := range tt.errHas {
+				if !strings.Contains(msg, w) {
+					t.Errorf("message %q does not name %q", msg, w)
+				}
+			}
+		})
 	}
 }

@@ -3,18 +3,81 @@ package handlers
 import (
 	"encoding/json"
 	"errors"
+	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
 
 // dev holds the try-out routes of embedded mode: the demo page logs in and
 // publishes through them as a backend would. They do not exist with REDIS_URL.
-type dev struct{ o Options }
+type dev struct {
+	o       Options
+	refused *prometheus.CounterVec
+	log     clientLog
+}
+
+// guard lets only this machine's pages use the /dev routes, which log
+// anyone in and publish anything. The Host must be a loopback name: a site
+// whose name was rebound to 127.0.0.1 (DNS rebinding) sends its own, and
+// gets 421 Misdirected Request: the request reached a server that does not
+// answer for that name. The Origin, which browsers send with every POST,
+// must be a page of this machine (the service's own is one, its Host being
+// loopback): a foreign page gets 403, as on GET /events. No Origin (curl,
+// ssebridge tail) is judged by the Host alone. Neither value is echoed.
+func (d *dev) guard(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		if !LoopbackHost(r.Host) {
+			return d.refuse(http.StatusMisdirectedRequest, "host", r.Host,
+				"the Host is not this machine: the try-out's /dev routes answer only at localhost, 127.0.0.1 or [::1]")
+		}
+		if o := r.Header.Get("Origin"); o != "" && !loopbackOrigin(o) {
+			return d.refuse(http.StatusForbidden, "origin", o,
+				"the Origin is not a page of this machine: the try-out's /dev routes answer only pages at localhost, 127.0.0.1 or [::1]")
+		}
+		return next(c)
+	}
+}
+
+// refuse counts a refusal of guard's and tells the developer, once a
+// minute, which page was refused (quoted by slog, and cut: anyone sets it).
+func (d *dev) refuse(code int, reason, value, msg string) error {
+	d.refused.WithLabelValues(reason).Inc()
+	if len(value) > 200 {
+		value = value[:200] + "…"
+	}
+	d.log.write(slog.LevelInfo, "dev:"+reason, "try-out: a /dev request from another site was refused", "reason", reason, reason, value)
+	return echo.NewHTTPError(code, msg)
+}
+
+// LoopbackHost reports whether host, with or without a port, names this
+// machine's loopback: localhost, 127.0.0.0/8 or ::1. An empty host (":8080",
+// every interface) does not.
+func LoopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// loopbackOrigin reports whether origin is a page served from this machine.
+func loopbackOrigin(origin string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && LoopbackHost(u.Host)
+}
 
 func (d *dev) info(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]any{"embedded": true})

@@ -3,6 +3,7 @@ package handlers
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
 	"slices"
@@ -21,6 +22,7 @@ type events struct {
 	o       Options
 	origins origins
 	refused *prometheus.CounterVec
+	log     clientLog
 }
 
 // stream serves GET /events: the EventSource stream.
@@ -39,8 +41,7 @@ func (ev *events) stream(c echo.Context) error {
 	ctx := c.Request().Context()
 	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: who.session.User, Session: who.token, Rooms: who.rooms, AllRooms: who.allRooms, Resume: resume, Granted: who.session.Granted, Ticket: ticket})
 	if err != nil && ctx.Err() != nil {
-		ev.refused.WithLabelValues("client_gone").Inc() // nobody is left to answer
-		return nil
+		return ev.gone()
 	}
 	if err != nil {
 		return ev.openRefusal(c, who.session.User, err)
@@ -48,8 +49,8 @@ func (ev *events) stream(c echo.Context) error {
 
 	h := c.Response().Header()
 	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	h.Set("Cache-Control", "no-store") // the user's events: no cache keeps them
+	h.Set("X-Accel-Buffering", "no")   // nginx: do not buffer the stream
 
 	// Take the connection over from net/http when it is HTTP/1.1: the
 	// stream then costs its buffers and goroutine stack, not net/http's.
@@ -108,7 +109,7 @@ func (ev *events) openRefusal(c echo.Context, user string, err error) error {
 	case errors.Is(err, stream.ErrControlBacklog):
 		return ev.refuseRetry(c, http.StatusServiceUnavailable, "control_backlog", "too busy, try again")
 	}
-	ev.o.Log.Warn("stream refused: redis unavailable", "user", user, "err", err)
+	ev.log.write(slog.LevelWarn, "warn:redis", "stream refused: redis unavailable", "user", user, "err", err)
 	return ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
 }
 
@@ -169,10 +170,15 @@ func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, er
 	case errors.Is(err, wire.ErrNoSession):
 		return a, ev.refuse(http.StatusUnauthorized, "unknown_session", "unknown or expired session")
 	case errors.Is(err, wire.ErrBadSession):
-		ev.o.Log.Warn("stream refused: malformed session in redis", "err", err)
+		ev.log.write(slog.LevelWarn, "warn:bad_session", "stream refused: malformed session in redis", "err", err)
 		return a, ev.refuse(http.StatusUnauthorized, "bad_session", err.Error())
+	case err != nil && c.Request().Context().Err() != nil:
+		// The request's own context ended (the client closed its connection
+		// or reset its stream), not Redis: told by the context, not by the
+		// error, which go-redis words as it likes.
+		return a, ev.gone()
 	case err != nil:
-		ev.o.Log.Warn("stream refused: redis unavailable", "err", err)
+		ev.log.write(slog.LevelWarn, "warn:redis", "stream refused: redis unavailable", "err", err)
 		return a, ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
 	}
 	a.session = sess
@@ -215,7 +221,7 @@ func (ev *events) token(c echo.Context) string {
 // handler answers as JSON {"error": msg}.
 func (ev *events) refuse(code int, reason, msg string) error {
 	ev.refused.WithLabelValues(reason).Inc()
-	ev.o.Log.Debug("stream refused", "status", code, "reason", reason)
+	ev.log.write(slog.LevelDebug, "refused:"+reason, "stream refused", "status", code, "reason", reason)
 	if reason == "no_token" {
 		ev.hint(reason, "no session cookie "+strconv.Quote(ev.o.SessionCookie)+
 			" and no Authorization header: is the cookie sent (SameSite, domain, withCredentials: true)?")
@@ -230,6 +236,14 @@ func (ev *events) hint(reason, msg string) {
 	if ok, suppressed := ev.origins.limit.Allow(reason); ok {
 		ev.o.Log.Info(msg, "reason", reason, "suppressed", suppressed)
 	}
+}
+
+// gone counts a request whose client went away while the session was read
+// or the stream opened: no fault of Redis's, and nobody to answer.
+func (ev *events) gone() error {
+	ev.refused.WithLabelValues("client_gone").Inc()
+	ev.log.write(slog.LevelDebug, "refused:client_gone", "stream refused: the client went away", "reason", "client_gone")
+	return errClientGone
 }
 
 // refuseRetry refuses for a passing reason, with Retry-After.

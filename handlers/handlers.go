@@ -4,6 +4,7 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"time"
@@ -63,6 +64,9 @@ func New(o Options) *echo.Echo {
 	e.Use(middleware.Recover())
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
 		code, msg := http.StatusInternalServerError, "internal error"
+		if errors.Is(err, errClientGone) {
+			return // counted where it was seen; nobody to answer
+		}
 		if he, ok := err.(*echo.HTTPError); ok {
 			code, msg = he.Code, http.StatusText(he.Code)
 			if m, ok := he.Message.(string); ok {
@@ -83,14 +87,20 @@ func New(o Options) *echo.Echo {
 	}, []string{"reason"})
 	o.Registry.MustRegister(refused)
 
-	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused}
-	e.GET("/events", ev.stream)
-	e.GET("/events/check", ev.check)
+	clog := clientLog{log: o.Log, limit: logLimit}
+	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused, log: clog}
+	e.GET("/events", ev.stream, noStore)
+	e.GET("/events/check", ev.check, noStore)
 	e.OPTIONS("/events", ev.preflight)
 	e.OPTIONS("/events/check", ev.preflight)
 
 	if o.PublishToken != "" {
-		e.POST("/publish", (&publisher{o: o}).publish)
+		publishRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssebridge_publish_refused_total",
+			Help: "POST /publish requests refused, by reason.",
+		}, []string{"reason"})
+		o.Registry.MustRegister(publishRefused)
+		e.POST("/publish", (&publisher{o: o, log: clog, refused: publishRefused}).publish, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
@@ -100,11 +110,27 @@ func New(o Options) *echo.Echo {
 	e.GET("/*", echo.WrapHandler(http.FileServerFS(static.FS)))
 
 	if o.Dev != nil {
-		d := &dev{o: o}
-		e.GET("/dev", d.info)
-		e.POST("/dev/login", d.login)
-		e.POST("/dev/publish", d.publish)
-		e.POST("/dev/logout", d.logout)
+		devRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssebridge_dev_refused_total",
+			Help: "Try-out /dev requests refused: a foreign Host (DNS rebinding) or Origin, by reason.",
+		}, []string{"reason"})
+		o.Registry.MustRegister(devRefused)
+		d := &dev{o: o, refused: devRefused, log: clog}
+		g := e.Group("/dev", noStore, d.guard)
+		g.GET("", d.info)
+		g.POST("/login", d.login)
+		g.POST("/publish", d.publish)
+		g.POST("/logout", d.logout)
 	}
 	return e
+}
+
+// noStore marks every answer of a route, refusals included, Cache-Control:
+// no-store: they carry a user's data (who a session is, its rooms, a
+// login's cookie), which neither the browser nor a shared cache may keep.
+func noStore(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "no-store")
+		return next(c)
+	}
 }

@@ -83,6 +83,7 @@ type server struct {
 
 type setup struct {
 	withRedis bool
+	dev       bool // the try-out's /dev routes (needs withRedis)
 	options   func(*Options)
 }
 
@@ -109,6 +110,9 @@ func newServer(t *testing.T, s setup) *server {
 		o.History = history
 		if _, err := history.Configure(context.Background()); err != nil {
 			t.Fatal(err)
+		}
+		if s.dev {
+			o.Dev = &Dev{Publisher: store.NewPublisher(srv.rdb, "sse:")}
 		}
 	}
 	if s.options != nil {
@@ -138,6 +142,9 @@ func (s *server) do(method, path string, header http.Header, body string) (*http
 	}
 	for k, v := range header {
 		req.Header[k] = v
+	}
+	if h := header.Get("Host"); h != "" {
+		req.Host = h // net/http sends req.Host, never a Host header
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -6,17 +6,36 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
 
 // publisher serves POST /publish: durable publish for backends without
 // Redis access.
-type publisher struct{ o Options }
+type publisher struct {
+	o       Options
+	log     clientLog
+	refused *prometheus.CounterVec
+}
+
+// gone counts a request whose client went away before it was answered.
+func (p *publisher) gone(channel string) error {
+	p.refused.WithLabelValues("client_gone").Inc()
+	p.log.write(slog.LevelDebug, "publish:client_gone", "durable publish: the client went away", "channel", channel)
+	return errClientGone
+}
+
+// refuse counts a refusal and returns it for the error handler to answer.
+func (p *publisher) refuse(code int, reason, msg string) error {
+	p.refused.WithLabelValues(reason).Inc()
+	return echo.NewHTTPError(code, msg)
+}
 
 // publishRequest is the body of POST /publish.
 type publishRequest struct {
@@ -29,51 +48,59 @@ func (p *publisher) publish(c echo.Context) error {
 	auth := c.Request().Header.Get("Authorization")
 	token, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(p.o.PublishToken)) != 1 {
-		return echo.NewHTTPError(http.StatusUnauthorized, "POST /publish needs Authorization: Bearer <PUBLISH_TOKEN>")
+		return p.refuse(http.StatusUnauthorized, "unauthorized", "POST /publish needs Authorization: Bearer <PUBLISH_TOKEN>")
 	}
 	// The body holds the envelope and a channel name: allow a little over
 	// the event limit, and refuse the envelope itself by its own size below.
 	limit := int64(p.o.MaxEventBytes) + 1024
 	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
+	if err != nil && c.Request().Context().Err() != nil {
+		return p.gone("")
+	}
 	if err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, "reading the body: "+err.Error())
+		return p.refuse(http.StatusBadRequest, "bad_request", "reading the body: "+err.Error())
 	}
 	if int64(len(body)) > limit {
-		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", limit))
+		return p.refuse(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", limit))
 	}
 	var req publishRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
+		return p.refuse(http.StatusBadRequest, "bad_request", `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
 	}
 	// One object, nothing after it but white space: a second object or
 	// stray bytes are a client's mistake, never silently dropped.
 	if _, err := dec.Token(); err != io.EOF {
-		return echo.NewHTTPError(http.StatusBadRequest,
+		return p.refuse(http.StatusBadRequest, "bad_request",
 			fmt.Sprintf("body: unexpected data after the JSON object, at byte %d", dec.InputOffset()))
 	}
 	if err := wire.CheckChannel(req.Channel); err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
 	if req.Data == nil {
-		return echo.NewHTTPError(http.StatusBadRequest, `"data" is missing`)
+		return p.refuse(http.StatusBadRequest, "bad_request", `"data" is missing`)
 	}
 	envelope, err := encodeEnvelope(req.Event, req.Data)
 	if err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, `"data": `+err.Error())
+		return p.refuse(http.StatusBadRequest, "bad_request", `"data": `+err.Error())
 	}
 	if len(envelope) > p.o.MaxEventBytes {
-		return echo.NewHTTPError(http.StatusRequestEntityTooLarge, fmt.Sprintf("event is %d bytes, over MAX_EVENT_BYTES (%d)", len(envelope), p.o.MaxEventBytes))
+		return p.refuse(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("event is %d bytes, over MAX_EVENT_BYTES (%d)", len(envelope), p.o.MaxEventBytes))
 	}
 	if _, err := wire.ParseEnvelope(envelope); err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
 	id, err := p.o.History.Publish(c.Request().Context(), req.Channel, envelope)
+	if err != nil && c.Request().Context().Err() != nil {
+		// The client left (its context, not Redis, ended the call): no
+		// outage to warn of, and nobody to answer.
+		return p.gone(req.Channel)
+	}
 	if err != nil {
-		p.o.Log.Warn("durable publish failed", "channel", req.Channel, "err", err)
+		p.log.write(slog.LevelWarn, "publish:redis", "durable publish failed", "channel", req.Channel, "err", err)
 		c.Response().Header().Set("Retry-After", "1")
-		return echo.NewHTTPError(http.StatusServiceUnavailable, "redis unavailable")
+		return p.refuse(http.StatusServiceUnavailable, "redis", "redis unavailable")
 	}
 	return c.JSON(http.StatusOK, map[string]string{"id": id.String()})
 }

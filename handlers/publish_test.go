@@ -64,6 +64,20 @@ func TestPublishBody(t *testing.T) {
 			}
 		})
 	}
+	// Every refusal is counted, by reason.
+	reasons := map[int]string{401: "unauthorized", 400: "bad_request", 413: "too_large"}
+	want := map[string]float64{}
+	for _, tt := range tests {
+		if r, ok := reasons[tt.status]; ok {
+			want[r]++
+		}
+	}
+	for r, n := range want {
+		series := `ssebridge_publish_refused_total{reason="` + r + `"}`
+		if got := s.metric(series); got != n {
+			t.Errorf("%s = %v, want %v", series, got, n)
+		}
+	}
 }
 
 // TestPublishStoresAsSent: the envelope stored (and so sent) keeps '<' as

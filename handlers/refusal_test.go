@@ -73,3 +73,54 @@ func TestRefusalLogOrigin(t *testing.T) {
 		t.Fatalf("want one line of sane length, got %d lines:\n%.800s", len(line), s.log)
 	}
 }
+
+// TestRefusalFlood: a flood of requests a stranger can send (no token, a
+// made-up token, a foreign origin, a preflight, a bad room, a session the
+// backend wrote wrong, a bad publish token, a foreign page on the try-out's
+// /dev routes) logs a bounded number of lines,
+// at most one per kind a minute, whatever the level, however many requests.
+func TestRefusalFlood(t *testing.T) {
+	s := newServer(t, setup{withRedis: true, dev: true, options: func(o *Options) { o.PublishToken = "s3cret" }})
+	tok := s.session("good", `{"user":"alice","rooms":["lobby"]}`)
+	bad := s.session("bad", `{"user":`)
+	kinds := []struct {
+		name, method, path string
+		header             []string
+		status             int
+	}{
+		{"no token", "GET", "/events/check", nil, 401},
+		{"no token, stream", "GET", "/events", nil, 401},
+		{"made-up token", "GET", "/events/check", []string{"Authorization", "Bearer made-up"}, 401},
+		{"foreign origin", "GET", "/events/check", []string{"Origin", "https://evil.example", "Authorization", "Bearer " + tok}, 403},
+		{"foreign origin, stream", "GET", "/events", []string{"Origin", "https://evil.example", "Authorization", "Bearer made-up"}, 403},
+		{"foreign origin, preflight", "OPTIONS", "/events", []string{"Origin", "https://evil.example"}, 403},
+		{"bad room", "GET", "/events/check?rooms=a%20b", []string{"Authorization", "Bearer " + tok}, 400},
+		{"room not in the session", "GET", "/events/check?rooms=other", []string{"Authorization", "Bearer " + tok}, 403},
+		{"malformed session", "GET", "/events/check", []string{"Authorization", "Bearer " + bad}, 401},
+		{"bad publish token", "POST", "/publish", []string{"Authorization", "Bearer nope"}, 401},
+		{"try-out login from a foreign page", "POST", "/dev/login", []string{"Origin", "https://evil.example"}, 403},
+		{"try-out publish by DNS rebinding", "POST", "/dev/publish", []string{"Host", "evil.example"}, 421},
+	}
+	const each = 50
+	for range each {
+		for _, k := range kinds {
+			if resp, body := s.do(k.method, k.path, hdr(k.header...), ""); resp.StatusCode != k.status {
+				t.Fatalf("%s: %d %s, want %d", k.name, resp.StatusCode, body, k.status)
+			}
+		}
+	}
+	lines := s.log.lines("level=")
+	seen := map[string]int{}
+	for _, line := range lines {
+		_, rest, _ := strings.Cut(line, " ") // without the time
+		seen[rest]++
+	}
+	for line, n := range seen {
+		if n > 1 {
+			t.Errorf("logged %d times in a minute, want once: %s", n, line)
+		}
+	}
+	if len(lines) > 2*len(kinds) {
+		t.Errorf("%d requests logged %d lines, want at most %d:\n%s", each*len(kinds), len(lines), 2*len(kinds), s.log)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ssebridge/ssebridge/internal/ratelog"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -94,6 +95,9 @@ type Hub struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *Metrics
+	// logLimit keeps the lines a publisher or a client can repeat at will
+	// (a refused message, a slow stream) to one a minute per kind.
+	logLimit *ratelog.Limiter
 
 	members membership
 
@@ -132,6 +136,7 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		opts:        opts,
 		log:         log,
 		metrics:     m,
+		logLimit:    ratelog.New(time.Minute, nil),
 		users:       make(map[string][]*Stream),
 		sessions:    make(map[string][]*Stream),
 		pending:     make(map[*Stream][]wire.Control),
@@ -458,8 +463,11 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 }
 
 func (h *Hub) drop(channel string, err error) {
-	h.metrics.Dropped.WithLabelValues(dropReason(err)).Inc()
-	h.log.Warn("published message refused", "channel", channel, "err", err)
+	reason := dropReason(err)
+	h.metrics.Dropped.WithLabelValues(reason).Inc()
+	if ok, suppressed := h.logLimit.Allow("dropped:" + reason); ok {
+		h.log.Warn("published message refused", "channel", channel, "err", err, "suppressed", suppressed)
+	}
 }
 
 // dropReason is the metric label of a refused message: the sentinel error
@@ -478,7 +486,9 @@ func dropReason(err error) string {
 // socket and only learn of it at its write deadline.
 func (h *Hub) endSlow(s *Stream) {
 	if s.end(ReasonSlow, wire.RetryFrame(h.jitteredRetry())) {
-		h.log.Info("stream closed: queue full", "user", s.User)
+		if ok, suppressed := h.logLimit.Allow("slow"); ok {
+			h.log.Info("stream closed: queue full", "user", s.User, "suppressed", suppressed)
+		}
 	}
 }
 
