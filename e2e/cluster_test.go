@@ -727,3 +727,49 @@ func contains(ms []msg, m msg) bool {
 	}
 	return false
 }
+
+// TestClusterRefusedPartitionsWriteNothing: an instance started with
+// another CLUSTER_PARTITIONS (and other history settings) than a running
+// deployment of 16 exits non-zero, and leaves every partition's config
+// byte for byte as it was: it reads them all before writing any.
+func TestClusterRefusedPartitionsWriteNothing(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	ctx := context.Background()
+	const parts = 16
+	startClusterApp(t, rc, nil)
+	dump := func() map[string]string {
+		t.Helper()
+		out := map[string]string{}
+		for k := range 2 * parts { // the partitions of P=32 too
+			key := "sse:{p" + strconv.Itoa(k) + "}:config"
+			v, err := cc.Dump(ctx, key).Result()
+			if err != nil && err != redis.Nil {
+				t.Fatal(err)
+			}
+			out[key] = v
+		}
+		return out
+	}
+	before := dump()
+	for k := range parts {
+		if before["sse:{p"+strconv.Itoa(k)+"}:config"] == "" {
+			t.Fatalf("partition %d has no config", k)
+		}
+	}
+	for _, p := range []string{"8", "32"} {
+		t.Run("CLUSTER_PARTITIONS="+p, func(t *testing.T) {
+			_, stderr, code := runCommand(t, map[string]string{"REDIS_CLUSTER_ADDRS": rc.Addrs(), "LISTEN_ADDR": "127.0.0.1:0",
+				"CLUSTER_PARTITIONS": p, "HISTORY_MAXLEN": "7", "HISTORY_TTL": "77s", "MAX_EVENT_BYTES": "777"})
+			if code == 0 || !strings.Contains(stderr, store.ErrPartitions.Error()) {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			after := dump()
+			for key, v := range before {
+				if after[key] != v {
+					t.Errorf("%s changed (DUMP differs): now %v", key, cc.HGetAll(ctx, key).Val())
+				}
+			}
+		})
+	}
+}
