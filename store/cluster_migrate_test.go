@@ -1,0 +1,151 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssebridge/ssebridge/internal/redistest"
+	"github.com/ssebridge/ssebridge/store"
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// TestClusterPublishDuringSlotMigration: a durable publish goes through
+// while its partition's slot migrates, keys and all, to another master:
+// while the source still has the keys (marked MIGRATING), and once they
+// are on the target (the slot not yet handed over), on a channel that has
+// a history but was never trimmed, on a trimmed one, and on a brand new
+// one (once the keys have moved: Redis creates no key on the source of a
+// migrating slot). Moved in two MIGRATEs with a channel's history apart
+// from its partition's keys, a publish is refused and writes nothing, and
+// the migration ends. Afterwards every event reads back in order, and the
+// trim marks of both kinds (in the history, and an old :trimmed key) reset
+// a read from before them.
+func TestClusterPublishDuringSlotMigration(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	const parts = 16
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c := store.NewCluster(cc, "sse:", parts, 3, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := c.Configure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		c.Run(ctx, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
+	})
+	defer wg.Wait()
+	defer cancel()
+
+	// Channels of one partition, so of one slot.
+	k := wire.Partition("room:old", parts)
+	var same []string
+	for i := 0; len(same) < 5; i++ {
+		if ch := fmt.Sprintf("room:m%d", i); wire.Partition(ch, parts) == k {
+			same = append(same, ch)
+		}
+	}
+	old, full, fresh, fresh2, compat := "room:old", same[0], same[1], same[2], same[3]
+	tag := "sse:{p" + strconv.Itoa(k) + "}:"
+	slot, err := cc.ClusterKeySlot(ctx, tag+"cursor").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := c.Position(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := map[string][]string{}
+	publish := func(ch string) error {
+		env := fmt.Sprintf(`{"data":"%s/%d"}`, ch, len(sent[ch]))
+		if _, err := c.Publish(ctx, ch, []byte(env)); err != nil {
+			return err
+		}
+		sent[ch] = append(sent[ch], env)
+		return nil
+	}
+	mustPublish := func(phase, ch string) {
+		t.Helper()
+		if err := publish(ch); err != nil {
+			t.Errorf("%s: publish on %s: %v", phase, ch, err)
+		}
+	}
+	mustPublish("before", old)
+	for range 5 { // HISTORY_MAXLEN 3: two trimmed
+		mustPublish("before", full)
+	}
+
+	from := rc.NodeOfSlot(int(slot))
+	to := rc.Nodes[0]
+	if to == from {
+		to = rc.Nodes[1]
+	}
+	m := rc.StartMove(int(slot), to)
+	for _, ch := range []string{old, full} {
+		mustPublish("migrating, keys on the source", ch)
+	}
+	m.Migrate()
+	for _, ch := range []string{old, full, fresh} {
+		mustPublish("migrating, keys on the target", ch)
+	}
+	m.Finish()
+	mustPublish("moved", fresh)
+
+	// Back, in two steps: a channel's history first, alone.
+	m = rc.StartMove(int(slot), from)
+	m.Migrate(tag + old + ":history")
+	for _, ch := range []string{old, fresh2} {
+		if err := publish(ch); err == nil {
+			t.Errorf("split: a publish on %s went through with its history and its partition's cursor on two nodes", ch)
+		} else {
+			t.Logf("split: publish on %s refused: %v", ch, err)
+		}
+	}
+	m.Migrate()
+	m.Finish()
+	mustPublish("moved back", old)
+	mustPublish("moved back", fresh2)
+
+	// An old script's trim mark: a :trimmed key naming the first event.
+	mustPublish("compat", compat)
+	mustPublish("compat", compat)
+	first, err := cc.XRange(ctx, tag+compat+":history", "-", "+").Result()
+	if err != nil || len(first) == 0 {
+		t.Fatal(first, err)
+	}
+	if err := cc.Set(ctx, tag+compat+":trimmed", first[0].ID, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	read := func(ch string) (envs []string, reset string) {
+		t.Helper()
+		page, err := c.Read(ctx, []string{ch}, []wire.Cursor{start}, wire.Cursor{}, 1<<20)
+		if err != nil {
+			t.Fatalf("reading %s: %v", ch, err)
+		}
+		for _, e := range page.Events {
+			envs = append(envs, string(e.Envelope))
+		}
+		return envs, page.Reset
+	}
+	for _, ch := range []string{old, fresh, fresh2} {
+		got, reset := read(ch)
+		if reset != "" || fmt.Sprint(got) != fmt.Sprint(sent[ch]) {
+			t.Errorf("%s: read %v (reset %q), want %v", ch, got, reset, sent[ch])
+		}
+	}
+	for _, ch := range []string{full, compat} {
+		if got, reset := read(ch); reset != wire.ResetTrimmed {
+			t.Errorf("%s: read %v (reset %q) from before its trimmed events, want reset %q", ch, got, reset, wire.ResetTrimmed)
+		}
+	}
+}
