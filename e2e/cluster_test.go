@@ -36,7 +36,7 @@ func clusterPublish(cc *redis.ClusterClient, parts int, channel, envelope string
 	k := wire.Partition(channel, parts)
 	tag := "sse:{p" + strconv.Itoa(k) + "}:"
 	return redis.NewScript(store.ClusterPublishScript).Run(context.Background(), cc,
-		[]string{tag + "cursor", tag + "config", tag + channel + ":history", tag + channel + ":trimmed"},
+		[]string{tag + channel + ":history"},
 		tag+channel, envelope, parts).Text()
 }
 
@@ -357,7 +357,7 @@ func TestClusterGapRecovery(t *testing.T) {
 		admin := admins[nodes[ch]]
 		data := fmt.Sprintf("%s/%d", ch, i)
 		err := redis.NewScript(store.ClusterPublishScript).Run(ctx, admin,
-			[]string{tag + "cursor", tag + "config", tag + ch + ":history", tag + ch + ":trimmed"},
+			[]string{tag + ch + ":history"},
 			tag+ch, fmt.Sprintf(`{"event":"n","data":%q}`, data), parts).Err()
 		if err != nil {
 			t.Fatal(err)

@@ -22,7 +22,8 @@ import (
 )
 
 // ClusterPublishScript is the durable publish script of cluster mode, as a
-// backend runs it: EVAL/EVALSHA with 4 keys (docs/CLUSTER.md).
+// backend runs it: EVAL/EVALSHA with 1 key, the channel's history
+// (docs/CLUSTER.md).
 //
 //go:embed cluster_publish.lua
 var ClusterPublishScript string
@@ -487,12 +488,12 @@ func (c *Cluster) Publish(ctx context.Context, channel string, envelope []byte) 
 // connection's writes, so it must not go to another node, as a cluster
 // pipeline would send a command without keys.
 func (c *Cluster) publishWait(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
-	_, cur, conf, hist, trim, shard := c.keys(channel)
-	node, err := c.cc.MasterForKey(ctx, cur)
+	_, _, _, hist, _, shard := c.keys(channel)
+	node, err := c.cc.MasterForKey(ctx, hist)
 	if err != nil {
 		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
-	id, err := publishWaiting(ctx, node, c.publish, []string{cur, conf, hist, trim}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
+	id, err := publishWaiting(ctx, node, c.publish, []string{hist}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
 	if err != nil && id.IsZero() && (strings.Contains(err.Error(), "MOVED ") || strings.Contains(err.Error(), "CLUSTERDOWN")) {
 		// The slot moved, or its master failed over, since the client last
 		// read the slot map: read it again for the publisher's next try.
@@ -519,8 +520,7 @@ func NewClusterPublisher(cc *redis.ClusterClient, prefix string, parts int) *Clu
 // Publish runs the cluster publish script for channel.
 func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
 	t := p.prefix + "{p" + strconv.Itoa(wire.Partition(channel, p.parts)) + "}:"
-	keys := []string{t + "cursor", t + "config", t + channel + ":history", t + channel + ":trimmed"}
-	s, err := p.script.Run(ctx, p.cc, keys, t+channel, envelope, p.parts).Text()
+	s, err := p.script.Run(ctx, p.cc, []string{t + channel + ":history"}, t+channel, envelope, p.parts).Text()
 	if err != nil {
 		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
@@ -531,8 +531,8 @@ func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope
 // the channel with no event: streams that get it move their id (and its
 // time) on, so an idle stream's id never grows older than the retention.
 func (c *Cluster) Mark(ctx context.Context, channel string) error {
-	_, cur, conf, hist, trim, shard := c.keys(channel)
-	err := c.publish.Run(ctx, c.cc, []string{cur, conf, hist, trim}, shard, "", c.parts).Err()
+	_, _, _, hist, _, shard := c.keys(channel)
+	err := c.publish.Run(ctx, c.cc, []string{hist}, shard, "", c.parts).Err()
 	if err != nil {
 		return fmt.Errorf("mark on %s: %w", channel, err)
 	}
@@ -639,16 +639,20 @@ type entry struct {
 // last position every channel was read up to. trimmed is set when a
 // channel's history was trimmed past its position.
 //
-// One pipeline: per channel, its entries, then its trimmed mark, both on
+// One pipeline: per channel, its entries, then its trimmed marks, all on
 // the partition's node in that order, so an event trimmed before the
-// XRANGE read it has moved the mark before the GET reads it.
+// XRANGE read it has moved the mark before it is read. The mark is the
+// history's own (trimmedScript); a :trimmed key, which the publish script
+// wrote before, counts until it expires.
 func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, from []uint64, upTo uint64) (entries []entry, more, trimmed bool, err error) {
 	ranges := make([]*redis.XMessageSliceCmd, len(channels))
 	trims := make([]*redis.StringCmd, len(channels))
+	marks := make([]*redis.Cmd, len(channels))
 	_, err = c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, ch := range channels {
 			_, _, _, hist, trim, _ := c.keys(ch)
 			ranges[i] = p.XRangeN(ctx, hist, strconv.FormatUint(from[i]+1, 10)+"-0", strconv.FormatUint(upTo, 10), readBatch)
+			marks[i] = p.Eval(ctx, trimmedScript, []string{hist})
 			trims[i] = p.Get(ctx, trim)
 		}
 		return nil
@@ -658,9 +662,9 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 	}
 	limit := upTo
 	for i, ch := range channels {
-		if t := trims[i].Val(); t != "" {
-			tn, _, _ := strings.Cut(t, "-")
-			if n, err := strconv.ParseUint(tn, 10, 64); err == nil && from[i] < n {
+		mark, _ := marks[i].Text()
+		for _, t := range []string{mark, trims[i].Val()} {
+			if n, ok := entryPos(t); ok && from[i] < n {
 				return nil, false, true, nil
 			}
 		}
@@ -687,6 +691,17 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 	}
 	return entries, more, false, nil
 }
+
+// trimmedScript returns the id of the newest event trimmed from a
+// history (KEYS[1]), "0-0" for none, nil for no history: the publish
+// script keeps it as the stream's max-deleted-entry-id, which only XINFO
+// shows; read here so that the entries XINFO holds are not sent.
+const trimmedScript = `if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then return info[i + 1] end
+end
+return false`
 
 // entryPos is the partition position of a history entry id "<n>-<ms>".
 func entryPos(id string) (uint64, bool) {
