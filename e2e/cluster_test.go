@@ -501,6 +501,7 @@ func TestClusterSlotMove(t *testing.T) {
 	}
 	r := openResumer(t, cc, url, "slotmove")
 
+	var refused atomic.Int64
 	publish := func(i int) {
 		t.Helper()
 		for try := 0; ; try++ {
@@ -508,10 +509,12 @@ func TestClusterSlotMove(t *testing.T) {
 			if err == nil {
 				return
 			}
+			refused.Add(1)
+			t.Logf("publish %d refused: %v", i, err)
 			if try > 100 {
 				t.Fatalf("publish %d: %v", i, err)
 			}
-			time.Sleep(20 * time.Millisecond) // keys between nodes (TRYAGAIN): a backend retries
+			time.Sleep(20 * time.Millisecond) // keys between nodes: a backend retries
 		}
 	}
 	var got []int
@@ -559,7 +562,7 @@ func TestClusterSlotMove(t *testing.T) {
 	if r.opens != before {
 		t.Errorf("the stream reconnected to get the events published after the move: they did not arrive live")
 	}
-	t.Logf("streams opened: %d", r.opens)
+	t.Logf("streams opened: %d; publishes refused: %d", r.opens, refused.Load())
 	for i, n := range got {
 		if n != i+1 {
 			t.Fatalf("event %d is %d: want 1..160 once, in order (%v)", i, n, got[max(0, i-3):min(len(got), i+3)])
