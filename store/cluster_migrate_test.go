@@ -159,3 +159,92 @@ func TestClusterPublishDuringSlotMigration(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterPositionDuringSlotMigration: an event published while its
+// slot migrates, once the keys are on the target, goes out on the target,
+// where the instance is not subscribed until the slot is handed over. A
+// stream's opening meanwhile (Position) must not take the partition to be
+// past it, or the gap recovery after the handover skips it and no stream
+// ever gets it: it must arrive, once.
+func TestClusterPositionDuringSlotMigration(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	const parts = 16
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c := store.NewCluster(cc, "sse:", parts, 100, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := c.Configure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	got := map[string]int{}
+	arrived := make(chan struct{}, 100)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		c.Run(ctx, func(ch string, m wire.Message, err error) {
+			if err != nil || !m.Durable() || len(m.Body) == 0 {
+				return
+			}
+			mu.Lock()
+			got[string(m.Body)]++
+			mu.Unlock()
+			arrived <- struct{}{}
+		}, func(context.Context, int) {}, func() {})
+	})
+	defer wg.Wait()
+	defer cancel()
+	const ch = "room:old"
+	if err := c.Subscribe(ch); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	await := func(n int) {
+		t.Helper()
+		deadline := time.After(15 * time.Second)
+		for {
+			mu.Lock()
+			have := len(got)
+			mu.Unlock()
+			if have >= n {
+				return
+			}
+			select {
+			case <-arrived:
+			case <-deadline:
+				t.Fatalf("%d events arrived, want %d: %v", have, n, got)
+			}
+		}
+	}
+	if _, err := c.Publish(ctx, ch, []byte(`{"data":"before"}`)); err != nil {
+		t.Fatal(err)
+	}
+	await(1)
+
+	slot, err := cc.ClusterKeySlot(ctx, "sse:{p"+strconv.Itoa(wire.Partition(ch, parts))+"}:cursor").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := rc.Nodes[0]
+	if to == rc.NodeOfSlot(int(slot)) {
+		to = rc.Nodes[1]
+	}
+	m := rc.StartMove(int(slot), to)
+	m.Migrate()
+	if _, err := c.Publish(ctx, ch, []byte(`{"data":"on the target"}`)); err != nil {
+		t.Fatal(err)
+	}
+	pos, err := c.Position(ctx) // a stream opening
+	t.Logf("position while the keys are on the target: %v %v", pos, err)
+	m.Finish()
+	await(2)
+	mu.Lock()
+	defer mu.Unlock()
+	for body, n := range got {
+		if n != 1 {
+			t.Errorf("%s arrived %d times", body, n)
+		}
+	}
+}
