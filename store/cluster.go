@@ -398,22 +398,45 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 	}
 	reads := make([]read, c.parts)
 	cmds := make([]*redis.Cmd, c.parts)
-	_, err := c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for k := range c.parts {
-			cmds[k] = c.cursor.EvalSha(ctx, p, []string{c.tagOf(k) + "cursor"})
+	// Each cursor is read on its slot's master as the slot map has it, the
+	// node the partition's connection is subscribed on, and an ASK or MOVED
+	// is not followed: while a slot migrates, its events go out on the node
+	// that has its keys, and a position read on the target (through ASK)
+	// would take the instance past events published there, which reach it
+	// only once the slot is handed over, by the gap recovery, which starts
+	// from that position. The round fails instead; streams retry.
+	nodes := map[*redis.Client][]int{}
+	for k := range c.parts {
+		node, err := c.cc.MasterForKey(ctx, c.tagOf(k)+"cursor")
+		if err != nil {
+			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
 		}
-		return nil
-	})
-	for k, cmd := range cmds {
-		if err != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			epoch, n, err := c.readPosition(ctx, k)
-			if err != nil {
-				return wire.Cursor{}, err
+		nodes[node] = append(nodes[node], k)
+	}
+	var wg sync.WaitGroup
+	for node, ks := range nodes {
+		wg.Go(func() {
+			_, _ = node.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range ks {
+					cmds[k] = c.cursor.EvalSha(ctx, p, []string{c.tagOf(k) + "cursor"})
+				}
+				return nil
+			})
+			for _, k := range ks {
+				if redis.HasErrorPrefix(cmds[k].Err(), "NOSCRIPT") {
+					// A node without the script (new, or restarted): with its text.
+					cmds[k] = c.cursor.Run(ctx, node, []string{c.tagOf(k) + "cursor"})
+				}
 			}
-			reads[k] = read{epoch, n}
-			continue
-		}
+		})
+	}
+	wg.Wait()
+	for k, cmd := range cmds {
 		s, err := cmd.Text()
+		if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
+			// The slot moved, or is moving: the next round reads the map again.
+			c.cc.ReloadState(ctx)
+		}
 		if err != nil {
 			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
 		}
