@@ -23,7 +23,7 @@ import (
 // are on the target (the slot not yet handed over), on a channel that has
 // a history but was never trimmed, on a trimmed one, and on a brand new
 // one (once the keys have moved: Redis creates no key on the source of a
-// migrating slot). While a channel's history is on the target and its
+// migrating slot), also with DURABLE_WAIT_REPLICAS. While a channel's history is on the target and its
 // partition's keys are not, a publish is refused and writes nothing, and
 // the migration ends. Afterwards every event reads back in order, and the
 // trim marks of both kinds (in the history, and an old :trimmed key) reset
@@ -109,6 +109,17 @@ func TestClusterPublishDuringSlotMigration(t *testing.T) {
 	for _, ch := range []string{old, full, fresh, fresh2} {
 		mustPublish("migrating, keys on the target", ch)
 	}
+	// DURABLE_WAIT_REPLICAS runs the script and WAIT on the slot's master,
+	// here the source, which answers ASK: it must follow it. (No replica
+	// here: the event is published, and an error says it has no replica.)
+	c.WaitReplicas(1, 50*time.Millisecond)
+	env := fmt.Sprintf(`{"data":"%s/%d"}`, old, len(sent[old]))
+	if id, err := c.Publish(ctx, old, []byte(env)); id.IsZero() {
+		t.Errorf("migrating, keys on the target, with DURABLE_WAIT_REPLICAS: not published: %v", err)
+	} else {
+		sent[old] = append(sent[old], env)
+	}
+	c.WaitReplicas(0, 0)
 	m.Finish()
 	for _, ch := range []string{old, fresh} {
 		mustPublish("moved", ch)
