@@ -517,12 +517,49 @@ func (c *Cluster) publishWait(ctx context.Context, channel string, envelope []by
 		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
 	id, err := publishWaiting(ctx, node, c.publish, []string{hist}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
+	if _, ask, ok := strings.Cut(fmt.Sprint(err), " ASK "); ok && id.IsZero() {
+		// The slot is migrating and the history is on the target: there.
+		if _, addr, ok := strings.Cut(ask, " "); ok {
+			return c.publishWaitAsking(ctx, addr, hist, shard, channel, envelope)
+		}
+	}
 	if err != nil && id.IsZero() && (strings.Contains(err.Error(), "MOVED ") || strings.Contains(err.Error(), "CLUSTERDOWN")) {
 		// The slot moved, or its master failed over, since the client last
 		// read the slot map: read it again for the publisher's next try.
 		c.cc.ReloadState(ctx)
 	}
 	return id, err
+}
+
+// publishWaitAsking is publishWait on addr, the target of a migrating slot
+// that the source sent the call to (ASK): ASKING, then the script and
+// WAIT, on one connection to it, as the cluster client does for one
+// command. A target that serves no slot yet is not among the masters the
+// client knows: the publish fails, and is retried once the slot is its.
+func (c *Cluster) publishWaitAsking(ctx context.Context, addr, hist, shard, channel string, envelope []byte) (wire.Cursor, error) {
+	var mu sync.Mutex
+	var target *redis.Client
+	_ = c.cc.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+		if n.Options().Addr == addr {
+			mu.Lock()
+			target = n
+			mu.Unlock()
+		}
+		return nil
+	})
+	if target == nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: ASK to %s, not a master known yet", channel, addr)
+	}
+	// ASKING holds for one command: the script must be there for EVALSHA.
+	if err := c.publish.Load(ctx, target).Err(); err != nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+	}
+	conn := target.Conn()
+	defer conn.Close()
+	if err := conn.Do(ctx, "asking").Err(); err != nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+	}
+	return publishWaiting(ctx, conn, c.publish, []string{hist}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
 }
 
 // ClusterPublisher publishes durable events on Redis Cluster as a backend

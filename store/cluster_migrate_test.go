@@ -33,7 +33,7 @@ func TestClusterPublishDuringSlotMigration(t *testing.T) {
 	cc := rc.Client()
 	const parts = 16
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c := store.NewCluster(cc, "sse:", parts, 4, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	c := store.NewCluster(cc, "sse:", parts, 5, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := c.Configure(ctx); err != nil {
@@ -80,7 +80,7 @@ func TestClusterPublishDuringSlotMigration(t *testing.T) {
 		}
 	}
 	mustPublish("before", old)
-	for range 6 { // HISTORY_MAXLEN 4: two trimmed
+	for range 7 { // HISTORY_MAXLEN 5: two trimmed
 		mustPublish("before", full)
 	}
 
