@@ -110,6 +110,8 @@ func TestClusterConfig(t *testing.T) {
 		{map[string]string{"REDIS_CLUSTER_ADDRS": "nohost"}, "REDIS_CLUSTER_ADDRS"},
 		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "0"}, "CLUSTER_PARTITIONS"},
 		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "1025"}, "CLUSTER_PARTITIONS"},
+		// wire.MaxPartitions: beyond it an id could outgrow a header line (wire's TestVectorIDSize).
+		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "257"}, "CLUSTER_PARTITIONS must be between 1 and 256"},
 		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "-1"}, "DURABLE_WAIT_REPLICAS"},
 		{map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1", "DURABLE_WAIT_TIMEOUT": "0s"}, "DURABLE_WAIT_TIMEOUT"},
 	} {
@@ -120,6 +122,9 @@ func TestClusterConfig(t *testing.T) {
 	cfg, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": " a:1, b:2 ,"})
 	if err != nil || len(cfg.RedisClusterAddrs) != 2 || cfg.ClusterPartitions != 16 || cfg.ListenAddr != ":8080" {
 		t.Errorf("%+v %v", cfg.RedisClusterAddrs, err)
+	}
+	if _, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "CLUSTER_PARTITIONS": "256"}); err != nil {
+		t.Errorf("CLUSTER_PARTITIONS=256: %v", err)
 	}
 	if _, err := loadConfig(map[string]string{"REDIS_CLUSTER_ADDRS": "a:1", "DURABLE_WAIT_REPLICAS": "1"}); err != nil {
 		t.Errorf("DURABLE_WAIT_REPLICAS with REDIS_CLUSTER_ADDRS: %v", err)

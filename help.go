@@ -46,7 +46,7 @@ var configHelp = map[string]string{
 	"REDIS_SENTINEL_USERNAME":  "ACL user for the sentinels",
 	"REDIS_SENTINEL_PASSWORD":  "password of the sentinels (their requirepass)",
 	"REDIS_CLUSTER_ADDRS":      "comma-separated host:port of Redis Cluster nodes, instead of REDIS_URL (docs/CLUSTER.md)",
-	"CLUSTER_PARTITIONS":       "with REDIS_CLUSTER_ADDRS: partitions channels are spread over; the same everywhere",
+	"CLUSTER_PARTITIONS":       "with REDIS_CLUSTER_ADDRS: partitions channels are spread over, 1 to 256 (ids grow with it); the same everywhere",
 	"REDIS_USERNAME":           "ACL user for the Redis data nodes (with REDIS_URL: instead of the URL's)",
 	"REDIS_PASSWORD":           "password of the Redis data nodes (with REDIS_URL: instead of the URL's)",
 	"DURABLE_WAIT_REPLICAS":    "POST /publish answers only once this many replicas have the event (WAIT), else 503; 0: no wait",

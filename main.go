@@ -30,6 +30,7 @@ import (
 	"github.com/ssebridge/ssebridge/handlers"
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/stream"
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // Config is read from the environment only. docs/configuration.md lists every variable.
@@ -267,8 +268,8 @@ func checkTopology(cfg *Config) error {
 		switch {
 		case sentinel || cfg.RedisURL != "":
 			return errors.New("REDIS_CLUSTER_ADDRS is exclusive with REDIS_URL and REDIS_SENTINEL_ADDRS: set one of them")
-		case cfg.ClusterPartitions < 1 || cfg.ClusterPartitions > 1024:
-			return errors.New("CLUSTER_PARTITIONS must be between 1 and 1024")
+		case cfg.ClusterPartitions < 1 || cfg.ClusterPartitions > wire.MaxPartitions:
+			return fmt.Errorf("CLUSTER_PARTITIONS must be between 1 and %d (an id holds a number per partition: docs/CLUSTER.md)", wire.MaxPartitions)
 		}
 		return checkWait(cfg)
 	}

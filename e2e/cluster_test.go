@@ -36,7 +36,7 @@ func clusterPublish(cc *redis.ClusterClient, parts int, channel, envelope string
 	k := wire.Partition(channel, parts)
 	tag := "sse:{p" + strconv.Itoa(k) + "}:"
 	return redis.NewScript(store.ClusterPublishScript).Run(context.Background(), cc,
-		[]string{tag + "cursor", tag + "config", tag + channel + ":history", tag + channel + ":trimmed"},
+		[]string{tag + channel + ":history"},
 		tag+channel, envelope, parts).Text()
 }
 
@@ -357,7 +357,7 @@ func TestClusterGapRecovery(t *testing.T) {
 		admin := admins[nodes[ch]]
 		data := fmt.Sprintf("%s/%d", ch, i)
 		err := redis.NewScript(store.ClusterPublishScript).Run(ctx, admin,
-			[]string{tag + "cursor", tag + "config", tag + ch + ":history", tag + ch + ":trimmed"},
+			[]string{tag + ch + ":history"},
 			tag+ch, fmt.Sprintf(`{"event":"n","data":%q}`, data), parts).Err()
 		if err != nil {
 			t.Fatal(err)
@@ -501,6 +501,7 @@ func TestClusterSlotMove(t *testing.T) {
 	}
 	r := openResumer(t, cc, url, "slotmove")
 
+	var refused atomic.Int64
 	publish := func(i int) {
 		t.Helper()
 		for try := 0; ; try++ {
@@ -508,10 +509,12 @@ func TestClusterSlotMove(t *testing.T) {
 			if err == nil {
 				return
 			}
+			refused.Add(1)
+			t.Logf("publish %d refused: %v", i, err)
 			if try > 100 {
 				t.Fatalf("publish %d: %v", i, err)
 			}
-			time.Sleep(20 * time.Millisecond) // keys between nodes (TRYAGAIN): a backend retries
+			time.Sleep(20 * time.Millisecond) // keys between nodes: a backend retries
 		}
 	}
 	var got []int
@@ -559,7 +562,7 @@ func TestClusterSlotMove(t *testing.T) {
 	if r.opens != before {
 		t.Errorf("the stream reconnected to get the events published after the move: they did not arrive live")
 	}
-	t.Logf("streams opened: %d", r.opens)
+	t.Logf("streams opened: %d; publishes refused: %d", r.opens, refused.Load())
 	for i, n := range got {
 		if n != i+1 {
 			t.Fatalf("event %d is %d: want 1..160 once, in order (%v)", i, n, got[max(0, i-3):min(len(got), i+3)])
@@ -726,4 +729,50 @@ func contains(ms []msg, m msg) bool {
 		}
 	}
 	return false
+}
+
+// TestClusterRefusedPartitionsWriteNothing: an instance started with
+// another CLUSTER_PARTITIONS (and other history settings) than a running
+// deployment of 16 exits non-zero, and leaves every partition's config
+// byte for byte as it was: it reads them all before writing any.
+func TestClusterRefusedPartitionsWriteNothing(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	ctx := context.Background()
+	const parts = 16
+	startClusterApp(t, rc, nil)
+	dump := func() map[string]string {
+		t.Helper()
+		out := map[string]string{}
+		for k := range 2 * parts { // the partitions of P=32 too
+			key := "sse:{p" + strconv.Itoa(k) + "}:config"
+			v, err := cc.Dump(ctx, key).Result()
+			if err != nil && err != redis.Nil {
+				t.Fatal(err)
+			}
+			out[key] = v
+		}
+		return out
+	}
+	before := dump()
+	for k := range parts {
+		if before["sse:{p"+strconv.Itoa(k)+"}:config"] == "" {
+			t.Fatalf("partition %d has no config", k)
+		}
+	}
+	for _, p := range []string{"8", "32"} {
+		t.Run("CLUSTER_PARTITIONS="+p, func(t *testing.T) {
+			_, stderr, code := runCommand(t, map[string]string{"REDIS_CLUSTER_ADDRS": rc.Addrs(), "LISTEN_ADDR": "127.0.0.1:0",
+				"CLUSTER_PARTITIONS": p, "HISTORY_MAXLEN": "7", "HISTORY_TTL": "77s", "MAX_EVENT_BYTES": "777"})
+			if code == 0 || !strings.Contains(stderr, store.ErrPartitions.Error()) {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			after := dump()
+			for key, v := range before {
+				if after[key] != v {
+					t.Errorf("%s changed (DUMP differs): now %v", key, cc.HGetAll(ctx, key).Val())
+				}
+			}
+		})
+	}
 }

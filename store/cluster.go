@@ -22,7 +22,8 @@ import (
 )
 
 // ClusterPublishScript is the durable publish script of cluster mode, as a
-// backend runs it: EVAL/EVALSHA with 4 keys (docs/CLUSTER.md).
+// backend runs it: EVAL/EVALSHA with 1 key, the channel's history
+// (docs/CLUSTER.md).
 //
 //go:embed cluster_publish.lua
 var ClusterPublishScript string
@@ -138,12 +139,46 @@ func (c *Cluster) digest() string {
 	return strconv.FormatUint(uint64(crc32.ChecksumIEEE([]byte(strings.Join(c.epochs, ",")))), 36)
 }
 
+// configScript writes a partition's config unless it names another
+// partition count, atomically, so that no instance of another
+// CLUSTER_PARTITIONS ever overwrites it: it returns {marker, partitions},
+// the marker "" when it wrote nothing.
+//
+//	KEYS[1] config; ARGV maxlen, ttl, maxbytes, a new marker, partitions
+const configScript = `local p = redis.call('HGET', KEYS[1], 'partitions')
+if p and p ~= ARGV[5] then
+  return {'', p}
+end
+redis.call('HSET', KEYS[1], 'maxlen', ARGV[1], 'ttl', ARGV[2], 'maxbytes', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'marker', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'partitions', ARGV[5])
+return {redis.call('HGET', KEYS[1], 'marker'), ARGV[5]}`
+
+var configWrite = redis.NewScript(configScript)
+
 // Configure writes the history settings, the partition count and a marker
 // into every partition's config, and reads every partition's position; on
 // the first call (or for a partition not known yet) the instance starts
 // from there. It fails when the partitions' config names another
-// partition count: instances and backends must all use the same.
+// partition count, having written nothing: it reads every partition's
+// first, since an instance of another P must not change the running
+// deployment's settings.
 func (c *Cluster) Configure(ctx context.Context) error {
+	parts := make([]*redis.StringCmd, c.parts)
+	_, err := c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for k := range c.parts {
+			parts[k] = p.HGet(ctx, c.tagOf(k)+"config", "partitions")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("reading the partitions' config: %w", err)
+	}
+	for k, cmd := range parts {
+		if v := cmd.Val(); v != "" && v != strconv.Itoa(c.parts) {
+			return c.errPartitions(k, v)
+		}
+	}
 	var errs []error
 	for k := range c.parts {
 		if err := c.configure(ctx, k); err != nil {
@@ -153,27 +188,28 @@ func (c *Cluster) Configure(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+func (c *Cluster) errPartitions(k int, found string) error {
+	return fmt.Errorf("%w: CLUSTER_PARTITIONS is %d, but %sconfig says %s: every instance and backend must use the same", ErrPartitions, c.parts, c.tagOf(k), found)
+}
+
+// configure writes partition k's config (unless it names another
+// partition count) and reads its position.
 func (c *Cluster) configure(ctx context.Context, k int) error {
-	key := c.tagOf(k) + "config"
 	b := make([]byte, 16)
 	if _, err := rand.Read(b); err != nil {
 		return err
 	}
-	var get *redis.SliceCmd
-	_, err := c.cc.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, key, "maxlen", c.maxlen, "ttl", int(c.ttl.Seconds()), "maxbytes", c.maxBytes)
-		p.HSetNX(ctx, key, "marker", hex.EncodeToString(b))
-		p.HSetNX(ctx, key, "partitions", c.parts)
-		get = p.HMGet(ctx, key, "marker", "partitions")
-		return nil
-	})
+	v, err := configWrite.Run(ctx, c.cc, []string{c.tagOf(k) + "config"},
+		c.maxlen, int(c.ttl.Seconds()), c.maxBytes, hex.EncodeToString(b), c.parts).StringSlice()
+	if err == nil && len(v) != 2 {
+		err = fmt.Errorf("unexpected reply %q", v)
+	}
 	if err != nil {
 		return fmt.Errorf("writing partition %d's config: %w", k, err)
 	}
-	v := get.Val()
-	marker, _ := v[0].(string)
-	if parts, _ := v[1].(string); parts != strconv.Itoa(c.parts) {
-		return fmt.Errorf("%w: CLUSTER_PARTITIONS is %d, but %s says %s: every instance and backend must use the same", ErrPartitions, c.parts, key, parts)
+	marker := v[0]
+	if marker == "" {
+		return c.errPartitions(k, v[1])
 	}
 	c.feeds[k].marker.Store(&marker)
 	epoch, n, err := c.readPosition(ctx, k)
@@ -364,22 +400,45 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 	}
 	reads := make([]read, c.parts)
 	cmds := make([]*redis.Cmd, c.parts)
-	_, err := c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for k := range c.parts {
-			cmds[k] = c.cursor.EvalSha(ctx, p, []string{c.tagOf(k) + "cursor"})
+	// Each cursor is read on its slot's master as the slot map has it, the
+	// node the partition's connection is subscribed on, and an ASK or MOVED
+	// is not followed: while a slot migrates, its events go out on the node
+	// that has its keys, and a position read on the target (through ASK)
+	// would take the instance past events published there, which reach it
+	// only once the slot is handed over, by the gap recovery, which starts
+	// from that position. The round fails instead; streams retry.
+	nodes := map[*redis.Client][]int{}
+	for k := range c.parts {
+		node, err := c.cc.MasterForKey(ctx, c.tagOf(k)+"cursor")
+		if err != nil {
+			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
 		}
-		return nil
-	})
-	for k, cmd := range cmds {
-		if err != nil && redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			epoch, n, err := c.readPosition(ctx, k)
-			if err != nil {
-				return wire.Cursor{}, err
+		nodes[node] = append(nodes[node], k)
+	}
+	var wg sync.WaitGroup
+	for node, ks := range nodes {
+		wg.Go(func() {
+			_, _ = node.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range ks {
+					cmds[k] = c.cursor.EvalSha(ctx, p, []string{c.tagOf(k) + "cursor"})
+				}
+				return nil
+			})
+			for _, k := range ks {
+				if redis.HasErrorPrefix(cmds[k].Err(), "NOSCRIPT") {
+					// A node without the script (new, or restarted): with its text.
+					cmds[k] = c.cursor.Run(ctx, node, []string{c.tagOf(k) + "cursor"})
+				}
 			}
-			reads[k] = read{epoch, n}
-			continue
-		}
+		})
+	}
+	wg.Wait()
+	for k, cmd := range cmds {
 		s, err := cmd.Text()
+		if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
+			// The slot moved, or is moving: the next round reads the map again.
+			c.cc.ReloadState(ctx)
+		}
 		if err != nil {
 			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
 		}
@@ -454,18 +513,55 @@ func (c *Cluster) Publish(ctx context.Context, channel string, envelope []byte) 
 // connection's writes, so it must not go to another node, as a cluster
 // pipeline would send a command without keys.
 func (c *Cluster) publishWait(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
-	_, cur, conf, hist, trim, shard := c.keys(channel)
-	node, err := c.cc.MasterForKey(ctx, cur)
+	_, _, _, hist, _, shard := c.keys(channel)
+	node, err := c.cc.MasterForKey(ctx, hist)
 	if err != nil {
 		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
-	id, err := publishWaiting(ctx, node, c.publish, []string{cur, conf, hist, trim}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
+	id, err := publishWaiting(ctx, node, c.publish, []string{hist}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
+	if _, ask, ok := strings.Cut(fmt.Sprint(err), " ASK "); ok && id.IsZero() {
+		// The slot is migrating and the history is on the target: there.
+		if _, addr, ok := strings.Cut(ask, " "); ok {
+			return c.publishWaitAsking(ctx, addr, hist, shard, channel, envelope)
+		}
+	}
 	if err != nil && id.IsZero() && (strings.Contains(err.Error(), "MOVED ") || strings.Contains(err.Error(), "CLUSTERDOWN")) {
 		// The slot moved, or its master failed over, since the client last
 		// read the slot map: read it again for the publisher's next try.
 		c.cc.ReloadState(ctx)
 	}
 	return id, err
+}
+
+// publishWaitAsking is publishWait on addr, the target of a migrating slot
+// that the source sent the call to (ASK): ASKING, then the script and
+// WAIT, on one connection to it, as the cluster client does for one
+// command. A target that serves no slot yet is not among the masters the
+// client knows: the publish fails, and is retried once the slot is its.
+func (c *Cluster) publishWaitAsking(ctx context.Context, addr, hist, shard, channel string, envelope []byte) (wire.Cursor, error) {
+	var mu sync.Mutex
+	var target *redis.Client
+	_ = c.cc.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
+		if n.Options().Addr == addr {
+			mu.Lock()
+			target = n
+			mu.Unlock()
+		}
+		return nil
+	})
+	if target == nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: ASK to %s, not a master known yet", channel, addr)
+	}
+	// ASKING holds for one command: the script must be there for EVALSHA.
+	if err := c.publish.Load(ctx, target).Err(); err != nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+	}
+	conn := target.Conn()
+	defer conn.Close()
+	if err := conn.Do(ctx, "asking").Err(); err != nil {
+		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+	}
+	return publishWaiting(ctx, conn, c.publish, []string{hist}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
 }
 
 // ClusterPublisher publishes durable events on Redis Cluster as a backend
@@ -486,8 +582,7 @@ func NewClusterPublisher(cc *redis.ClusterClient, prefix string, parts int) *Clu
 // Publish runs the cluster publish script for channel.
 func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
 	t := p.prefix + "{p" + strconv.Itoa(wire.Partition(channel, p.parts)) + "}:"
-	keys := []string{t + "cursor", t + "config", t + channel + ":history", t + channel + ":trimmed"}
-	s, err := p.script.Run(ctx, p.cc, keys, t+channel, envelope, p.parts).Text()
+	s, err := p.script.Run(ctx, p.cc, []string{t + channel + ":history"}, t+channel, envelope, p.parts).Text()
 	if err != nil {
 		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
@@ -498,8 +593,8 @@ func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope
 // the channel with no event: streams that get it move their id (and its
 // time) on, so an idle stream's id never grows older than the retention.
 func (c *Cluster) Mark(ctx context.Context, channel string) error {
-	_, cur, conf, hist, trim, shard := c.keys(channel)
-	err := c.publish.Run(ctx, c.cc, []string{cur, conf, hist, trim}, shard, "", c.parts).Err()
+	_, _, _, hist, _, shard := c.keys(channel)
+	err := c.publish.Run(ctx, c.cc, []string{hist}, shard, "", c.parts).Err()
 	if err != nil {
 		return fmt.Errorf("mark on %s: %w", channel, err)
 	}
@@ -606,16 +701,20 @@ type entry struct {
 // last position every channel was read up to. trimmed is set when a
 // channel's history was trimmed past its position.
 //
-// One pipeline: per channel, its entries, then its trimmed mark, both on
+// One pipeline: per channel, its entries, then its trimmed marks, all on
 // the partition's node in that order, so an event trimmed before the
-// XRANGE read it has moved the mark before the GET reads it.
+// XRANGE read it has moved the mark before it is read. The mark is the
+// history's own (trimmedScript); a :trimmed key, which the publish script
+// wrote before, counts until it expires.
 func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, from []uint64, upTo uint64) (entries []entry, more, trimmed bool, err error) {
 	ranges := make([]*redis.XMessageSliceCmd, len(channels))
 	trims := make([]*redis.StringCmd, len(channels))
+	marks := make([]*redis.Cmd, len(channels))
 	_, err = c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, ch := range channels {
 			_, _, _, hist, trim, _ := c.keys(ch)
 			ranges[i] = p.XRangeN(ctx, hist, strconv.FormatUint(from[i]+1, 10)+"-0", strconv.FormatUint(upTo, 10), readBatch)
+			marks[i] = p.Eval(ctx, trimmedScript, []string{hist})
 			trims[i] = p.Get(ctx, trim)
 		}
 		return nil
@@ -625,9 +724,9 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 	}
 	limit := upTo
 	for i, ch := range channels {
-		if t := trims[i].Val(); t != "" {
-			tn, _, _ := strings.Cut(t, "-")
-			if n, err := strconv.ParseUint(tn, 10, 64); err == nil && from[i] < n {
+		mark, _ := marks[i].Text()
+		for _, t := range []string{mark, trims[i].Val()} {
+			if n, ok := entryPos(t); ok && from[i] < n {
 				return nil, false, true, nil
 			}
 		}
@@ -654,6 +753,17 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 	}
 	return entries, more, false, nil
 }
+
+// trimmedScript returns the id of the newest event trimmed from a
+// history (KEYS[1]), "0-0" for none, nil for no history: the publish
+// script keeps it as the stream's max-deleted-entry-id, which only XINFO
+// shows; read here so that the entries XINFO holds are not sent.
+const trimmedScript = `if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then return info[i + 1] end
+end
+return false`
 
 // entryPos is the partition position of a history entry id "<n>-<ms>".
 func entryPos(id string) (uint64, bool) {

@@ -306,6 +306,10 @@ func (f *partFeed) redial(ctx context.Context) {
 	defer f.mu.Unlock()
 	_ = f.ps.Close()
 	clear(f.unsubscribing)
+	// A ping written since the loss (between it and this redial) went on
+	// the connection closed here, whose replies nobody reads any more:
+	// its waiter learns now, or a Position waits for it until it times out.
+	f.barrier.releaseAll(ErrFeedLost)
 	f.ps = f.c.cc.SSubscribe(ctx)
 	channels := []string{f.c.tagOf(f.k)}
 	for n := range f.channels {

@@ -4,31 +4,47 @@
 -- position, in one atomic step. Every key and the shard channel share the
 -- hash tag of the channel's partition, so the call lives in one slot.
 --
---   EVALSHA <sha> 4 <cursor> <config> <history> <trimmed> <shard channel> <envelope> <partitions>
+--   EVALSHA <sha> 1 <history> <shard channel> <envelope> <partitions>
 --
 -- With P partitions (CLUSTER_PARTITIONS, default 16), a logical channel
 -- such as "room:lobby" is in partition k = crc32(channel) mod P (CRC-32
--- IEEE; Python: zlib.crc32), and with the prefix "sse:" its keys are
---   KEYS[1]  sse:{p<k>}:cursor               "<epoch>:<n>": the partition's last position (max(last + 1, now in ms))
---   KEYS[2]  sse:{p<k>}:config               hash: maxlen, ttl, maxbytes, marker, partitions (written by ssebridge)
---   KEYS[3]  sse:{p<k>}:<channel>:history    a stream: the channel's last maxlen events
---   KEYS[4]  sse:{p<k>}:<channel>:trimmed    the entry id of the newest event trimmed from it
---   ARGV[1]  sse:{p<k>}:<channel>            the shard channel (SPUBLISH); "" to publish nothing
+-- IEEE; Python: zlib.crc32), and with the prefix "sse:":
+--   KEYS[1]  sse:{p<k>}:<channel>:history    a stream: the channel's last maxlen events
+--   ARGV[1]  sse:{p<k>}:<channel>            the shard channel (SPUBLISH)
 --   ARGV[2]  the envelope, as for a live SPUBLISH; "" (ssebridge's own use) stores no event
 --   ARGV[3]  P, as the caller computed k with: refused if it is not the deployment's
+-- and it also uses the partition's keys, named from the history's:
+--   sse:{p<k>}:cursor   "<epoch>:<n>": the partition's last position (max(last + 1, now in ms))
+--   sse:{p<k>}:config   hash: maxlen, ttl, maxbytes, marker, partitions (written by ssebridge)
 -- Returns "<epoch>:<n>-<ms>": the partition's epoch, the event's position in
 -- its partition, and the server's clock. (The SSE id a browser sees is the
 -- instance's vector of positions, docs/CLUSTER.md.)
 --
+-- Only the history is declared: while the slot migrates, Redis serves a
+-- call whose declared keys are all on one node, and refuses one whose keys
+-- are partly missing for the whole migration (TRYAGAIN), as a new
+-- channel's history is. The history routes the call to the node that has
+-- it (the source), or, missing there, to the target, where the partition's
+-- keys are read before anything is written: absent, the call is refused
+-- and writes nothing. When events are trimmed, the newest trimmed id is
+-- kept in the history itself (its max-deleted-entry-id, XSETID), so it
+-- moves with it.
+--
 -- The live message is framed "\0<marker> <epoch>:<n>-<ms>\n<envelope>"; the
 -- marker is a random value that ssebridge writes into the partition's
 -- config, so a payload published raw cannot pose as a durable event.
-local posKey, confKey, histKey, trimKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local histKey = KEYS[1]
 local shard, envelope, parts = ARGV[1], ARGV[2], ARGV[3]
+local tag = string.match(histKey, '^(.-{p%d+}:).+:history$')
+if not tag then
+  return redis.error_reply(histKey .. ' is not the history of a channel (<prefix>{p<k>}:<channel>:history)')
+end
+local posKey, confKey = tag .. 'cursor', tag .. 'config'
 local conf = redis.call('HMGET', confKey, 'maxlen', 'ttl', 'marker', 'maxbytes', 'partitions')
 local maxlen, ttl, marker, maxbytes = tonumber(conf[1]) or 1000, tonumber(conf[2]) or 86400, conf[3], tonumber(conf[4]) or 65536
-if not marker then
-  return redis.error_reply('ssebridge has not written ' .. confKey .. ' yet: start ssebridge (it writes it when it connects to Redis), then publish')
+local pos = redis.call('GET', posKey)
+if not marker or not pos then
+  return redis.error_reply('ssebridge has not written ' .. confKey .. ' and ' .. posKey .. ' on this node yet: start ssebridge (it writes them when it connects to Redis), then publish; or, if the slot is migrating, retry once its keys have moved')
 end
 if conf[5] and conf[5] ~= parts then
   return redis.error_reply('the deployment has ' .. conf[5] .. ' partitions (CLUSTER_PARTITIONS), the caller assumed ' .. tostring(parts))
@@ -36,23 +52,17 @@ end
 if #envelope > maxbytes then
   return redis.error_reply('envelope is ' .. #envelope .. ' bytes, over MAX_EVENT_BYTES (' .. maxbytes .. ')')
 end
+local epoch, n = string.match(pos, '^(%w+):(%d+)$')
+if not epoch then
+  return redis.error_reply(posKey .. ' is not a position of ssebridge: ' .. pos)
+end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local epoch, n
-local pos = redis.call('GET', posKey)
-if pos then
-  epoch, n = string.match(pos, '^(%w+):(%d+)$')
-end
 -- The position is a millisecond clock moved on by at least one per event:
 -- a replica promoted without the last writes goes on from its own clock,
 -- past the positions the old master gave out, rather than giving them again.
-if epoch then
-  n = math.max(tonumber(n) + 1, now)
-else
-  epoch, n = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])), now
-end
+n = math.max(tonumber(n) + 1, now)
 redis.call('SET', posKey, epoch .. ':' .. n)
 local cursor = string.format('%s:%d-%d', epoch, n, now)
 local frame = '\0' .. marker .. ' ' .. cursor .. '\n'
@@ -62,14 +72,13 @@ if envelope == '' then
   end
   return cursor
 end
-redis.call('XADD', histKey, string.format('%d-%d', n, now), 'e', envelope)
+local id = string.format('%d-%d', n, now)
+redis.call('XADD', histKey, id, 'e', envelope)
 local over = redis.call('XLEN', histKey) - maxlen
 if over > 0 then
   local old = redis.call('XRANGE', histKey, '-', '+', 'COUNT', over)
   redis.call('XTRIM', histKey, 'MAXLEN', maxlen)
-  redis.call('SET', trimKey, old[#old][1], 'EX', ttl)
-elseif redis.call('EXISTS', trimKey) == 1 then
-  redis.call('EXPIRE', trimKey, ttl)
+  redis.call('XSETID', histKey, id, 'MAXDELETEDID', old[#old][1])
 end
 redis.call('EXPIRE', histKey, ttl)
 redis.call('SPUBLISH', shard, frame .. envelope)

@@ -130,11 +130,16 @@ func (h *History) publishWait(ctx context.Context, channel string, envelope []by
 	return publishWaiting(ctx, h.rdb, h.publish, nil, []any{h.prefix, channel, envelope}, channel, h.waitReplicas, h.waitTimeout)
 }
 
+// pipeliner is a client or one connection (Cluster's publishWaitAsking).
+type pipeliner interface {
+	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
+}
+
 // publishWaiting runs a durable publish script and then WAIT for replicas
 // in one pipeline on rdb, so on one connection: WAIT waits for that
 // connection's last write. An error may come with the id: the event is
 // published, but not known to be on enough replicas.
-func publishWaiting(ctx context.Context, rdb *redis.Client, script *redis.Script, keys []string, args []any, channel string, replicas int, timeout time.Duration) (wire.Cursor, error) {
+func publishWaiting(ctx context.Context, rdb pipeliner, script *redis.Script, keys []string, args []any, channel string, replicas int, timeout time.Duration) (wire.Cursor, error) {
 	var ev, acked *redis.Cmd
 	pipe := func(sha bool) {
 		_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

@@ -29,8 +29,11 @@ import (
 // numbers are in base 36, each position as its distance from the newest,
 // which is short for a partition with recent events.
 
-// MaxPartitions bounds CLUSTER_PARTITIONS, and so the size of an id.
-const MaxPartitions = 1024
+// MaxPartitions bounds CLUSTER_PARTITIONS, and so the size of an id: at
+// most 9 bytes a partition and 16 more (tag, newest), 2,313 bytes at 256,
+// well under nginx's 8 KB header line, which a Last-Event-ID must fit in
+// (at 1024 it was over 9 KB). TestVectorIDSize measures it.
+const MaxPartitions = 256
 
 // Partition is the partition of a logical channel among n: CRC-32 (IEEE) of
 // the name, modulo n. Backends compute the same (Python: zlib.crc32).

@@ -113,3 +113,35 @@ func FuzzParseVector(f *testing.F) {
 		}
 	})
 }
+
+// TestVectorIDSize measures the SSE id of a cluster deployment of P
+// partitions: in the worst case (the longest tag, the newest position at
+// its longest until 2059, every other partition at 0: never read, as a
+// partition whose node was down when the instance started) and with every
+// partition a minute behind the newest. At MaxPartitions the worst case
+// must stay under maxIDBytes, half nginx's default 8 KB header line
+// (large_client_header_buffers), since browsers send it back as
+// Last-Event-ID and it rides on every durable frame.
+func TestVectorIDSize(t *testing.T) {
+	const maxIDBytes = 4096
+	size := func(p int) (worst, minute int) {
+		w := &wire.Vector{Tag: "1z141z3" /* MaxUint32 in base 36 */, Pos: make([]uint64, p)}
+		w.Pos[0] = 2821109907455 // "zzzzzzzz": 2059
+		m := &wire.Vector{Tag: "1z141z3", Pos: make([]uint64, p)}
+		for k := range m.Pos {
+			m.Pos[k] = 1800000000000 - 60000
+		}
+		m.Pos[0] = 1800000000000
+		if _, err := wire.ParseVector(w.String(), p); p <= wire.MaxPartitions && err != nil {
+			t.Errorf("P=%d: the worst-case id does not parse: %v", p, err)
+		}
+		return len(w.String()), len(m.String())
+	}
+	for _, p := range []int{16, 64, 128, 256, 1024} {
+		w, m := size(p)
+		t.Logf("P=%d: worst case %d bytes, every partition a minute behind %d bytes", p, w, m)
+	}
+	if w, _ := size(wire.MaxPartitions); w > maxIDBytes {
+		t.Errorf("at MaxPartitions (%d) an id is up to %d bytes, over %d", wire.MaxPartitions, w, maxIDBytes)
+	}
+}

@@ -284,37 +284,78 @@ func (n *ClusterNode) ID() string {
 // on every node.
 func (c *Cluster) MoveSlot(slot int, to *ClusterNode) {
 	c.t.Helper()
+	m := c.StartMove(slot, to)
+	m.Migrate()
+	m.Finish()
+}
+
+// SlotMove is a migration of one slot under way, for a test that acts
+// between its steps (MoveSlot runs all of them).
+type SlotMove struct {
+	c        *Cluster
+	slot     int
+	from, to *ClusterNode
+	src      *redis.Client
+}
+
+// StartMove marks slot IMPORTING on to and MIGRATING on the node serving
+// it: from then on the source serves only the keys it still has.
+func (c *Cluster) StartMove(slot int, to *ClusterNode) *SlotMove {
+	c.t.Helper()
 	ctx := context.Background()
 	from := c.NodeOfSlot(slot)
 	if from == to {
 		c.t.Fatalf("slot %d is on %s already", slot, to.Addr)
 	}
-	src, dst := redis.NewClient(&redis.Options{Addr: from.Addr}), redis.NewClient(&redis.Options{Addr: to.Addr})
-	defer src.Close()
+	m := &SlotMove{c: c, slot: slot, from: from, to: to, src: redis.NewClient(&redis.Options{Addr: from.Addr})}
+	c.t.Cleanup(func() { m.src.Close() })
+	dst := redis.NewClient(&redis.Options{Addr: to.Addr})
 	defer dst.Close()
-	must := func(err error) {
-		c.t.Helper()
-		if err != nil {
-			c.t.Fatal(err)
-		}
+	m.must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", from.ID()).Err())
+	m.must(m.src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", to.ID()).Err())
+	return m
+}
+
+func (m *SlotMove) must(err error) {
+	m.c.t.Helper()
+	if err != nil {
+		m.c.t.Fatal(err)
 	}
-	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", from.ID()).Err())
-	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", to.ID()).Err())
+}
+
+// Migrate moves keys to the target with MIGRATE, or, given none, every
+// key the source still has in the slot (100 a MIGRATE).
+func (m *SlotMove) Migrate(keys ...string) {
+	m.c.t.Helper()
+	ctx := context.Background()
+	all := len(keys) == 0
 	for {
-		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
-		must(err)
-		if len(keys) == 0 {
-			break
+		if all {
+			var err error
+			keys, err = m.src.ClusterGetKeysInSlot(ctx, m.slot, 100).Result()
+			m.must(err)
 		}
-		args := []any{"MIGRATE", "127.0.0.1", to.Port, "", 0, 5000, "KEYS"}
+		if len(keys) == 0 {
+			return
+		}
+		args := []any{"MIGRATE", "127.0.0.1", m.to.Port, "", 0, 5000, "KEYS"}
 		for _, k := range keys {
 			args = append(args, k)
 		}
-		must(src.Do(ctx, args...).Err())
+		m.must(m.src.Do(ctx, args...).Err())
+		if !all {
+			return
+		}
 	}
-	for _, n := range c.Nodes {
+}
+
+// Finish assigns the slot to the target on every node.
+func (m *SlotMove) Finish() {
+	m.c.t.Helper()
+	ctx := context.Background()
+	for _, n := range m.c.Nodes {
 		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
-		must(cl.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", to.ID()).Err())
+		m.must(cl.Do(ctx, "CLUSTER", "SETSLOT", m.slot, "NODE", m.to.ID()).Err())
 		cl.Close()
 	}
 }

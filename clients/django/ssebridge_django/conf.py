@@ -82,8 +82,8 @@ def problems():
     elif samesite is not None and str(samesite).lower() == "none" and not _secure(user.get("COOKIE_SECURE")):
         out.append('SSEBRIDGE["COOKIE_SAMESITE"] = "None" needs SSEBRIDGE["COOKIE_SECURE"] = True (browsers drop the cookie otherwise)')
     parts = user.get("CLUSTER_PARTITIONS", DEFAULTS["CLUSTER_PARTITIONS"])
-    if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= 1024:
-        out.append('SSEBRIDGE["CLUSTER_PARTITIONS"] must be a number from 1 to 1024, not %r' % (parts,))
+    if isinstance(parts, bool) or not isinstance(parts, int) or not 1 <= parts <= 256:
+        out.append('SSEBRIDGE["CLUSTER_PARTITIONS"] must be a number from 1 to 256 (ssebridge\'s bound), not %r' % (parts,))
     try:
         cluster_addrs(user.get("REDIS_CLUSTER_ADDRS"))
     except ValueError as e:

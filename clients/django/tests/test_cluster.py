@@ -61,9 +61,12 @@ class ClusterTests(SimpleTestCase):
         self.addCleanup(override.disable)
         self.client = conf.redis_client()
         for k in range(16):
-            # What every ssebridge writes into each partition when it connects.
+            # What every ssebridge writes into each partition when it connects:
+            # its config and its position (the script refuses a partition
+            # without them, as a node may be while its slot migrates).
             self.client.hset("sse:{p%d}:config" % k, mapping={
                 "maxlen": 1000, "ttl": 86400, "maxbytes": 65536, "marker": MARKER, "partitions": 16})
+            self.client.set("sse:{p%d}:cursor" % k, "19a2b3c:0", nx=True)
 
     def ssubscribe(self, channel):
         """A subscriber on channel's shard channel, at its master, confirmed."""
