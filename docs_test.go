@@ -833,3 +833,41 @@ func serveInProcess(t *testing.T) string {
 		}
 	}
 }
+
+// TestNoConflictMarkers: a merge whose conflict was committed unresolved
+// leaves both sides' text in a file; nothing else notices it in a
+// document.
+func TestNoConflictMarkers(t *testing.T) {
+	markers := []string{strings.Repeat("<", 7) + " ", strings.Repeat(">", 7) + " "}
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if name := d.Name(); path != "." && (strings.HasPrefix(name, ".") || name == "node_modules" || name == "artifacts") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch filepath.Ext(path) {
+		case ".go", ".md", ".py", ".js", ".lua", ".html", ".yml", ".yaml", ".toml", ".conf", ".sh":
+		default:
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			for _, m := range markers {
+				if strings.HasPrefix(line, m) {
+					t.Errorf("%s:%d: a merge conflict's marker: %q", path, i+1, line)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
