@@ -697,35 +697,8 @@ func TestReservedNamesAndIDs(t *testing.T) {
 // RST_STREAM wrote a WARN line and counted reason="redis" for nearly every
 // one. They are client_gone, and not one is a Redis warning.
 func TestCancelledLookups(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() { _, _ = io.Copy(io.Discard, c) }) // reads, never answers
-		}
-	})
-	defer func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	}()
-	p := startBinary(t, map[string]string{"REDIS_URL": "redis://" + l.Addr().String(), "REDIS_POOL_SIZE": "1"})
+	stuck := redistest.StartStuck(t)
+	p := startBinary(t, map[string]string{"REDIS_URL": "redis://" + stuck.Addr, "REDIS_POOL_SIZE": "1"})
 	base := "http://" + p.addr
 
 	const n = 200

@@ -8,72 +8,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ssebridge/ssebridge/internal/redistest"
 	"github.com/ssebridge/ssebridge/store"
 )
-
-// stuckRedis is a loopback listener that takes connections and reads what
-// they send, but never answers: a Redis that hangs. held receives once, when
-// the first bytes (a command) arrive. stop closes everything, which the
-// clients see as a connection lost; it is also called when the test ends.
-type stuckRedis struct {
-	addr string
-	held chan struct{}
-	stop func()
-}
-
-func startStuckRedis(t *testing.T) *stuckRedis {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &stuckRedis{addr: l.Addr().String(), held: make(chan struct{}, 1)}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Go(func() {
-				buf := make([]byte, 4096)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						return
-					}
-					select {
-					case s.held <- struct{}{}:
-					default:
-					}
-				}
-			})
-		}
-	})
-	s.stop = sync.OnceFunc(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	t.Cleanup(s.stop)
-	return s
-}
 
 // metric reads one sample from the routes' /metrics, 0 when absent.
 func (s *server) metric(series string) float64 {
@@ -116,10 +58,10 @@ func sendAndLeave(t *testing.T, url, path string, header http.Header) {
 // Redis outage; a look-up that fails while its client still waits is one
 // (503, reason="redis", a warning, rate-limited).
 func TestLookupCancelled(t *testing.T) {
-	stuck := startStuckRedis(t)
+	stuck := redistest.StartStuck(t)
 	rdb := redis.NewClient(&redis.Options{
-		Addr: stuck.addr, PoolSize: 1, MaxRetries: -1, DialTimeout: time.Second,
-		// The one connection stays busy until stuck.stop, and a look-up
+		Addr: stuck.Addr, PoolSize: 1, MaxRetries: -1, DialTimeout: time.Second,
+		// The one connection stays busy until stuck.Stop, and a look-up
 		// waits for it until its client goes away.
 		ReadTimeout: time.Minute, PoolTimeout: time.Minute,
 	})
@@ -142,7 +84,7 @@ func TestLookupCancelled(t *testing.T) {
 		first <- resp
 	}()
 	select {
-	case <-stuck.held:
+	case <-stuck.Held:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the first look-up never reached the stuck Redis")
 	}
@@ -157,7 +99,7 @@ func TestLookupCancelled(t *testing.T) {
 
 	// Redis fails under them all, and under the first look-up, whose client
 	// still waits: that one, and only that one, is an outage.
-	stuck.stop()
+	stuck.Stop()
 	if resp := <-first; resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("the look-up Redis failed under answered %v, want 503", resp)
 	}

@@ -3,17 +3,12 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ssebridge/ssebridge/internal/redistest"
-	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -32,13 +27,9 @@ func TestClusterPublishDuringSlotMigration(t *testing.T) {
 	rc := redistest.StartCluster(t, 3)
 	cc := rc.Client()
 	const parts = 16
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c := store.NewCluster(cc, "sse:", parts, 5, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	c := newCluster(t, cc, parts, 5)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := c.Configure(ctx); err != nil {
-		t.Fatal(err)
-	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		c.Run(ctx, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
@@ -183,13 +174,9 @@ func TestClusterPositionDuringSlotMigration(t *testing.T) {
 	rc := redistest.StartCluster(t, 3)
 	cc := rc.Client()
 	const parts = 16
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c := store.NewCluster(cc, "sse:", parts, 100, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	c := newCluster(t, cc, parts, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := c.Configure(ctx); err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	got := map[string]int{}
 	arrived := make(chan struct{}, 100)

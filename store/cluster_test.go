@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/ssebridge/ssebridge/internal/redistest"
 	"github.com/ssebridge/ssebridge/store"
@@ -28,13 +29,9 @@ type got struct {
 func TestClusterPublishReadResume(t *testing.T) {
 	rc := redistest.StartCluster(t, 3)
 	cc := rc.Client()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c := store.NewCluster(cc, "sse:", 16, 100, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	c := newCluster(t, cc, 16, 100)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := c.Configure(ctx); err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var msgs []got
 	arrived := make(chan struct{}, 100)
@@ -150,3 +147,15 @@ func TestClusterPublishReadResume(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// newCluster is a store.Cluster of parts partitions on cc, keeping maxlen
+// events a channel, with its config written into every partition.
+func newCluster(t *testing.T, cc *redis.ClusterClient, parts, maxlen int) *store.Cluster {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c := store.NewCluster(cc, "sse:", parts, maxlen, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	if err := c.Configure(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

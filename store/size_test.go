@@ -3,13 +3,9 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssebridge/ssebridge/internal/redistest"
 	"github.com/ssebridge/ssebridge/store"
@@ -112,11 +108,7 @@ func TestSize(t *testing.T) {
 func TestClusterSize(t *testing.T) {
 	ctx := context.Background()
 	const parts = 16
-	c := store.NewCluster(redistest.StartCluster(t, 3).Client(), "sse:", parts, 1000, 1<<16, time.Hour, time.Second,
-		slog.New(slog.NewTextHandler(io.Discard, nil)), store.NewFeedMetrics(prometheus.NewRegistry()))
-	if err := c.Configure(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := newCluster(t, redistest.StartCluster(t, 3).Client(), parts, 1000)
 	var channels []string
 	inPart := map[int]bool{}
 	for i := 0; len(channels) < 4; i++ { // four channels, each in a partition of its own
