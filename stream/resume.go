@@ -166,8 +166,16 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			return pos, "", false
 		}
 		// Taken once the slot is had, however long that took: a room left
-		// meanwhile is not read.
-		channels := without(s.channelList(), finished)
+		// meanwhile is not read. Nor is one joined since the pass began
+		// (left and joined again included): its base and grant are not in
+		// st, and read from the pass's start it would bring the room's
+		// history from before the join; the next pass reads it.
+		var channels []string
+		for _, c := range without(s.channelList(), finished) {
+			if !s.joinedAfter(c, st.gen) {
+				channels = append(channels, c)
+			}
+		}
 		after := make([]wire.Cursor, len(channels))
 		for i, c := range channels {
 			// Never before from: what the stream has was written in id

@@ -73,6 +73,11 @@ type catchUp struct {
 	// (Spec.Granted for a resume, a join's since); the replay reads the
 	// room only after it.
 	grants map[string]string
+	// joined: per channel, the gen its latest join was made at (rewind).
+	// A pass of replay reads only the channels it began with: one joined
+	// after the pass began is read by the next pass, from its own base
+	// and grant, never by this one from the pass's start.
+	joined map[string]uint64
 	// skipping is set when held overflowed with a durable event: durable
 	// events are no longer held (the next pass replays them) until a new
 	// pass starts.
@@ -182,6 +187,10 @@ func (s *Stream) rewind(channel string, since wire.Cursor, grant string) {
 		c.grants[channel] = grant
 	}
 	s.gen++
+	if c.joined == nil {
+		c.joined = make(map[string]uint64)
+	}
+	c.joined[channel] = s.gen
 	s.signal()
 }
 
@@ -219,6 +228,14 @@ func (s *Stream) catchUpState() catchUpState {
 	}
 	c.skipping = false // from here on, what the pass does not read is held
 	return catchUpState{on: true, replay: c.replay, from: c.from, base: maps.Clone(c.base), grants: maps.Clone(c.grants), gen: s.gen}
+}
+
+// joinedAfter reports whether channel was joined after gen: a pass of
+// replay that began at gen must not read it.
+func (s *Stream) joinedAfter(channel string, gen uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.catching != nil && s.catching.joined[channel] > gen
 }
 
 // replayFrom makes the catch-up replay every channel after from.
