@@ -583,3 +583,26 @@ func TestBrowserJSSessionChangeOnLogout(t *testing.T) {
 		}
 	}
 }
+
+// TestBrowserJSEventNamedError: a published event named "error" (or
+// "open") is dispatched by EventSource as its own error (open) event: the
+// page's onerror runs, and ssebridge.js takes its stream to have dropped
+// and forgets whose it is, so it shows nothing more until a reconnection
+// that never comes (the stream is open). A relayed payload's name silences
+// every tab on its channel. ssebridge refuses them as it refuses its own
+// names.
+func TestBrowserJSEventNamedError(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
+	setCookie(t, browser, a.url, a.session("alice"))
+	tab, _ := openTab(t, browser, "alice", pageURL(pages, a.url, a.url+"/events", "{}"))
+	tab.await("the stream", `window.readies === 1`)
+	a.publish("user:alice", `{"event":"error","data":"from a relayed payload"}`)
+	a.publish("user:alice", `{"event":"open","data":"from a relayed payload"}`)
+	durableN(t, a, 1)
+	tab.awaitWithin(10*time.Second, "event 1 after the events named error and open", `window.got.includes('1')`)
+	if got := a.metric(`ssebridge_events_dropped_total{reason="bad_field"}`); got != 2 {
+		t.Errorf("refused as bad_field: %v, want 2 (error, open)", got)
+	}
+}
