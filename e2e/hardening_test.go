@@ -665,7 +665,7 @@ func TestHugeCursor(t *testing.T) {
 }
 
 // TestReservedNamesAndIDs: a published event cannot pose as ssebridge's
-// own (ready, reset, logout) nor carry an id shaped like its event ids,
+// own (ready, reset, logout) or EventSource's (error, open) nor carry an id shaped like its event ids,
 // which would become the browser's Last-Event-ID. (Found by review.)
 func TestReservedNamesAndIDs(t *testing.T) {
 	a := startApp(t, nil, nil)

@@ -207,9 +207,9 @@ func expectEvent(payload []byte, durable bool) (wantEvent, error) {
 	if strings.ContainsAny(w.Event, "\r\n") || strings.ContainsAny(w.ID, "\r\n\x00") {
 		return wantEvent{}, wire.ErrBadField
 	}
-	// ssebridge's own event names, and ids of its event id's shape, are
-	// not for publishers.
-	if w.Event == "ready" || w.Event == "reset" || w.Event == "logout" {
+	// ssebridge's own event names and EventSource's (error, open), and
+	// ids of its event id's shape, are not for publishers.
+	if w.Event == "ready" || w.Event == "reset" || w.Event == "logout" || w.Event == "error" || w.Event == "open" {
 		return wantEvent{}, wire.ErrBadField
 	}
 	// A live id is 1-128 of [A-Za-z0-9] and -_~+/=@: never a cursor,

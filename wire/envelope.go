@@ -96,8 +96,12 @@ func idText(raw json.RawMessage) (string, error) {
 
 // Reserved event names: ssebridge's own events, which pages and
 // ssebridge.js act on (ready starts a stream, reset reloads, logout stops
-// for good). A published event may not pose as one of them.
-var reserved = map[string]bool{"ready": true, "reset": true, "logout": true}
+// for good), and EventSource's own, error and open, which it would
+// dispatch as a MessageEvent of that name on the EventSource itself: its
+// onerror and onopen run, and ssebridge.js took an "error" for a dropped
+// stream and showed nothing more. A published event may not pose as one
+// of them.
+var reserved = map[string]bool{"ready": true, "reset": true, "logout": true, "error": true, "open": true}
 
 // check refuses names and ids that would end their SSE field early and so
 // inject a field or a whole event, ssebridge's own event names, and live ids
