@@ -606,3 +606,27 @@ func TestBrowserJSEventNamedError(t *testing.T) {
 		t.Errorf("refused as bad_field: %v, want 2 (error, open)", got)
 	}
 }
+
+// TestBrowserJSSessionRewritten: the backend rewrites the session under the
+// browser's token to another user (SECURITY.md: its streams close with a
+// retry hint and come back as that user). The tab's stream comes back as
+// bob's, with the same session id (made of the token alone): ssebridge.js
+// takes it for the session it had, shows bob's events in the page drawn
+// for alice and never calls onsession.
+func TestBrowserJSSessionRewritten(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL, "SESSION_RECHECK_INTERVAL": "200ms"})
+	token := a.session("alice")
+	setCookie(t, browser, a.url, token)
+	tab, _ := openTab(t, browser, "alice's tab", pageURL(pages, pages.URL, a.url+"/events", "{}"))
+	tab.await("alice's ready", `window.seen.includes('ready alice')`)
+	setSession(t, a.rdb, a.cfg.SessionPrefix+token, "bob")
+	tab.await("bob's ready", `window.seen.includes('ready bob')`)
+	a.publish("user:bob", `{"event":"n","data":"bob-1"}`)
+	tab.await("bob's event", `window.seen.includes('n bob-1')`)
+	seen := tab.eval(`window.seen`)
+	if i := slices.Index(seen, "session bob"); i < 0 || i > slices.Index(seen, "ready bob") {
+		t.Fatalf("the tab showed %q: bob's stream without onsession first", seen)
+	}
+}
