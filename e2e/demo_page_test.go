@@ -62,7 +62,7 @@ func TestDemoPageTryOut(t *testing.T) {
 		t.Fatalf("who: %q", w)
 	}
 	token, _ := sessionCookie(p, base)
-	if ev := events(); len(ev) != 1 || ev[0] != `ready {"user":"alice","rooms":["lobby"],"session":"`+wire.SessionID(token)+`"}` {
+	if ev := events(); len(ev) != 1 || ev[0] != `ready {"user":"alice","rooms":["lobby"],"session":"`+wire.SessionID(token, "alice")+`"}` {
 		t.Fatalf("events after login: %q", ev)
 	}
 

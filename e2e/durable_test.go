@@ -82,7 +82,7 @@ func TestDurableResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	want(t, s2, "ready", `{"user":"alice","rooms":["lobby"],"session":"`+wire.SessionID(tok)+`"}`)
+	want(t, s2, "ready", `{"user":"alice","rooms":["lobby"],"session":"`+wire.SessionID(tok, "alice")+`"}`)
 	want(t, s2, "n", "5")
 	want(t, s2, "n", "6")
 	if got := a.metric("ssebridge_events_replayed_total"); got != 5 {

@@ -97,8 +97,8 @@ func TestAuth(t *testing.T) {
 func TestCheckEndpoint(t *testing.T) {
 	a := startApp(t, nil, map[string]string{"MAX_STREAMS_PER_USER": "1"})
 	token := a.session("alice", "lobby")
-	sid := wire.SessionID(token)
-	if other := wire.SessionID(a.session("alice", "lobby")); other == sid {
+	sid := wire.SessionID(token, "alice")
+	if other := wire.SessionID(a.session("alice", "lobby"), "alice"); other == sid {
 		t.Fatalf("two sessions of alice have one id %q", sid)
 	}
 	type row struct {

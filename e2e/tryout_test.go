@@ -174,7 +174,7 @@ func TestEmbeddedTryOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	want(t, s, "ready", `{"user":"alice","rooms":["lobby"],"session":"`+wire.SessionID(strings.TrimPrefix(cookie, "sse_session="))+`"}`)
+	want(t, s, "ready", `{"user":"alice","rooms":["lobby"],"session":"`+wire.SessionID(strings.TrimPrefix(cookie, "sse_session="), "alice")+`"}`)
 
 	resp, err = client.PostForm(base+"/dev/publish", url.Values{"channel": {"room:lobby"}, "payload": {`{"event":"chat","data":"hi"}`}})
 	if err != nil || resp.StatusCode != 200 {
@@ -216,7 +216,7 @@ func TestEmbeddedTryOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	want(t, s2, "ready", `{"user":"bob","rooms":["vault"],"session":"`+wire.SessionID(strings.TrimPrefix(bob, "sse_session="))+`"}`)
+	want(t, s2, "ready", `{"user":"bob","rooms":["vault"],"session":"`+wire.SessionID(strings.TrimPrefix(bob, "sse_session="), "bob")+`"}`)
 	want(t, s2, "n", "after the grant")
 
 	for path, status := range map[string]int{"/": 200, "/ssebridge.js": 200, "/healthz": 200} {

@@ -126,7 +126,7 @@ func (ev *events) check(c echo.Context) error {
 		return err
 	}
 	sess, rooms := who.session, who.rooms
-	sid := wire.SessionID(who.token)
+	sid := wire.SessionID(who.token, who.session.User)
 	if ev.o.Hub != nil {
 		if err := ev.o.Hub.Admits(sess.User); err != nil {
 			refusal := ev.openRefusal(c, sess.User, err)

@@ -44,7 +44,7 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 		from = c
 	}
 	rooms := s.rooms()
-	sid := wire.SessionID(s.session) // made here, once a stream: an idle stream holds only the token
+	sid := wire.SessionID(s.session, s.User) // made here, once a stream: an idle stream holds only the token
 	if !from.IsZero() {
 		if err := out.write([][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, "")}); err != nil {
 			return s.writeFailed(ctx)

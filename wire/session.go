@@ -41,16 +41,20 @@ func (s Session) Allows(room string) bool {
 	return false
 }
 
-// SessionID names the session stored under token without revealing the
-// token: base64url of the first 16 bytes of SHA-256("ssebridge session id\x00"
-// + token), 22 characters. ssebridge gives it to the page (in ready, and in
+// SessionID names the session stored under token, as it names user,
+// without revealing the token: base64url of the first 16 bytes of
+// SHA-256("ssebridge session id\x00" + token + "\x00" + user), 22
+// characters. The user is in it because a backend may rewrite a session to
+// another user under the same token (its streams then come back as that
+// user): the page was drawn for the one before, and ssebridge.js must see
+// another session, not the same one with a new user. ssebridge gives it to the page (in ready, and in
 // /events/check's answer) so that ssebridge.js shares a stream only among
 // the tabs of one session: the cookie is HttpOnly, and a page cannot tell
 // otherwise whose session it holds. It is not a credential (a stream needs
 // the token, which cannot be had back from it), and tells nothing the
 // page's holder does not know; it is still never logged.
-func SessionID(token string) string {
-	sum := sha256.Sum256([]byte("ssebridge session id\x00" + token))
+func SessionID(token, user string) string {
+	sum := sha256.Sum256([]byte("ssebridge session id\x00" + token + "\x00" + user))
 	return base64.RawURLEncoding.EncodeToString(sum[:16])
 }
 

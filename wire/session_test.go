@@ -119,15 +119,19 @@ func TestAfterGrant(t *testing.T) {
 // tokens, is 22 base64url characters (a valid name, safe in a lock's name)
 // and does not hold the token.
 func TestSessionID(t *testing.T) {
-	a, b := SessionID("tok-a"), SessionID("tok-b")
-	if a != SessionID("tok-a") || a == b {
+	a, b := SessionID("tok-a", "alice"), SessionID("tok-b", "alice")
+	if a != SessionID("tok-a", "alice") || a == b {
 		t.Fatalf("SessionID: %q, %q", a, b)
+	}
+	// The session rewritten to another user under the same token is another.
+	if c := SessionID("tok-a", "bob"); c == a {
+		t.Fatalf("SessionID of tok-a as alice and as bob: both %q", a)
 	}
 	if len(a) != 22 || strings.Trim(a, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
 		t.Fatalf("SessionID %q: want 22 base64url characters", a)
 	}
 	long := strings.Repeat("secret", 20)
-	if id := SessionID(long); strings.Contains(long, id) || strings.Contains(id, "secret") {
+	if id := SessionID(long, "alice"); strings.Contains(long, id) || strings.Contains(id, "secret") {
 		t.Fatalf("SessionID(%q) = %q", long, id)
 	}
 }
