@@ -323,3 +323,35 @@ func TestBadInput(t *testing.T) {
 		want(t, s, "message", "still here")
 	})
 }
+
+// TestTwoSessionCookies: a request that carries the session cookie twice
+// (a sibling subdomain or a plain-HTTP answer set a second one, with a
+// longer path so that browsers send it first) is refused: ssebridge read
+// the first (Go's Request.Cookie), Django reads the last
+// (django.http.cookie.parse_cookie), so the stream was the planted
+// session's while the backend, its login's revoke included, saw the
+// browser's own.
+func TestTwoSessionCookies(t *testing.T) {
+	a := startApp(t, nil, nil)
+	planted, own := a.session("mallory"), a.session("alice")
+	for _, path := range []string{"/events", "/events/check"} {
+		req, _ := http.NewRequest(http.MethodGet, a.url+path, nil)
+		req.Header.Set("Cookie", "sse_session="+planted+"; sse_session="+own)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		body := make([]byte, 200)
+		n, _ := resp.Body.Read(body)
+		resp.Body.Close()
+		cancel()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET %s with two session cookies: %d %q, want 400", path, resp.StatusCode, body[:n])
+		}
+	}
+	if got := a.metric(`ssebridge_handshakes_refused_total{reason="two_cookies"}`); got != 2 {
+		t.Errorf("refusals counted as two_cookies: %v, want 2", got)
+	}
+}
