@@ -158,7 +158,16 @@ func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, er
 	if !ev.origins.admit(c) {
 		return a, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
 	}
-	if a.token = ev.token(c); a.token == "" {
+	token, ambiguous := ev.token(c)
+	if ambiguous {
+		// Go reads the first, Django the last (parse_cookie): the stream
+		// would be another session's than the one the backend sees, a
+		// cookie planted by a sibling subdomain's, or a plain-HTTP
+		// answer's, with a longer path to be sent first.
+		return a, ev.refuse(http.StatusBadRequest, "two_cookies",
+			"the "+ev.o.SessionCookie+" cookie is sent twice, with two values: which session is meant is not clear")
+	}
+	if a.token = token; a.token == "" {
 		return a, ev.refuse(http.StatusUnauthorized, "no_token",
 			"no session: send the "+ev.o.SessionCookie+" cookie or an Authorization: Bearer header")
 	}
@@ -206,15 +215,25 @@ func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, er
 }
 
 // token reads the session token: the cookie first, then a bearer header for
-// curl and other non-browser clients.
-func (ev *events) token(c echo.Context) string {
-	if ck, err := c.Cookie(ev.o.SessionCookie); err == nil && ck.Value != "" {
-		return ck.Value
+// curl and other non-browser clients. ambiguous is set when the cookie
+// comes twice with two values.
+func (ev *events) token(c echo.Context) (token string, ambiguous bool) {
+	for _, ck := range c.Request().Cookies() {
+		if ck.Name != ev.o.SessionCookie || ck.Value == "" {
+			continue
+		}
+		if token != "" && ck.Value != token {
+			return "", true
+		}
+		token = ck.Value
+	}
+	if token != "" {
+		return token, false
 	}
 	if t, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer "); ok {
-		return strings.TrimSpace(t)
+		return strings.TrimSpace(t), false
 	}
-	return ""
+	return "", false
 }
 
 // refuse counts a refusal and returns it as an error, which the error
