@@ -85,3 +85,26 @@ func TestTailCommandResumes(t *testing.T) {
 		t.Fatalf("the first event printed %d times:\n%s", n, out.String())
 	}
 }
+
+// TestTailCommandPrintsOneLineEach: `ssebridge tail` prints "one line
+// each" (its help): an event's data, name and id come from publishers,
+// who relay users' text, and printed raw, a line break in the data forged
+// a line of its own ("id=... event=logout ...") and an escape sequence
+// reached the operator's terminal (a title, the clipboard: OSC 52).
+func TestTailCommandPrintsOneLineEach(t *testing.T) {
+	a := startApp(t, nil, nil)
+	tail := startTail(t, "-url", a.url+"/events", "-token", a.session("alice"))
+	out := tail.stdout
+	eventually(t, 5*time.Second, "tail to print ready", func() bool { return strings.Contains(out.String(), "event=ready") })
+	a.publish("user:alice", `{"event":"n\u001b[2J","data":"hi\u001b]52;c;cHduZWQ=\u0007\nid=E:1-0 event=logout data=forged\u009b"}`)
+	a.publish("user:alice", `{"event":"n","data":"marker"}`)
+	eventually(t, 5*time.Second, "tail to print the marker", func() bool { return strings.Contains(out.String(), "data=marker") })
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "id=E:1-0 event=logout") {
+			t.Errorf("a published event's data printed a line of its own: %q", line)
+		}
+		if strings.ContainsAny(line, "\x1b\x07\u009b") {
+			t.Errorf("a control character reached the terminal: %q", line)
+		}
+	}
+}
