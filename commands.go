@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/r3labs/sse/v2"
 	"github.com/redis/go-redis/v9"
@@ -290,7 +291,7 @@ runs on this machine, it makes itself a session there (POST /dev/login, as
 			if len(ev.Event) == 0 && len(ev.Data) == 0 {
 				return // an id-only mark
 			}
-			fmt.Fprintf(stdout, "id=%s event=%s data=%s\n", ev.ID, ev.Event, ev.Data)
+			fmt.Fprintf(stdout, "id=%s event=%s data=%s\n", printable(ev.ID), printable(ev.Event), printable(ev.Data))
 		})
 		switch {
 		case ctx.Err() != nil:
@@ -308,6 +309,29 @@ runs on this machine, it makes itself a session there (POST /dev/login, as
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// printable is b for a terminal, on one line: publishers relay users'
+// text, so a line break (the data's lines are joined by one) would print a
+// line of its own, and an escape sequence would reach the terminal. Control
+// characters (C0, DEL, C1) and invalid UTF-8 are written as Go escapes;
+// the rest, JSON's own escapes included, as it is.
+func printable(b []byte) string {
+	var out strings.Builder
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&out, `\x%02x`, b[0])
+		case r < 0x20 || r == 0x7f || 0x80 <= r && r <= 0x9f:
+			q := strconv.QuoteRune(r)
+			out.WriteString(q[1 : len(q)-1])
+		default:
+			out.Write(b[:n])
+		}
+		b = b[n:]
+	}
+	return out.String()
 }
 
 // tryOutLogin makes a session on a try-out server, as its demo page does,
