@@ -33,6 +33,11 @@ func TestPublishBody(t *testing.T) {
 		{"not JSON", auth, `hello`, 400, "body"},
 		{"empty body", auth, ``, 400, "body"},
 		{"unknown field", auth, `{"channel":"room:lobby","data":1,"evnt":"x"}`, 400, `unknown field "evnt"`},
+		// encoding/json matches struct fields without regard to case: a
+		// backend that merges a user's JSON into the body it sends would
+		// see its own "channel", ssebridge the user's "Channel".
+		{"keys are matched exactly: Channel", auth, `{"channel":"room:lobby","data":1,"Channel":"user:admin"}`, 400, `unknown field "Channel"`},
+		{"keys are matched exactly: DATA", auth, `{"channel":"room:lobby","DATA":1}`, 400, `unknown field "DATA"`},
 		{"trailing object", auth, `{"channel":"room:lobby","data":1}{"channel":"broadcast","data":2}`, 400, "after the JSON object"},
 		{"trailing garbage", auth, `{"channel":"room:lobby","data":1} x`, 400, "after the JSON object"},
 		{"trailing whitespace is fine", auth, "{\"channel\":\"room:lobby\",\"data\":1}\n \n", 200, ""},
