@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -75,6 +77,13 @@ func (p *publisher) publish(c echo.Context) error {
 		return p.refuse(http.StatusBadRequest, "bad_request",
 			fmt.Sprintf("body: unexpected data after the JSON object, at byte %d", dec.InputOffset()))
 	}
+	// Keys are matched exactly, as in sessions and control messages:
+	// encoding/json matched "Channel" or "DATA" too, and the last match
+	// won, so a body could publish where its sender's own reading of it
+	// did not (a backend that merges a user's JSON into what it sends).
+	if err := exactKeys(body, "channel", "event", "data"); err != nil {
+		return p.refuse(http.StatusBadRequest, "bad_request", `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
+	}
 	if err := wire.CheckChannel(req.Channel); err != nil {
 		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
@@ -117,4 +126,19 @@ func encodeEnvelope(event string, data json.RawMessage) ([]byte, error) {
 		Data  json.RawMessage `json:"data"`
 	}{event, data})
 	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), err
+}
+
+// exactKeys reports the first key of the JSON object body, in sorted order,
+// that is none of keys exactly.
+func exactKeys(body []byte, keys ...string) error {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(body, &obj); err != nil {
+		return err
+	}
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		if !slices.Contains(keys, k) {
+			return fmt.Errorf("json: unknown field %q", k)
+		}
+	}
+	return nil
 }

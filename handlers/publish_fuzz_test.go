@@ -73,9 +73,9 @@ func validChannel(ch string) bool {
 }
 
 // expectPublish says what POST /publish must answer to body, and for a 200
-// the channel and the envelope it must store. Keys match as encoding/json
-// matches struct fields (without regard to case), the last one written
-// winning; a null leaves a string as it was.
+// the channel and the envelope it must store. Keys match exactly (not as
+// encoding/json matches struct fields, without regard to case), the last
+// one written winning; a null leaves a string as it was.
 func expectPublish(body []byte, maxEvent int) (status int, channel, envelope string) {
 	if len(body) > maxEvent+1024 {
 		return http.StatusRequestEntityTooLarge, "", ""
@@ -88,7 +88,7 @@ func expectPublish(body []byte, maxEvent int) (status int, channel, envelope str
 	var data json.RawMessage
 	for _, f := range fields {
 		switch {
-		case strings.EqualFold(f.key, "channel"), strings.EqualFold(f.key, "event"):
+		case f.key == "channel", f.key == "event":
 			if string(f.raw) == "null" {
 				continue
 			}
@@ -96,13 +96,13 @@ func expectPublish(body []byte, maxEvent int) (status int, channel, envelope str
 				return http.StatusBadRequest, "", ""
 			}
 			s := &channel
-			if strings.EqualFold(f.key, "event") {
+			if f.key == "event" {
 				s = &event
 			}
 			if err := json.Unmarshal(f.raw, s); err != nil {
 				panic(err)
 			}
-		case strings.EqualFold(f.key, "data"):
+		case f.key == "data":
 			data = f.raw
 		default:
 			return http.StatusBadRequest, "", "" // unknown field
