@@ -324,34 +324,50 @@ func TestBadInput(t *testing.T) {
 	})
 }
 
-// TestTwoSessionCookies: a request that carries the session cookie twice
-// (a sibling subdomain or a plain-HTTP answer set a second one, with a
-// longer path so that browsers send it first) is refused: ssebridge read
-// the first (Go's Request.Cookie), Django reads the last
-// (django.http.cookie.parse_cookie), so the stream was the planted
-// session's while the backend, its login's revoke included, saw the
-// browser's own.
+// TestTwoSessionCookies: a request that carries the session cookie twice,
+// each naming a live session (a sibling subdomain or a plain-HTTP answer
+// set a second one, with a longer path so that browsers send it first), is
+// refused: ssebridge read the first (Go's Request.Cookie), Django reads
+// the last (django.http.cookie.parse_cookie), so the stream was the
+// planted session's while the backend, its login's revoke included, saw
+// the browser's own. A cookie left on another path or domain, whose
+// session is gone, does not count: the live one is the browser's.
 func TestTwoSessionCookies(t *testing.T) {
 	a := startApp(t, nil, nil)
 	planted, own := a.session("mallory"), a.session("alice")
-	for _, path := range []string{"/events", "/events/check"} {
+	get := func(path, cookie string) (int, string) {
+		t.Helper()
 		req, _ := http.NewRequest(http.MethodGet, a.url+path, nil)
-		req.Header.Set("Cookie", "sse_session="+planted+"; sse_session="+own)
+		req.Header.Set("Cookie", cookie)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		resp, err := http.DefaultClient.Do(req.WithContext(ctx))
 		if err != nil {
-			cancel()
 			t.Fatal(err)
 		}
-		body := make([]byte, 200)
-		n, _ := resp.Body.Read(body)
-		resp.Body.Close()
-		cancel()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("GET %s with two session cookies: %d %q, want 400", path, resp.StatusCode, body[:n])
+		defer resp.Body.Close()
+		body := make([]byte, 300)
+		n, _ := io.ReadFull(resp.Body, body)
+		if resp.StatusCode == http.StatusOK && path == "/events" {
+			n = 0 // a stream: its first bytes say nothing here
+		}
+		return resp.StatusCode, string(body[:n])
+	}
+	for _, path := range []string{"/events", "/events/check"} {
+		if code, body := get(path, "sse_session="+planted+"; sse_session="+own); code != http.StatusBadRequest {
+			t.Errorf("GET %s with two live session cookies: %d %q, want 400", path, code, body)
 		}
 	}
 	if got := a.metric(`ssebridge_handshakes_refused_total{reason="two_cookies"}`); got != 2 {
 		t.Errorf("refusals counted as two_cookies: %v, want 2", got)
+	}
+	// A stale cookie beside the live one, before or after it.
+	for _, cookie := range []string{"sse_session=gone; sse_session=" + own, "sse_session=" + own + "; sse_session=gone"} {
+		if code, body := get("/events/check", cookie); code != http.StatusOK || !strings.Contains(body, `"user":"alice"`) {
+			t.Errorf("GET /events/check with %q: %d %q, want alice's 200", cookie, code, body)
+		}
+	}
+	if code, _ := get("/events/check", "sse_session=a; sse_session=b; sse_session=c; sse_session=d; sse_session="+own); code != http.StatusBadRequest {
+		t.Errorf("five values of the session cookie: %d, want 400", code)
 	}
 }

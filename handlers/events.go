@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -158,23 +159,36 @@ func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, er
 	if !ev.origins.admit(c) {
 		return a, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
 	}
-	token, ambiguous := ev.token(c)
-	if ambiguous {
-		// Go reads the first, Django the last (parse_cookie): the stream
-		// would be another session's than the one the backend sees, a
-		// cookie planted by a sibling subdomain's, or a plain-HTTP
-		// answer's, with a longer path to be sent first.
+	tokens, tooMany := ev.tokens(c)
+	if tooMany {
 		return a, ev.refuse(http.StatusBadRequest, "two_cookies",
-			"the "+ev.o.SessionCookie+" cookie is sent twice, with two values: which session is meant is not clear")
+			"the "+ev.o.SessionCookie+" cookie is sent with more values than one session's: which session is meant is not clear")
 	}
-	if a.token = token; a.token == "" {
+	if len(tokens) == 0 {
 		return a, ev.refuse(http.StatusUnauthorized, "no_token",
 			"no session: send the "+ev.o.SessionCookie+" cookie or an Authorization: Bearer header")
 	}
 	if beforeLookup != nil {
 		beforeLookup()
 	}
-	sess, err := ev.o.Sessions.Lookup(c.Request().Context(), a.token)
+	var sess wire.Session
+	var err error
+	if len(tokens) == 1 {
+		a.token = tokens[0]
+		sess, err = ev.o.Sessions.Lookup(c.Request().Context(), a.token)
+	} else {
+		a.token, sess, err = ev.liveOne(c.Request().Context(), tokens)
+		if errors.Is(err, errTwoSessions) {
+			// Go reads the first cookie, Django the last (parse_cookie):
+			// with two live sessions, the stream would be another's than
+			// the one the backend sees (a cookie planted by a sibling
+			// subdomain, or a plain-HTTP answer, with a longer path to be
+			// sent first). One live beside stale ones (a cookie left on
+			// another path or domain) is the browser's.
+			return a, ev.refuse(http.StatusBadRequest, "two_cookies",
+				"the "+ev.o.SessionCookie+" cookie is sent twice, naming two sessions: which is meant is not clear")
+		}
+	}
 	switch {
 	case errors.Is(err, wire.ErrNoSession):
 		return a, ev.refuse(http.StatusUnauthorized, "unknown_session", "unknown or expired session")
@@ -214,26 +228,61 @@ func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, er
 	return a, nil
 }
 
-// token reads the session token: the cookie first, then a bearer header for
-// curl and other non-browser clients. ambiguous is set when the cookie
-// comes twice with two values.
-func (ev *events) token(c echo.Context) (token string, ambiguous bool) {
+// maxCookieTokens is how many values of the session cookie a request may
+// carry: a browser sends one per path and domain it was set for.
+const maxCookieTokens = 4
+
+// tokens reads the session token: the cookie's values first (distinct, in
+// the order sent: more than one when it was set for several paths or
+// domains), then a bearer header for curl and other non-browser clients.
+// tooMany is set past maxCookieTokens values.
+func (ev *events) tokens(c echo.Context) (tokens []string, tooMany bool) {
 	for _, ck := range c.Request().Cookies() {
-		if ck.Name != ev.o.SessionCookie || ck.Value == "" {
+		if ck.Name != ev.o.SessionCookie || ck.Value == "" || slices.Contains(tokens, ck.Value) {
 			continue
 		}
-		if token != "" && ck.Value != token {
-			return "", true
+		if len(tokens) == maxCookieTokens {
+			return nil, true
 		}
-		token = ck.Value
+		tokens = append(tokens, ck.Value)
 	}
-	if token != "" {
-		return token, false
+	if len(tokens) > 0 {
+		return tokens, false
 	}
 	if t, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer "); ok {
-		return strings.TrimSpace(t), false
+		if t = strings.TrimSpace(t); t != "" {
+			return []string{t}, false
+		}
 	}
-	return "", false
+	return nil, false
+}
+
+// errTwoSessions: more than one of a request's cookie values names a session.
+var errTwoSessions = errors.New("the session cookie names two sessions")
+
+// liveOne finds the one of tokens that names a session: wire.ErrNoSession
+// if none does, errTwoSessions if more than one does, and any other error
+// of a look-up as it is.
+func (ev *events) liveOne(ctx context.Context, tokens []string) (string, wire.Session, error) {
+	var token string
+	var sess wire.Session
+	for _, t := range tokens {
+		s, err := ev.o.Sessions.Lookup(ctx, t)
+		if errors.Is(err, wire.ErrNoSession) {
+			continue
+		}
+		if err != nil {
+			return t, s, err
+		}
+		if token != "" {
+			return "", wire.Session{}, errTwoSessions
+		}
+		token, sess = t, s
+	}
+	if token == "" {
+		return "", wire.Session{}, wire.ErrNoSession
+	}
+	return token, sess, nil
 }
 
 // refuse counts a refusal and returns it as an error, which the error
