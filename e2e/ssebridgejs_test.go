@@ -630,3 +630,19 @@ func TestBrowserJSSessionRewritten(t *testing.T) {
 		t.Fatalf("the tab showed %q: bob's stream without onsession first", seen)
 	}
 }
+
+// TestBrowserJSEventNamedLikeObjectKeys: a page's handler for an event
+// named "constructor" (any name an Object has by inheritance) is called;
+// ssebridge.js kept its names in a plain object, took "constructor" for
+// one it already listened to, and never listened to it.
+func TestBrowserJSEventNamedLikeObjectKeys(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
+	setCookie(t, browser, a.url, a.session("alice"))
+	opts := `{on: {ready: function () { window.readies++; }, constructor: function (e) { window.got.push(e.data); }}}`
+	tab, _ := openTab(t, browser, "alice", pageURL(pages, a.url, a.url+"/events", opts))
+	tab.await("the stream", `window.readies === 1`)
+	a.publish("user:alice", `{"event":"constructor","data":"c1"}`)
+	tab.awaitWithin(10*time.Second, "the event named constructor", `window.got.includes('c1')`)
+}
