@@ -57,7 +57,11 @@
     var lastId = '';   // the newest id delivered in this tab: where a stream (re)opened by the helper resumes
     var esId = '';     // the EventSource's last id, to tell an event that carried an id: line
     var ready = null;  // the leader's current ready event, for tabs that join later
-    var names = { ready: 1, reset: 1, logout: 1 }; // what the leader listens to: its own names and the other tabs'
+    // What the leader listens to: its own names and the other tabs'. No
+    // prototype: an event may be named "constructor" or "__proto__".
+    var names = Object.create(null);
+    names.ready = names.reset = names.logout = 1;
+    var handler = function (type) { return Object.prototype.hasOwnProperty.call(on, type) ? on[type] : null; };
     var leader = false, release = null, abort = null, chan = null, hall = null;
     // The session this tab believes it has, {user, session}, as ssebridge
     // said it (/events/check, a ready): never from the page or another tab.
@@ -108,7 +112,8 @@
       if (!take(ev, own)) return;
       if (e.type === 'ready') { attempt = 0; silent = 0; ready = ev; }
       post({ ev: ev, own: own });
-      if (on[e.type]) on[e.type](e);
+      var f = handler(e.type);
+      if (f) f(e);
       if (e.type === 'logout' && !stopped) loggedOut(); // (the page may have closed the handle)
     }
 
@@ -269,7 +274,8 @@
           if (leader && ready) post({ to: m.hello, ev: { type: 'ready', data: ready.data, lastEventId: lastId }, own: true });
         }
       }
-      if (m.ev && take(m.ev, m.own) && on[m.ev.type]) on[m.ev.type](m.ev);
+      var g = m.ev && take(m.ev, m.own) && handler(m.ev.type);
+      if (g) g(m.ev);
       if (m.problem && opts.onproblem) opts.onproblem(m.problem);
       if (m.end) finish(m.end[0], m.end[1], m.end[2], true);
     }
