@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ssebridge/ssebridge/internal/ratelog"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -21,7 +22,7 @@ import (
 type dev struct {
 	o       Options
 	refused *prometheus.CounterVec
-	log     clientLog
+	log     ratelog.Logger
 }
 
 // guard lets only this machine's pages use the /dev routes, which log
@@ -54,7 +55,7 @@ func (d *dev) refuse(code int, reason, value, msg string) error {
 	if len(value) > 200 {
 		value = value[:200] + "…"
 	}
-	d.log.write(slog.LevelInfo, "dev:"+reason, "try-out: a /dev request from another site was refused", "reason", reason, reason, value)
+	d.log.Write(slog.LevelInfo, "dev:"+reason, "try-out: a /dev request from another site was refused", "reason", reason, reason, value)
 	return echo.NewHTTPError(code, msg)
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ssebridge/ssebridge/internal/ratelog"
 	"github.com/ssebridge/ssebridge/stream"
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -23,7 +24,7 @@ type events struct {
 	o       Options
 	origins origins
 	refused *prometheus.CounterVec
-	log     clientLog
+	log     ratelog.Logger
 }
 
 // stream serves GET /events: the EventSource stream.
@@ -110,7 +111,7 @@ func (ev *events) openRefusal(c echo.Context, user string, err error) error {
 	case errors.Is(err, stream.ErrControlBacklog):
 		return ev.refuseRetry(c, http.StatusServiceUnavailable, "control_backlog", "too busy, try again")
 	}
-	ev.log.write(slog.LevelWarn, "warn:redis", "stream refused: redis unavailable", "user", user, "err", err)
+	ev.log.Write(slog.LevelWarn, "warn:redis", "stream refused: redis unavailable", "user", user, "err", err)
 	return ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
 }
 
@@ -193,7 +194,7 @@ func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, er
 	case errors.Is(err, wire.ErrNoSession):
 		return a, ev.refuse(http.StatusUnauthorized, "unknown_session", "unknown or expired session")
 	case errors.Is(err, wire.ErrBadSession):
-		ev.log.write(slog.LevelWarn, "warn:bad_session", "stream refused: malformed session in redis", "err", err)
+		ev.log.Write(slog.LevelWarn, "warn:bad_session", "stream refused: malformed session in redis", "err", err)
 		return a, ev.refuse(http.StatusUnauthorized, "bad_session", err.Error())
 	case err != nil && c.Request().Context().Err() != nil:
 		// The request's own context ended (the client closed its connection
@@ -201,7 +202,7 @@ func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, er
 		// error, which go-redis words as it likes.
 		return a, ev.gone()
 	case err != nil:
-		ev.log.write(slog.LevelWarn, "warn:redis", "stream refused: redis unavailable", "err", err)
+		ev.log.Write(slog.LevelWarn, "warn:redis", "stream refused: redis unavailable", "err", err)
 		return a, ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
 	}
 	a.session = sess
@@ -289,7 +290,7 @@ func (ev *events) liveOne(ctx context.Context, tokens []string) (string, wire.Se
 // handler answers as JSON {"error": msg}.
 func (ev *events) refuse(code int, reason, msg string) error {
 	ev.refused.WithLabelValues(reason).Inc()
-	ev.log.write(slog.LevelDebug, "refused:"+reason, "stream refused", "status", code, "reason", reason)
+	ev.log.Write(slog.LevelDebug, "refused:"+reason, "stream refused", "status", code, "reason", reason)
 	if reason == "no_token" {
 		ev.hint(reason, "no session cookie "+strconv.Quote(ev.o.SessionCookie)+
 			" and no Authorization header: is the cookie sent (SameSite, domain, withCredentials: true)?")
@@ -310,7 +311,7 @@ func (ev *events) hint(reason, msg string) {
 // or the stream opened: no fault of Redis's, and nobody to answer.
 func (ev *events) gone() error {
 	ev.refused.WithLabelValues("client_gone").Inc()
-	ev.log.write(slog.LevelDebug, "refused:client_gone", "stream refused: the client went away", "reason", "client_gone")
+	ev.log.Write(slog.LevelDebug, "refused:client_gone", "stream refused: the client went away", "reason", "client_gone")
 	return errClientGone
 }
 

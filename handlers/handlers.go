@@ -87,7 +87,7 @@ func New(o Options) *echo.Echo {
 	}, []string{"reason"})
 	o.Registry.MustRegister(refused)
 
-	clog := clientLog{log: o.Log, limit: logLimit}
+	clog := ratelog.Logger{Log: o.Log, Limit: logLimit}
 	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused, log: clog}
 	e.GET("/events", ev.stream, noStore)
 	e.GET("/events/check", ev.check, noStore)
@@ -124,6 +124,11 @@ func New(o Options) *echo.Echo {
 	}
 	return e
 }
+
+// errClientGone ends a request whose client left while it was served
+// (closed its connection, or reset its HTTP/2 stream): it is counted, and
+// nothing is answered, since nobody is left to read it.
+var errClientGone = errors.New("client gone")
 
 // noStore marks every answer of a route, refusals included, Cache-Control:
 // no-store: they carry a user's data (who a session is, its rooms, a

@@ -15,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ssebridge/ssebridge/internal/ratelog"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -22,14 +23,14 @@ import (
 // Redis access.
 type publisher struct {
 	o       Options
-	log     clientLog
+	log     ratelog.Logger
 	refused *prometheus.CounterVec
 }
 
 // gone counts a request whose client went away before it was answered.
 func (p *publisher) gone(channel string) error {
 	p.refused.WithLabelValues("client_gone").Inc()
-	p.log.write(slog.LevelDebug, "publish:client_gone", "durable publish: the client went away", "channel", channel)
+	p.log.Write(slog.LevelDebug, "publish:client_gone", "durable publish: the client went away", "channel", channel)
 	return errClientGone
 }
 
@@ -107,7 +108,7 @@ func (p *publisher) publish(c echo.Context) error {
 		return p.gone(req.Channel)
 	}
 	if err != nil {
-		p.log.write(slog.LevelWarn, "publish:redis", "durable publish failed", "channel", req.Channel, "err", err)
+		p.log.Write(slog.LevelWarn, "publish:redis", "durable publish failed", "channel", req.Channel, "err", err)
 		c.Response().Header().Set("Retry-After", "1")
 		return p.refuse(http.StatusServiceUnavailable, "redis", "redis unavailable")
 	}

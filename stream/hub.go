@@ -95,9 +95,9 @@ type Hub struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *Metrics
-	// logLimit keeps the lines a publisher or a client can repeat at will
+	// limited keeps the lines a publisher or a client can repeat at will
 	// (a refused message, a slow stream) to one a minute per kind.
-	logLimit *ratelog.Limiter
+	limited ratelog.Logger
 
 	members membership
 
@@ -136,7 +136,7 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		opts:        opts,
 		log:         log,
 		metrics:     m,
-		logLimit:    ratelog.New(time.Minute, nil),
+		limited:     ratelog.Logger{Log: log, Limit: ratelog.New(time.Minute, nil)},
 		users:       make(map[string][]*Stream),
 		sessions:    make(map[string][]*Stream),
 		pending:     make(map[*Stream][]wire.Control),
@@ -465,9 +465,7 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 func (h *Hub) drop(channel string, err error) {
 	reason := dropReason(err)
 	h.metrics.Dropped.WithLabelValues(reason).Inc()
-	if ok, suppressed := h.logLimit.Allow("dropped:" + reason); ok {
-		h.log.Warn("published message refused", "channel", channel, "err", err, "suppressed", suppressed)
-	}
+	h.limited.Write(slog.LevelWarn, "dropped:"+reason, "published message refused", "channel", channel, "err", err)
 }
 
 // dropReason is the metric label of a refused message: the sentinel error
@@ -486,9 +484,7 @@ func dropReason(err error) string {
 // socket and only learn of it at its write deadline.
 func (h *Hub) endSlow(s *Stream) {
 	if s.end(ReasonSlow, wire.RetryFrame(h.jitteredRetry())) {
-		if ok, suppressed := h.logLimit.Allow("slow"); ok {
-			h.log.Info("stream closed: queue full", "user", s.User, "suppressed", suppressed)
-		}
+		h.limited.Write(slog.LevelInfo, "slow", "stream closed: queue full", "user", s.User)
 	}
 }
 

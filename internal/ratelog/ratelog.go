@@ -4,6 +4,8 @@
 package ratelog
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -55,4 +57,26 @@ func (l *Limiter) Allow(key string) (ok bool, suppressed int) {
 	n := e.suppressed
 	e.last, e.suppressed = now, 0
 	return true, n
+}
+
+// Logger writes lines through a Limiter: each kind (its key) at most once
+// per interval, whatever the level, with the count of the lines held back
+// since. It is for lines that others can cause at will (a client's
+// request, a publisher's payload), so that a flood of them never floods
+// the log.
+type Logger struct {
+	Log   *slog.Logger
+	Limit *Limiter
+}
+
+// Write logs msg at level, unless a line of key was let through less than
+// an interval ago.
+func (l Logger) Write(level slog.Level, key, msg string, args ...any) {
+	ctx := context.Background()
+	if !l.Log.Enabled(ctx, level) {
+		return // not even the limiter's lock for a line nobody reads
+	}
+	if ok, suppressed := l.Limit.Allow(key); ok {
+		l.Log.Log(ctx, level, msg, append(args, "suppressed", suppressed)...)
+	}
 }
