@@ -93,9 +93,12 @@ func countRange(run func(keys []string, args []any) ([]any, error), keys, starts
 		if err != nil {
 			return total, fmt.Errorf("sizing history: %w", err)
 		}
+		if len(res) != 2 {
+			return total, fmt.Errorf("sizing history: unexpected answer from the script: %v", res)
+		}
 		n, _ := res[0].(int64)
 		next, _ := res[1].([]any)
-		if len(res) != 2 || len(next) != len(keys) {
+		if len(next) != len(keys) {
 			return total, fmt.Errorf("sizing history: unexpected answer from the script: %v", res)
 		}
 		total += int(n)
