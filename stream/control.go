@@ -116,12 +116,16 @@ func (h *Hub) join(s *Stream, channel, grant string) {
 		h.drop(wire.ControlChannel, fmt.Errorf("%w: user %s already has %d rooms on a stream (MAX_ROOMS)", errTooManyRooms, s.User, h.opts.MaxRooms))
 		return
 	}
+	// Holding first, so that no live event of the channel is queued before
+	// its replay; attached last, so that no pass of catch-up takes the
+	// channel's subscription as confirmed before it was written.
 	s.rewind(channel, *h.seen.Load(), grant)
 	if err := h.attach(s, channel); err != nil {
 		// The feed resubscribes once Redis is back; meanwhile the writer's
 		// Sync fails and ends the stream, to resume from its own id.
 		h.log.Warn("join: subscription not written", "channel", channel, "err", err)
 	}
+	s.attached()
 }
 
 // leave detaches s from a room's channel at once, and forgets what of it a

@@ -276,9 +276,11 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	if subErr == nil {
 		// Bounded: a stream is better refused with a Retry-After than left
 		// waiting on a Redis that does not answer.
+		gen, _ := s.generation()
 		sctx, cancel := context.WithTimeout(ctx, syncTimeout)
 		subErr = h.sub.Sync(sctx)
 		cancel()
+		s.confirm(gen)
 	}
 	if subErr != nil {
 		h.Close(s, "")
@@ -379,6 +381,12 @@ func (h *Hub) Recover(ctx context.Context) {
 		}
 	}
 	if from.IsZero() {
+		// Nothing to recover. From here on the feed delivers what is
+		// published: the position now is the newest id a join needs to
+		// replay a room from (Hub.join), until the feed delivers a newer.
+		if now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0); err == nil && now.Reset == "" {
+			h.saw(now.Position)
+		}
 		return
 	}
 	// Redis has just come back: a read may still fail for a moment (a

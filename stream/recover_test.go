@@ -28,7 +28,7 @@ func TestRecoverKeepsEventsPublishedDuringIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.startAt(hist.now)
+	s.startAt(hist.now, hist.now)
 	h.goLive(s, hist.now, 0)
 	h.saw(hist.now) // what the feed had delivered when its connection was lost
 
@@ -102,7 +102,13 @@ func TestReplaySkipsFinishedChannels(t *testing.T) {
 	if got := strings.Join(out.out, ""); !strings.Contains(got, "data: busy\n") || !strings.Contains(got, "data: quiet\n") {
 		t.Fatalf("replay wrote %q, want both events", got)
 	}
-	if len(hist.reads) != 2 || !slices.Equal(hist.reads[1], []string{"room:quiet"}) {
+	var pages [][]string // the reads of channels: the pass's bound is a read of none
+	for _, r := range hist.reads {
+		if len(r) > 0 {
+			pages = append(pages, r)
+		}
+	}
+	if len(pages) != 2 || !slices.Equal(pages[1], []string{"room:quiet"}) {
 		t.Fatalf("reads %q: want the second page to read room:quiet alone", hist.reads)
 	}
 }

@@ -11,17 +11,20 @@ import (
 // A stream holds live events (Stream.catching) from the moment it is made
 // until its writer has written what it must replay; meanwhile Open has
 // attached it and Redis has confirmed its subscriptions, so nothing
-// published after that point can miss it. The writer then:
+// published after that point can miss it. The writer then runs passes of
+// catch-up (Hub.begin says the order each keeps):
 //
-//  1. reads pages of history up to a fixed position P, taken by the first
-//     read (every event up to P was published before the read began, so
-//     the pages add up to one snapshot, however much is published during
-//     the replay), and writes each page straight to the client: a replay
-//     is paced by the client and by REPLAY_INFLIGHT_BYTES, never by the
-//     live queue's slow-reader rule;
-//  2. moves the stream's last id to P and queues what was held, dropping
-//     any durable event at or before P (it was in the replay): no gap, no
-//     duplicate.
+//  1. a pass fixes its bound P, waits for the feed to have delivered what
+//     was published up to P, and reads pages of history up to P (every
+//     event up to P was published before the read began, so the pages add
+//     up to one snapshot, however much is published during the replay),
+//     writing each page straight to the client: a replay is paced by the
+//     client and by REPLAY_INFLIGHT_BYTES, never by the live queue's
+//     slow-reader rule;
+//  2. it moves the stream's last id to P and queues what was held,
+//     dropping any durable event at or before P (it was in the replay): no
+//     gap, no duplicate. A join during the pass calls for another pass,
+//     from P (the joined room from its join).
 //
 // A join runs the same seam again on a live stream (Stream.rewind): the new
 // channel's events that Redis sent before the subscription took effect are
@@ -43,71 +46,131 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 		}
 		from = c
 	}
-	rooms := s.rooms()
 	sid := wire.SessionID(s.session, s.User) // made here, once a stream: an idle stream holds only the token
 	if !from.IsZero() {
-		if err := out.write([][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, "")}); err != nil {
+		if err := out.write([][]byte{readyFrame(s.User, sid, s.rooms(), h.opts.Retry, "")}); err != nil {
 			return s.writeFailed(ctx)
 		}
-		s.replayFrom(from)
+		s.resumeFrom(from)
 		return h.catchUp(ctx, s, out)
 	}
-	pos, err := h.history.Position(ctx)
+	// Subscriptions were confirmed before pos was taken: whatever follows
+	// pos arrives live. A room joined before pos was taken (published
+	// before it: the barrier saw to that) is read from its join, and the
+	// stream starts there, so that its ids only grow.
+	first, err := h.begin(ctx, s, true)
 	if err != nil {
-		return h.redisFailed(ctx, s, "no position from redis", err)
+		return h.redisFailed(ctx, s, "no position from redis, or subscriptions not confirmed", err)
 	}
-	frames := [][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, pos.String())}
+	pos, rooms := first.bound, s.rooms()
+	start := pos
+	for _, b := range first.st.base {
+		if !b.IsZero() && b.Before(start) {
+			start = b
+		}
+	}
+	frames := [][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, start.String())}
 	if reset != "" {
-		frames = [][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, ""), h.resetFrame(pos, reset)}
+		frames = [][]byte{readyFrame(s.User, sid, rooms, h.opts.Retry, ""), h.resetFrame(start, reset)}
 	}
 	if err := out.write(frames); err != nil {
 		return s.writeFailed(ctx)
 	}
-	// Subscriptions were confirmed before pos was taken: whatever follows
-	// pos arrives live. Only a channel joined meanwhile needs a replay.
-	s.startAt(pos)
-	return h.catchUp(ctx, s, out)
+	s.startAt(pos, start)
+	first.st.from, first.st.floor = pos, start
+	return h.catchUpFrom(ctx, s, out, first)
+}
+
+// A pass of catch-up reads history up to a bound. Its order is what makes
+// it exact, and every reader of history keeps it: the bound first; then a
+// barrier on the feed (Sync), so that every message published up to the
+// bound has been delivered and applied (a join among them has rewound the
+// stream); only then the stream's channels. A join applied after the
+// barrier was published after the bound: its room's events follow the
+// bound, and the next pass reads them.
+//
+// A pass may end the catch-up only if no join came since it began (its
+// generation is unchanged) and every subscription was confirmed by a Sync
+// that returned before the bound was taken: an event published after the
+// bound on a channel whose subscription took effect later would be neither
+// read nor delivered. Otherwise another pass runs, whose bound follows
+// this pass's Sync.
+type pass struct {
+	bound wire.Cursor  // zero: not begun
+	gen   uint64       // the stream's generation before the barrier
+	live  bool         // every join up to gen was confirmed before bound
+	st    catchUpState // taken after the barrier
+}
+
+// begin starts a pass up to the position now: read, not taken (a read of
+// no channel), unless take (a new stream's first id is a taken one).
+func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
+	_, confirmed := s.generation()
+	var bound wire.Cursor
+	if take {
+		pos, err := h.history.Position(ctx)
+		if err != nil {
+			return pass{}, err
+		}
+		bound = pos
+	} else {
+		now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
+		if err != nil {
+			return pass{}, err
+		}
+		bound = now.Position
+	}
+	gen, _ := s.generation()
+	if err := h.sub.Sync(ctx); err != nil {
+		return pass{}, err
+	}
+	s.confirm(gen)
+	return pass{bound: bound, gen: gen, live: gen <= confirmed, st: s.catchUpState()}, nil
 }
 
 // catchUp runs the seam until the stream is live: passes of replay, again
 // if a channel was joined during one. It returns why the stream ended if a
 // write failed, else "".
 func (h *Hub) catchUp(ctx context.Context, s *Stream, out sink) string {
-	var horizon wire.Cursor // the last event replayed
-	synced := make(map[string]bool)
+	return h.catchUpFrom(ctx, s, out, pass{})
+}
+
+// catchUpFrom is catchUp with its first pass begun (by the opening).
+func (h *Hub) catchUpFrom(ctx context.Context, s *Stream, out sink, p pass) string {
+	var horizon wire.Cursor // the last id written: nothing at or before it is written again
 	for {
-		st := s.catchUpState()
+		if p.bound.IsZero() {
+			var err error
+			if p, err = h.begin(ctx, s, false); err != nil {
+				return h.redisFailed(ctx, s, "subscription not confirmed", err)
+			}
+		}
+		st := p.st
 		if !st.on || s.ended() != "" {
 			return ""
 		}
+		horizon = horizon.Max(st.floor)
 		if len(st.base) == 0 && !st.replay {
-			if h.goLive(s, st.from, st.gen) {
+			// Nothing joined, nothing skipped: the stream's channels were
+			// subscribed before st.from, and what follows arrives live.
+			if p.live && h.goLive(s, st.from, p.gen) {
 				return ""
 			}
-			s.replayFrom(st.from) // durable events were skipped meanwhile
+			s.passed(st.from, st.gen, nil) // durable events were skipped meanwhile
+			p = pass{}
 			continue
 		}
-		if unsynced(st.base, synced) {
-			// A joined channel is read only once its subscription is in
-			// force, or an event between the read and the subscription
-			// would be missed.
-			if err := h.sub.Sync(ctx); err != nil {
-				return h.redisFailed(ctx, s, "subscription not confirmed", err)
-			}
-			for c := range st.base {
-				synced[c] = true
-			}
-		}
-		pos, why, ok := h.replay(ctx, s, out, st, &horizon)
+		read, end, why, ok := h.replay(ctx, s, out, st, p.bound, &horizon)
 		if why != "" || !ok {
 			return why
 		}
-		if h.goLive(s, pos, st.gen) {
+		if p.live && h.goLive(s, end, p.gen) {
 			return ""
 		}
 		// A channel was joined during the pass, or durable events were
 		// skipped: another pass, from where this one stopped.
-		s.replayFrom(pos)
+		s.passed(end, st.gen, read)
+		p = pass{}
 	}
 }
 
@@ -135,59 +198,63 @@ func (h *Hub) goLive(s *Stream, pos wire.Cursor, gen uint64) bool {
 	return live
 }
 
-func unsynced(base map[string]wire.Cursor, synced map[string]bool) bool {
-	for c := range base {
-		if !synced[c] {
-			return true
-		}
-	}
-	return false
-}
-
 // replay writes one pass of replay: pages of the stream's channels' events
-// after st.from (a joined channel after its own cursor), up to the position
-// the first page fixes, which it returns. ok is false when the stream was
-// ended meanwhile (the writer then writes its final frame); why is set when
-// a write failed.
-func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, horizon *wire.Cursor) (pos wire.Cursor, why string, ok bool) {
-	var until wire.Cursor
+// after st.from (a joined channel after its own base), never at or before
+// horizon, up to until. It returns the channels the pass read, and where
+// it ended: until, or the position of a reset it wrote. ok is false when
+// the stream was ended meanwhile (the writer then writes its final frame);
+// why is set when a write failed.
+func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, until wire.Cursor, horizon *wire.Cursor) (read []string, end wire.Cursor, why string, ok bool) {
 	var finished []string // channels with nothing left up to until
 	total := 0
-	for {
+	for first := true; ; first = false {
 		if s.ended() != "" {
-			return pos, "", false
+			return read, end, "", false
 		}
 		release, err := h.replaySlot(ctx, s)
 		if err != nil {
-			return pos, s.writeFailed(ctx), false
+			return read, end, s.writeFailed(ctx), false
 		}
 		if s.ended() != "" {
 			release()
-			return pos, "", false
+			return read, end, "", false
 		}
-		// Taken once the slot is had, however long that took: a room left
-		// meanwhile is not read. Nor is one joined since the pass began
-		// (left and joined again included): its base and grant are not in
-		// st, and read from the pass's start it would bring the room's
-		// history from before the join; the next pass reads it.
+		if first {
+			// The pass's channels, taken after its barrier (Hub.begin),
+			// once the slot is had. Not one joined since the pass began
+			// (left and joined again included): its base and grant are
+			// not in st, and read from the pass's start it would bring
+			// the room's history from before the join; the next pass
+			// reads it.
+			for _, c := range s.channelList() {
+				if !s.joinedAfter(c, st.gen) {
+					read = append(read, c)
+				}
+			}
+		}
+		// A room left meanwhile is not read.
 		var channels []string
-		for _, c := range without(s.channelList(), finished) {
-			if !s.joinedAfter(c, st.gen) {
+		for _, c := range without(read, finished) {
+			if s.has(c) && !s.joinedAfter(c, st.gen) {
 				channels = append(channels, c)
 			}
 		}
 		after := make([]wire.Cursor, len(channels))
 		for i, c := range channels {
-			// Never before from: what the stream has was written in id
-			// order, and a replay must not go back behind it.
-			after[i] = st.from.Max(st.base[c]).Max(*horizon)
+			// Never at or before horizon: what the stream has was
+			// written in id order, and a replay must not go back behind it.
+			b, joined := st.base[c]
+			if !joined {
+				b = st.from
+			}
+			after[i] = b.Max(*horizon)
 			if g, ok := st.grants[c]; ok {
 				after[i] = h.opts.AfterGrant(after[i], c, g)
 			}
 		}
 		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
 		overhead := replayOverhead(page.Position)
-		if err == nil && page.Reset == "" && until.IsZero() && page.More {
+		if err == nil && page.Reset == "" && first && page.More {
 			// More than a page: the pass's size is learnt before any of it
 			// is written, so that one over the limit sends its reset alone.
 			// Later pages read no more than this counted (channels only go).
@@ -199,7 +266,7 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 		}
 		if err != nil {
 			release()
-			return pos, h.redisFailed(ctx, s, "history could not be read", err), false
+			return read, end, h.redisFailed(ctx, s, "history could not be read", err), false
 		}
 		var frames [][]byte
 		if page.Reset != "" {
@@ -224,18 +291,18 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 		err = out.write(frames)
 		release()
 		if err != nil {
-			return pos, s.writeFailed(ctx), false
+			return read, end, s.writeFailed(ctx), false
 		}
 		if page.Reset != "" {
-			return page.Position, "", true
+			*horizon = page.Position
+			return read, page.Position, "", true
 		}
 		h.metrics.Replayed.Add(float64(len(frames)))
-		until = page.Position
 		if n := len(page.Events); n > 0 {
 			*horizon = page.Events[n-1].Cursor
 		}
 		if !page.More {
-			return until, "", true
+			return read, until, "", true
 		}
 		finished = append(finished, page.Finished...)
 	}

@@ -66,9 +66,12 @@ type Stream struct {
 
 // catchUp is what the writer must replay before live events flow again.
 type catchUp struct {
-	replay bool                   // every channel must be replayed after from (a resume)
-	from   wire.Cursor            // where the replay starts, or the stream's id if none is needed
-	base   map[string]wire.Cursor // channels joined meanwhile: replayed after their own cursor
+	replay bool        // every channel must be replayed after from (a resume)
+	from   wire.Cursor // where the replay starts, or the stream's id if none is needed
+	// floor is the id the stream had written when the catch-up began:
+	// nothing at or before it is written again, whatever a channel's base.
+	floor wire.Cursor
+	base  map[string]wire.Cursor // channels joined meanwhile: replayed after their own cursor
 	// grants: per room channel, the position the room was granted at
 	// (Spec.Granted for a resume, a join's since); the replay reads the
 	// room only after it.
@@ -78,6 +81,12 @@ type catchUp struct {
 	// after the pass began is read by the next pass, from its own base
 	// and grant, never by this one from the pass's start.
 	joined map[string]uint64
+	// joining counts joins between rewind and attached: their channel's
+	// subscription may not be written yet, so the stream may not go live.
+	joining int
+	// confirmed is the generation up to which every channel's subscription
+	// was confirmed by a Sync (see Hub.begin).
+	confirmed uint64
 	// skipping is set when held overflowed with a durable event: durable
 	// events are no longer held (the next pass replays them) until a new
 	// pass starts.
@@ -88,11 +97,11 @@ type catchUp struct {
 
 // catchUpState is a copy of what a pass of catch-up needs.
 type catchUpState struct {
-	on, replay bool
-	from       wire.Cursor
-	base       map[string]wire.Cursor
-	grants     map[string]string
-	gen        uint64
+	on, replay  bool
+	from, floor wire.Cursor
+	base        map[string]wire.Cursor
+	grants      map[string]string
+	gen         uint64
 }
 
 type heldEvent struct {
@@ -162,18 +171,18 @@ func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
 }
 
 // rewind asks the writer to replay history again before live events flow:
-// channel was joined, and what it carried between the join and the
+// channel is being joined, and what it carried between the join and the
 // subscription taking effect must not be lost. The replay covers every
 // channel after the stream's last id, and channel after since, and after
-// grant (the position the room was granted at) if set.
+// grant (the position the room was granted at) if set. The caller attaches
+// the channel next, then calls attached: until then the stream holds live
+// events and cannot go live.
 func (s *Stream) rewind(channel string, since wire.Cursor, grant string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ending != "" {
-		return
-	}
 	if s.catching == nil {
-		s.catching = &catchUp{from: s.last}
+		// A live stream's subscriptions were all confirmed.
+		s.catching = &catchUp{from: s.last, floor: s.last, confirmed: s.gen}
 	}
 	c := s.catching
 	if c.base == nil {
@@ -191,6 +200,20 @@ func (s *Stream) rewind(channel string, since wire.Cursor, grant string) {
 		c.joined = make(map[string]uint64)
 	}
 	c.joined[channel] = s.gen
+	c.joining++
+}
+
+// attached ends a join that rewind began, once its subscription is written
+// (or failed to be): a pass of catch-up that began before it runs again,
+// and one that begins after it waits on a Sync that confirms the
+// subscription.
+func (s *Stream) attached() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.catching; c != nil {
+		c.joining--
+	}
+	s.gen++
 	s.signal()
 }
 
@@ -227,7 +250,30 @@ func (s *Stream) catchUpState() catchUpState {
 		return catchUpState{gen: s.gen}
 	}
 	c.skipping = false // from here on, what the pass does not read is held
-	return catchUpState{on: true, replay: c.replay, from: c.from, base: maps.Clone(c.base), grants: maps.Clone(c.grants), gen: s.gen}
+	return catchUpState{on: true, replay: c.replay, from: c.from, floor: c.floor, base: maps.Clone(c.base), grants: maps.Clone(c.grants), gen: s.gen}
+}
+
+// generation counts the joins and skips so far, and returns the
+// generation up to which subscriptions are confirmed. A pass of catch-up
+// takes it before its barrier, and may end the catch-up only if it is
+// unchanged (Hub.begin).
+func (s *Stream) generation() (gen, confirmed uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.catching != nil {
+		confirmed = s.catching.confirmed
+	}
+	return s.gen, confirmed
+}
+
+// confirm records that a Sync confirmed the subscriptions of every join
+// up to gen.
+func (s *Stream) confirm(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.catching; c != nil && c.confirmed < gen {
+		c.confirmed = gen
+	}
 }
 
 // joinedAfter reports whether channel was joined after gen: a pass of
@@ -238,24 +284,46 @@ func (s *Stream) joinedAfter(channel string, gen uint64) bool {
 	return s.catching != nil && s.catching.joined[channel] > gen
 }
 
-// replayFrom makes the catch-up replay every channel after from.
-func (s *Stream) replayFrom(from wire.Cursor) {
+// resumeFrom makes the catch-up replay every channel after from, the id
+// the stream resumes from.
+func (s *Stream) resumeFrom(from wire.Cursor) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.catching != nil {
-		s.catching.from, s.catching.replay = from, true
+	if c := s.catching; c != nil {
+		c.from, c.floor, c.replay = from, from, true
 	}
 }
 
-// startAt sets the stream's id to pos, where a new stream starts: nothing
-// before it is owed, and what follows arrives live.
-func (s *Stream) startAt(pos wire.Cursor) {
+// passed records a pass of replay that read read up to pos without ending
+// the catch-up: the next pass reads every channel after pos, but a channel
+// joined since the pass began, or not read by it, after its own base.
+func (s *Stream) passed(pos wire.Cursor, gen uint64, read []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.catching != nil {
-		s.catching.from = pos
+	c := s.catching
+	if c == nil {
+		return
 	}
-	s.last = pos
+	c.from, c.replay = pos, true
+	for _, ch := range read {
+		if c.joined[ch] <= gen {
+			delete(c.base, ch)
+			delete(c.joined, ch)
+		}
+	}
+}
+
+// startAt sets the stream's id to first, where a new stream starts, and
+// has its channels read after pos: nothing before pos is owed on them, and
+// what follows arrives live. first is before pos when a room was joined
+// before pos was taken: its events from the join are read after first.
+func (s *Stream) startAt(pos, first wire.Cursor) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.catching; c != nil {
+		c.from, c.floor = pos, first
+	}
+	s.last = first
 }
 
 // goLive ends a catch-up whose replay reached pos, unless a channel was
@@ -265,7 +333,7 @@ func (s *Stream) startAt(pos wire.Cursor) {
 func (s *Stream) goLive(pos wire.Cursor, gen uint64) (live, held bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.gen != gen {
+	if s.gen != gen || s.catching != nil && s.catching.joining > 0 {
 		return false, true
 	}
 	var events []heldEvent
