@@ -113,7 +113,7 @@ func (s *wireStream) next() (sseEvent, error) {
 // stream whose session read already had the room starts at its ready's
 // id and owes only what follows it.
 //
-// Hundreds of tries on one server, each on a user and a room of its own,
+// 500 tries per subtest on one server, each on a user and a room of its own,
 // each stream closed after its try.
 func TestJoinRightAfterRequest(t *testing.T) {
 	a := startApp(t, nil, nil)
@@ -125,7 +125,7 @@ func TestJoinRightAfterRequest(t *testing.T) {
 
 	for _, mode := range []string{"fresh", "resume"} {
 		t.Run(mode, func(t *testing.T) {
-			const tries = 300
+			const tries = 500
 			budget := time.Now().Add(25 * time.Second) // with -race on two busy cores: stop early rather than time out
 			lost, broken, done := 0, 0, 0
 			var examples []string
