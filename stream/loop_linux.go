@@ -246,10 +246,9 @@ func (l *loop) join(s *Stream, fd int, opts WriteOptions) {
 	l.joining = append(l.joining, c)
 	l.mu.Unlock()
 	l.hook(c, handOverPublished)
-	// Wake the loop to admit c. Not c.ready(): a signal since the store
-	// may have put c on the ready stack and the loop taken it off, c not
-	// admitted yet, leaving c queued and nobody to wake. Admitting c
-	// writes what was queued before.
+	// Wake the loop to admit c: admitting writes what was queued before.
+	// (A signal since the store may have readied c already: the loop
+	// skips it on its ready stack until admitted.)
 	l.poke()
 	l.hook(c, handOverDone)
 }
