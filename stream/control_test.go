@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -236,5 +237,95 @@ func TestRecheckWhileOpening(t *testing.T) {
 	}
 	if got := strings.Join(out.out, ""); !strings.Contains(got, "missed") {
 		t.Fatalf("the stream resumed from e:10-0 without the event e:20-0 of room %s: %q", b, got)
+	}
+}
+
+// newerTab reads a session, and before the read is used the backend
+// rewrites the session (without a control message, as set_rooms may) and
+// a second tab of it opens with the new rooms: what a recheck's read can
+// meet.
+type newerTab struct {
+	h        *Hub
+	read     []string // the rooms the session lists when read
+	rewrite  []string // the rooms it lists afterwards
+	allRooms bool     // the tab opens without ?rooms=
+	tab      *Stream
+}
+
+func (f *newerTab) LookupMany(_ context.Context, tokens []string) ([]wire.Session, []error, error) {
+	out := make([]wire.Session, len(tokens))
+	for i := range tokens {
+		out[i] = wire.Session{User: "alice", Rooms: f.read}
+	}
+	if f.tab == nil {
+		// The handler reads the session as rewritten, then opens.
+		tab, err := f.h.Open(context.Background(), Spec{User: "alice", Session: "t", Rooms: f.rewrite, AllRooms: f.allRooms})
+		if err != nil {
+			return nil, nil, err
+		}
+		f.tab = tab
+	}
+	f.read = f.rewrite // what Redis holds from now on
+	return out, make([]error, len(tokens)), nil
+}
+
+// TestRecheckJudgesOnlyOlderStreams: a recheck's read of a session judges
+// only the streams authorized before it; a tab opened after the read, with
+// a newer read of the session, is not joined to a room since removed nor
+// made to leave a room since added (with ?rooms= it would never come
+// back). The next recheck judges it. (Issue 17, item 6.)
+func TestRecheckJudgesOnlyOlderStreams(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		first         []string // the first tab's rooms, and the session's at the read
+		rewrite       []string
+		allRooms      bool
+		want, wantOld []string // the tab's rooms after the recheck, then the first tab's
+	}{
+		{"room removed after the read", []string{"a", "b"}, []string{"a"}, true, []string{"a"}, []string{"a", "b"}},
+		{"room added after the read", []string{"a"}, []string{"a", "b"}, false, []string{"a", "b"}, []string{"a"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, _ := newTestHub(t, testOpts)
+			old, err := h.Open(context.Background(), Spec{User: "alice", Session: "t", Rooms: tc.first, AllRooms: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sess := &newerTab{h: h, read: tc.first, rewrite: tc.rewrite, allRooms: tc.allRooms}
+			if err := h.recheck(context.Background(), sess); err != nil {
+				t.Fatal(err)
+			}
+			if got := sess.tab.rooms(); !slices.Equal(got, tc.want) {
+				t.Fatalf("the tab opened after the recheck's read has rooms %v, want %v (as its own read of the session)", got, tc.want)
+			}
+			if got := old.rooms(); !slices.Equal(got, tc.wantOld) {
+				t.Fatalf("the tab opened before the read has rooms %v, want %v (as the read)", got, tc.wantOld)
+			}
+			// The next recheck reads the session as it is now and judges
+			// both tabs.
+			if err := h.recheck(context.Background(), sess); err != nil {
+				t.Fatal(err)
+			}
+			if got, got2 := sess.tab.rooms(), old.rooms(); !slices.Equal(got, tc.rewrite) || !slices.Equal(got2, tc.rewrite) {
+				t.Fatalf("after the next recheck the tabs have rooms %v and %v, want %v", got, got2, tc.rewrite)
+			}
+		})
+	}
+}
+
+// TestRecheckCounterWraps: a stream registered just before the recheck
+// count wraps is still judged by the recheck after it.
+func TestRecheckCounterWraps(t *testing.T) {
+	h, _ := newTestHub(t, testOpts)
+	h.rechecks = ^uint32(0)
+	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "t", Rooms: []string{"a", "b"}, AllRooms: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.recheck(context.Background(), sessionOf{User: "alice", Rooms: []string{"a"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.rooms(); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("rooms %v after a recheck whose read lists [a]", got)
 	}
 }

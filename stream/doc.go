@@ -12,8 +12,9 @@
 // Who owns what, and the concurrency rules:
 //
 //   - Hub.mu guards the indexes by user and by session, the open count, the
-//     control log, the control messages of streams being attached and each
-//     Stream's attaching/removed. It is never held across I/O.
+//     control log, the recheck count, the control messages of streams
+//     being attached and each Stream's attaching/removed/authorized. It is
+//     never held across I/O.
 //   - Channel membership (membership.go) is the hub's alone: a channel is
 //     subscribed when its first stream attaches and unsubscribed when its
 //     last detaches, under the channel's stripe lock, so a subscribe and an

@@ -111,6 +111,10 @@ type Hub struct {
 	stopping bool
 	controls controlLog
 	resumes  *resumeLimit
+	// rechecks counts session rechecks begun; a stream is stamped with it
+	// when it registers (Stream.authorized). Wraps, compared as serial
+	// numbers: a stream would have to outlive 2³¹ rechecks.
+	rechecks uint32
 
 	// Open streams, for Wait: added to in Open, under mu and only while
 	// not stopping, so never after Wait has begun; done in Close.
@@ -238,6 +242,9 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	}
 	h.open++
 	h.streams.Add(1)
+	// The handler read the session before Open: a recheck begun from here
+	// on may have read it before that read, and does not judge the stream.
+	s.authorized = h.rechecks
 	addTo(h.users, spec.User, s)
 	addTo(h.sessions, spec.Session, s)
 	s.attaching = true // control messages for it wait in h.pending until it is attached

@@ -101,7 +101,20 @@ type loop struct {
 	running bool
 	efd     int         // the eventfd, valid while running
 	joining []*loopConn // handed over, not yet registered with epoll
+
+	// handOver, set by tests only before any stream is handed over, is
+	// called as join reaches each step: a test forces an interleaving
+	// with it. A load and a branch per hand-over, nothing per event.
+	handOver func(c *loopConn, step handOverStep)
 }
+
+// handOverStep is a step of loop.join, for the handOver hook.
+type handOverStep int
+
+const (
+	handOverPublished handOverStep = iota // c is in joining: the loop may take it, write it, hand it back
+	handOverDone                          // join is about to return
+)
 
 // loopConn is a stream on a loop. Besides next and queued (the ready
 // stack's), its fields are the loop goroutine's.
@@ -137,6 +150,12 @@ func (c *loopConn) ready() {
 			break
 		}
 	}
+	l.poke()
+}
+
+// poke wakes the loop, once for however many pokes come before it looks
+// (it clears awake before it takes its ready stack and joining).
+func (l *loop) poke() {
 	if l.awake.CompareAndSwap(false, true) {
 		l.wake()
 	}
@@ -212,11 +231,33 @@ func (l *loop) join(s *Stream, fd int, opts WriteOptions) {
 			return
 		}
 	}
+	// s.onLoop names c before the loop can see c, never after. Once c is
+	// in joining, the loop may admit it, find a join's catch-up, hand it
+	// back (drop clears onLoop) and a goroutine may hand the stream over
+	// again as another loopConn, all before this goroutine runs again: a
+	// store here after the append would then put the dead c back over the
+	// live one, and the stream would get heartbeats (from the new c) but
+	// no event (signal readies the dead one) until it ended. So the
+	// stores of a stream's onLoop follow its life on loops in order: c
+	// here, nil in drop (which only clears its own), then the next
+	// hand-over's, which cannot begin before that drop.
+	l.h.metrics.OnLoops.Inc() // before the loop can drop c and count it off
+	s.onLoop.Store(c)
 	l.joining = append(l.joining, c)
 	l.mu.Unlock()
-	l.h.metrics.OnLoops.Inc()
-	s.onLoop.Store(c)
-	c.ready() // what was queued before the store woke nobody
+	l.hook(c, handOverPublished)
+	// Wake the loop to admit c: admitting writes what was queued before.
+	// (A signal since the store may have readied c already: the loop
+	// skips it on its ready stack until admitted.)
+	l.poke()
+	l.hook(c, handOverDone)
+}
+
+// hook calls the tests' handOver hook, if set.
+func (l *loop) hook(c *loopConn, step handOverStep) {
+	if l.handOver != nil {
+		l.handOver(c, step)
+	}
 }
 
 // start makes the loop's epoll and eventfd and starts its goroutine.
@@ -483,7 +524,9 @@ func (p *poller) finish(c *loopConn, why string) {
 func (p *poller) drop(c *loopConn) {
 	c.done = true
 	delete(p.conns, int32(c.fd))
-	c.s.onLoop.Store(nil)
+	// Only c's own entry: by construction (see join) onLoop is c here, and
+	// a compare-and-swap keeps a later hand-over's entry even if not.
+	c.s.onLoop.CompareAndSwap(c, nil)
 	p.h.metrics.OnLoops.Dec()
 }
 

@@ -338,3 +338,95 @@ func TestLoopConcurrentPublishers(t *testing.T) {
 	wg.Wait()
 	rg.Wait()
 }
+
+// TestLoopHandBackBeforeJoinReturns: a stream handed to a loop with a
+// join's catch-up pending is handed back and over again (as another
+// loopConn) before the first hand-over's join has returned; the stream
+// must be on the loop by the second, and get its events. (Issue 17, item
+// 5: the first join stored its dead loopConn over the live one after the
+// second, and the stream got heartbeats but no event until it ended.)
+func TestLoopHandBackBeforeJoinReturns(t *testing.T) {
+	h, _ := newTestHub(t, testOpts)
+	s, err := h.Open(context.Background(), Spec{User: "u0", Session: "t0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if why := h.opening(context.Background(), s, &frames{}); why != "" {
+		t.Fatalf("opening: %s", why)
+	}
+	// A join before the hand-over: the loop's first look at the stream
+	// finds a catch-up to run, and hands it back.
+	h.control(wire.Control{Op: wire.OpJoin, User: "u0", Room: "r1"})
+
+	var (
+		mu             sync.Mutex
+		first, second  *loopConn
+		secondDone     = make(chan struct{})
+		firstDone      = make(chan struct{})
+		releaseTimeout = time.After(10 * time.Second)
+	)
+	hook := func(c *loopConn, step handOverStep) {
+		mu.Lock()
+		if first == nil {
+			first = c
+		} else if c != first && second == nil {
+			second = c
+		}
+		isFirst := c == first
+		mu.Unlock()
+		switch {
+		case isFirst && step == handOverPublished:
+			// Hold the first hand-over here, c published to its loop,
+			// until the stream is back on a loop by the second. The loop
+			// looks at once, as a busy one would (another stream's
+			// event), not at its next tick.
+			c.loop.poke()
+			select {
+			case <-secondDone:
+			case <-releaseTimeout:
+				t.Error("the stream was not handed over again within 10s")
+			}
+		case isFirst && step == handOverDone:
+			close(firstDone)
+		case step == handOverDone:
+			close(secondDone)
+		}
+	}
+	for _, l := range h.loops.all {
+		l.handOver = hook
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := detach(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go h.loops.pick().join(s, fd, loopWrite)
+	select {
+	case <-firstDone:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the first hand-over did not return within 20s")
+	}
+
+	mu.Lock()
+	second0 := second
+	mu.Unlock()
+	if got := s.onLoop.Load(); got != second0 {
+		t.Fatalf("the stream's place on a loop is %p (the first, dead, hand-over's: %v), want the second's %p", got, got == first, second0)
+	}
+	h.Publish(wire.RoomChannel("r1"), live(`{"event":"room","data":1}`), nil)
+	client{cc, bufio.NewReader(cc)}.readUntil(t, "event: room\ndata: 1\n\n")
+}

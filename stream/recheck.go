@@ -30,6 +30,14 @@ type Sessions interface {
 //     stream that Open is still attaching keeps its rooms until the next
 //     recheck.
 //
+// A stream is judged only by a read newer than its own authorization: one
+// registered by Open after the recheck began (its handler's read of the
+// session may be newer than the recheck's) is left for the next recheck.
+// Otherwise a read taken before the backend rewrote the session (a room
+// removed or added, without a control message) would join a tab opened
+// since to the removed room, or make it leave the added one, which with
+// ?rooms= never comes back.
+//
 // While Redis is unreachable nothing is changed.
 func (h *Hub) Recheck(ctx context.Context, sessions Sessions, every time.Duration) {
 	t := time.NewTicker(every)
@@ -57,6 +65,11 @@ func (h *Hub) RecheckSoon() {
 
 func (h *Hub) recheck(ctx context.Context, sessions Sessions) error {
 	h.mu.Lock()
+	// Every read of this recheck begins after this point, and every
+	// stream registered before it had its session read before it: those,
+	// stamped before, are the ones its reads may judge (judged).
+	h.rechecks++
+	epoch := h.rechecks
 	tokens := make([]string, 0, len(h.sessions))
 	for t := range h.sessions {
 		tokens = append(tokens, t)
@@ -65,7 +78,7 @@ func (h *Hub) recheck(ctx context.Context, sessions Sessions) error {
 	// In batches: a round trip each, and at most recheckBatch sessions
 	// (each up to MAX_SESSION_BYTES) in memory at once.
 	for batch := range slices.Chunk(tokens, recheckBatch) {
-		if err := h.recheckBatch(ctx, sessions, batch); err != nil {
+		if err := h.recheckBatch(ctx, sessions, batch, epoch); err != nil {
 			return err
 		}
 	}
@@ -74,7 +87,7 @@ func (h *Hub) recheck(ctx context.Context, sessions Sessions) error {
 
 const recheckBatch = 1000
 
-func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []string) error {
+func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []string, epoch uint32) error {
 	// A control message applied after the read is newer than what was
 	// read: those users' streams are left for the next recheck.
 	ticket := h.Ticket()
@@ -85,7 +98,7 @@ func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []stri
 	for i, token := range tokens {
 		switch {
 		case errors.Is(errs[i], wire.ErrNoSession), errors.Is(errs[i], wire.ErrBadSession):
-			for _, s := range h.streamsOf(token) {
+			for _, s := range h.judged(token, epoch) {
 				if s.finish(ReasonSession, logoutFrame) {
 					h.metrics.Rechecked.WithLabelValues("ended").Inc()
 				}
@@ -94,7 +107,7 @@ func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []stri
 			// Unreadable now: judged at the next recheck.
 		case h.controlledSince(ticket, found[i].User):
 		default:
-			h.hold(token, found[i])
+			h.hold(h.judged(token, epoch), found[i])
 		}
 	}
 	return nil
@@ -113,8 +126,8 @@ func (h *Hub) controlledSince(t Ticket, user string) bool {
 // rooms the session no longer lists, and one opened with all of its
 // session's rooms joins those it gained (a join published while this
 // instance was away from Redis is not lost).
-func (h *Hub) hold(token string, sess wire.Session) {
-	for _, s := range h.streamsOf(token) {
+func (h *Hub) hold(streams []*Stream, sess wire.Session) {
+	for _, s := range streams {
 		if s.User != sess.User {
 			h.endRetry(s, ReasonSession)
 			h.metrics.Rechecked.WithLabelValues("user_changed").Inc()
@@ -154,8 +167,16 @@ func (h *Hub) attaching(s *Stream) bool {
 	return s.attaching
 }
 
-func (h *Hub) streamsOf(token string) []*Stream {
+// judged returns the streams of a session that a recheck begun at epoch
+// may judge: those registered before it began (see recheck).
+func (h *Hub) judged(token string, epoch uint32) []*Stream {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return slices.Clone(h.sessions[token])
+	var out []*Stream
+	for _, s := range h.sessions[token] {
+		if int32(epoch-s.authorized) > 0 {
+			out = append(out, s)
+		}
+	}
+	return out
 }

@@ -42,6 +42,12 @@ type Stream struct {
 
 	allRooms bool // opened with all of its session's rooms (no ?rooms=)
 	closed   bool // guarded by members: Close has run, attach nothing more
+	// authorized is the hub's recheck count (Hub.rechecks) when Open
+	// registered the stream, under the hub's mu; its session was read
+	// before. A recheck judges the stream only by a read it began after
+	// that (recheck.go). Four bytes, in what was the padding before
+	// members: the struct stays 256 bytes.
+	authorized uint32
 
 	// An idle stream is held by the thousand: its fields are kept to what
 	// every stream needs (256 bytes), and what only some need is made when
