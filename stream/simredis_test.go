@@ -22,8 +22,8 @@ import (
 //
 //   - A blocking call from a hub goroutine (Position, Read, LookupMany, the
 //     PING of Sync...) registers a simOp and waits; the scheduler executes
-//     it against the model as it is at that moment, and the caller wakes
-//     with the answer.
+//     it against the model as it is at that moment, and later delivers its
+//     reply: the caller wakes with the answer.
 //   - The pub/sub connection has two FIFO queues: commands written and not
 //     yet executed by Redis (out), and what Redis sent and the instance has
 //     not read yet (in: messages and PING replies). A SUBSCRIBE takes effect
@@ -55,11 +55,16 @@ func simWhoOf(ctx context.Context) string {
 	return "?"
 }
 
-// simOp is a blocking call waiting for the scheduler.
+// simOp is a blocking call waiting for the scheduler: Redis executes it
+// (one step), and its reply reaches the caller (another step), so that
+// whatever happens in between (a session rewritten after a recheck read
+// it, an event published after a page's bound) is a schedule the
+// scheduler can pick.
 type simOp struct {
-	desc string
-	run  func() // executes against the model, with simRedis.mu held
-	done chan struct{}
+	desc     string
+	run      func() // executes against the model, with simRedis.mu held
+	executed bool
+	done     chan struct{}
 }
 
 type simEntry struct {
@@ -502,7 +507,7 @@ func (r *simRedis) restart() {
 			continue
 		}
 		if !r.heldLocked(e) {
-			e.lost = true
+			e.lost, e.lostAt = true, r.log.tick
 		}
 	}
 }
