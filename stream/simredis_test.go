@@ -240,7 +240,7 @@ func (r *simRedis) Read(ctx context.Context, channels []string, after []wire.Cur
 		return wire.Page{}, fmt.Errorf("reading history: %d cursors for %d channels", len(after), len(channels))
 	}
 	var p wire.Page
-	desc := fmt.Sprintf("READ %v after %v until %v", channels, after, until)
+	desc := fmt.Sprintf("READ %s until %v", simPairs(channels, after), until)
 	err := r.call(ctx, desc, func() { p = r.readLocked(channels, after, until, maxBytes) })
 	return p, err
 }
@@ -304,6 +304,18 @@ func (r *simRedis) readLocked(channels []string, after []wire.Cursor, until wire
 	return p
 }
 
+// simPairs describes channels and their cursors, sorted: the hub's lists
+// may come from maps (Recover's), and a description must not depend on
+// their order.
+func simPairs(channels []string, after []wire.Cursor) string {
+	pairs := make([]string, len(channels))
+	for i, ch := range channels {
+		pairs[i] = ch + ">" + after[i].String()
+	}
+	slices.Sort(pairs)
+	return "[" + strings.Join(pairs, " ") + "]"
+}
+
 // simEntryBefore compares entry ids (ms, n), as XRANGE does: without the
 // epoch.
 func simEntryBefore(a, b wire.Cursor) bool {
@@ -328,7 +340,7 @@ func (r *simRedis) Active(ctx context.Context, channels []string, after wire.Cur
 
 func (r *simRedis) Size(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, overhead, limit int) (int, error) {
 	n := 0
-	err := r.call(ctx, fmt.Sprintf("SIZE %v after %v until %v", channels, after, until), func() {
+	err := r.call(ctx, fmt.Sprintf("SIZE %s until %v", simPairs(channels, after), until), func() {
 		for i, ch := range channels {
 			for _, e := range r.data.hist[ch] {
 				if n > limit {
