@@ -504,6 +504,7 @@ func (r *simRedis) restart() {
 	r.lose()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	before := r.data
 	if r.snapshot != nil {
 		r.data = r.snapshot.clone()
 	} else {
@@ -512,6 +513,22 @@ func (r *simRedis) restart() {
 	r.clock += 1000
 	r.log.tick++
 	r.log.restarts = append(r.log.restarts, r.log.tick)
+	// Sessions go back too (a room removed since the snapshot is listed
+	// again): the checker must know the versions Redis serves.
+	tokens := slices.Sorted(maps.Keys(before.sessions))
+	for t := range r.data.sessions {
+		if _, ok := before.sessions[t]; !ok {
+			tokens = append(tokens, t)
+		}
+	}
+	for _, t := range tokens {
+		var v *wire.Session
+		if sess, ok := r.data.sessions[t]; ok {
+			c := simCopySession(sess)
+			v = &c
+		}
+		r.log.sessions[t] = append(r.log.sessions[t], simVersion{tick: r.log.tick, sess: v})
+	}
 	// Events no longer in history were lost (those trimmed before the
 	// snapshot are not: they were delivered or reset for).
 	for _, e := range r.log.events {
