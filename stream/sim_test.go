@@ -42,7 +42,7 @@ import (
 
 // simDefaultSeeds is how many seeds go test runs: well under 20 s with
 // -race on a small machine.
-const simDefaultSeeds = 60
+const simDefaultSeeds = 500
 
 // simMaxSteps bounds one run; a run that does not drain by then fails.
 const simMaxSteps = 5000
@@ -435,8 +435,8 @@ func (s *sim) workload() string {
 		{7, "leave", func() string { return s.leave(s.pickUser(), s.pickRoom()) }},
 		{1, "logout", s.logout},
 		{2, "login", func() string { return s.login(s.pickUser()) }},
-		{4, "rewrite", s.rewrite},
-		{4, "recheck", s.recheck},
+		{10, "rewrite", s.rewrite},
+		{10, "recheck", s.recheck},
 		{25, "durable", s.publishDurable},
 		{5, "live", s.publishLive},
 		{3, "feed loss", func() string { s.r.lose(); return "pub/sub connection lost" }},
@@ -1136,7 +1136,7 @@ func TestSim(t *testing.T) {
 	first := simEnvInt(t, "SSEBRIDGE_SIM_FIRST", 1)
 	began := time.Now()
 	var failed []uint64
-	kinds := map[string][]uint64{} // the rule a failing seed broke first → seeds
+	kinds := map[string][]uint64{} // a rule broken → the seeds that broke it
 	shrunk := 0
 	for i := range seeds {
 		seed := uint64(first + i)
@@ -1146,7 +1146,13 @@ func TestSim(t *testing.T) {
 			continue
 		}
 		failed = append(failed, seed)
-		kinds[simKind(res.failures)] = append(kinds[simKind(res.failures)], seed)
+		seen := map[string]bool{}
+		for _, f := range res.failures {
+			if k := simKind([]string{f}); !seen[k] {
+				seen[k] = true
+				kinds[k] = append(kinds[k], seed)
+			}
+		}
 		if shrunk >= 3 { // shrinking costs runs: the first few failures are shown in full
 			t.Errorf("seed %d failed: %s (replay: %s)", seed, res.failures[0], cfg.replay())
 			continue
@@ -1168,14 +1174,27 @@ func TestSim(t *testing.T) {
 	}
 }
 
-// simKind is the rule a failure broke, to shrink towards the same one.
+// simKind is the rule a failure broke, to shrink towards the same one and
+// to group failing seeds.
 func simKind(failures []string) string {
 	if len(failures) == 0 {
 		return ""
 	}
-	f := failures[0]
-	_, f, _ = strings.Cut(f, "): ")
-	for _, k := range []string{"room of its opening", "(the stream's id then: none)", "joined by a control message", "a channel of the stream", "received twice", "ids must grow", "no membership", "after the hub took", "reset", "unknown", "ready id", "quiescence"} {
+	_, f, _ := strings.Cut(failures[0], "): ")
+	if strings.HasPrefix(f, "missing ") {
+		for _, k := range []struct{ has, kind string }{
+			{"(the stream's id then: none)", "missing: a room joined before the stream had an id"},
+			{"joined by a control message", "missing: a room joined"},
+			{"a room of its opening", "missing: a room of its opening"},
+			{"a channel of the stream", "missing: its user's channel or broadcast"},
+		} {
+			if strings.Contains(f, k.has) {
+				return k.kind
+			}
+		}
+		return "missing"
+	}
+	for _, k := range []string{"no membership", "after the hub took", "received twice", "ids must grow", "ready id", "reset", "unknown", "quiescence"} {
 		if strings.Contains(f, k) {
 			return k
 		}
