@@ -37,11 +37,13 @@ import (
 //
 // Run: go test -race -run TestSim ./stream/ (a bounded number of seeds);
 // SSEBRIDGE_SIM_SEEDS=N runs N seeds (from SSEBRIDGE_SIM_FIRST, default 1);
-// SSEBRIDGE_SIM_SEED=S replays one, with SSEBRIDGE_SIM_BUDGET and
-// SSEBRIDGE_SIM_SKIP (as a failure prints them) for its shrunk schedule.
+// SSEBRIDGE_SIM_SEED=S replays one (-v prints its schedule), with
+// SSEBRIDGE_SIM_BUDGET and SSEBRIDGE_SIM_SKIP (as a failure prints them)
+// for its shrunk schedule. docs/testing.md says what is and is not
+// modelled.
 
-// simDefaultSeeds is how many seeds go test runs: well under 20 s with
-// -race on a small machine.
+// simDefaultSeeds is how many seeds go test runs: about 10 s with -race
+// on two cores.
 const simDefaultSeeds = 500
 
 // simMaxSteps bounds one run; a run that does not drain by then fails.
