@@ -91,6 +91,15 @@ type simLog struct {
 	trims    int
 	restarts []int
 	marks    []wire.Cursor
+	// For diagnoses: each goroutine's reads of history, and the ticks a
+	// SUBSCRIBE of each channel took effect.
+	reads      map[string][]simRead
+	subscribed map[string][]int
+}
+
+type simRead struct {
+	tick         int
+	unsubscribed []string // channels read while Redis did not have them subscribed
 }
 
 func (l *simLog) lostControl(body []byte) {
@@ -111,10 +120,11 @@ type simFrame struct {
 // simJoin is a join control message that reached the hub while a stream
 // of its user existed (its ticket taken).
 type simJoin struct {
-	room  string
-	tick  int         // published
-	since string      // grant
-	floor wire.Cursor // the stream's last id when the join was applied
+	room    string
+	tick    int         // published
+	since   string      // grant
+	floor   wire.Cursor // the stream's last id when the join was applied
+	applied int         // tick it reached the hub
 }
 
 // simStream is one client: an open (or its attempt) and what it got.
@@ -238,7 +248,8 @@ func newSim(cfg simConfig) *sim {
 	rng := rand.New(rand.NewPCG(cfg.seed, 0x5eb41d9e))
 	maxlen := []int{3, 1000}[rng.IntN(2)]
 	page := []int{2, 1000}[rng.IntN(2)]
-	r := newSimRedis(maxlen, page, &simLog{events: map[string]*simEvent{}, sessions: map[string][]simVersion{}, lookups: map[string]int{}})
+	r := newSimRedis(maxlen, page, &simLog{events: map[string]*simEvent{}, sessions: map[string][]simVersion{}, lookups: map[string]int{},
+		reads: map[string][]simRead{}, subscribed: map[string][]int{}})
 	opts := Options{MaxStreams: 1000, MaxStreamsPerUser: 100, MaxRooms: 64, QueueEvents: []int{8, 64}[rng.IntN(2)], QueueBytes: 1 << 20,
 		MaxEventBytes: 1 << 10, ReplayMaxBytes: 1 << 30, ReplayInflightBytes: 1 << 20, Retry: time.Second, MarkInterval: time.Hour, Loops: -1}
 	s := &sim{cfg: cfg, rng: rng, r: r, feed: make(chan func()), tokens: map[string]string{}, queueOpts: opts}
@@ -382,7 +393,7 @@ func (s *sim) noteJoin(c *simControl) {
 	defer s.mu.Unlock()
 	for _, rec := range s.streams {
 		if rec.user == c.c.User && rec.ticket && !rec.served {
-			rec.joins = append(rec.joins, simJoin{room: c.c.Room, tick: c.tick, since: c.c.Since, floor: rec.lastPos})
+			rec.joins = append(rec.joins, simJoin{room: c.c.Room, tick: c.tick, since: c.c.Since, floor: rec.lastPos, applied: c.delivered})
 		}
 	}
 }
@@ -1055,6 +1066,29 @@ func (s *sim) removal(rec *simStream, room string, after int) int {
 	return at
 }
 
+// readEarly notes when rec read e's channel, after the join j reached the
+// hub, while Redis did not have the channel subscribed, and e was
+// published between that read and the SUBSCRIBE taking effect: the read
+// could not have it, and its live copy never came.
+func (s *sim) readEarly(rec *simStream, j simJoin, e *simEvent) string {
+	l := s.r.log
+	for _, rd := range l.reads[rec.label] {
+		if rd.tick < j.applied || rd.tick > e.tick || !slices.Contains(rd.unsubscribed, e.channel) {
+			continue
+		}
+		next := simNever
+		for _, t := range l.subscribed[e.channel] {
+			if t > rd.tick {
+				next = min(next, t)
+			}
+		}
+		if e.tick < next {
+			return fmt.Sprintf("; read at tick %d while Redis did not have the channel subscribed (SUBSCRIBE in force at tick %d), the event published in between", rd.tick, next)
+		}
+	}
+	return ""
+}
+
 // mustHave says why rec should have received e, or "".
 func (s *sim) mustHave(rec *simStream, e *simEvent, start, reset wire.Cursor) string {
 	if !e.durable {
@@ -1092,7 +1126,7 @@ func (s *sim) mustHave(rec *simStream, e *simEvent, start, reset wire.Cursor) st
 					again = fmt.Sprintf("; a leave of the room reached the hub at tick %d, before: a re-join", c.delivered)
 				}
 			}
-			return fmt.Sprintf("room joined by a control message published at tick %d (the stream's id then: %s), never removed since%s", j.tick, floor, again)
+			return fmt.Sprintf("room joined by a control message published at tick %d (the stream's id then: %s), never removed since%s%s", j.tick, floor, again, s.readEarly(rec, j, e))
 		}
 	}
 	return ""

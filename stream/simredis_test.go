@@ -241,7 +241,18 @@ func (r *simRedis) Read(ctx context.Context, channels []string, after []wire.Cur
 	}
 	var p wire.Page
 	desc := fmt.Sprintf("READ %s until %v", simPairs(channels, after), until)
-	err := r.call(ctx, desc, func() { p = r.readLocked(channels, after, until, maxBytes) })
+	who := simWhoOf(ctx)
+	err := r.call(ctx, desc, func() {
+		p = r.readLocked(channels, after, until, maxBytes)
+		r.log.tick++
+		rd := simRead{tick: r.log.tick}
+		for _, ch := range channels {
+			if !r.conn.subscribed[ch] {
+				rd.unsubscribed = append(rd.unsubscribed, ch)
+			}
+		}
+		r.log.reads[who] = append(r.log.reads[who], rd)
+	})
 	return p, err
 }
 
@@ -461,6 +472,8 @@ func (r *simRedis) executeCmd() {
 	switch c.kind {
 	case "subscribe":
 		r.conn.subscribed[c.channel] = true
+		r.log.tick++
+		r.log.subscribed[c.channel] = append(r.log.subscribed[c.channel], r.log.tick)
 	case "unsubscribe":
 		delete(r.conn.subscribed, c.channel)
 	case "ping":
