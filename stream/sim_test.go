@@ -446,6 +446,7 @@ func (s *sim) workload() string {
 		{4, "close", s.closeOne},
 		{10, "join", func() string { return s.join(s.pickUser(), s.pickRoom()) }},
 		{7, "leave", func() string { return s.leave(s.pickUser(), s.pickRoom()) }},
+		{5, "leave and join again", s.flap},
 		{1, "logout", s.logout},
 		{2, "login", func() string { return s.login(s.pickUser()) }},
 		{10, "rewrite", s.rewrite},
@@ -587,6 +588,17 @@ func (s *sim) leave(user, room string) string {
 	s.setSessionLocked(token, &sess)
 	s.controlLocked(wire.Control{Op: wire.OpLeave, User: user, Room: room})
 	return fmt.Sprintf("leave %s %s", user, room)
+}
+
+// flap is a room left and joined again at once (two set_rooms back to
+// back): the schedules of a leave and re-join during a catch-up.
+func (s *sim) flap() string {
+	user, room := s.pickUser(), s.pickRoom()
+	left := s.leave(user, room)
+	if left == "" {
+		return ""
+	}
+	return left + ", then " + s.join(user, room)
 }
 
 func (s *sim) logout() string {
