@@ -216,9 +216,10 @@ func (h *Hub) admitsLocked(user string) error {
 func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 	s := newStream(h, spec.User, spec.Session)
 	s.resume = spec.Resume
-	if spec.Resume != "" {
-		s.catching.grants = grantsOf(spec.Rooms, spec.Granted)
-	}
+	// A resume reads its rooms from its Last-Event-ID, and a new stream may
+	// too, from before its position (a room joined before it was taken):
+	// never from before the room's grant.
+	s.catching.grants = grantsOf(spec.Rooms, spec.Granted)
 	s.allRooms = spec.AllRooms
 	s.channels = make([]string, 0, 2+len(spec.Rooms)) // its user's, broadcast, rooms
 
@@ -391,8 +392,14 @@ func (h *Hub) Recover(ctx context.Context) {
 		// Nothing to recover. From here on the feed delivers what is
 		// published: the position now is the newest id a join needs to
 		// replay a room from (Hub.join), until the feed delivers a newer.
-		if now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0); err == nil && now.Reset == "" {
-			h.saw(now.Position)
+		// Read, not taken (see recover), unless Redis has none at all.
+		now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
+		pos := now.Position
+		if err == nil && pos.IsZero() {
+			pos, err = h.history.Position(ctx)
+		}
+		if err == nil {
+			h.saw(pos)
 		}
 		return
 	}

@@ -57,13 +57,13 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 	// Subscriptions were confirmed before pos was taken: whatever follows
 	// pos arrives live. A room joined before pos was taken (published
 	// before it: the barrier saw to that) is read from its join, and the
-	// stream starts there, so that its ids only grow.
+	// stream starts there, every channel with it: its ready id says it has
+	// everything up to there, as a resume from it would read.
 	first, err := h.begin(ctx, s, true)
 	if err != nil {
 		return h.redisFailed(ctx, s, "no position from redis, or subscriptions not confirmed", err)
 	}
-	pos, rooms := first.bound, s.rooms()
-	start := pos
+	start, rooms := first.bound, s.rooms()
 	for _, b := range first.st.base {
 		if !b.IsZero() && b.Before(start) {
 			start = b
@@ -76,8 +76,8 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 	if err := out.write(frames); err != nil {
 		return s.writeFailed(ctx)
 	}
-	s.startAt(pos, start)
-	first.st.from, first.st.floor = pos, start
+	s.startAt(start)
+	first.st.from, first.st.floor = start, start
 	return h.catchUpFrom(ctx, s, out, first)
 }
 

@@ -282,6 +282,13 @@ func (s *sim) run() simResult {
 	for _, u := range simUsers {
 		s.login(u)
 	}
+	synctest.Wait() // the feed waits for its first message
+	// Connected for the first time: the feed runs Recover then too.
+	s.mu.Lock()
+	s.feedIdle = false
+	s.mu.Unlock()
+	first := simWith(s.ctx, "feed")
+	s.feed <- func() { s.h.Recover(first) }
 	synctest.Wait()
 	steps := 0
 	for ; steps < simMaxSteps; steps++ {
@@ -1038,7 +1045,7 @@ func (s *sim) mayHave(rec *simStream, e *simEvent) string {
 		return fmt.Sprintf("published after the hub took the stream out of the room (last seen in it at tick %d)", last)
 	}
 	// A basis for the membership, with its grant.
-	if slices.Contains(rec.spec.Rooms, room) && (rec.spec.Resume == "" || simAfterGrant(e.id, rec.spec.Granted[room]) || !e.durable) {
+	if slices.Contains(rec.spec.Rooms, room) && (simAfterGrant(e.id, rec.spec.Granted[room]) || !e.durable) {
 		return ""
 	}
 	for _, j := range rec.joins {
@@ -1124,7 +1131,7 @@ func (s *sim) mustHave(rec *simStream, e *simEvent, start, reset wire.Cursor) st
 		return ""
 	}
 	if slices.Contains(rec.spec.Rooms, room) && simAfter(e.id, start) && s.removal(rec, room, rec.readTick) == simNever &&
-		(rec.spec.Resume == "" || simAfterGrant(e.id, rec.spec.Granted[room])) {
+		simAfterGrant(e.id, rec.spec.Granted[room]) {
 		return "a room of its opening, after its start " + start.String() + ", never removed since"
 	}
 	for _, j := range rec.joins {

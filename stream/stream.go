@@ -163,6 +163,13 @@ func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
 		if !s.last.Before(cursor) {
 			return true // replayed already
 		}
+		if !s.last.IsZero() && s.last.Epoch != cursor.Epoch {
+			// Redis lost its data between the two: a stream moves to a
+			// new epoch only by a reset or a replay (which read the new
+			// epoch's history), never by a live event, and an event of
+			// the epoch it left is one Redis no longer has.
+			return true
+		}
 		s.last = s.last.Max(cursor) // cursor itself, but per partition in cluster mode
 	}
 	if len(s.queue) >= s.hub.opts.QueueEvents || s.queued+len(frame) > s.hub.opts.QueueBytes {
@@ -319,17 +326,15 @@ func (s *Stream) passed(pos wire.Cursor, gen uint64, read []string) {
 	}
 }
 
-// startAt sets the stream's id to first, where a new stream starts, and
-// has its channels read after pos: nothing before pos is owed on them, and
-// what follows arrives live. first is before pos when a room was joined
-// before pos was taken: its events from the join are read after first.
-func (s *Stream) startAt(pos, first wire.Cursor) {
+// startAt sets the stream's id to pos, where a new stream starts: nothing
+// before it is owed, and what follows arrives live or is read.
+func (s *Stream) startAt(pos wire.Cursor) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c := s.catching; c != nil {
-		c.from, c.floor = pos, first
+		c.from, c.floor = pos, pos
 	}
-	s.last = first
+	s.last = pos
 }
 
 // goLive ends a catch-up whose replay reached pos, unless a channel was
