@@ -39,24 +39,33 @@ func (h *Hub) Ticket() Ticket {
 // controlLog is a ring of the latest control messages. Guarded by Hub.mu.
 type controlLog struct {
 	seq  uint64 // of the newest message
-	ring [controlLogSize]wire.Control
+	ring [controlLogSize]control
 }
 
-func (l *controlLog) add(c wire.Control) {
+// control is a control message as the feed delivered it, with the newest
+// durable id the feed had delivered before it: a join applied later (to a
+// stream Open is still attaching) replays its room from there, not from
+// what the feed delivered after the join.
+type control struct {
+	wire.Control
+	seen wire.Cursor
+}
+
+func (l *controlLog) add(c control) {
 	l.seq++
 	l.ring[l.seq%controlLogSize] = c
 }
 
 // since returns the messages for user after t, and false if some of them
 // are no longer in the ring.
-func (l *controlLog) since(t Ticket, user string) ([]wire.Control, bool) {
+func (l *controlLog) since(t Ticket, user string) ([]control, bool) {
 	if !t.set {
 		return nil, true
 	}
 	if l.seq-t.seq >= controlLogSize {
 		return nil, false
 	}
-	var out []wire.Control
+	var out []control
 	for seq := t.seq + 1; seq <= l.seq; seq++ {
 		if c := l.ring[seq%controlLogSize]; c.User == user {
 			out = append(out, c)
@@ -70,7 +79,8 @@ func (l *controlLog) since(t Ticket, user string) ([]wire.Control, bool) {
 // subscription is confirmed by the stream's own writer), so no message is
 // queued, dropped or held behind another. Streams still being opened get it
 // when Open has attached them.
-func (h *Hub) control(c wire.Control) {
+func (h *Hub) control(m wire.Control) {
+	c := control{Control: m, seen: *h.seen.Load()}
 	h.mu.Lock()
 	h.controls.add(c)
 	var now []*Stream
@@ -88,12 +98,12 @@ func (h *Hub) control(c wire.Control) {
 	}
 }
 
-func (h *Hub) apply(s *Stream, c wire.Control) {
+func (h *Hub) apply(s *Stream, c control) {
 	switch c.Op {
 	case wire.OpLogout:
 		s.finish(ReasonLogout, logoutFrame)
 	case wire.OpJoin:
-		h.join(s, wire.RoomChannel(c.Room), c.Since)
+		h.join(s, wire.RoomChannel(c.Room), c.Since, c.seen)
 	case wire.OpLeave:
 		h.leave(s, wire.RoomChannel(c.Room))
 	}
@@ -103,12 +113,12 @@ func (h *Hub) apply(s *Stream, c wire.Control) {
 // join on must reach the stream, durable events included, even those
 // published before Redis has the subscription in force: so the stream
 // holds live events and its writer, once the subscription is confirmed,
-// replays the channel from the newest id the feed had delivered when the
-// join was applied, then lets live events flow again. grant, if set, is
+// replays the channel from since, the newest id the feed had delivered
+// before the join, then lets live events flow again. grant, if set, is
 // the position the room was granted at: the feed may not have delivered
 // that far (it only sees the channels it subscribes to), and the replay
 // reads nothing of the room from before it.
-func (h *Hub) join(s *Stream, channel, grant string) {
+func (h *Hub) join(s *Stream, channel, grant string, since wire.Cursor) {
 	if s.has(channel) {
 		return
 	}
@@ -119,7 +129,7 @@ func (h *Hub) join(s *Stream, channel, grant string) {
 	// Holding first, so that no live event of the channel is queued before
 	// its replay; attached last, so that no pass of catch-up takes the
 	// channel's subscription as confirmed before it was written.
-	s.rewind(channel, *h.seen.Load(), grant)
+	s.rewind(channel, since, grant)
 	if err := h.attach(s, channel); err != nil {
 		// The feed resubscribes once Redis is back; meanwhile the writer's
 		// Sync fails and ends the stream, to resume from its own id.

@@ -106,7 +106,7 @@ type Hub struct {
 	sessions map[string][]*Stream
 	// pending holds control messages for streams Open is still attaching:
 	// here, not in the stream, since few streams ever have one.
-	pending  map[*Stream][]wire.Control
+	pending  map[*Stream][]control
 	open     int
 	stopping bool
 	controls controlLog
@@ -143,7 +143,7 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 		limited:     ratelog.Logger{Log: log, Limit: ratelog.New(time.Minute, nil)},
 		users:       make(map[string][]*Stream),
 		sessions:    make(map[string][]*Stream),
-		pending:     make(map[*Stream][]wire.Control),
+		pending:     make(map[*Stream][]control),
 		resumes:     newResumeLimit(opts.MaxResumesPerUser, max(opts.MaxStreams, 1)),
 		replaySlots: make(chan struct{}, max(1, opts.ReplayInflightBytes/replayPageBytes)),
 		recheckNow:  make(chan struct{}, 1),
