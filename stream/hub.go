@@ -439,6 +439,22 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 		return err
 	}
 	until := now.Position
+	switch {
+	case now.Reset != "":
+		h.resetAll(until, now.Reset)
+		return nil
+	case until.Epoch != from.Epoch:
+		// Redis lost its data: no channel's history says so (the look-up
+		// would find the new epoch's events, or none).
+		h.resetAll(until, wire.ResetEpoch)
+		return nil
+	case until.Before(from):
+		// Redis came back behind what the feed delivered (a restart from
+		// an older snapshot, a replica that missed writes): the ids after
+		// its position will be given out again.
+		h.resetAll(until, wire.ResetFuture)
+		return nil
+	}
 	// Only the channels that had events read in pages: an instance may
 	// have a hundred thousand channels, and a gap touches few.
 	channels, err := h.history.Active(ctx, h.allChannels(), from)
@@ -456,14 +472,7 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 			return err
 		}
 		if page.Reset != "" {
-			h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", page.Reset)
-			reset := h.resetFrame(page.Position, page.Reset)
-			for _, s := range h.all() {
-				if !s.offerReset(reset, page.Position) {
-					h.endSlow(s)
-				}
-			}
-			h.saw(page.Position)
+			h.resetAll(page.Position, page.Reset)
 			return nil
 		}
 		for _, ev := range page.Events {
@@ -482,6 +491,19 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 	h.metrics.Recovered.Add(float64(events))
 	h.log.Info("durable events published while Redis was away were delivered", "events", events)
 	return nil
+}
+
+// resetAll tells every stream that durable events were lost while Redis
+// was away, and moves its id (and the feed's) to pos.
+func (h *Hub) resetAll(pos wire.Cursor, reason string) {
+	h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", reason)
+	reset := h.resetFrame(pos, reason)
+	for _, s := range h.all() {
+		if !s.offerReset(reset, pos) {
+			h.endSlow(s)
+		}
+	}
+	h.seen.Store(&pos) // saw would keep a newer id of the epoch lost
 }
 
 func (h *Hub) drop(channel string, err error) {
