@@ -59,11 +59,16 @@ var ErrPartitions = errors.New("CLUSTER_PARTITIONS differs from the deployment's
 // makes the ids (docs/CLUSTER.md). It serves the hub as both its
 // Subscriber and its History.
 //
-// Exactness rests on one lock: mu is held while an event's id is taken
-// from the vector and while the hub fans the event out (deliver), so the
-// ids every stream gets grow in every partition, and a stream that gets an
-// id saying partition q is at x has got, or had replayed, every event of
-// its channels in q up to x.
+// Exactness rests on one lock: mu is held while a durable event's id is
+// taken from the vector and while the hub fans the event out (deliver),
+// so the ids every stream gets grow in every partition, and a stream that
+// gets an id saying partition q is at x has got, or had replayed, every
+// event of its channels in q up to x. Control messages are delivered
+// under it too (a join reads the newest id delivered); live events are
+// not (they have no id). Nothing holds mu, or a partition's own lock,
+// while it waits for Redis: the hub subscribes from inside deliver (a
+// join), so a Subscribe only queues its command for the partition's
+// writer (partFeed.enqueueLocked), and every command has a deadline.
 type Cluster struct {
 	cc        *redis.ClusterClient
 	prefix    string
@@ -113,7 +118,9 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 		// so it is always to the partition's master, and pings on it are
 		// answered in order with the partition's messages.
 		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int)}
-		f.init(cc.SSubscribe(context.Background(), c.tagOf(k)))
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		f.init(cc.SSubscribe(ctx, c.tagOf(k)))
+		cancel()
 		c.feeds = append(c.feeds, f)
 	}
 	c.tag = c.digest()
@@ -594,6 +601,8 @@ func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope
 // time) on, so an idle stream's id never grows older than the retention.
 func (c *Cluster) Mark(ctx context.Context, channel string) error {
 	_, _, _, hist, _, shard := c.keys(channel)
+	ctx, cancel := context.WithTimeout(ctx, configTimeout)
+	defer cancel()
 	err := c.publish.Run(ctx, c.cc, []string{hist}, shard, "", c.parts).Err()
 	if err != nil {
 		return fmt.Errorf("mark on %s: %w", channel, err)

@@ -26,8 +26,80 @@ type partFeed struct {
 	// reply has not come: a reply beyond them is the server's own (the
 	// slot moved away).
 	unsubscribing map[string]int
+
+	// The writer's queue (enqueueLocked), guarded by mu: every command
+	// written on ps after the connection's first goes through it.
+	queue   []pubsubOp
+	writing bool   // a goroutine writes the queue
+	gen     uint64 // incremented by every redial
 }
 
+// writeTimeout bounds each command a partition writes on its pub/sub
+// connection, the dial and HELLO of a new connection included: a master
+// that accepts TCP but answers nothing must not hold a write for longer.
+const writeTimeout = 3 * time.Second
+
+// pubsubOp is a command to write on a partition's pub/sub connection. gen
+// is the connection it was meant for: one queued before a redial is stale
+// (the redial subscribes every channel itself, and a ping written on the
+// new connection before that would confirm subscriptions not in force).
+type pubsubOp struct {
+	gen   uint64
+	run   func(ctx context.Context, ps *redis.PubSub)
+	stale func() // nil: nothing to tell
+}
+
+// enqueue queues op for the partition's writer, which writes the queue in
+// order, each command with its own deadline, on a goroutine of its own
+// (started when there is work, ended when there is none): no caller
+// waits for Redis, and none holds a lock while Redis is written to.
+// Guarded by mu.
+func (f *partFeed) enqueueLocked(op pubsubOp) {
+	f.queue = append(f.queue, op)
+	if !f.writing {
+		f.writing = true
+		go f.write()
+	}
+}
+
+func (f *partFeed) write() {
+	for {
+		f.mu.Lock()
+		if len(f.queue) == 0 {
+			f.writing = false
+			f.mu.Unlock()
+			return
+		}
+		op := f.queue[0]
+		f.queue[0] = pubsubOp{}
+		f.queue = f.queue[1:]
+		ps, current := f.ps, op.gen == f.gen
+		f.mu.Unlock()
+		if !current {
+			if op.stale != nil {
+				op.stale()
+			}
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		op.run(ctx, ps)
+		cancel()
+	}
+}
+
+// tell gives a ping's waiter err, unless it has had its answer (a release
+// may have come between the write and its failure).
+func tell(done chan error, err error) {
+	select {
+	case done <- err:
+	default:
+	}
+}
+
+// subscribe adds name to the partition's channels and queues its
+// SSUBSCRIBE: it writes nothing itself, so the hub may call it while it
+// fans out (a join), whatever state the partition's master is in. Sync
+// confirms it.
 func (f *partFeed) subscribe(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -35,15 +107,20 @@ func (f *partFeed) subscribe(name string) error {
 		f.channels[name] = struct{}{}
 		f.c.metrics.Channels.Inc()
 	}
-	err := f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
-	if err != nil {
-		// go-redis resubscribed inside the failed call without name:
-		// once more (see Feed.Subscribe).
-		err = f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
-	}
-	return err
+	full := f.c.tagOf(f.k) + name
+	f.enqueueLocked(pubsubOp{gen: f.gen, run: func(ctx context.Context, ps *redis.PubSub) {
+		if err := ps.SSubscribe(ctx, full); err != nil {
+			// go-redis resubscribed inside the failed call without name:
+			// once more (see Feed.Subscribe). Still failing, the
+			// connection is lost, and the redial subscribes everything.
+			_ = ps.SSubscribe(ctx, full)
+		}
+	}})
+	return nil
 }
 
+// unsubscribe drops name from the partition's channels and queues its
+// SUNSUBSCRIBE, writing nothing itself (as subscribe).
 func (f *partFeed) unsubscribe(name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -51,9 +128,34 @@ func (f *partFeed) unsubscribe(name string) {
 		delete(f.channels, name)
 		f.c.metrics.Channels.Dec()
 	}
-	if f.ps.SUnsubscribe(context.Background(), f.c.tagOf(f.k)+name) == nil {
+	full := f.c.tagOf(f.k) + name
+	f.enqueueLocked(pubsubOp{gen: f.gen, run: func(ctx context.Context, ps *redis.PubSub) {
+		// Counted before the write, under mu as wants reads it: the reply
+		// may be read before this goroutine runs again. A lost connection
+		// clears the counts.
+		f.mu.Lock()
 		f.unsubscribing[name]++
-	}
+		f.mu.Unlock()
+		_ = ps.SUnsubscribe(ctx, full)
+	}})
+}
+
+// ping queues a barrier PING behind every command queued before it: the
+// returned channel gets nil once Redis has answered them all, or an error
+// if the connection is lost (or made again) first.
+func (f *partFeed) ping(context.Context) (<-chan error, error) {
+	done := make(chan error, 1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.enqueueLocked(pubsubOp{gen: f.gen,
+		run: func(ctx context.Context, ps *redis.PubSub) {
+			if err := f.barrier.sendOn(ctx, ps, done); err != nil {
+				tell(done, err)
+			}
+		},
+		stale: func() { tell(done, ErrFeedLost) },
+	})
+	return done, nil
 }
 
 // wants reports whether the partition must be subscribed to a shard
@@ -139,7 +241,10 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 			return strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "CLUSTERDOWN")
 		},
 		up: func(ctx context.Context) {
-			if err := c.configure(ctx, f.k); err != nil && ctx.Err() == nil {
+			cctx, cancel := context.WithTimeout(ctx, configTimeout)
+			err := c.configure(cctx, f.k)
+			cancel()
+			if err != nil && ctx.Err() == nil {
 				c.log.Warn("partition config not written", "partition", f.k, "err", err)
 			}
 			recovered := 0
@@ -165,6 +270,8 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 			}
 		},
 		readMarker: func(ctx context.Context) (string, error) {
+			ctx, cancel := context.WithTimeout(ctx, configTimeout)
+			defer cancel()
 			return c.cc.HGet(ctx, c.tagOf(f.k)+"config", "marker").Result()
 		},
 	})
@@ -174,10 +281,23 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 // event's partition at the event's position, and delivers it, under mu.
 // A durable event at or before what the partition delivered already (one
 // that a gap recovery delivered) is dropped.
+//
+// A live event (no id) takes no lock: it orders nothing across
+// partitions, and a stream's live events of one channel come in order
+// from the one goroutine of its partition. A control message does: a
+// join reads the newest id delivered (its replay's start), which must
+// not move under it.
 func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
+	if err != nil || !m.Durable() && channel != wire.ControlChannel {
+		c.mu.Lock()
+		deliver := c.deliver
+		c.mu.Unlock()
+		deliver(channel, m, err)
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err == nil && m.Durable() {
+	if m.Durable() {
 		n := m.Cursor.MS // the frame's "<epoch>:<n>-<ms>"
 		switch {
 		case m.Cursor.Epoch != c.epochs[k]:
@@ -198,8 +318,13 @@ func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
 	c.deliver(channel, m, err)
 }
 
-// recoverPatience bounds how long a partition's gap recovery retries.
-const recoverPatience = 15 * time.Second
+// recoverPatience bounds how long a partition's gap recovery retries;
+// recoverTimeout one try, configTimeout writing a partition's config.
+const (
+	recoverPatience = 15 * time.Second
+	recoverTimeout  = 10 * time.Second
+	configTimeout   = 5 * time.Second
+)
 
 // recover delivers the durable events partition k's channels had while
 // its connection was down, from the position the instance had delivered
@@ -214,7 +339,9 @@ func (c *Cluster) recover(ctx context.Context, f *partFeed) (events int) {
 	b := newBackoff(100*time.Millisecond, time.Second)
 	for {
 		var n int
-		n, err = c.recoverOnce(ctx, f)
+		rctx, cancel := context.WithTimeout(ctx, recoverTimeout)
+		n, err = c.recoverOnce(rctx, f)
+		cancel()
 		events += n // a failed try may have delivered pages: the next goes on after them
 		if err == nil || ctx.Err() != nil {
 			return events
@@ -301,19 +428,27 @@ func (c *Cluster) retryAll() {
 
 // redial replaces the connection with a new one, subscribed to every
 // channel of the partition, to the slot's master as the cluster has it.
+// It writes nothing itself: the new connection's SSUBSCRIBE is queued
+// first for the writer, and the old one is closed on a goroutine of its
+// own (a Close waits for a command under way on it, up to its deadline).
 func (f *partFeed) redial(ctx context.Context) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_ = f.ps.Close()
+	old := f.ps
+	go func() { _ = old.Close() }()
 	clear(f.unsubscribing)
 	// A ping written since the loss (between it and this redial) went on
 	// the connection closed here, whose replies nobody reads any more:
 	// its waiter learns now, or a Position waits for it until it times out.
+	// Pings queued and not written yet are stale by the new generation.
 	f.barrier.releaseAll(ErrFeedLost)
-	f.ps = f.c.cc.SSubscribe(ctx)
+	f.gen++
+	f.ps = f.c.cc.SSubscribe(context.WithoutCancel(ctx)) // no channel: no I/O
 	channels := []string{f.c.tagOf(f.k)}
 	for n := range f.channels {
 		channels = append(channels, f.c.tagOf(f.k)+n)
 	}
-	_ = f.ps.SSubscribe(ctx, channels...)
+	f.enqueueLocked(pubsubOp{gen: f.gen, run: func(ctx context.Context, ps *redis.PubSub) {
+		_ = ps.SSubscribe(ctx, channels...)
+	}})
 }
