@@ -309,9 +309,12 @@ func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
 			c.epochs[k], c.pos[k] = m.Cursor.Epoch, n
 			c.tag = c.digest()
 		case n <= c.pos[k]:
+			// Delivered already (by a gap recovery), or, of an earlier
+			// term, written by a master that has since lost the slot:
+			// positions are never given out twice.
 			return
 		default:
-			c.pos[k] = n
+			c.moveLocked(k, n)
 		}
 		m.Cursor = wire.VectorCursor(c.stampLocked(k))
 	}
@@ -357,7 +360,7 @@ func (c *Cluster) recover(ctx context.Context, f *partFeed) (events int) {
 
 func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err error) {
 	k := f.k
-	epoch, upTo, err := c.readPosition(ctx, k)
+	epoch, upTo, _, err := c.readPosition(ctx, k)
 	if err != nil {
 		return 0, err
 	}
@@ -370,6 +373,20 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 			c.log.Warn("a partition lost its data while its connection was down: streams told to reconnect", "partition", k)
 			c.retryAll()
 		}
+		return 0, nil
+	}
+	if upTo < from {
+		// The partition's position went back within its term: its node
+		// has lost writes without a new writer taking over (data restored
+		// from an older copy), and will give out positions the instance
+		// delivered again. As one Redis does when its position is behind
+		// the feed's: the instance takes the partition's position, and
+		// its streams start again, each resuming by its own id, which is
+		// reset ("foreign") if it is past the partition's position.
+		c.pos[k] = upTo
+		c.mu.Unlock()
+		c.log.Warn("a partition's position went back while its connection was down (its node lost writes): streams told to reconnect", "partition", k)
+		c.retryAll()
 		return 0, nil
 	}
 	c.mu.Unlock()
@@ -396,7 +413,7 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 			if e.n <= c.pos[k] {
 				continue
 			}
-			c.pos[k] = e.n
+			c.moveLocked(k, e.n)
 			c.deliver(e.channel, wire.Message{Cursor: wire.VectorCursor(c.stampLocked(k)), Body: []byte(e.env)}, nil)
 			events++
 		}
