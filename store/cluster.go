@@ -134,12 +134,23 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 		// answered in order with the partition's messages.
 		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int)}
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		f.addr = c.masterOf(ctx, k)
 		f.init(cc.SSubscribe(ctx, c.tagOf(k)))
 		cancel()
 		c.feeds = append(c.feeds, f)
 	}
 	c.tag = c.digest()
 	return c
+}
+
+// masterOf is the address of partition k's master as the slot map has
+// it, "" if unknown.
+func (c *Cluster) masterOf(ctx context.Context, k int) string {
+	node, err := c.cc.MasterForKey(ctx, c.tagOf(k)+"cursor")
+	if err != nil {
+		return ""
+	}
+	return node.Options().Addr
 }
 
 // Partitions is the number of partitions (CLUSTER_PARTITIONS).

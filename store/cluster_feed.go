@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +33,8 @@ type partFeed struct {
 	// written on ps after the connection's first goes through it.
 	queue   []pubsubOp
 	writing bool   // a goroutine writes the queue
+	dialing bool   // a redial is making the new connection: the queue waits
+	addr    string // the master the connection was dialled to, as the slot map had it
 	gen     uint64 // incremented by every redial
 }
 
@@ -56,7 +60,7 @@ type pubsubOp struct {
 // Guarded by mu.
 func (f *partFeed) enqueueLocked(op pubsubOp) {
 	f.queue = append(f.queue, op)
-	if !f.writing {
+	if !f.writing && !f.dialing {
 		f.writing = true
 		go f.write()
 	}
@@ -65,7 +69,9 @@ func (f *partFeed) enqueueLocked(op pubsubOp) {
 func (f *partFeed) write() {
 	for {
 		f.mu.Lock()
-		if len(f.queue) == 0 {
+		if len(f.queue) == 0 || f.dialing {
+			// Empty, or held until a redial has the new connection in
+			// place (it starts the writer again).
 			f.writing = false
 			f.mu.Unlock()
 			return
@@ -265,7 +271,7 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 				f.connected.Store(false)
 				c.metrics.Reconnects.Inc()
 				f.barrier.releaseAll(ErrFeedLost)
-				c.cc.ReloadState(ctx)
+				f.awaitMove(ctx)
 				f.redial(ctx)
 			}
 		},
@@ -383,9 +389,17 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 		// the feed's: the instance takes the partition's position, and
 		// its streams start again, each resuming by its own id, which is
 		// reset ("foreign") if it is past the partition's position.
+		// The writer is forgotten, so that the partition's next position
+		// starts a new term: the positions past upTo the instance
+		// delivered are never given out again, and ids naming them are
+		// told from later ones (Read resets them) however much is
+		// published before they resume.
 		c.pos[k] = upTo
 		c.mu.Unlock()
 		c.log.Warn("a partition's position went back while its connection was down (its node lost writes): streams told to reconnect", "partition", k)
+		if err := forgetWriter.Run(ctx, c.cc, []string{c.tagOf(k) + "cursor"}, strconv.FormatUint(upTo, 10)).Err(); err != nil && !errors.Is(err, redis.Nil) {
+			c.log.Warn("a partition's position went back; could not start a new term", "partition", k, "err", err)
+		}
 		c.retryAll()
 		return 0, nil
 	}
@@ -434,6 +448,16 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 	return events, nil
 }
 
+// forgetWriter clears the writer of a partition's cursor (KEYS[1]) if it
+// is still at position ARGV[1]: the next script to take or read a position
+// starts a new term, as on a new writer.
+var forgetWriter = redis.NewScript(`local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local epoch, p, writer, ends = string.match(v, '^(%w+):(%d+):(%x*):([%d=,]*)$')
+if not epoch or p ~= ARGV[1] then return false end
+redis.call('SET', KEYS[1], epoch .. ':' .. p .. '::' .. ends)
+return 1`)
+
 func (c *Cluster) retryAll() {
 	c.mu.Lock()
 	retry := c.retry
@@ -443,16 +467,45 @@ func (c *Cluster) retryAll() {
 	}
 }
 
+// moveTimeout bounds how long a partition whose node gave its slot up
+// waits for the slot map to name another master.
+const moveTimeout = 3 * time.Second
+
+// awaitMove has go-redis read the slot map again until it names another
+// master for the partition's slot than the node the connection was on,
+// which has just given the slot up (its sunsubscribe), or for up to
+// moveTimeout. Dialled by the map as it was, the connection would go back
+// to that node, which, made a replica of the slot's new master (a
+// takeover), accepts the subscription, but is sent the master's messages
+// only once the master knows it as its replica: messages published
+// meanwhile never arrive, and the gap recovery has already run.
+func (f *partFeed) awaitMove(ctx context.Context) {
+	f.mu.Lock()
+	was := f.addr
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, moveTimeout)
+	defer cancel()
+	for {
+		f.c.cc.ReloadState(ctx)
+		if !sleep(ctx, 50*time.Millisecond) {
+			return
+		}
+		if node, err := f.c.cc.MasterForKey(ctx, f.c.tagOf(f.k)+"cursor"); err == nil && node.Options().Addr != was {
+			return
+		}
+	}
+}
+
 // redial replaces the connection with a new one, subscribed to every
 // channel of the partition, to the slot's master as the cluster has it.
-// It writes nothing itself: the new connection's SSUBSCRIBE is queued
-// first for the writer, and the old one is closed on a goroutine of its
-// own (a Close waits for a command under way on it, up to its deadline).
+// It runs on the partition's receive goroutine, which reads nothing
+// meanwhile, and dials with a deadline and without holding mu (a join
+// queues its command meanwhile; the writer holds the queue until the new
+// connection is in place). The new connection is dialled with its
+// channels: go-redis sends a PubSub without any to a random node.
 func (f *partFeed) redial(ctx context.Context) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	old := f.ps
-	go func() { _ = old.Close() }()
 	clear(f.unsubscribing)
 	// A ping written since the loss (between it and this redial) went on
 	// the connection closed here, whose replies nobody reads any more:
@@ -460,12 +513,31 @@ func (f *partFeed) redial(ctx context.Context) {
 	// Pings queued and not written yet are stale by the new generation.
 	f.barrier.releaseAll(ErrFeedLost)
 	f.gen++
-	f.ps = f.c.cc.SSubscribe(context.WithoutCancel(ctx)) // no channel: no I/O
+	gen := f.gen
+	f.dialing = true
 	channels := []string{f.c.tagOf(f.k)}
 	for n := range f.channels {
 		channels = append(channels, f.c.tagOf(f.k)+n)
 	}
-	f.enqueueLocked(pubsubOp{gen: f.gen, run: func(ctx context.Context, ps *redis.PubSub) {
-		_ = ps.SSubscribe(ctx, channels...)
-	}})
+	f.mu.Unlock()
+	// Closed apart: a Close waits for a command under way on it.
+	go func() { _ = old.Close() }()
+	dctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	addr := f.c.masterOf(dctx, f.k)
+	// On failure the PubSub keeps its channels, and subscribes them all
+	// on the connection it makes when next read.
+	ps := f.c.cc.SSubscribe(dctx, channels...)
+	cancel()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dialing = false
+	if f.gen != gen {
+		go func() { _ = ps.Close() }()
+		return
+	}
+	f.ps, f.addr = ps, addr
+	if len(f.queue) > 0 && !f.writing {
+		f.writing = true
+		go f.write()
+	}
 }

@@ -24,21 +24,25 @@ import (
 // events. Positions say nothing of time: an id carries the time it was
 // made apart, what HISTORY_TTL is checked against.
 //
-//	<tag>.<newest>.<d 0>.<d 1>. … .<d P-1>.<time>   d k = newest - pos k
+//	<tag>.<newest>.<p 0>.<p 1>. … .<p P-1>.<time>
 //
 // tag is a digest of every partition's epoch (a partition that lost its
 // data starts a new epoch, and ids of the old one mean nothing); all
-// numbers are in base 36, each position as its distance from the newest,
-// which is short for partitions in the newest's term. time is the
-// instance's clock in milliseconds when it made the id. An id of the
-// earlier scheme, whose positions were millisecond clocks, has no time
-// part: its newest position stands for it.
+// numbers are in base 36. newest is the newest position; each partition's
+// p k is its distance from newest (newest - pos k) when it is of newest's
+// term, which is short for a partition with recent events, and
+// "<term>-<count>" otherwise (partitions on other nodes are in other
+// terms). time is the instance's clock in milliseconds when it made the
+// id. An id of the earlier scheme, whose positions were millisecond
+// clocks, has no time part and only distances: its newest position stands
+// for its time.
 
 // MaxPartitions bounds CLUSTER_PARTITIONS, and so the size of an id: at
-// most 12 bytes a partition (a position is below 2^53, 11 base-36 digits)
-// and 33 more (tag, newest, time): 3,090 bytes at 256, well under nginx's
-// 8 KB header line, which a Last-Event-ID must fit in (at 1024 it would be
-// over 12 KB). TestVectorIDSize measures it.
+// most 14 bytes a partition ("<term>-<count>": 5 and 7 base-36 digits, a
+// term being below 2^21 and a count below 2^32) and 33 more (tag, newest,
+// time): 3,600 bytes at 256, under nginx's 8 KB header line, which a
+// Last-Event-ID must fit in (at 1024 it would be over 14 KB).
+// TestVectorIDSize measures it.
 const MaxPartitions = 256
 
 // Partition is the partition of a logical channel among n: CRC-32 (IEEE) of
@@ -75,6 +79,9 @@ func (v *Vector) Newest() uint64 {
 	return m
 }
 
+// termBits splits a position into its term (above) and its count.
+const termBits = 32
+
 // String writes v as an SSE id.
 func (v *Vector) String() string {
 	m := v.Newest()
@@ -85,7 +92,13 @@ func (v *Vector) String() string {
 	b.WriteString(strconv.FormatUint(m, 36))
 	for _, p := range v.Pos {
 		b.WriteByte('.')
-		b.WriteString(strconv.FormatUint(m-p, 36))
+		if p>>termBits == m>>termBits {
+			b.WriteString(strconv.FormatUint(m-p, 36))
+		} else {
+			b.WriteString(strconv.FormatUint(p>>termBits, 36))
+			b.WriteByte('-')
+			b.WriteString(strconv.FormatUint(p&(1<<termBits-1), 36))
+		}
 	}
 	b.WriteByte('.')
 	b.WriteString(strconv.FormatUint(v.Time, 36))
@@ -94,9 +107,10 @@ func (v *Vector) String() string {
 
 // ParseVector reads an id that String wrote for a deployment of n
 // partitions. The result has no Own partition. An id of the earlier
-// scheme (no time part: its positions were millisecond clocks) is read
-// with its newest position as its time; its positions still order among
-// the new ones (docs/CLUSTER.md), so a resume from it goes on exactly.
+// scheme (no time part, only distances: its positions were millisecond
+// clocks) is read with its newest position as its time; its positions
+// still order below the new ones (docs/CLUSTER.md), so a resume from it
+// goes on exactly.
 func ParseVector(s string, n int) (Cursor, error) {
 	if n < 1 || n > MaxPartitions || len(s) > 16*(n+3) {
 		return Cursor{}, ErrBadCursor
@@ -105,21 +119,33 @@ func ParseVector(s string, n int) (Cursor, error) {
 	if len(parts) != n+2 && len(parts) != n+3 || parts[0] == "" || len(parts[0]) > 13 || !alnum(parts[0]) {
 		return Cursor{}, ErrBadCursor
 	}
+	current := len(parts) == n+3
 	v := &Vector{Tag: parts[0], Pos: make([]uint64, n), Own: -1}
 	m, err := parse36(parts[1])
 	if err != nil {
 		return Cursor{}, err
 	}
 	v.Time = m
-	if len(parts) == n+3 {
+	if current {
 		if v.Time, err = parse36(parts[n+2]); err != nil {
 			return Cursor{}, err
 		}
 	}
 	newest := false
 	for i, p := range parts[2 : n+2] {
+		if t, c, ok := strings.Cut(p, "-"); ok && current {
+			// Another term than newest's: written whole, and below it.
+			term, err1 := parse36(t)
+			count, err2 := parse36(c)
+			pos := term<<termBits | count
+			if err1 != nil || err2 != nil || count >= 1<<termBits || term >= 1<<(53-termBits) || term == m>>termBits || pos > m {
+				return Cursor{}, ErrBadCursor
+			}
+			v.Pos[i] = pos
+			continue
+		}
 		d, err := parse36(p)
-		if err != nil || d > m {
+		if err != nil || d > m || current && (m-d)>>termBits != m>>termBits {
 			return Cursor{}, ErrBadCursor
 		}
 		v.Pos[i], newest = m-d, newest || d == 0
