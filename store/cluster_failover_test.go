@@ -346,3 +346,92 @@ func TestClusterPositionBackwardsResets(t *testing.T) {
 		t.Errorf("a resume from %s, past the partition's position now, read %d events, reset %q; want reset %q", lastBefore, len(page.Events), page.Reset, wire.ResetFuture)
 	}
 }
+
+// TestClusterEarlierIDsResume: a deployment upgraded from the earlier
+// position scheme (cursors "<epoch>:<n>", n a millisecond clock; ids with
+// no time part): a resume from an id of before the upgrade goes on
+// exactly, with the events after it from before the upgrade and those
+// published since, in order, and no reset.
+func TestClusterEarlierIDsResume(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	ctx := context.Background()
+	const parts = 16
+	const ch = "room:upgraded"
+	k := wire.Partition(ch, parts)
+	n0 := uint64(time.Now().UnixMilli()) - 1000
+	// The earlier scheme's keys: every partition's cursor, and three events
+	// of ch at positions n0-2, n0-1 and n0 of its partition.
+	for j := range parts {
+		tag := "sse:{p" + strconv.Itoa(j) + "}:"
+		if err := cc.Set(ctx, tag+"cursor", fmt.Sprintf("e%d:%d", j, n0), 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tag := "sse:{p" + strconv.Itoa(k) + "}:"
+	for i := range 3 {
+		id := fmt.Sprintf("%d-%d", n0-2+uint64(i), n0)
+		if err := cc.XAdd(ctx, &redis.XAddArgs{Stream: tag + ch + ":history", ID: id, Values: []any{"e", fmt.Sprintf(`{"data":"old/%d"}`, i)}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := newCluster(t, cc, parts, 1000)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		c.Run(rctx, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
+	})
+	defer wg.Wait()
+	defer cancel()
+	now, err := c.Position(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cursor after the upgrade: %s", cc.Get(ctx, tag+"cursor").Val())
+	// An id of the earlier scheme: every partition at n0, ch's one event
+	// short of it (old/2 not received); no time part.
+	old := now.Vector().Tag + "." + strconv.FormatUint(n0, 36)
+	for j := range parts {
+		d := uint64(0)
+		if j == k {
+			d = 1
+		}
+		old += "." + strconv.FormatUint(d, 36)
+	}
+	from, err := c.ParseCursor(old)
+	if err != nil {
+		t.Fatalf("an id of the earlier scheme, %s: %v", old, err)
+	}
+	if _, err := c.Publish(ctx, ch, []byte(`{"data":"new/0"}`)); err != nil {
+		t.Fatal(err)
+	}
+	page, err := c.Read(ctx, []string{ch}, []wire.Cursor{from}, wire.Cursor{}, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range page.Events {
+		got = append(got, string(e.Envelope))
+	}
+	if want := []string{`{"data":"old/2"}`, `{"data":"new/0"}`}; page.Reset != "" || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("a resume from %s read %v (reset %q), want %v", old, got, page.Reset, want)
+	}
+	// An id of the earlier scheme older than the 2^32 ms before the
+	// upgrade names a term no writer handed on: reset, not skipped.
+	stale := now.Vector().Tag + "." + strconv.FormatUint(n0, 36)
+	for j := range parts {
+		d := uint64(0)
+		if j == k {
+			d = n0 - (n0>>32<<32 - 5)
+		}
+		stale += "." + strconv.FormatUint(d, 36)
+	}
+	if from, err = c.ParseCursor(stale); err != nil {
+		t.Fatal(err)
+	}
+	page, err = c.Read(ctx, []string{ch}, []wire.Cursor{from}, wire.Cursor{}, 1<<20)
+	if err != nil || page.Reset != wire.ResetFuture {
+		t.Errorf("a resume from %s, of a term before the last, read %d events, reset %q (%v); want reset %q", stale, len(page.Events), page.Reset, err, wire.ResetFuture)
+	}
+}
