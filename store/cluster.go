@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -108,7 +109,9 @@ type Cluster struct {
 	pos     []uint64   // per partition: the last position delivered
 	tag     string     // digest of epochs
 	deliver func(channel string, m wire.Message, err error)
-	retry   func() // ends every stream with a retry hint (a partition lost events)
+	// live is deliver, for live events, which take no lock (set by Run).
+	live  atomic.Pointer[func(channel string, m wire.Message, err error)]
+	retry func() // ends every stream with a retry hint (a partition lost events)
 
 	rounds  sync.Mutex     // guards next and running
 	next    *positionRound // the round of Position that callers join; not started

@@ -220,6 +220,7 @@ func (f *partFeed) channelList() []string {
 func (c *Cluster) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(ctx context.Context, recovered int), retry func()) {
 	c.mu.Lock()
 	c.deliver, c.retry = deliver, retry
+	c.live.Store(&deliver)
 	c.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, f := range c.feeds {
@@ -295,10 +296,9 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 // not move under it.
 func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
 	if err != nil || !m.Durable() && channel != wire.ControlChannel {
-		c.mu.Lock()
-		deliver := c.deliver
-		c.mu.Unlock()
-		deliver(channel, m, err)
+		if deliver := c.live.Load(); deliver != nil {
+			(*deliver)(channel, m, err)
+		}
 		return
 	}
 	c.mu.Lock()
