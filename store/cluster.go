@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -28,23 +29,38 @@ import (
 //go:embed cluster_publish.lua
 var ClusterPublishScript string
 
-// cursorScript reads a partition's position after moving it on to the
-// server's clock (in milliseconds) if it is behind, as one Redis's Position
-// takes a new id: the position is a clock, so a vector read now says now,
-// and HISTORY_TTL counts from there. A partition with none (first start,
-// or its node lost its data) gets a new epoch.
-const cursorScript = `local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('GET', KEYS[1])
-local epoch, n
-if v then
-  epoch, n = string.match(v, '^(%w+):(%d+)$')
+// cursorScript reads a partition's cursor, "<epoch>:<position>:<writer>:
+// <ends>" (docs/CLUSTER.md, "Position scheme"), as the publish script
+// would leave it before taking a position: on a node that is not the
+// cursor's writer (a promoted replica, a restarted master, the target of
+// a slot move) it starts a new term first, so that a position read here is
+// one this node will not give out again. A partition with no cursor
+// (first start, or its node lost its data) gets a new epoch.
+const cursorScript = `local v = redis.call('GET', KEYS[1])
+if not v then
+  local t = redis.call('TIME')
+  v = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])) .. ':0::'
+end
+local epoch, p, writer, ends = string.match(v, '^(%w+):(%d+):(%x*):([%d=,]*)$')
+if not epoch then
+  epoch, p = string.match(v, '^(%w+):(%d+)$')
+  writer, ends = '', ''
 end
 if not epoch then
-  epoch, n = string.format('%x%05x', tonumber(t[1]), tonumber(t[2])), 0
+  return redis.error_reply(KEYS[1] .. ' is not a position of ssebridge: ' .. v)
 end
-if tonumber(n) < now then
-  v = epoch .. ':' .. now
+local TERM = 4294967296
+p = tonumber(p)
+local me = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+if writer ~= me then
+  local term = math.floor(p / TERM)
+  local ce = tonumber(string.match(redis.call('CLUSTER', 'INFO'), 'cluster_my_epoch:(%d+)')) or 0
+  local e = {}
+  for x in string.gmatch(ends, '[^,]+') do e[#e + 1] = x end
+  e[#e + 1] = string.format('%d=%d', term, p)
+  while #e > 16 do table.remove(e, 1) end
+  p = math.max(term + 1, math.min(ce, 65535) * 32) * TERM
+  v = string.format('%s:%d:%s:%s', epoch, p, me, table.concat(e, ','))
   redis.call('SET', KEYS[1], v)
 end
 return v`
@@ -59,11 +75,16 @@ var ErrPartitions = errors.New("CLUSTER_PARTITIONS differs from the deployment's
 // makes the ids (docs/CLUSTER.md). It serves the hub as both its
 // Subscriber and its History.
 //
-// Exactness rests on one lock: mu is held while an event's id is taken
-// from the vector and while the hub fans the event out (deliver), so the
-// ids every stream gets grow in every partition, and a stream that gets an
-// id saying partition q is at x has got, or had replayed, every event of
-// its channels in q up to x.
+// Exactness rests on one lock: mu is held while a durable event's id is
+// taken from the vector and while the hub fans the event out (deliver),
+// so the ids every stream gets grow in every partition, and a stream that
+// gets an id saying partition q is at x has got, or had replayed, every
+// event of its channels in q up to x. Control messages are delivered
+// under it too (a join reads the newest id delivered); live events are
+// not (they have no id). Nothing holds mu, or a partition's own lock,
+// while it waits for Redis: the hub subscribes from inside deliver (a
+// join), so a Subscribe only queues its command for the partition's
+// writer (partFeed.enqueueLocked), and every command has a deadline.
 type Cluster struct {
 	cc        *redis.ClusterClient
 	prefix    string
@@ -88,7 +109,9 @@ type Cluster struct {
 	pos     []uint64   // per partition: the last position delivered
 	tag     string     // digest of epochs
 	deliver func(channel string, m wire.Message, err error)
-	retry   func() // ends every stream with a retry hint (a partition lost events)
+	// live is deliver, for live events, which take no lock (set by Run).
+	live  atomic.Pointer[func(channel string, m wire.Message, err error)]
+	retry func() // ends every stream with a retry hint (a partition lost events)
 
 	rounds  sync.Mutex     // guards next and running
 	next    *positionRound // the round of Position that callers join; not started
@@ -113,11 +136,24 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 		// so it is always to the partition's master, and pings on it are
 		// answered in order with the partition's messages.
 		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int)}
-		f.init(cc.SSubscribe(context.Background(), c.tagOf(k)))
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		f.addr = c.masterOf(ctx, k)
+		f.init(cc.SSubscribe(ctx, c.tagOf(k)))
+		cancel()
 		c.feeds = append(c.feeds, f)
 	}
 	c.tag = c.digest()
 	return c
+}
+
+// masterOf is the address of partition k's master as the slot map has
+// it, "" if unknown.
+func (c *Cluster) masterOf(ctx context.Context, k int) string {
+	node, err := c.cc.MasterForKey(ctx, c.tagOf(k)+"cursor")
+	if err != nil {
+		return ""
+	}
+	return node.Options().Addr
 }
 
 // Partitions is the number of partitions (CLUSTER_PARTITIONS).
@@ -212,7 +248,7 @@ func (c *Cluster) configure(ctx context.Context, k int) error {
 		return c.errPartitions(k, v[1])
 	}
 	c.feeds[k].marker.Store(&marker)
-	epoch, n, err := c.readPosition(ctx, k)
+	epoch, n, _, err := c.readPosition(ctx, k)
 	if err != nil {
 		return err
 	}
@@ -224,22 +260,83 @@ func (c *Cluster) configure(ctx context.Context, k int) error {
 	return nil
 }
 
-// readPosition reads partition k's epoch and position.
-func (c *Cluster) readPosition(ctx context.Context, k int) (epoch string, n uint64, err error) {
+// readPosition reads partition k's epoch and position (cursorScript,
+// which starts a new term on a new writer) and where its earlier terms
+// ended.
+func (c *Cluster) readPosition(ctx context.Context, k int) (epoch string, n uint64, ends map[uint64]uint64, err error) {
 	s, err := c.cursor.Run(ctx, c.cc, []string{c.tagOf(k) + "cursor"}).Text()
 	if err != nil {
-		return "", 0, fmt.Errorf("reading partition %d's position: %w", k, err)
+		return "", 0, nil, fmt.Errorf("reading partition %d's position: %w", k, err)
 	}
 	return parsePosition(k, s)
 }
 
-// parsePosition reads a partition's "<epoch>:<n>".
-func parsePosition(k int, s string) (string, uint64, error) {
+// parsePosition reads a partition's cursor, "<epoch>:<n>:<writer>:<ends>"
+// or an earlier version's "<epoch>:<n>" (docs/CLUSTER.md, "Position
+// scheme").
+func parsePosition(k int, s string) (string, uint64, map[uint64]uint64, error) {
 	e, n, ok := wire.ParsePartitionPosition(s)
 	if !ok {
-		return "", 0, fmt.Errorf("partition %d's position %q is not ssebridge's", k, s)
+		return "", 0, nil, fmt.Errorf("partition %d's position %q is not ssebridge's", k, s)
 	}
-	return e, n, nil
+	ends := map[uint64]uint64{}
+	if parts := strings.SplitN(s, ":", 4); len(parts) == 4 {
+		for end := range strings.SplitSeq(parts[3], ",") {
+			t, p, _ := strings.Cut(end, "=")
+			term, err1 := strconv.ParseUint(t, 10, 64)
+			pos, err2 := strconv.ParseUint(p, 10, 64)
+			if err1 == nil && err2 == nil {
+				ends[term] = pos
+			}
+		}
+	}
+	return e, n, ends, nil
+}
+
+// termOf is the term of a position (term*2^32 + count).
+func termOf(pos uint64) uint64 { return pos >> 32 }
+
+// inLineage reports whether pos, a position of partition k at or before
+// now, is one of the partition's history as it stands: in now's term, or
+// at or before where its own term ended as the next writer had it. A
+// position past that end, or of a term the partition's writers never
+// handed on (lost with its writer, or older than the 16 ends kept), names
+// events a failover lost.
+func inLineage(pos, now uint64, ends map[uint64]uint64) bool {
+	if termOf(pos) >= termOf(now) {
+		return true
+	}
+	end, ok := ends[termOf(pos)]
+	return ok && pos <= end
+}
+
+// lost reports, of positions (partition -> position, each in an earlier
+// term than the partition's now), the partitions whose position is not in
+// the partition's history: events a failover lost.
+func (c *Cluster) lost(ctx context.Context, positions map[int]uint64) ([]int, error) {
+	ks := make([]int, 0, len(positions))
+	cmds := make([]*redis.StringCmd, 0, len(positions))
+	_, err := c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for k := range positions {
+			ks = append(ks, k)
+			cmds = append(cmds, p.Get(ctx, c.tagOf(k)+"cursor"))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the partitions' terms: %w", err)
+	}
+	var out []int
+	for i, k := range ks {
+		_, now, ends, err := parsePosition(k, cmds[i].Val())
+		if err != nil {
+			return nil, err
+		}
+		if !inLineage(positions[k], now, ends) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
 }
 
 // AfterGrant is Cluster mode's rule for a room's grant (wire.AfterGrant):
@@ -260,7 +357,7 @@ func (c *Cluster) AfterGrant(after wire.Cursor, channel, grant string) wire.Curs
 	if !current || v.Pos[k] >= n {
 		return after
 	}
-	w := &wire.Vector{Tag: v.Tag, Pos: append([]uint64(nil), v.Pos...), Own: -1}
+	w := &wire.Vector{Tag: v.Tag, Pos: append([]uint64(nil), v.Pos...), Own: -1, Time: v.Time}
 	w.Pos[k] = n
 	return wire.VectorCursor(w)
 }
@@ -270,14 +367,52 @@ func (c *Cluster) adoptLocked(k int, epoch string, n uint64) {
 	if c.epochs[k] != epoch {
 		c.epochs[k], c.pos[k] = epoch, n
 		c.tag = c.digest()
-	} else {
-		c.pos[k] = max(c.pos[k], n)
+	} else if n > c.pos[k] {
+		c.moveLocked(k, n)
+	}
+}
+
+// moveLocked moves partition k on to n, a later position of its epoch.
+// When n is of a later term, the partition has a new writer: whether it
+// has every event the instance delivered of the term before is checked
+// apart (checkLineage), since that reads Redis and mu is held.
+func (c *Cluster) moveLocked(k int, n uint64) {
+	if old := c.pos[k]; termOf(n) > termOf(old) && old > 0 {
+		go c.checkLineage(k, c.epochs[k], old)
+	}
+	c.pos[k] = n
+}
+
+// lineageTimeout bounds checkLineage's read.
+const lineageTimeout = 10 * time.Second
+
+// checkLineage checks that delivered, the last position the instance had
+// delivered of partition k before the partition's term changed, is in the
+// partition's history as the new writer has it. If not, a failover lost
+// events the instance delivered: as one Redis does then, its streams
+// start again, each resuming by its own id, which names lost events only
+// if it had them (and is then reset, Read) and goes on exactly otherwise.
+func (c *Cluster) checkLineage(k int, epoch string, delivered uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), lineageTimeout)
+	defer cancel()
+	lost, err := c.lost(ctx, map[int]uint64{k: delivered})
+	if err != nil {
+		// A resume's own read checks its id (Read): nothing is lost unseen.
+		c.log.Warn("a partition has a new writer; could not check that it has every event delivered", "partition", k, "err", err)
+		return
+	}
+	c.mu.Lock()
+	same := c.epochs[k] == epoch
+	c.mu.Unlock()
+	if len(lost) > 0 && same {
+		c.log.Warn("a partition's new writer does not have every event the instance delivered (a failover lost them): streams told to reconnect", "partition", k)
+		c.retryAll()
 	}
 }
 
 // stampLocked is the instance's vector now.
 func (c *Cluster) stampLocked(own int) *wire.Vector {
-	return &wire.Vector{Tag: c.tag, Pos: append([]uint64(nil), c.pos...), Own: own}
+	return &wire.Vector{Tag: c.tag, Pos: append([]uint64(nil), c.pos...), Own: own, Time: uint64(time.Now().UnixMilli())}
 }
 
 // Subscribe subscribes to channels, each on its partition's connection.
@@ -442,7 +577,7 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 		if err != nil {
 			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
 		}
-		e, n, err := parsePosition(k, s)
+		e, n, _, err := parsePosition(k, s)
 		if err != nil {
 			return wire.Cursor{}, err
 		}
@@ -594,6 +729,8 @@ func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope
 // time) on, so an idle stream's id never grows older than the retention.
 func (c *Cluster) Mark(ctx context.Context, channel string) error {
 	_, _, _, hist, _, shard := c.keys(channel)
+	ctx, cancel := context.WithTimeout(ctx, configTimeout)
+	defer cancel()
 	err := c.publish.Run(ctx, c.cc, []string{hist}, shard, "", c.parts).Err()
 	if err != nil {
 		return fmt.Errorf("mark on %s: %w", channel, err)
@@ -629,6 +766,7 @@ func (c *Cluster) Read(ctx context.Context, channels []string, after []wire.Curs
 		return wire.Page{Position: until}, nil
 	}
 	var start wire.Cursor
+	older := map[int]uint64{} // partition -> a position of an earlier term than until's
 	for i, a := range after {
 		v := a.Vector()
 		k := wire.Partition(channels[i], c.parts)
@@ -637,16 +775,30 @@ func (c *Cluster) Read(ctx context.Context, channels []string, after []wire.Curs
 			return wire.Page{Position: until, Reset: wire.ResetEpoch}, nil
 		case v.Pos[k] > u.Pos[k]:
 			return wire.Page{Position: until, Reset: wire.ResetFuture}, nil
-		case first && v.Newest()+uint64(c.ttl.Milliseconds()) < uint64(time.Now().UnixMilli()):
-			// Positions are the nodes' clocks in milliseconds: an id whose
-			// newest is older than HISTORY_TTL may be missing events that
-			// expired with their channel's history.
+		case first && v.Time+uint64(c.ttl.Milliseconds()) < uint64(time.Now().UnixMilli()):
+			// An id made longer than HISTORY_TTL ago may be missing events
+			// that expired with their channel's history.
 			return wire.Page{Position: until, Reset: wire.ResetTooOld}, nil
+		}
+		if termOf(v.Pos[k]) < termOf(u.Pos[k]) {
+			older[k] = max(older[k], v.Pos[k])
 		}
 		if i == 0 {
 			start = a
 		} else {
 			start = start.Min(a)
+		}
+	}
+	if len(older) > 0 {
+		// The partition has had a new writer since the id: an id past
+		// where its term ended for the new writer names events a failover
+		// lost. As one Redis resets an id past its position ("foreign").
+		lost, err := c.lost(ctx, older)
+		if err != nil {
+			return wire.Page{}, fmt.Errorf("reading history: %w", err)
+		}
+		if len(lost) > 0 {
+			return wire.Page{Position: until, Reset: wire.ResetFuture}, nil
 		}
 	}
 

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -26,8 +28,84 @@ type partFeed struct {
 	// reply has not come: a reply beyond them is the server's own (the
 	// slot moved away).
 	unsubscribing map[string]int
+
+	// The writer's queue (enqueueLocked), guarded by mu: every command
+	// written on ps after the connection's first goes through it.
+	queue   []pubsubOp
+	writing bool   // a goroutine writes the queue
+	dialing bool   // a redial is making the new connection: the queue waits
+	addr    string // the master the connection was dialled to, as the slot map had it
+	gen     uint64 // incremented by every redial
 }
 
+// writeTimeout bounds each command a partition writes on its pub/sub
+// connection, the dial and HELLO of a new connection included: a master
+// that accepts TCP but answers nothing must not hold a write for longer.
+const writeTimeout = 3 * time.Second
+
+// pubsubOp is a command to write on a partition's pub/sub connection. gen
+// is the connection it was meant for: one queued before a redial is stale
+// (the redial subscribes every channel itself, and a ping written on the
+// new connection before that would confirm subscriptions not in force).
+type pubsubOp struct {
+	gen   uint64
+	run   func(ctx context.Context, ps *redis.PubSub)
+	stale func() // nil: nothing to tell
+}
+
+// enqueue queues op for the partition's writer, which writes the queue in
+// order, each command with its own deadline, on a goroutine of its own
+// (started when there is work, ended when there is none): no caller
+// waits for Redis, and none holds a lock while Redis is written to.
+// Guarded by mu.
+func (f *partFeed) enqueueLocked(op pubsubOp) {
+	f.queue = append(f.queue, op)
+	if !f.writing && !f.dialing {
+		f.writing = true
+		go f.write()
+	}
+}
+
+func (f *partFeed) write() {
+	for {
+		f.mu.Lock()
+		if len(f.queue) == 0 || f.dialing {
+			// Empty, or held until a redial has the new connection in
+			// place (it starts the writer again).
+			f.writing = false
+			f.mu.Unlock()
+			return
+		}
+		op := f.queue[0]
+		f.queue[0] = pubsubOp{}
+		f.queue = f.queue[1:]
+		ps, current := f.ps, op.gen == f.gen
+		f.mu.Unlock()
+		if !current {
+			if op.stale != nil {
+				op.stale()
+			}
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+		op.run(ctx, ps)
+		cancel()
+	}
+}
+
+// tell gives a ping's waiter err, unless it has had its answer (a release
+// may have come between the write and its failure).
+func tell(done chan error, err error) {
+	select {
+	case done <- err:
+	default:
+	}
+}
+
+// subscribe adds name to the partition's channels and queues its
+// SSUBSCRIBE: it writes nothing itself, so the hub may call it while it
+// fans out (a join), whatever state the partition's master is in. Sync
+// confirms it.
 func (f *partFeed) subscribe(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -35,15 +113,20 @@ func (f *partFeed) subscribe(name string) error {
 		f.channels[name] = struct{}{}
 		f.c.metrics.Channels.Inc()
 	}
-	err := f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
-	if err != nil {
-		// go-redis resubscribed inside the failed call without name:
-		// once more (see Feed.Subscribe).
-		err = f.ps.SSubscribe(context.Background(), f.c.tagOf(f.k)+name)
-	}
-	return err
+	full := f.c.tagOf(f.k) + name
+	f.enqueueLocked(pubsubOp{gen: f.gen, run: func(ctx context.Context, ps *redis.PubSub) {
+		if err := ps.SSubscribe(ctx, full); err != nil {
+			// go-redis resubscribed inside the failed call without name:
+			// once more (see Feed.Subscribe). Still failing, the
+			// connection is lost, and the redial subscribes everything.
+			_ = ps.SSubscribe(ctx, full)
+		}
+	}})
+	return nil
 }
 
+// unsubscribe drops name from the partition's channels and queues its
+// SUNSUBSCRIBE, writing nothing itself (as subscribe).
 func (f *partFeed) unsubscribe(name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -51,9 +134,34 @@ func (f *partFeed) unsubscribe(name string) {
 		delete(f.channels, name)
 		f.c.metrics.Channels.Dec()
 	}
-	if f.ps.SUnsubscribe(context.Background(), f.c.tagOf(f.k)+name) == nil {
+	full := f.c.tagOf(f.k) + name
+	f.enqueueLocked(pubsubOp{gen: f.gen, run: func(ctx context.Context, ps *redis.PubSub) {
+		// Counted before the write, under mu as wants reads it: the reply
+		// may be read before this goroutine runs again. A lost connection
+		// clears the counts.
+		f.mu.Lock()
 		f.unsubscribing[name]++
-	}
+		f.mu.Unlock()
+		_ = ps.SUnsubscribe(ctx, full)
+	}})
+}
+
+// ping queues a barrier PING behind every command queued before it: the
+// returned channel gets nil once Redis has answered them all, or an error
+// if the connection is lost (or made again) first.
+func (f *partFeed) ping(context.Context) (<-chan error, error) {
+	done := make(chan error, 1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.enqueueLocked(pubsubOp{gen: f.gen,
+		run: func(ctx context.Context, ps *redis.PubSub) {
+			if err := f.barrier.sendOn(ctx, ps, done); err != nil {
+				tell(done, err)
+			}
+		},
+		stale: func() { tell(done, ErrFeedLost) },
+	})
+	return done, nil
 }
 
 // wants reports whether the partition must be subscribed to a shard
@@ -112,6 +220,7 @@ func (f *partFeed) channelList() []string {
 func (c *Cluster) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(ctx context.Context, recovered int), retry func()) {
 	c.mu.Lock()
 	c.deliver, c.retry = deliver, retry
+	c.live.Store(&deliver)
 	c.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, f := range c.feeds {
@@ -139,7 +248,10 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 			return strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "CLUSTERDOWN")
 		},
 		up: func(ctx context.Context) {
-			if err := c.configure(ctx, f.k); err != nil && ctx.Err() == nil {
+			cctx, cancel := context.WithTimeout(ctx, configTimeout)
+			err := c.configure(cctx, f.k)
+			cancel()
+			if err != nil && ctx.Err() == nil {
 				c.log.Warn("partition config not written", "partition", f.k, "err", err)
 			}
 			recovered := 0
@@ -160,11 +272,13 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 				f.connected.Store(false)
 				c.metrics.Reconnects.Inc()
 				f.barrier.releaseAll(ErrFeedLost)
-				c.cc.ReloadState(ctx)
+				f.awaitMove(ctx)
 				f.redial(ctx)
 			}
 		},
 		readMarker: func(ctx context.Context) (string, error) {
+			ctx, cancel := context.WithTimeout(ctx, configTimeout)
+			defer cancel()
 			return c.cc.HGet(ctx, c.tagOf(f.k)+"config", "marker").Result()
 		},
 	})
@@ -174,10 +288,22 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 // event's partition at the event's position, and delivers it, under mu.
 // A durable event at or before what the partition delivered already (one
 // that a gap recovery delivered) is dropped.
+//
+// A live event (no id) takes no lock: it orders nothing across
+// partitions, and a stream's live events of one channel come in order
+// from the one goroutine of its partition. A control message does: a
+// join reads the newest id delivered (its replay's start), which must
+// not move under it.
 func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
+	if err != nil || !m.Durable() && channel != wire.ControlChannel {
+		if deliver := c.live.Load(); deliver != nil {
+			(*deliver)(channel, m, err)
+		}
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err == nil && m.Durable() {
+	if m.Durable() {
 		n := m.Cursor.MS // the frame's "<epoch>:<n>-<ms>"
 		switch {
 		case m.Cursor.Epoch != c.epochs[k]:
@@ -189,17 +315,25 @@ func (c *Cluster) onMessage(k int, channel string, m wire.Message, err error) {
 			c.epochs[k], c.pos[k] = m.Cursor.Epoch, n
 			c.tag = c.digest()
 		case n <= c.pos[k]:
+			// Delivered already (by a gap recovery), or, of an earlier
+			// term, written by a master that has since lost the slot:
+			// positions are never given out twice.
 			return
 		default:
-			c.pos[k] = n
+			c.moveLocked(k, n)
 		}
 		m.Cursor = wire.VectorCursor(c.stampLocked(k))
 	}
 	c.deliver(channel, m, err)
 }
 
-// recoverPatience bounds how long a partition's gap recovery retries.
-const recoverPatience = 15 * time.Second
+// recoverPatience bounds how long a partition's gap recovery retries;
+// recoverTimeout one try, configTimeout writing a partition's config.
+const (
+	recoverPatience = 15 * time.Second
+	recoverTimeout  = 10 * time.Second
+	configTimeout   = 5 * time.Second
+)
 
 // recover delivers the durable events partition k's channels had while
 // its connection was down, from the position the instance had delivered
@@ -214,7 +348,9 @@ func (c *Cluster) recover(ctx context.Context, f *partFeed) (events int) {
 	b := newBackoff(100*time.Millisecond, time.Second)
 	for {
 		var n int
-		n, err = c.recoverOnce(ctx, f)
+		rctx, cancel := context.WithTimeout(ctx, recoverTimeout)
+		n, err = c.recoverOnce(rctx, f)
+		cancel()
 		events += n // a failed try may have delivered pages: the next goes on after them
 		if err == nil || ctx.Err() != nil {
 			return events
@@ -230,7 +366,7 @@ func (c *Cluster) recover(ctx context.Context, f *partFeed) (events int) {
 
 func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err error) {
 	k := f.k
-	epoch, upTo, err := c.readPosition(ctx, k)
+	epoch, upTo, _, err := c.readPosition(ctx, k)
 	if err != nil {
 		return 0, err
 	}
@@ -243,6 +379,28 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 			c.log.Warn("a partition lost its data while its connection was down: streams told to reconnect", "partition", k)
 			c.retryAll()
 		}
+		return 0, nil
+	}
+	if upTo < from {
+		// The partition's position went back within its term: its node
+		// has lost writes without a new writer taking over (data restored
+		// from an older copy), and will give out positions the instance
+		// delivered again. As one Redis does when its position is behind
+		// the feed's: the instance takes the partition's position, and
+		// its streams start again, each resuming by its own id, which is
+		// reset ("foreign") if it is past the partition's position.
+		// The writer is forgotten, so that the partition's next position
+		// starts a new term: the positions past upTo the instance
+		// delivered are never given out again, and ids naming them are
+		// told from later ones (Read resets them) however much is
+		// published before they resume.
+		c.pos[k] = upTo
+		c.mu.Unlock()
+		c.log.Warn("a partition's position went back while its connection was down (its node lost writes): streams told to reconnect", "partition", k)
+		if err := forgetWriter.Run(ctx, c.cc, []string{c.tagOf(k) + "cursor"}, strconv.FormatUint(upTo, 10)).Err(); err != nil && !errors.Is(err, redis.Nil) {
+			c.log.Warn("a partition's position went back; could not start a new term", "partition", k, "err", err)
+		}
+		c.retryAll()
 		return 0, nil
 	}
 	c.mu.Unlock()
@@ -269,7 +427,7 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 			if e.n <= c.pos[k] {
 				continue
 			}
-			c.pos[k] = e.n
+			c.moveLocked(k, e.n)
 			c.deliver(e.channel, wire.Message{Cursor: wire.VectorCursor(c.stampLocked(k)), Body: []byte(e.env)}, nil)
 			events++
 		}
@@ -290,6 +448,16 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 	return events, nil
 }
 
+// forgetWriter clears the writer of a partition's cursor (KEYS[1]) if it
+// is still at position ARGV[1]: the next script to take or read a position
+// starts a new term, as on a new writer.
+var forgetWriter = redis.NewScript(`local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local epoch, p, writer, ends = string.match(v, '^(%w+):(%d+):(%x*):([%d=,]*)$')
+if not epoch or p ~= ARGV[1] then return false end
+redis.call('SET', KEYS[1], epoch .. ':' .. p .. '::' .. ends)
+return 1`)
+
 func (c *Cluster) retryAll() {
 	c.mu.Lock()
 	retry := c.retry
@@ -299,21 +467,77 @@ func (c *Cluster) retryAll() {
 	}
 }
 
+// moveTimeout bounds how long a partition whose node gave its slot up
+// waits for the slot map to name another master.
+const moveTimeout = 3 * time.Second
+
+// awaitMove has go-redis read the slot map again until it names another
+// master for the partition's slot than the node the connection was on,
+// which has just given the slot up (its sunsubscribe), or for up to
+// moveTimeout. Dialled by the map as it was, the connection would go back
+// to that node, which, made a replica of the slot's new master (a
+// takeover), accepts the subscription, but is sent the master's messages
+// only once the master knows it as its replica: messages published
+// meanwhile never arrive, and the gap recovery has already run.
+func (f *partFeed) awaitMove(ctx context.Context) {
+	f.mu.Lock()
+	was := f.addr
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, moveTimeout)
+	defer cancel()
+	for {
+		f.c.cc.ReloadState(ctx)
+		if !sleep(ctx, 50*time.Millisecond) {
+			return
+		}
+		if node, err := f.c.cc.MasterForKey(ctx, f.c.tagOf(f.k)+"cursor"); err == nil && node.Options().Addr != was {
+			return
+		}
+	}
+}
+
 // redial replaces the connection with a new one, subscribed to every
 // channel of the partition, to the slot's master as the cluster has it.
+// It runs on the partition's receive goroutine, which reads nothing
+// meanwhile, and dials with a deadline and without holding mu (a join
+// queues its command meanwhile; the writer holds the queue until the new
+// connection is in place). The new connection is dialled with its
+// channels: go-redis sends a PubSub without any to a random node.
 func (f *partFeed) redial(ctx context.Context) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	_ = f.ps.Close()
+	old := f.ps
 	clear(f.unsubscribing)
 	// A ping written since the loss (between it and this redial) went on
 	// the connection closed here, whose replies nobody reads any more:
 	// its waiter learns now, or a Position waits for it until it times out.
+	// Pings queued and not written yet are stale by the new generation.
 	f.barrier.releaseAll(ErrFeedLost)
-	f.ps = f.c.cc.SSubscribe(ctx)
+	f.gen++
+	gen := f.gen
+	f.dialing = true
 	channels := []string{f.c.tagOf(f.k)}
 	for n := range f.channels {
 		channels = append(channels, f.c.tagOf(f.k)+n)
 	}
-	_ = f.ps.SSubscribe(ctx, channels...)
+	f.mu.Unlock()
+	// Closed apart: a Close waits for a command under way on it.
+	go func() { _ = old.Close() }()
+	dctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	addr := f.c.masterOf(dctx, f.k)
+	// On failure the PubSub keeps its channels, and subscribes them all
+	// on the connection it makes when next read.
+	ps := f.c.cc.SSubscribe(dctx, channels...)
+	cancel()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dialing = false
+	if f.gen != gen {
+		go func() { _ = ps.Close() }()
+		return
+	}
+	f.ps, f.addr = ps, addr
+	if len(f.queue) > 0 && !f.writing {
+		f.writing = true
+		go f.write()
+	}
 }

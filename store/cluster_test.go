@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -149,10 +150,15 @@ func TestClusterPublishReadResume(t *testing.T) {
 func itoa(i int) string { return strconv.Itoa(i) }
 
 // newCluster is a store.Cluster of parts partitions on cc, keeping maxlen
-// events a channel, with its config written into every partition.
+// events a channel, with its config written into every partition. Its log
+// is discarded, or written to stderr with CLUSTER_DEBUG set.
 func newCluster(t *testing.T, cc *redis.ClusterClient, parts, maxlen int) *store.Cluster {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var w io.Writer = io.Discard
+	if os.Getenv("CLUSTER_DEBUG") != "" {
+		w = os.Stderr
+	}
+	log := slog.New(slog.NewTextHandler(w, nil))
 	c := store.NewCluster(cc, "sse:", parts, maxlen, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
 	if err := c.Configure(context.Background()); err != nil {
 		t.Fatal(err)

@@ -75,8 +75,9 @@ type receiveHooks struct {
 func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 	closeConn := func() {
 		c.mu.Lock()
-		_ = c.ps.Close()
+		ps := c.ps
 		c.mu.Unlock()
+		_ = ps.Close() // not under mu: a Close waits for a command under way
 	}
 	stop := context.AfterFunc(ctx, closeConn)
 	defer func() {
@@ -97,7 +98,9 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 		}
 		if isTimeout(err) {
 			if !pingSent {
-				_ = ps.Ping(ctx, "health")
+				pctx, cancel := context.WithTimeout(ctx, h.every)
+				_ = ps.Ping(pctx, "health")
+				cancel()
 				pingSent = true
 				continue
 			}
@@ -198,10 +201,19 @@ type barrier struct {
 // that gets nil when its reply (or any later one) arrives, or an error when
 // the connection is lost first.
 func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan error, error) {
+	done := make(chan error, 1)
+	if err := b.sendOn(ctx, ps, done); err != nil {
+		return nil, err
+	}
+	return done, nil
+}
+
+// sendOn is send with the caller's channel (buffered, one slot), which
+// gets nothing if the write fails.
+func (b *barrier) sendOn(ctx context.Context, ps *redis.PubSub, done chan error) error {
 	b.mu.Lock()
 	b.seq++
 	seq := b.seq
-	done := make(chan error, 1)
 	if b.waiters == nil {
 		b.waiters = make(map[uint64]chan error)
 	}
@@ -211,9 +223,9 @@ func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan error, err
 		b.mu.Lock()
 		delete(b.waiters, seq)
 		b.mu.Unlock()
-		return nil, err
+		return err
 	}
-	return done, nil
+	return nil
 }
 
 func (b *barrier) release(upTo uint64, err error) {

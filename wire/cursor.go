@@ -105,8 +105,9 @@ func ParseEntryID(epoch, id string) (Cursor, error) {
 // CheckGrant reports why s is not a grant position: what the backend read
 // from Redis when it granted a room, "" (no history yet), a single Redis's
 // "<epoch>:<ms>-<n>" (the value of <prefix>cursor) or a Cluster
-// partition's "<epoch>:<n>" (the value of <prefix>{p<k>}:cursor for the
-// room's partition k).
+// partition's cursor (the value of <prefix>{p<k>}:cursor for the room's
+// partition k: "<epoch>:<n>:<writer>:<ends>", or "<epoch>:<n>" of earlier
+// versions).
 func CheckGrant(s string) error {
 	if s == "" {
 		return nil
@@ -117,12 +118,21 @@ func CheckGrant(s string) error {
 	if _, _, ok := ParsePartitionPosition(s); ok {
 		return nil
 	}
-	return errors.New("not a position read from Redis (want \"<epoch>:<ms>-<n>\", \"<epoch>:<n>\" or \"\")")
+	return errors.New("not a position read from Redis (want \"<epoch>:<ms>-<n>\", a Cluster partition's \"<epoch>:<n>:<writer>:<ends>\" or \"<epoch>:<n>\", or \"\")")
 }
 
-// ParsePartitionPosition reads a Cluster partition's "<epoch>:<n>".
+// ParsePartitionPosition reads a Cluster partition's cursor,
+// "<epoch>:<n>:<writer>:<ends>" (docs/CLUSTER.md, "Position scheme"), or
+// an earlier version's "<epoch>:<n>": its epoch and position.
 func ParsePartitionPosition(s string) (epoch string, n uint64, ok bool) {
 	epoch, num, ok := strings.Cut(s, ":")
+	if num, rest, long := strings.Cut(num, ":"); long {
+		writer, ends, ok := strings.Cut(rest, ":")
+		if !ok || len(writer) > 40 || len(ends) > 16*40 || strings.Trim(writer, "0123456789abcdef") != "" || strings.Trim(ends, "0123456789=,") != "" {
+			return "", 0, false
+		}
+		return ParsePartitionPosition(epoch + ":" + num)
+	}
 	if !ok || epoch == "" || len(epoch) > 32 || !alnum(epoch) || num == "" || len(num) > 16 {
 		return "", 0, false
 	}

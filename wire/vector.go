@@ -15,24 +15,34 @@ import (
 // still a cursor over every channel of a stream, and still encoded once for
 // all of the instance's streams.
 //
-// A partition's position is a millisecond clock that the publish script
-// moves on by at least one per event (max(last + 1, now in ms)), as one
-// Redis's ids are: a replica promoted without the last writes goes on from
-// its own clock, past what the old master gave out, instead of giving the
-// same positions again. So the newest position of a vector is also the
-// time the id was made, what HISTORY_TTL is checked against.
+// A partition's position is a term and a count, term*2^32 + count
+// (docs/CLUSTER.md, "Position scheme"): the count moves on by one per
+// event, and every new writer of the partition (a promoted replica, a
+// restarted master, the target of a slot move) starts a new term, above
+// every term an earlier writer can have used. So a position is never given
+// out twice, whatever the clocks, and positions order the partition's
+// events. Positions say nothing of time: an id carries the time it was
+// made apart, what HISTORY_TTL is checked against.
 //
-//	<tag>.<newest>.<d 0>.<d 1>. … .<d P-1>       d k = newest - pos k
+//	<tag>.<newest>.<p 0>.<p 1>. … .<p P-1>.<time>
 //
 // tag is a digest of every partition's epoch (a partition that lost its
 // data starts a new epoch, and ids of the old one mean nothing); all
-// numbers are in base 36, each position as its distance from the newest,
-// which is short for a partition with recent events.
+// numbers are in base 36. newest is the newest position; each partition's
+// p k is its distance from newest (newest - pos k) when it is of newest's
+// term, which is short for a partition with recent events, and
+// "<term>-<count>" otherwise (partitions on other nodes are in other
+// terms). time is the instance's clock in milliseconds when it made the
+// id. An id of the earlier scheme, whose positions were millisecond
+// clocks, has no time part and only distances: its newest position stands
+// for its time.
 
 // MaxPartitions bounds CLUSTER_PARTITIONS, and so the size of an id: at
-// most 9 bytes a partition and 16 more (tag, newest), 2,313 bytes at 256,
-// well under nginx's 8 KB header line, which a Last-Event-ID must fit in
-// (at 1024 it was over 9 KB). TestVectorIDSize measures it.
+// most 14 bytes a partition ("<term>-<count>": 5 and 7 base-36 digits, a
+// term being below 2^21 and a count below 2^32) and 33 more (tag, newest,
+// time): 3,600 bytes at 256, under nginx's 8 KB header line, which a
+// Last-Event-ID must fit in (at 1024 it would be over 14 KB).
+// TestVectorIDSize measures it.
 const MaxPartitions = 256
 
 // Partition is the partition of a logical channel among n: CRC-32 (IEEE) of
@@ -44,10 +54,14 @@ func Partition(channel string, n int) int {
 // Vector is a cluster-mode id.
 type Vector struct {
 	Tag string   // digest of the partitions' epochs
-	Pos []uint64 // per partition: the last position delivered (milliseconds)
+	Pos []uint64 // per partition: the last position delivered
 	// Own is the partition of the event this is the id of, or -1 for a
 	// position that is no event's (a stream's start, a replay's bound).
 	Own int
+	// Time is when the id was made, in milliseconds (the instance's
+	// clock): the id's owner had every event after Pos that was published
+	// before about then. What HISTORY_TTL is checked against.
+	Time uint64
 }
 
 // VectorCursor wraps v as a Cursor. v must not change afterwards.
@@ -56,8 +70,7 @@ func VectorCursor(v *Vector) Cursor { return Cursor{Epoch: v.Tag, vec: v} }
 // Vector returns the vector of a cluster-mode cursor, or nil.
 func (c Cursor) Vector() *Vector { return c.vec }
 
-// Newest is the vector's newest position: about when it was made, in
-// milliseconds.
+// Newest is the vector's newest position.
 func (v *Vector) Newest() uint64 {
 	var m uint64
 	for _, p := range v.Pos {
@@ -66,40 +79,73 @@ func (v *Vector) Newest() uint64 {
 	return m
 }
 
+// termBits splits a position into its term (above) and its count.
+const termBits = 32
+
 // String writes v as an SSE id.
 func (v *Vector) String() string {
 	m := v.Newest()
 	var b strings.Builder
-	b.Grow(len(v.Tag) + 10 + 4*len(v.Pos))
+	b.Grow(len(v.Tag) + 20 + 4*len(v.Pos))
 	b.WriteString(v.Tag)
 	b.WriteByte('.')
 	b.WriteString(strconv.FormatUint(m, 36))
 	for _, p := range v.Pos {
 		b.WriteByte('.')
-		b.WriteString(strconv.FormatUint(m-p, 36))
+		if p>>termBits == m>>termBits {
+			b.WriteString(strconv.FormatUint(m-p, 36))
+		} else {
+			b.WriteString(strconv.FormatUint(p>>termBits, 36))
+			b.WriteByte('-')
+			b.WriteString(strconv.FormatUint(p&(1<<termBits-1), 36))
+		}
 	}
+	b.WriteByte('.')
+	b.WriteString(strconv.FormatUint(v.Time, 36))
 	return b.String()
 }
 
 // ParseVector reads an id that String wrote for a deployment of n
-// partitions. The result has no Own partition.
+// partitions. The result has no Own partition. An id of the earlier
+// scheme (no time part, only distances: its positions were millisecond
+// clocks) is read with its newest position as its time; its positions
+// still order below the new ones (docs/CLUSTER.md), so a resume from it
+// goes on exactly.
 func ParseVector(s string, n int) (Cursor, error) {
-	if n < 1 || n > MaxPartitions || len(s) > 16*(n+2) {
+	if n < 1 || n > MaxPartitions || len(s) > 16*(n+3) {
 		return Cursor{}, ErrBadCursor
 	}
 	parts := strings.Split(s, ".")
-	if len(parts) != n+2 || parts[0] == "" || len(parts[0]) > 13 || !alnum(parts[0]) {
+	if len(parts) != n+2 && len(parts) != n+3 || parts[0] == "" || len(parts[0]) > 13 || !alnum(parts[0]) {
 		return Cursor{}, ErrBadCursor
 	}
+	current := len(parts) == n+3
 	v := &Vector{Tag: parts[0], Pos: make([]uint64, n), Own: -1}
 	m, err := parse36(parts[1])
 	if err != nil {
 		return Cursor{}, err
 	}
+	v.Time = m
+	if current {
+		if v.Time, err = parse36(parts[n+2]); err != nil {
+			return Cursor{}, err
+		}
+	}
 	newest := false
-	for i, p := range parts[2:] {
+	for i, p := range parts[2 : n+2] {
+		if t, c, ok := strings.Cut(p, "-"); ok && current {
+			// Another term than newest's: written whole, and below it.
+			term, err1 := parse36(t)
+			count, err2 := parse36(c)
+			pos := term<<termBits | count
+			if err1 != nil || err2 != nil || count >= 1<<termBits || term >= 1<<(53-termBits) || term == m>>termBits || pos > m {
+				return Cursor{}, ErrBadCursor
+			}
+			v.Pos[i] = pos
+			continue
+		}
 		d, err := parse36(p)
-		if err != nil || d > m {
+		if err != nil || d > m || current && (m-d)>>termBits != m>>termBits {
 			return Cursor{}, ErrBadCursor
 		}
 		v.Pos[i], newest = m-d, newest || d == 0
@@ -156,7 +202,9 @@ func vectorMax(c, d Cursor) Cursor {
 	if c.vec == nil || d.vec == nil || !c.vec.comparable(d.vec) {
 		return d // another epoch: the newer wins, as for Before
 	}
-	m := &Vector{Tag: c.vec.Tag, Pos: make([]uint64, len(c.vec.Pos)), Own: -1}
+	// The earlier time: what one of them did not have may have been
+	// published from then on.
+	m := &Vector{Tag: c.vec.Tag, Pos: make([]uint64, len(c.vec.Pos)), Own: -1, Time: min(c.vec.Time, d.vec.Time)}
 	for i, p := range c.vec.Pos {
 		m.Pos[i] = max(p, d.vec.Pos[i])
 	}
@@ -169,7 +217,7 @@ func (c Cursor) Min(d Cursor) Cursor {
 	if c.vec == nil || d.vec == nil || !c.vec.comparable(d.vec) {
 		return c
 	}
-	m := &Vector{Tag: c.vec.Tag, Pos: make([]uint64, len(c.vec.Pos)), Own: -1}
+	m := &Vector{Tag: c.vec.Tag, Pos: make([]uint64, len(c.vec.Pos)), Own: -1, Time: min(c.vec.Time, d.vec.Time)}
 	for i, p := range c.vec.Pos {
 		m.Pos[i] = min(p, d.vec.Pos[i])
 	}
@@ -179,7 +227,7 @@ func (c Cursor) Min(d Cursor) Cursor {
 // With returns a copy of v with partition k at pos, as the id of that
 // partition's event.
 func (v *Vector) With(k int, pos uint64) *Vector {
-	w := &Vector{Tag: v.Tag, Pos: append([]uint64(nil), v.Pos...), Own: k}
+	w := &Vector{Tag: v.Tag, Pos: append([]uint64(nil), v.Pos...), Own: k, Time: v.Time}
 	w.Pos[k] = pos
 	return w
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -257,6 +258,24 @@ func (n *ClusterNode) Stop() {
 	_ = n.cmd.Process.Kill()
 	<-n.exited
 	n.cmd = nil
+}
+
+// Freeze stops the node's process (SIGSTOP): it keeps its TCP connections
+// and the kernel still accepts new ones, but it answers nothing, as a
+// master hung or swapped out does. Thaw lets it go on; Stop kills it
+// frozen or not.
+func (n *ClusterNode) Freeze() {
+	n.t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
+// Thaw lets a frozen node go on (SIGCONT).
+func (n *ClusterNode) Thaw() {
+	if n.cmd != nil {
+		_ = n.cmd.Process.Signal(syscall.SIGCONT)
+	}
 }
 
 // Client returns a plain client of this node (CLIENT LIST and the like).

@@ -14,10 +14,13 @@
 --   ARGV[2]  the envelope, as for a live SPUBLISH; "" (ssebridge's own use) stores no event
 --   ARGV[3]  P, as the caller computed k with: refused if it is not the deployment's
 -- and it also uses the partition's keys, named from the history's:
---   sse:{p<k>}:cursor   "<epoch>:<n>": the partition's last position (max(last + 1, now in ms))
+--   sse:{p<k>}:cursor   "<epoch>:<n>:<writer>:<ends>": the partition's last position,
+--                       the replication id of the node that wrote it, and where
+--                       earlier terms ended (below)
 --   sse:{p<k>}:config   hash: maxlen, ttl, maxbytes, marker, partitions (written by ssebridge)
 -- Returns "<epoch>:<n>-<ms>": the partition's epoch, the event's position in
--- its partition, and the server's clock. (The SSE id a browser sees is the
+-- its partition (a term and a count: never given out twice, whatever the
+-- clocks and failovers), and the server's clock. (The SSE id a browser sees is the
 -- instance's vector of positions, docs/CLUSTER.md.)
 --
 -- Only the history is declared: while the slot migrates, Redis serves a
@@ -52,18 +55,52 @@ end
 if #envelope > maxbytes then
   return redis.error_reply('envelope is ' .. #envelope .. ' bytes, over MAX_EVENT_BYTES (' .. maxbytes .. ')')
 end
-local epoch, n = string.match(pos, '^(%w+):(%d+)$')
+-- The position: term * 2^32 + count (docs/CLUSTER.md, "Position scheme").
+-- The cursor is "<epoch>:<position>:<writer>:<ends>": writer the
+-- replication id of the node that last wrote it, ends the last position of
+-- each earlier term ("<term>=<position>,...", the newest last, at most 16)
+-- as the writer after it had it. "<epoch>:<position>" is an earlier
+-- version's (a millisecond clock), taken over as from a writer unknown.
+local epoch, p, writer, ends = string.match(pos, '^(%w+):(%d+):(%x*):([%d=,]*)$')
+if not epoch then
+  epoch, p = string.match(pos, '^(%w+):(%d+)$')
+  writer, ends = '', ''
+end
 if not epoch then
   return redis.error_reply(posKey .. ' is not a position of ssebridge: ' .. pos)
+end
+local TERM = 4294967296
+p = tonumber(p)
+local function ended(term, last)
+  local e = {}
+  for x in string.gmatch(ends, '[^,]+') do e[#e + 1] = x end
+  e[#e + 1] = string.format('%d=%d', term, last)
+  while #e > 16 do table.remove(e, 1) end
+  ends = table.concat(e, ',')
+end
+local me = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+if writer ~= me then
+  -- Another node wrote the cursor last, or this one before a restart (Redis
+  -- gives a promoted replica and a restarted master a new replication
+  -- id): it may have given out positions past p that never reached this
+  -- node. A new term, above every term an earlier writer can have used:
+  -- above this node's last, and from this node's config epoch, which a
+  -- promotion makes greater than that of every earlier master of the slot.
+  local term = math.floor(p / TERM)
+  local ce = tonumber(string.match(redis.call('CLUSTER', 'INFO'), 'cluster_my_epoch:(%d+)')) or 0
+  ended(term, p)
+  p = math.max(term + 1, math.min(ce, 65535) * 32) * TERM
+end
+local n = p + 1
+if n % TERM == 0 then
+  -- The term's count is spent: the next term, by the same writer.
+  ended(n / TERM - 1, p)
+  n = n + 1
 end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- The position is a millisecond clock moved on by at least one per event:
--- a replica promoted without the last writes goes on from its own clock,
--- past the positions the old master gave out, rather than giving them again.
-n = math.max(tonumber(n) + 1, now)
-redis.call('SET', posKey, epoch .. ':' .. n)
+redis.call('SET', posKey, string.format('%s:%d:%s:%s', epoch, n, me, ends))
 local cursor = string.format('%s:%d-%d', epoch, n, now)
 local frame = '\0' .. marker .. ' ' .. cursor .. '\n'
 if envelope == '' then
