@@ -364,11 +364,28 @@ func (s *Stream) goLive(pos wire.Cursor, gen uint64) (live, held bool) {
 }
 
 // offerReset queues a reset that moves the stream's id to pos. A stream
-// catching up is left alone: its own read of history will see the same.
+// catching up runs another pass instead, whose read of history sees the
+// same (a pass that read before Redis lost its data would otherwise take
+// the stream live past it), and forgets the durable events it held: they
+// came before the loss, and are replayed or lost with it.
 func (s *Stream) offerReset(reset []byte, pos wire.Cursor) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ending != "" || s.catching != nil {
+	if s.ending != "" {
+		return true
+	}
+	if c := s.catching; c != nil {
+		kept := c.held[:0]
+		for _, e := range c.held {
+			if e.cursor.IsZero() {
+				kept = append(kept, e)
+			} else {
+				c.size -= len(e.frame)
+			}
+		}
+		clear(c.held[len(kept):])
+		c.held = kept
+		s.gen++
 		return true
 	}
 	if len(s.queue) >= s.hub.opts.QueueEvents || s.queued+len(reset) > s.hub.opts.QueueBytes {
