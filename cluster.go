@@ -50,7 +50,10 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	} else if err != nil {
 		log.Warn("cluster not configured yet; it will be once it answers", "err", err)
 	}
-	if err := hub.SubscribeControl(); err != nil {
+	cctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+	err = hub.SubscribeControl(cctx)
+	cancel()
+	if err != nil {
 		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
 	// A partition's connection came back: its gap was recovered by the

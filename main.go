@@ -398,7 +398,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		feed.SetMarker(marker)
 	}
 	cancel()
-	if err := hub.SubscribeControl(); err != nil {
+	cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
+	err = hub.SubscribeControl(cctx)
+	cancel()
+	if err != nil {
 		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
 	stop := startWorkers(

@@ -80,7 +80,7 @@ func (l *controlLog) since(t Ticket, user string) ([]control, bool) {
 // queued, dropped or held behind another. Streams still being opened get it
 // when Open has attached them.
 func (h *Hub) control(m wire.Control) {
-	c := control{Control: m, seen: *h.seen.Load()}
+	c := control{Control: m, seen: *h.inOrder.Load()}
 	h.mu.Lock()
 	h.controls.add(c)
 	var now []*Stream
@@ -168,5 +168,21 @@ func (h *Hub) Run(ctx context.Context) {
 	}
 }
 
-// SubscribeControl makes Redis send the control channel, before any stream.
-func (h *Hub) SubscribeControl() error { return h.sub.Subscribe(wire.ControlChannel) }
+// SubscribeControl makes Redis send the control channel, before any
+// stream. It reads the position first: every control message the feed
+// delivers was published after it, so a join has a position to replay its
+// room from before the feed delivered any durable event (Hub.inOrder).
+// Redis unreachable: the channel is subscribed once it is back, and a join
+// before the first durable event the feed delivers is replayed from the
+// stream's own id.
+func (h *Hub) SubscribeControl(ctx context.Context) error {
+	now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
+	pos := now.Position
+	if err == nil && pos.IsZero() {
+		pos, err = h.history.Position(ctx) // a new Redis has no position yet
+	}
+	if err == nil {
+		h.inOrder.Store(&pos)
+	}
+	return h.sub.Subscribe(wire.ControlChannel)
+}

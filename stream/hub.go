@@ -120,9 +120,16 @@ type Hub struct {
 	// not stopping, so never after Wait has begun; done in Close.
 	streams sync.WaitGroup
 
-	// seen is the newest durable id the feed delivered. A gap in the feed
-	// is filled from there; a joined channel is replayed from there.
+	// seen is the newest durable id the feed delivered, a gap recovery's
+	// included: a gap in the feed is filled from there.
 	seen atomic.Pointer[wire.Cursor]
+	// inOrder is the newest durable id the feed delivered in publish order
+	// (a recovery's are not: it reads up to a bound taken after control
+	// messages still on their way were published). Every control message
+	// the feed delivers after it was published after it: a joined channel
+	// is replayed from there. Zero when unknown (then from the stream's
+	// own id).
+	inOrder atomic.Pointer[wire.Cursor]
 
 	replaySlots chan struct{} // one per page of replay in flight
 	recheckNow  chan struct{}
@@ -157,6 +164,7 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 	}
 	h.loops = newLoops(h, opts.Loops)
 	h.seen.Store(&wire.Cursor{})
+	h.inOrder.Store(&wire.Cursor{})
 	h.cut, h.cutAll = context.WithCancel(context.Background())
 	return h
 }
@@ -352,6 +360,9 @@ func (h *Hub) Publish(channel string, m wire.Message, err error) {
 		if m.Durable() {
 			frame, err = wire.EncodeDurable(m.Cursor, m.Body, h.opts.MaxEventBytes)
 			h.saw(m.Cursor)
+			if h.inOrder.Load().Before(m.Cursor) {
+				h.inOrder.Store(&m.Cursor)
+			}
 		} else {
 			frame, err = wire.EncodeMessage(m.Body, h.opts.MaxEventBytes)
 		}
@@ -504,6 +515,9 @@ func (h *Hub) resetAll(pos wire.Cursor, reason string) {
 		}
 	}
 	h.seen.Store(&pos) // saw would keep a newer id of the epoch lost
+	// Control messages on their way may be older than pos, and the old
+	// order means nothing now.
+	h.inOrder.Store(&wire.Cursor{})
 }
 
 func (h *Hub) drop(channel string, err error) {

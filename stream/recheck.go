@@ -153,7 +153,7 @@ func (h *Hub) hold(streams []*Stream, sess wire.Session) {
 		}
 		for _, room := range sess.Rooms {
 			if c := wire.RoomChannel(room); !s.has(c) {
-				h.join(s, c, sess.Granted[room], *h.seen.Load())
+				h.join(s, c, sess.Granted[room], *h.inOrder.Load())
 				h.metrics.Rechecked.WithLabelValues("joined_room").Inc()
 			}
 		}

@@ -278,7 +278,8 @@ func (s *sim) run() simResult {
 			}
 		}
 	}()
-	_ = s.h.SubscribeControl()
+	control := simWith(s.ctx, "feed")
+	go func() { _ = s.h.SubscribeControl(control) }()
 	for _, u := range simUsers {
 		s.login(u)
 	}
