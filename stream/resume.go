@@ -150,6 +150,16 @@ func (h *Hub) catchUpFrom(ctx context.Context, s *Stream, out sink, p pass) stri
 			return ""
 		}
 		horizon = horizon.Max(st.floor)
+		if p.bound.Epoch == horizon.Epoch && p.bound.Before(horizon) {
+			// Redis came back behind what the stream has (a restart from
+			// an older snapshot): its ids after the bound will be given
+			// out again, and the stream must start over from there.
+			if err := out.write([][]byte{h.resetFrame(p.bound, wire.ResetFuture)}); err != nil {
+				return s.writeFailed(ctx)
+			}
+			s.resetTo(p.bound)
+			horizon = p.bound
+		}
 		if len(st.base) == 0 && !st.replay {
 			// Nothing joined, nothing skipped: the stream's channels were
 			// subscribed before st.from, and what follows arrives live.
@@ -294,6 +304,7 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			return read, end, s.writeFailed(ctx), false
 		}
 		if page.Reset != "" {
+			s.resetTo(page.Position)
 			*horizon = page.Position
 			return read, page.Position, "", true
 		}

@@ -398,6 +398,14 @@ func (s *Stream) offerReset(reset []byte, pos wire.Cursor) bool {
 	return true
 }
 
+// resetTo moves the id of a stream catching up to pos, where a reset its
+// writer wrote put the client, even back (Redis lost what followed it).
+func (s *Stream) resetTo(pos wire.Cursor) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last = pos
+}
+
 // position is the newest durable event queued or replayed on the stream.
 func (s *Stream) position() wire.Cursor {
 	s.mu.Lock()
