@@ -157,7 +157,7 @@ func (h *Hub) catchUpFrom(ctx context.Context, s *Stream, out sink, p pass) stri
 			if err := out.write([][]byte{h.resetFrame(p.bound, wire.ResetFuture)}); err != nil {
 				return s.writeFailed(ctx)
 			}
-			s.resetTo(p.bound)
+			s.resetTo(p.bound, horizon)
 			horizon = p.bound
 		}
 		if len(st.base) == 0 && !st.replay {
@@ -304,7 +304,7 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			return read, end, s.writeFailed(ctx), false
 		}
 		if page.Reset != "" {
-			s.resetTo(page.Position)
+			s.resetTo(page.Position, *horizon)
 			*horizon = page.Position
 			return read, page.Position, "", true
 		}

@@ -239,16 +239,7 @@ func (s *Stream) drop(channel string) {
 	if c == nil {
 		return
 	}
-	kept := c.held[:0]
-	for _, e := range c.held {
-		if e.channel == channel {
-			c.size -= len(e.frame)
-			continue
-		}
-		kept = append(kept, e)
-	}
-	clear(c.held[len(kept):])
-	c.held = kept
+	c.forget(func(e heldEvent) bool { return e.channel == channel })
 	delete(c.base, channel)
 	delete(c.grants, channel)
 }
@@ -375,16 +366,7 @@ func (s *Stream) offerReset(reset []byte, pos wire.Cursor) bool {
 		return true
 	}
 	if c := s.catching; c != nil {
-		kept := c.held[:0]
-		for _, e := range c.held {
-			if e.cursor.IsZero() {
-				kept = append(kept, e)
-			} else {
-				c.size -= len(e.frame)
-			}
-		}
-		clear(c.held[len(kept):])
-		c.held = kept
+		c.forget(func(e heldEvent) bool { return !e.cursor.IsZero() })
 		s.gen++
 		return true
 	}
@@ -399,11 +381,30 @@ func (s *Stream) offerReset(reset []byte, pos wire.Cursor) bool {
 }
 
 // resetTo moves the id of a stream catching up to pos, where a reset its
-// writer wrote put the client, even back (Redis lost what followed it).
-func (s *Stream) resetTo(pos wire.Cursor) {
+// writer wrote put the client, even back (Redis lost what followed it),
+// and forgets the durable events it held up to written, the last id it
+// had written before: they must not come again after the reset.
+func (s *Stream) resetTo(pos, written wire.Cursor) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.last = pos
+	if c := s.catching; c != nil {
+		c.forget(func(e heldEvent) bool { return !e.cursor.IsZero() && !written.Before(e.cursor) })
+	}
+}
+
+// forget drops the held events that drop says to.
+func (c *catchUp) forget(drop func(heldEvent) bool) {
+	kept := c.held[:0]
+	for _, e := range c.held {
+		if drop(e) {
+			c.size -= len(e.frame)
+			continue
+		}
+		kept = append(kept, e)
+	}
+	clear(c.held[len(kept):])
+	c.held = kept
 }
 
 // position is the newest durable event queued or replayed on the stream.
