@@ -120,6 +120,9 @@ func (h *Hub) apply(s *Stream, c control) {
 // reads nothing of the room from before it.
 func (h *Hub) join(s *Stream, channel, grant string, since wire.Cursor) {
 	if s.has(channel) {
+		// Had from the session it opened with: a new stream not started
+		// yet still owes the room's events from the join on.
+		s.joinedEarly(channel, since)
 		return
 	}
 	if len(s.rooms()) >= h.opts.MaxRooms {

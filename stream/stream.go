@@ -216,6 +216,25 @@ func (s *Stream) rewind(channel string, since wire.Cursor, grant string) {
 	c.joining++
 }
 
+// joinedEarly records a join of a channel s has already, before s has an
+// id (a new stream not started yet): its opening reads the channel from
+// since, and starts there.
+func (s *Stream) joinedEarly(channel string, since wire.Cursor) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.catching
+	if c == nil || !c.floor.IsZero() || s.resume != "" {
+		return
+	}
+	if _, ok := c.base[channel]; ok {
+		return
+	}
+	if c.base == nil {
+		c.base = make(map[string]wire.Cursor)
+	}
+	c.base[channel] = since
+}
+
 // attached ends a join that rewind began, once its subscription is written
 // (or failed to be): a pass of catch-up that began before it runs again,
 // and one that begins after it waits on a Sync that confirms the
