@@ -32,7 +32,10 @@ func (ev *events) stream(c echo.Context) error {
 	// Taken before the session is read: control messages published from
 	// then on reach the stream even if they arrive before it is registered.
 	var ticket stream.Ticket
-	who, err := ev.authorize(c, func() { ticket = ev.o.Hub.Ticket() })
+	who, err := ev.authorize(c, func(ctx context.Context) (err error) {
+		ticket, err = ev.o.Hub.Ticket(ctx)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -154,8 +157,8 @@ type authorized struct {
 
 // authorize checks the origin and the session, and returns the rooms the
 // stream asks for (all of the session's when it names none). beforeLookup,
-// if set, runs right before the session is read.
-func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, error) {
+// if set, runs right before the session is read; an error of it is Redis's.
+func (ev *events) authorize(c echo.Context, beforeLookup func(context.Context) error) (authorized, error) {
 	var a authorized
 	if !ev.origins.admit(c) {
 		return a, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
@@ -169,15 +172,18 @@ func (ev *events) authorize(c echo.Context, beforeLookup func()) (authorized, er
 		return a, ev.refuse(http.StatusUnauthorized, "no_token",
 			"no session: send the "+ev.o.SessionCookie+" cookie or an Authorization: Bearer header")
 	}
-	if beforeLookup != nil {
-		beforeLookup()
-	}
 	var sess wire.Session
 	var err error
-	if len(tokens) == 1 {
+	if beforeLookup != nil {
+		err = beforeLookup(c.Request().Context())
+	}
+	switch {
+	case err != nil:
+		// Answered as a failed read of the session (below).
+	case len(tokens) == 1:
 		a.token = tokens[0]
 		sess, err = ev.o.Sessions.Lookup(c.Request().Context(), a.token)
-	} else {
+	default:
 		a.token, sess, err = ev.liveOne(c.Request().Context(), tokens)
 		if errors.Is(err, errTwoSessions) {
 			// Go reads the first cookie, Django the last (parse_cookie):

@@ -29,8 +29,22 @@ type Ticket struct {
 
 // Ticket returns the current point in the sequence of control messages.
 // Taken before a session is read and given to Open, it lets Open apply to
-// the new stream what was published in between.
-func (h *Hub) Ticket() Ticket {
+// the new stream what was published in between. It waits first for the
+// feed to have delivered every control message published before it (a
+// barrier, Sync): one published before the session was read, and so
+// already in it, but delivered late, would otherwise be applied again
+// over the session (a stale leave taking away a room the session grants
+// again).
+func (h *Hub) Ticket(ctx context.Context) (Ticket, error) {
+	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	if err := h.sub.Sync(ctx); err != nil {
+		return Ticket{}, err
+	}
+	return h.ticket(), nil
+}
+
+func (h *Hub) ticket() Ticket {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return Ticket{seq: h.controls.seq, set: true}

@@ -37,7 +37,7 @@ func (g *gateSub) Subscribe(channels ...string) error {
 func TestOpenKeepsControlOrder(t *testing.T) {
 	g := &gateSub{commands: &commands{t: t, subs: map[string]bool{}}, block: "room:a", entered: make(chan struct{}), release: make(chan struct{})}
 	h := NewHub(g, noHistory{}, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
-	ticket := h.Ticket() // the handler, before the session read
+	ticket := h.ticket() // the handler, before the session read
 	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "a"})
 	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "r"})
 	var s *Stream

@@ -217,7 +217,7 @@ func TestMembershipChurn(t *testing.T) {
 // session was read but before the stream was registered still applies.
 func TestControlBeforeRegistration(t *testing.T) {
 	h, _ := newTestHub(t, testOpts)
-	ticket := h.Ticket()
+	ticket := h.ticket()
 	h.control(wire.Control{Op: wire.OpLeave, User: "alice", Room: "lobby"})
 	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "team"})
 	h.control(wire.Control{Op: wire.OpLeave, User: "bob", Room: "team"})
@@ -228,7 +228,7 @@ func TestControlBeforeRegistration(t *testing.T) {
 	if got := strings.Join(s.rooms(), ","); got != "team" {
 		t.Fatalf("rooms %q, want team (lobby left, team joined before registration)", got)
 	}
-	ticket = h.Ticket()
+	ticket = h.ticket()
 	h.control(wire.Control{Op: wire.OpLogout, User: "carol"})
 	h.control(wire.Control{Op: wire.OpLogout, User: "alice"})
 	s2, err := h.Open(context.Background(), Spec{User: "alice", Session: "a", Ticket: ticket})

@@ -90,7 +90,7 @@ const recheckBatch = 1000
 func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []string, epoch uint32) error {
 	// A control message applied after the read is newer than what was
 	// read: those users' streams are left for the next recheck.
-	ticket := h.Ticket()
+	ticket := h.ticket()
 	found, errs, err := sessions.LookupMany(ctx, tokens)
 	if err != nil {
 		return err

@@ -755,8 +755,7 @@ func (s *sim) open() string {
 	s.streams = append(s.streams, rec)
 	rec.ticket = true
 	s.mu.Unlock()
-	ticket := s.h.Ticket()
-	go s.client(ctx, rec, ticket)
+	go s.client(ctx, rec)
 	what := "fresh"
 	if rec.resume != "" {
 		what = "resume from " + rec.resume
@@ -767,7 +766,14 @@ func (s *sim) open() string {
 	return fmt.Sprintf("open %s: %s %s %s", rec.label, user, rec.token, what)
 }
 
-func (s *sim) client(ctx context.Context, rec *simStream, ticket Ticket) {
+func (s *sim) client(ctx context.Context, rec *simStream) {
+	ticket, err := s.h.Ticket(ctx)
+	if err != nil {
+		s.mu.Lock()
+		rec.openErr, rec.served = err, true
+		s.mu.Unlock()
+		return
+	}
 	sessions, errs, err := s.r.LookupMany(ctx, []string{rec.token})
 	if err == nil {
 		err = errs[0]
