@@ -92,7 +92,11 @@ type simLog struct {
 	lookups  map[string]int          // who → tick of its latest session read
 	trims    int
 	restarts []int
-	marks    []wire.Cursor
+	// inOrder is the tick the feed last delivered a durable message; a
+	// join delivered after a restart and before one has no position to
+	// replay its room from (docs/protocol.md): blind.
+	inOrder int
+	marks   []wire.Cursor
 	// For diagnoses: each goroutine's reads of history, and the ticks a
 	// SUBSCRIBE of each channel took effect.
 	reads      map[string][]simRead
@@ -127,6 +131,10 @@ type simJoin struct {
 	since   string      // grant
 	floor   wire.Cursor // the stream's last id when the join was applied
 	applied int         // tick it reached the hub
+	// blind: delivered after Redis restarted and before the feed delivered
+	// a durable message; the protocol promises its room's events only from
+	// the stream's own id on (docs/protocol.md).
+	blind bool
 }
 
 // simStream is one client: an open (or its attempt) and what it got.
@@ -386,6 +394,9 @@ func (s *sim) deliver() string {
 			}
 		}
 	}
+	if in.pong == nil && in.msg.Durable() {
+		r.log.inOrder = r.log.tick
+	}
 	r.mu.Unlock()
 	if in.pong != nil {
 		in.pong <- nil
@@ -405,7 +416,8 @@ func (s *sim) noteJoin(c *simControl) {
 	defer s.mu.Unlock()
 	for _, rec := range s.streams {
 		if rec.user == c.c.User && rec.ticket && !rec.served {
-			rec.joins = append(rec.joins, simJoin{room: c.c.Room, tick: c.tick, since: c.c.Since, floor: rec.lastPos, applied: c.delivered})
+			blind := len(s.r.log.restarts) > 0 && s.r.log.inOrder < s.r.log.restarts[len(s.r.log.restarts)-1]
+			rec.joins = append(rec.joins, simJoin{room: c.c.Room, tick: c.tick, since: c.c.Since, floor: rec.lastPos, applied: c.delivered, blind: blind})
 		}
 	}
 }
@@ -1145,7 +1157,7 @@ func (s *sim) mustHave(rec *simStream, e *simEvent, start, reset wire.Cursor) st
 		// A join published before the stream read its session is in the
 		// session it opened with: the room is one of its opening, and the
 		// join changes nothing.
-		if j.room == room && j.tick > rec.readTick && e.tick > j.tick && s.removal(rec, room, j.tick) == simNever && simAfter(e.id, j.floor) && simAfterGrant(e.id, j.since) {
+		if j.room == room && !j.blind && j.tick > rec.readTick && e.tick > j.tick && s.removal(rec, room, j.tick) == simNever && simAfter(e.id, j.floor) && simAfterGrant(e.id, j.since) {
 			floor := "none"
 			if !j.floor.IsZero() {
 				floor = j.floor.String()
