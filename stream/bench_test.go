@@ -28,7 +28,7 @@ func BenchmarkFanOut(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				s.startAt(pos)
+				s.startAt(pos, pos)
 				h.goLive(s, pos, 0)
 				streams[i] = s
 			}
@@ -200,7 +200,7 @@ func BenchmarkIdleStreamHeap(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			s.startAt(pos) // what its opening leaves it at
+			s.startAt(pos, pos) // what its opening leaves it at
 			h.goLive(s, pos, 0)
 			streams = append(streams, s)
 		}

@@ -152,7 +152,7 @@ func TestHubSlowStreamDoesNotHoldOthers(t *testing.T) {
 	fast, _ := h.Open(ctx, Spec{User: "fast", Session: "b"})
 	// Neither has a writer: both go live as their opening would leave them.
 	for _, s := range []*Stream{slow, fast} {
-		s.startAt(wire.Cursor{Epoch: "e", MS: 1})
+		s.startAt(wire.Cursor{Epoch: "e", MS: 1}, wire.Cursor{Epoch: "e", MS: 1})
 		h.goLive(s, wire.Cursor{Epoch: "e", MS: 1}, 0)
 	}
 	for range 10 {

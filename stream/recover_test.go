@@ -28,7 +28,7 @@ func TestRecoverKeepsEventsPublishedDuringIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.startAt(hist.now)
+	s.startAt(hist.now, hist.now)
 	h.goLive(s, hist.now, 0)
 	h.saw(hist.now) // what the feed had delivered when its connection was lost
 

@@ -57,13 +57,15 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 	// Subscriptions were confirmed before pos was taken: whatever follows
 	// pos arrives live. A room joined before pos was taken (published
 	// before it: the barrier saw to that) is read from its join, and the
-	// stream starts there, every channel with it: its ready id says it has
-	// everything up to there, as a resume from it would read.
+	// ready id is the join's, so that ids only grow; the stream's other
+	// channels are still read from pos (nothing from before the stream
+	// opened: a resume from the ready id would read them from there).
 	first, err := h.begin(ctx, s, true)
 	if err != nil {
 		return h.redisFailed(ctx, s, "no position from redis, or subscriptions not confirmed", err)
 	}
-	start, rooms := first.bound, s.rooms()
+	pos, rooms := first.bound, s.rooms()
+	start := pos
 	for _, b := range first.st.base {
 		if !b.IsZero() && b.Before(start) {
 			start = b
@@ -76,8 +78,8 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 	if err := out.write(frames); err != nil {
 		return s.writeFailed(ctx)
 	}
-	s.startAt(start)
-	first.st.from, first.st.floor = start, start
+	s.startAt(pos, start)
+	first.st.from, first.st.floor = pos, start
 	return h.catchUpFrom(ctx, s, out, first)
 }
 

@@ -92,6 +92,10 @@ type simLog struct {
 	lookups  map[string]int          // who → tick of its latest session read
 	trims    int
 	restarts []int
+	// positions: the position each new stream took (Hub.opening): its
+	// channels are owed after it, whatever its ready id (a room joined
+	// while it opened lowers that).
+	positions map[string]wire.Cursor
 	// inOrder is the tick the feed last delivered a durable message; a
 	// join delivered after a restart and before one has no position to
 	// replay its room from (docs/protocol.md): blind.
@@ -259,7 +263,7 @@ func newSim(cfg simConfig) *sim {
 	rng := rand.New(rand.NewPCG(cfg.seed, 0x5eb41d9e))
 	maxlen := []int{3, 1000}[rng.IntN(2)]
 	page := []int{2, 1000}[rng.IntN(2)]
-	r := newSimRedis(maxlen, page, &simLog{events: map[string]*simEvent{}, sessions: map[string][]simVersion{}, lookups: map[string]int{},
+	r := newSimRedis(maxlen, page, &simLog{events: map[string]*simEvent{}, sessions: map[string][]simVersion{}, lookups: map[string]int{}, positions: map[string]wire.Cursor{},
 		reads: map[string][]simRead{}, subscribed: map[string][]int{}})
 	opts := Options{MaxStreams: 1000, MaxStreamsPerUser: 100, MaxRooms: 64, QueueEvents: []int{8, 64}[rng.IntN(2)], QueueBytes: 1 << 20,
 		MaxEventBytes: 1 << 10, ReplayMaxBytes: 1 << 30, ReplayInflightBytes: 1 << 20, Retry: time.Second, MarkInterval: time.Hour, Loops: -1}
@@ -1001,6 +1005,9 @@ func (s *sim) checkStream(rec *simStream) []string {
 	start := resume
 	if !ready.IsZero() {
 		start = ready
+		if pos, ok := s.r.log.positions[rec.label]; ok && resume.IsZero() {
+			start = pos // a room joined while it opened put its ready id before
+		}
 	}
 	if resets > 0 {
 		start = reset

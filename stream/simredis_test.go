@@ -223,7 +223,11 @@ func (r *simRedis) durableLocked(channel, env string) wire.Cursor {
 
 func (r *simRedis) Position(ctx context.Context) (wire.Cursor, error) {
 	var c wire.Cursor
-	err := r.call(ctx, "POSITION", func() { c = r.nextIDLocked() })
+	who := simWhoOf(ctx)
+	err := r.call(ctx, "POSITION", func() {
+		c = r.nextIDLocked()
+		r.log.positions[who] = c
+	})
 	return c, err
 }
 

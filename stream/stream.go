@@ -336,15 +336,17 @@ func (s *Stream) passed(pos wire.Cursor, gen uint64, read []string) {
 	}
 }
 
-// startAt sets the stream's id to pos, where a new stream starts: nothing
-// before it is owed, and what follows arrives live or is read.
-func (s *Stream) startAt(pos wire.Cursor) {
+// startAt sets the stream's id to first, where a new stream starts, and
+// has its channels read after pos: nothing before pos is owed on them, and
+// what follows arrives live. first is before pos when a room was joined
+// before pos was taken: its events from the join are read after first.
+func (s *Stream) startAt(pos, first wire.Cursor) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c := s.catching; c != nil {
-		c.from, c.floor = pos, pos
+		c.from, c.floor = pos, first
 	}
-	s.last = pos
+	s.last = first
 }
 
 // goLive ends a catch-up whose replay reached pos, unless a channel was
