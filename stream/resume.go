@@ -160,7 +160,7 @@ func (h *Hub) catchUpFrom(ctx context.Context, s *Stream, out sink, p pass) stri
 				return s.writeFailed(ctx)
 			}
 			s.resetTo(p.bound, horizon)
-			horizon = p.bound
+			horizon, st.from = p.bound, p.bound
 		}
 		if len(st.base) == 0 && !st.replay {
 			// Nothing joined, nothing skipped: the stream's channels were
