@@ -515,9 +515,12 @@ func (h *Hub) resetAll(pos wire.Cursor, reason string) {
 		}
 	}
 	h.seen.Store(&pos) // saw would keep a newer id of the epoch lost
-	// Control messages on their way may be older than pos, and the old
-	// order means nothing now.
-	h.inOrder.Store(&wire.Cursor{})
+	if reason == wire.ResetEpoch || reason == wire.ResetFuture {
+		// Redis lost what the order was made of; control messages on
+		// their way may be older than pos. (Trimmed history loses
+		// nothing of the order.)
+		h.inOrder.Store(&wire.Cursor{})
+	}
 }
 
 func (h *Hub) drop(channel string, err error) {
