@@ -50,10 +50,10 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	} else if err != nil {
 		log.Warn("cluster not configured yet; it will be once it answers", "err", err)
 	}
-	cctx, cancel = context.WithTimeout(ctx, 5*time.Second)
-	err = hub.SubscribeControl(cctx)
-	cancel()
-	if err != nil {
+	// Not primed (Hub.Prime): a Cluster position is confirmed through the
+	// partitions' feeds, which are not running yet, and no one partition's
+	// order says where a join on another begins.
+	if err := hub.SubscribeControl(); err != nil {
 		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
 	// A partition's connection came back: its gap was recovered by the

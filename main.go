@@ -396,12 +396,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	if marker, err := history.Configure(cctx); err == nil {
 		feed.SetMarker(marker)
+		if err := hub.Prime(cctx); err != nil {
+			log.Warn("no position read before subscribing control messages", "err", err)
+		}
 	}
 	cancel()
-	cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
-	err = hub.SubscribeControl(cctx)
-	cancel()
-	if err != nil {
+	if err := hub.SubscribeControl(); err != nil {
 		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
 	stop := startWorkers(

@@ -185,21 +185,25 @@ func (h *Hub) Run(ctx context.Context) {
 	}
 }
 
-// SubscribeControl makes Redis send the control channel, before any
-// stream. It reads the position first: every control message the feed
-// delivers was published after it, so a join has a position to replay its
-// room from before the feed delivered any durable event (Hub.inOrder).
-// Redis unreachable: the channel is subscribed once it is back, and a join
-// before the first durable event the feed delivers is replayed from the
-// stream's own id.
-func (h *Hub) SubscribeControl(ctx context.Context) error {
+// Prime reads the position before the control channel is subscribed:
+// every control message the feed delivers was published after it, so a
+// join has a position to replay its room from before the feed delivered
+// any durable event (Hub.inOrder). Not primed (Redis unreachable at
+// start), a join before the first durable event the feed delivers is
+// replayed from the stream's own id.
+func (h *Hub) Prime(ctx context.Context) error {
 	now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
 	pos := now.Position
 	if err == nil && pos.IsZero() {
 		pos, err = h.history.Position(ctx) // a new Redis has no position yet
 	}
-	if err == nil {
-		h.inOrder.Store(&pos)
+	if err != nil {
+		return err
 	}
-	return h.sub.Subscribe(wire.ControlChannel)
+	h.inOrder.Store(&pos)
+	return nil
 }
+
+// SubscribeControl makes Redis send the control channel, before any
+// stream (and after Prime).
+func (h *Hub) SubscribeControl() error { return h.sub.Subscribe(wire.ControlChannel) }

@@ -36,7 +36,10 @@ func newOrderedRedis(t *testing.T) (*orderedRedis, *Hub) {
 	r := &orderedRedis{inForce: map[string]bool{wire.ControlChannel: true}, hooks: map[string]func(){}}
 	r.h = NewHub(r, r, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 	r.publish(wire.BroadcastChannel, "") // Redis has some history already
-	if err := r.h.SubscribeControl(context.Background()); err != nil {
+	if err := r.h.Prime(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.h.SubscribeControl(); err != nil {
 		t.Fatal(err)
 	}
 	r.h.Recover(context.Background()) // as the feed does once connected

@@ -291,7 +291,10 @@ func (s *sim) run() simResult {
 		}
 	}()
 	control := simWith(s.ctx, "feed")
-	go func() { _ = s.h.SubscribeControl(control) }()
+	go func() {
+		_ = s.h.Prime(control)
+		_ = s.h.SubscribeControl()
+	}()
 	for _, u := range simUsers {
 		s.login(u)
 	}
