@@ -91,6 +91,9 @@ func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []stri
 	// A control message applied after the read is newer than what was
 	// read: those users' streams are left for the next recheck.
 	ticket := h.ticket()
+	// A room gained is replayed from before the read: what the feed had
+	// delivered in publish order by then (Hub.inOrder).
+	since := *h.inOrder.Load()
 	found, errs, err := sessions.LookupMany(ctx, tokens)
 	if err != nil {
 		return err
@@ -107,7 +110,7 @@ func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []stri
 			// Unreadable now: judged at the next recheck.
 		case h.controlledSince(ticket, found[i].User):
 		default:
-			h.hold(h.judged(token, epoch), found[i])
+			h.hold(h.judged(token, epoch), found[i], since)
 		}
 	}
 	return nil
@@ -126,7 +129,7 @@ func (h *Hub) controlledSince(t Ticket, user string) bool {
 // rooms the session no longer lists, and one opened with all of its
 // session's rooms joins those it gained (a join published while this
 // instance was away from Redis is not lost).
-func (h *Hub) hold(streams []*Stream, sess wire.Session) {
+func (h *Hub) hold(streams []*Stream, sess wire.Session, since wire.Cursor) {
 	for _, s := range streams {
 		if s.User != sess.User {
 			h.endRetry(s, ReasonSession)
@@ -153,7 +156,7 @@ func (h *Hub) hold(streams []*Stream, sess wire.Session) {
 		}
 		for _, room := range sess.Rooms {
 			if c := wire.RoomChannel(room); !s.has(c) {
-				h.join(s, c, sess.Granted[room], *h.inOrder.Load())
+				h.join(s, c, sess.Granted[room], since)
 				h.metrics.Rechecked.WithLabelValues("joined_room").Inc()
 			}
 		}

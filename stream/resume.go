@@ -67,7 +67,9 @@ func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
 	pos, rooms := first.bound, s.rooms()
 	start := pos
 	for _, b := range first.st.base {
-		if !b.IsZero() && b.Before(start) {
+		// Of another epoch: a join logged before Redis lost its data, and
+		// no position now.
+		if !b.IsZero() && b.Epoch == start.Epoch && b.Before(start) {
 			start = b
 		}
 	}
@@ -161,6 +163,10 @@ func (h *Hub) catchUpFrom(ctx context.Context, s *Stream, out sink, p pass) stri
 			}
 			s.resetTo(p.bound, horizon)
 			horizon, st.from = p.bound, p.bound
+			// Held events in (bound, old horizon] were forgotten, and
+			// some may be new ones with ids given out again: another pass
+			// reads them from history, up to a bound taken after.
+			p.live = false
 		}
 		if len(st.base) == 0 && !st.replay {
 			// Nothing joined, nothing skipped: the stream's channels were

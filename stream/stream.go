@@ -148,6 +148,10 @@ func (s *Stream) offer(channel string, frame []byte, cursor wire.Cursor) bool {
 			// skip durable events for now and run another pass of replay
 			// once this one is done (gen tells the writer).
 			c.skipping = true
+			// The next pass reads the held durable events again (this one
+			// cannot go live): their room is freed, or every later one would
+			// overflow again and no pass could go live.
+			c.forget(func(e heldEvent) bool { return !e.cursor.IsZero() })
 			s.gen++
 			return true
 		}
@@ -410,6 +414,7 @@ func (s *Stream) resetTo(pos, written wire.Cursor) {
 	defer s.mu.Unlock()
 	s.last = pos
 	if c := s.catching; c != nil {
+		c.floor = pos // the abandoned id must not be the next pass's horizon
 		c.forget(func(e heldEvent) bool { return !e.cursor.IsZero() && !written.Before(e.cursor) })
 	}
 }
