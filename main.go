@@ -358,6 +358,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		return err
 	}
 	defer rdb.Close()
+	probe, err := probeClient(cfg, redisURL)
+	if err != nil {
+		return err
+	}
+	defer probe.Close()
 
 	reg := newRegistry()
 
@@ -374,7 +379,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 
 	routes := routeOptions(cfg, hub, sessions, reg, log)
 	routes.History = history
-	routes.Ready = readiness(rdb, feed)
+	routes.Ready = readiness(probe, feed)
 	routes.Dev = dev
 	e := handlers.New(routes)
 
@@ -460,9 +465,28 @@ func newRegistry() *prometheus.Registry {
 }
 
 // readiness is /readyz's check: Redis answers, and the feed is subscribed.
+// probeClient is /readyz's own connection to Redis: a pool that every
+// stream and publish share can be saturated while Redis answers, and a
+// probe waiting its turn there would call Redis unreachable. Its waits
+// end with the probe's context.
+func probeClient(cfg Config, url string) (*redis.Client, error) {
+	cfg.RedisPoolSize = 1
+	c, err := redisClient(cfg, url)
+	if err != nil {
+		return nil, err
+	}
+	c.Options().ContextTimeoutEnabled = true
+	return c, nil
+}
+
 func readiness(rdb redis.Cmdable, feed interface{ Connected() bool }) func(context.Context) error {
 	return func(ctx context.Context) error {
 		if err := rdb.Ping(ctx).Err(); err != nil {
+			// Connected but not answered in time is slow, not unreachable.
+			var op *net.OpError
+			if !(errors.As(err, &op) && op.Op == "dial") && isTimeout(err) {
+				return fmt.Errorf("%w: %w", handlers.ErrRedisSlow, err)
+			}
 			return fmt.Errorf("redis: %w", err)
 		}
 		if !feed.Connected() {
@@ -470,6 +494,13 @@ func readiness(rdb redis.Cmdable, feed interface{ Connected() bool }) func(conte
 		}
 		return nil
 	}
+}
+
+// isTimeout reports whether err is a deadline passing, the context's or a
+// socket's.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // startWorkers runs each worker on a goroutine until stop, which waits for

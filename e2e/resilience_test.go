@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -117,5 +118,41 @@ func TestUnsubscribeLastStream(t *testing.T) {
 	eventually(t, 5*time.Second, "the room to be unsubscribed", func() bool { return numsub("room:shared") == 0 })
 	if numsub("broadcast") != 0 {
 		t.Error("broadcast is still subscribed with no stream open")
+	}
+}
+
+// TestReadyzTellsSlowFromUnreachable: /readyz has its own connection and
+// says "redis slow" when Redis takes connections but does not answer (a
+// stalled link), promptly; and "redis unreachable" when nothing listens.
+func TestReadyzTellsSlowFromUnreachable(t *testing.T) {
+	stuck := redistest.StartStuck(t)
+	p := startBinary(t, map[string]string{"REDIS_URL": "redis://" + stuck.Addr})
+	began := time.Now()
+	resp, err := http.Get("http://" + p.addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(began)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `"redis slow"`) {
+		t.Fatalf("readyz with a Redis that does not answer: %d %s, want 503 redis slow", resp.StatusCode, body)
+	}
+	if took > 5*time.Second {
+		t.Errorf("readyz took %v, want its 2 s deadline", took)
+	}
+
+	r := redistest.Start(t)
+	addr := r.Addr
+	r.Stop()
+	q := startBinary(t, map[string]string{"REDIS_URL": "redis://" + addr})
+	resp, err = http.Get("http://" + q.addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), `"redis unreachable"`) {
+		t.Fatalf("readyz with nothing listening: %d %s, want 503 redis unreachable", resp.StatusCode, body)
 	}
 }

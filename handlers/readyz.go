@@ -12,9 +12,15 @@ import (
 	"github.com/ssebridge/ssebridge/internal/ratelog"
 )
 
-// ErrNotSubscribed is what Options.Ready returns when Redis answers but the
-// pub/sub connection is not subscribed.
-var ErrNotSubscribed = errors.New("redis pub/sub not subscribed")
+// Errors Options.Ready wraps to say why the instance is not ready, besides
+// Redis unreachable.
+var (
+	// ErrNotSubscribed: Redis answers but the pub/sub connection is not
+	// subscribed.
+	ErrNotSubscribed = errors.New("redis pub/sub not subscribed")
+	// ErrRedisSlow: Redis took the connection but did not answer in time.
+	ErrRedisSlow = errors.New("redis slow")
+)
 
 // readiness serves GET /readyz. Anyone may ask it, so it answers a plain
 // reason; the detail (Redis's address, the dial error) is for the log.
@@ -32,8 +38,10 @@ func (r *readiness) serve(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ready"})
 	}
 	reason := "redis unreachable"
-	if errors.Is(err, ErrNotSubscribed) {
-		reason = ErrNotSubscribed.Error()
+	for _, known := range []error{ErrNotSubscribed, ErrRedisSlow} {
+		if errors.Is(err, known) {
+			reason = known.Error()
+		}
 	}
 	if ok, suppressed := r.limit.Allow(reason); ok {
 		r.log.Warn("not ready: "+reason, "err", err, "suppressed", suppressed)

@@ -34,6 +34,7 @@ func TestReadyz(t *testing.T) {
 		{"ready", nil, 200, `{"status":"ready"}`},
 		{"redis down", dial, 503, `{"error":"redis unreachable"}`},
 		{"not subscribed", ErrNotSubscribed, 503, `{"error":"redis pub/sub not subscribed"}`},
+		{"redis slow", fmt.Errorf("%w: i/o timeout", ErrRedisSlow), 503, `{"error":"redis slow"}`},
 		{"pub/sub error wrapped", fmt.Errorf("feed: %w", ErrNotSubscribed), 503, `{"error":"redis pub/sub not subscribed"}`},
 	}
 	for _, tt := range tests {
