@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -299,6 +300,9 @@ func TestServeThroughNetHTTP(t *testing.T) {
 	}
 	rec, done := serveInto(s)
 	rec.await(t, "event: ready")
+	// Live once its opening is done (ready is written before): an event
+	// offered before is held, and a logout drops what a catch-up holds.
+	awaitLive(t, s)
 	h.Publish("user:alice", live(`{"event":"hi","data":"there"}`), nil)
 	h.control(wire.Control{Op: wire.OpLogout, User: "alice"})
 	if why := <-done; why != ReasonLogout {
@@ -329,5 +333,24 @@ func TestHubWaitsForOpenStreams(t *testing.T) {
 	h.Close(s, ReasonShutdown) // twice is harmless
 	if err := h.Wait(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// awaitLive waits until s has no catch-up running: a live event offered
+// from then on is queued, not held.
+func awaitLive(t *testing.T, s *Stream) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		live := s.catching == nil
+		s.mu.Unlock()
+		if live {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("stream not live within 5s")
+		}
+		runtime.Gosched()
 	}
 }
