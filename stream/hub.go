@@ -360,9 +360,7 @@ func (h *Hub) Publish(channel string, m wire.Message, err error) {
 		if m.Durable() {
 			frame, err = wire.EncodeDurable(m.Cursor, m.Body, h.opts.MaxEventBytes)
 			h.saw(m.Cursor)
-			if h.inOrder.Load().Before(m.Cursor) {
-				h.inOrder.Store(&m.Cursor)
-			}
+			advance(&h.inOrder, m.Cursor)
 		} else {
 			frame, err = wire.EncodeMessage(m.Body, h.opts.MaxEventBytes)
 		}
@@ -375,9 +373,13 @@ func (h *Hub) Publish(channel string, m wire.Message, err error) {
 }
 
 // saw records the newest durable id delivered through the feed.
-func (h *Hub) saw(c wire.Cursor) {
-	if h.seen.Load().Before(c) {
-		h.seen.Store(&c)
+func (h *Hub) saw(c wire.Cursor) { advance(&h.seen, c) }
+
+// advance moves p on to c if c is later. One goroutine moves each (the
+// feed's), so a load then a store is enough.
+func advance(p *atomic.Pointer[wire.Cursor], c wire.Cursor) {
+	if p.Load().Before(c) {
+		p.Store(&c)
 	}
 }
 
@@ -404,12 +406,7 @@ func (h *Hub) Recover(ctx context.Context) {
 		// published: the position now is the newest id a join needs to
 		// replay a room from (Hub.join), until the feed delivers a newer.
 		// Read, not taken (see recover), unless Redis has none at all.
-		now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
-		pos := now.Position
-		if err == nil && pos.IsZero() {
-			pos, err = h.history.Position(ctx)
-		}
-		if err == nil {
+		if pos, err := h.positionNow(ctx); err == nil {
 			h.saw(pos)
 		}
 		return
