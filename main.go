@@ -49,6 +49,14 @@ type Config struct {
 	WriteTimeout           time.Duration `env:"WRITE_TIMEOUT" envDefault:"10s"`
 	ShutdownTimeout        time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
 	RedisPingInterval      time.Duration `env:"REDIS_PING_INTERVAL" envDefault:"5s"`
+	// The longest a request waits for Redis (a session read, a stream's
+	// opening, POST /publish, a wait for a pool connection): past it, 503
+	// with Retry-After.
+	RedisTimeout time.Duration `env:"REDIS_TIMEOUT" envDefault:"2s"`
+	// How far the pub/sub feed may fall behind Redis (a PING's time through
+	// it) before the instance reports not ready and catches its streams
+	// up from history instead of draining the backlog.
+	PubSubLagLimit time.Duration `env:"PUBSUB_LAG_LIMIT" envDefault:"5s"`
 
 	PublishToken   string        `env:"PUBLISH_TOKEN"`
 	HistoryMaxLen  int           `env:"HISTORY_MAXLEN" envDefault:"1000"`
@@ -93,6 +101,9 @@ type Config struct {
 	// only once this many replicas have it (WAIT), else 503.
 	DurableWaitReplicas int           `env:"DURABLE_WAIT_REPLICAS" envDefault:"0"`
 	DurableWaitTimeout  time.Duration `env:"DURABLE_WAIT_TIMEOUT" envDefault:"1s"`
+	// A publish with an Idempotency-Key seen within this window answers
+	// the first one's id and publishes nothing.
+	IdempotencyWindow time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"5m"`
 
 	PprofAddr string `env:"PPROF_ADDR"` // e.g. 127.0.0.1:6060; unset: no profiling endpoint
 
@@ -168,6 +179,8 @@ func loadConfig(environ map[string]string) (Config, error) {
 		"HEARTBEAT_INTERVAL": int64(cfg.HeartbeatInterval), "SESSION_RECHECK_INTERVAL": int64(cfg.SessionRecheckInterval),
 		"RETRY_INTERVAL": int64(cfg.RetryInterval), "WRITE_TIMEOUT": int64(cfg.WriteTimeout),
 		"SHUTDOWN_TIMEOUT": int64(cfg.ShutdownTimeout), "REDIS_PING_INTERVAL": int64(cfg.RedisPingInterval),
+		"REDIS_TIMEOUT": int64(cfg.RedisTimeout), "PUBSUB_LAG_LIMIT": int64(cfg.PubSubLagLimit),
+		"IDEMPOTENCY_WINDOW":   int64(cfg.IdempotencyWindow),
 		"MAX_STREAMS_PER_USER": int64(cfg.MaxStreamsPerUser), "MAX_STREAMS": int64(cfg.MaxStreams),
 		"MAX_EVENT_BYTES": int64(cfg.MaxEventBytes), "MAX_SESSION_BYTES": int64(cfg.MaxSessionBytes),
 		"STREAM_QUEUE": int64(cfg.StreamQueue), "STREAM_QUEUE_BYTES": int64(cfg.StreamQueueBytes),
