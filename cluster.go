@@ -85,6 +85,9 @@ func clusterClient(cfg Config) *redis.ClusterClient {
 		DialTimeout: 2 * time.Second,
 		ReadTimeout: waitReadTimeout(cfg),
 		ClientName:  "ssebridge",
+		// Bounded waits (REDIS_TIMEOUT): see redisClient.
+		ContextTimeoutEnabled: true,
+		PoolTimeout:           cfg.RedisTimeout,
 		// go-redis reads the slot map again on MOVED, and otherwise once a
 		// minute by default: after a failover the dead master answers
 		// nothing, so no MOVED comes, and commands for its slots would fail

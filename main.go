@@ -448,6 +448,7 @@ func hubOptions(cfg Config) stream.Options {
 		MarkInterval: cfg.HistoryTTL / 4,
 		Retry:        cfg.RetryInterval,
 		Loops:        cfg.EventLoops,
+		RedisTimeout: cfg.RedisTimeout,
 	}
 }
 
@@ -464,9 +465,20 @@ func routeOptions(cfg Config, hub *stream.Hub, sessions *store.Sessions, reg *pr
 		AllowedOrigins: cfg.AllowedOrigins,
 		Write:          stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
 		Retry:          cfg.RetryInterval,
+		RedisTimeout:   cfg.RedisTimeout,
+		PublishTimeout: publishTimeout(cfg),
 		Registry:       reg,
 		Log:            log,
 	}
+}
+
+// publishTimeout bounds POST /publish: REDIS_TIMEOUT, and the WAIT for
+// replicas on top when there is one.
+func publishTimeout(cfg Config) time.Duration {
+	if cfg.DurableWaitReplicas > 0 {
+		return cfg.RedisTimeout + cfg.DurableWaitTimeout
+	}
+	return cfg.RedisTimeout
 }
 
 // newRegistry is the registry /metrics serves, with the Go runtime's and
@@ -633,9 +645,11 @@ func redisClient(cfg Config, url string) (*redis.Client, error) {
 			Username:         cfg.RedisUsername,
 			Password:         cfg.RedisPassword,
 			PoolSize:         size, MinIdleConns: size, MaxActiveConns: size,
-			DialTimeout: 2 * time.Second,
-			ReadTimeout: waitReadTimeout(cfg),
-			ClientName:  "ssebridge",
+			DialTimeout:           2 * time.Second,
+			ReadTimeout:           waitReadTimeout(cfg),
+			ClientName:            "ssebridge",
+			ContextTimeoutEnabled: true,
+			PoolTimeout:           cfg.RedisTimeout,
 		}), nil
 	}
 	ropts, err := redis.ParseURL(url)
@@ -645,6 +659,12 @@ func redisClient(cfg Config, url string) (*redis.Client, error) {
 	ropts.PoolSize, ropts.MinIdleConns, ropts.MaxActiveConns = size, size, size
 	ropts.DialTimeout = 2 * time.Second
 	ropts.ClientName = "ssebridge" // so that CLIENT LIST shows what is ours
+	// Bounded waits: a request's deadline (REDIS_TIMEOUT) bounds its reads
+	// and writes on the socket too (go-redis otherwise waits its own read
+	// timeout, and again for each retry), and the wait for a free
+	// connection is no longer than a request may wait in all.
+	ropts.ContextTimeoutEnabled = true
+	ropts.PoolTimeout = cfg.RedisTimeout
 	if cfg.RedisUsername != "" {
 		ropts.Username = cfg.RedisUsername
 	}

@@ -31,8 +31,13 @@ type events struct {
 func (ev *events) stream(c echo.Context) error {
 	// Taken before the session is read: control messages published from
 	// then on reach the stream even if they arrive before it is registered.
+	// One deadline for every wait on Redis before the answer: the barrier,
+	// the session, the subscriptions.
+	ctx := c.Request().Context()
+	rctx, cancel := context.WithTimeout(ctx, ev.o.RedisTimeout)
+	defer cancel()
 	var ticket stream.Ticket
-	who, err := ev.authorize(c, func(ctx context.Context) (err error) {
+	who, err := ev.authorize(rctx, c, func(ctx context.Context) (err error) {
 		ticket, err = ev.o.Hub.Ticket(ctx)
 		return err
 	})
@@ -43,8 +48,7 @@ func (ev *events) stream(c echo.Context) error {
 	if resume == "" {
 		resume = c.QueryParam("lastEventId") // for curl, and pages that keep the id themselves
 	}
-	ctx := c.Request().Context()
-	s, err := ev.o.Hub.Open(ctx, stream.Spec{User: who.session.User, Session: who.token, Rooms: who.rooms, AllRooms: who.allRooms, Resume: resume, Granted: who.session.Granted, Ticket: ticket})
+	s, err := ev.o.Hub.Open(rctx, stream.Spec{User: who.session.User, Session: who.token, Rooms: who.rooms, AllRooms: who.allRooms, Resume: resume, Granted: who.session.Granted, Ticket: ticket})
 	if err != nil && ctx.Err() != nil {
 		return ev.gone()
 	}
@@ -114,8 +118,16 @@ func (ev *events) openRefusal(c echo.Context, user string, err error) error {
 	case errors.Is(err, stream.ErrControlBacklog):
 		return ev.refuseRetry(c, http.StatusServiceUnavailable, "control_backlog", "too busy, try again")
 	}
-	ev.log.Write(slog.LevelWarn, "warn:redis", "stream refused: redis unavailable", "user", user, "err", err)
-	return ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
+	return ev.redisRefusal(c, err)
+}
+
+// redisRefusal answers a request that Redis failed: 503 with Retry-After,
+// saying whether Redis was late (REDIS_TIMEOUT) or away, and logs the
+// cause once a minute per cause, with how many more there were.
+func (ev *events) redisRefusal(c echo.Context, err error) error {
+	msg, cause := redisTrouble(err, ev.o.RedisTimeout)
+	ev.log.Write(slog.LevelWarn, "warn:redis:"+cause, "stream refused: "+msg, "cause", cause, "err", err)
+	return ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", msg)
 }
 
 // check serves GET /events/check: the answer GET /events would give, without
@@ -126,7 +138,9 @@ func (ev *events) openRefusal(c echo.Context, user string, err error) error {
 // and a tab of a user whose one allowed stream its leader holds must still
 // learn which tabs to join.
 func (ev *events) check(c echo.Context) error {
-	who, err := ev.authorize(c, nil)
+	ctx, cancel := context.WithTimeout(c.Request().Context(), ev.o.RedisTimeout)
+	defer cancel()
+	who, err := ev.authorize(ctx, c, nil)
 	if err != nil {
 		return err
 	}
@@ -157,8 +171,9 @@ type authorized struct {
 
 // authorize checks the origin and the session, and returns the rooms the
 // stream asks for (all of the session's when it names none). beforeLookup,
-// if set, runs right before the session is read; an error of it is Redis's.
-func (ev *events) authorize(c echo.Context, beforeLookup func(context.Context) error) (authorized, error) {
+// if set, runs right before the session is read; an error of it is Redis's. ctx bounds the waits on
+// Redis.
+func (ev *events) authorize(ctx context.Context, c echo.Context, beforeLookup func(context.Context) error) (authorized, error) {
 	var a authorized
 	if !ev.origins.admit(c) {
 		return a, ev.refuse(http.StatusForbidden, "origin", "origin not allowed")
@@ -175,16 +190,16 @@ func (ev *events) authorize(c echo.Context, beforeLookup func(context.Context) e
 	var sess wire.Session
 	var err error
 	if beforeLookup != nil {
-		err = beforeLookup(c.Request().Context())
+		err = beforeLookup(ctx)
 	}
 	switch {
 	case err != nil:
 		// Answered as a failed read of the session (below).
 	case len(tokens) == 1:
 		a.token = tokens[0]
-		sess, err = ev.o.Sessions.Lookup(c.Request().Context(), a.token)
+		sess, err = ev.o.Sessions.Lookup(ctx, a.token)
 	default:
-		a.token, sess, err = ev.liveOne(c.Request().Context(), tokens)
+		a.token, sess, err = ev.liveOne(ctx, tokens)
 		if errors.Is(err, errTwoSessions) {
 			// Go reads the first cookie, Django the last (parse_cookie):
 			// with two live sessions, the stream would be another's than
@@ -208,8 +223,7 @@ func (ev *events) authorize(c echo.Context, beforeLookup func(context.Context) e
 		// error, which go-redis words as it likes.
 		return a, ev.gone()
 	case err != nil:
-		ev.log.Write(slog.LevelWarn, "warn:redis", "stream refused: redis unavailable", "err", err)
-		return a, ev.refuseRetry(c, http.StatusServiceUnavailable, "redis", "redis unavailable")
+		return a, ev.redisRefusal(c, err)
 	}
 	a.session = sess
 

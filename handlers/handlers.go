@@ -5,6 +5,7 @@ package handlers
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -38,6 +39,12 @@ type Options struct {
 	AllowedOrigins []string
 	Write          stream.WriteOptions
 	Retry          time.Duration // Retry-After on transient refusals
+	// RedisTimeout bounds a request's waits on Redis, all of them
+	// together (REDIS_TIMEOUT): past it, 503 with Retry-After. 0: 10 s.
+	RedisTimeout time.Duration
+	// PublishTimeout bounds POST /publish's: RedisTimeout, plus
+	// DURABLE_WAIT_TIMEOUT when replicas are waited for. 0: RedisTimeout.
+	PublishTimeout time.Duration
 
 	// Ready reports whether Redis is reachable and subscribed.
 	Ready func(context.Context) error
@@ -58,6 +65,12 @@ type Dev struct {
 
 // New returns the service's routes.
 func New(o Options) *echo.Echo {
+	if o.RedisTimeout <= 0 {
+		o.RedisTimeout = 10 * time.Second
+	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = o.RedisTimeout
+	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.JSONSerializer = jsonSerializer{}
@@ -123,6 +136,19 @@ func New(o Options) *echo.Echo {
 		g.POST("/logout", d.logout)
 	}
 	return e
+}
+
+// redisTrouble words a failed wait on Redis for the client: a deadline
+// that passed is REDIS_TIMEOUT's (the caller tells a client's leaving
+// apart, by the request's context). cause is store.Cause's, for the log.
+func redisTrouble(err error, timeout time.Duration) (msg, cause string) {
+	switch cause = store.Cause(err); cause {
+	case store.CauseTimeout:
+		return fmt.Sprintf("redis did not answer within %v (REDIS_TIMEOUT)", timeout), cause
+	case store.CausePoolTimeout:
+		return fmt.Sprintf("no free redis connection within %v (REDIS_TIMEOUT)", timeout), cause
+	}
+	return "redis unavailable", cause
 }
 
 // errClientGone ends a request whose client left while it was served

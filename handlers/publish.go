@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -101,16 +102,21 @@ func (p *publisher) publish(c echo.Context) error {
 	if _, err := wire.ParseEnvelope(envelope); err != nil {
 		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
-	id, err := p.o.History.Publish(c.Request().Context(), req.Channel, envelope)
+	ctx, cancel := context.WithTimeout(c.Request().Context(), p.o.PublishTimeout)
+	defer cancel()
+	id, err := p.o.History.Publish(ctx, req.Channel, envelope)
 	if err != nil && c.Request().Context().Err() != nil {
 		// The client left (its context, not Redis, ended the call): no
 		// outage to warn of, and nobody to answer.
 		return p.gone(req.Channel)
 	}
 	if err != nil {
-		p.log.Write(slog.LevelWarn, "publish:redis", "durable publish failed", "channel", req.Channel, "err", err)
+		// Maybe published: the script may have run, or may still run when
+		// a stalled link delivers it (docs/protocol.md).
+		msg, cause := redisTrouble(err, p.o.PublishTimeout)
+		p.log.Write(slog.LevelWarn, "publish:redis:"+cause, "durable publish failed: "+msg, "channel", req.Channel, "cause", cause, "err", err)
 		c.Response().Header().Set("Retry-After", "1")
-		return p.refuse(http.StatusServiceUnavailable, "redis", "redis unavailable")
+		return p.refuse(http.StatusServiceUnavailable, "redis", msg+"; it may have been published: retry with the same Idempotency-Key")
 	}
 	return c.JSON(http.StatusOK, map[string]string{"id": id.String()})
 }

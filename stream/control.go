@@ -36,7 +36,7 @@ type Ticket struct {
 // over the session (a stale leave taking away a room the session grants
 // again).
 func (h *Hub) Ticket(ctx context.Context) (Ticket, error) {
-	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	ctx, cancel := h.bounded(ctx)
 	defer cancel()
 	if err := h.sub.Sync(ctx); err != nil {
 		return Ticket{}, err
@@ -178,7 +178,10 @@ func (h *Hub) Run(ctx context.Context) {
 			if h.Len() == 0 {
 				continue
 			}
-			if err := h.history.Mark(ctx, wire.BroadcastChannel); err != nil {
+			mctx, cancel := h.bounded(ctx)
+			err := h.history.Mark(mctx, wire.BroadcastChannel)
+			cancel()
+			if err != nil {
 				h.log.Warn("moving stream ids on", "err", err)
 			}
 		}
@@ -203,6 +206,8 @@ func (h *Hub) Prime(ctx context.Context) error {
 // positionNow reads the position now (a read of no channel, which writes
 // nothing), and takes one only if Redis has none yet (a new Redis).
 func (h *Hub) positionNow(ctx context.Context) (wire.Cursor, error) {
+	ctx, cancel := h.bounded(ctx)
+	defer cancel()
 	now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
 	if err != nil || !now.Position.IsZero() {
 		return now.Position, err

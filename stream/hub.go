@@ -64,6 +64,10 @@ type Options struct {
 	MaxResumesPerUser   int           // opens with a Last-Event-ID per user per minute; 0: no limit
 	MarkInterval        time.Duration // how often idle streams' ids are moved on
 	Retry               time.Duration // the retry: hint sent to browsers
+	// RedisTimeout bounds each wait on Redis made for a stream (its
+	// subscriptions confirmed, a read of history, a position): past it the
+	// stream is refused, or ended with a retry hint. 0: 10 s.
+	RedisTimeout time.Duration
 	// ParseCursor reads a Last-Event-ID: wire.ParseCursor when nil; in
 	// cluster mode, the vector ids of store.Cluster.
 	ParseCursor func(string) (wire.Cursor, error)
@@ -78,9 +82,15 @@ type Options struct {
 	Loops int
 }
 
-// syncTimeout bounds how long Open waits for Redis to confirm a stream's
-// subscriptions.
-const syncTimeout = 10 * time.Second
+// defaultRedisTimeout is Options.RedisTimeout when it is not set.
+const defaultRedisTimeout = 10 * time.Second
+
+// bounded returns ctx with the deadline of one wait on Redis
+// (Options.RedisTimeout): a stream is better refused, or sent back with a
+// retry hint, than left waiting on a link that does not answer.
+func (h *Hub) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, h.opts.RedisTimeout)
+}
 
 // replayPageBytes is the size of one history read: small enough that many
 // streams can catch up at once, large enough to take few round trips.
@@ -161,6 +171,9 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 	}
 	if h.opts.AfterGrant == nil {
 		h.opts.AfterGrant = wire.AfterGrant
+	}
+	if h.opts.RedisTimeout <= 0 {
+		h.opts.RedisTimeout = defaultRedisTimeout
 	}
 	h.loops = newLoops(h, opts.Loops)
 	h.seen.Store(&wire.Cursor{})
@@ -293,7 +306,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 		// Bounded: a stream is better refused with a Retry-After than left
 		// waiting on a Redis that does not answer.
 		gen, _ := s.generation()
-		sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+		sctx, cancel := h.bounded(ctx)
 		subErr = h.sub.Sync(sctx)
 		cancel()
 		s.confirm(gen)
@@ -442,7 +455,9 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 	// read had moved streams past, and was dropped as replayed.) The
 	// bound is read, not taken (Position would write a new id): a read of
 	// no channel is the position now.
-	now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
+	rctx, cancel := h.bounded(ctx)
+	now, err := h.history.Read(rctx, nil, nil, wire.Cursor{}, 0)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -465,7 +480,9 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 	}
 	// Only the channels that had events read in pages: an instance may
 	// have a hundred thousand channels, and a gap touches few.
-	channels, err := h.history.Active(ctx, h.allChannels(), from)
+	rctx, cancel = h.bounded(ctx)
+	channels, err := h.history.Active(rctx, h.allChannels(), from)
+	cancel()
 	if err != nil || len(channels) == 0 {
 		return err
 	}
@@ -475,7 +492,9 @@ func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
 		for i := range after {
 			after[i] = from
 		}
-		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
+		rctx, cancel := h.bounded(ctx)
+		page, err := h.history.Read(rctx, channels, after, until, replayPageBytes)
+		cancel()
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"log/slog"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -109,6 +110,8 @@ type pass struct {
 // begin starts a pass up to the position now: read, not taken (a read of
 // no channel), unless take (a new stream's first id is a taken one).
 func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
+	ctx, cancel := h.bounded(ctx)
+	defer cancel()
 	_, confirmed := s.generation()
 	var bound wire.Cursor
 	if take {
@@ -200,7 +203,8 @@ func (h *Hub) redisFailed(ctx context.Context, s *Stream, what string, err error
 	if ctx.Err() != nil {
 		return ReasonClient
 	}
-	h.log.Warn("stream ended: "+what, "user", s.User, "err", err)
+	// One line a minute: a Redis that stalls ends every stream at once.
+	h.limited.Write(slog.LevelWarn, "ended:"+what, "stream ended: "+what, "user", s.User, "err", err)
 	h.endRetry(s, ReasonRedis)
 	return ""
 }
@@ -270,18 +274,20 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 				after[i] = h.opts.AfterGrant(after[i], c, g)
 			}
 		}
-		page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
+		rctx, cancel := h.bounded(ctx)
+		page, err := h.history.Read(rctx, channels, after, until, replayPageBytes)
 		overhead := replayOverhead(page.Position)
 		if err == nil && page.Reset == "" && first && page.More {
 			// More than a page: the pass's size is learnt before any of it
 			// is written, so that one over the limit sends its reset alone.
 			// Later pages read no more than this counted (channels only go).
 			var n int
-			n, err = h.history.Size(ctx, channels, after, page.Position, overhead, h.opts.ReplayMaxBytes)
+			n, err = h.history.Size(rctx, channels, after, page.Position, overhead, h.opts.ReplayMaxBytes)
 			if n > h.opts.ReplayMaxBytes {
 				page.Reset = wire.ResetTooLarge
 			}
 		}
+		cancel()
 		if err != nil {
 			release()
 			return read, end, h.redisFailed(ctx, s, "history could not be read", err), false
