@@ -16,6 +16,7 @@ type Metrics struct {
 	ReplayPages prometheus.Gauge
 	OnLoops     prometheus.Gauge
 	ResumeUsers prometheus.Gauge
+	FellBack    prometheus.Counter
 }
 
 // NewMetrics registers the hub's metrics.
@@ -65,11 +66,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ssebridge_streams_on_loops",
 			Help: "Live streams written by the event loops (EVENT_LOOPS) rather than a goroutine each.",
 		}),
+		FellBack: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssebridge_streams_fell_back_total",
+			Help: "Times a live stream's queue filled with durable events (a burst: a recovery, a feed that was late) and the stream caught up from history instead of being ended as slow.",
+		}),
 		ResumeUsers: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ssebridge_resume_limit_users",
 			Help: "Users whose resumes MAX_RESUMES_PER_USER_PER_MINUTE tracks (at most MAX_STREAMS; refusals: ssebridge_handshakes_refused_total{reason=\"resume_limit\"}).",
 		}),
 	}
-	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets, m.Control, m.Rechecked, m.ReplayPages, m.OnLoops, m.ResumeUsers)
+	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets, m.Control, m.Rechecked, m.ReplayPages, m.OnLoops, m.ResumeUsers, m.FellBack)
 	return m
 }

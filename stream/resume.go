@@ -112,7 +112,9 @@ type pass struct {
 func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
 	ctx, cancel := h.bounded(ctx)
 	defer cancel()
-	_, confirmed := s.generation()
+	// The generation before the bound: a durable event skipped after it
+	// may follow the bound, and the pass may not go live without it.
+	gen, confirmed := s.generation()
 	var bound wire.Cursor
 	if take {
 		pos, err := h.history.Position(ctx)
@@ -127,7 +129,6 @@ func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
 		}
 		bound = now.Position
 	}
-	gen, _ := s.generation()
 	if err := h.sub.Sync(ctx); err != nil {
 		return pass{}, err
 	}

@@ -128,17 +128,26 @@ func newStream(h *Hub, user, session string) *Stream {
 
 // offer queues a frame of channel without blocking; cursor is the id of a
 // durable event, zero for a live one. It reports false when the queue is
-// full, in events or in bytes: the caller then ends the stream as slow.
+// full of a live event, in events or in bytes: the caller then ends the
+// stream as slow. A durable event that does not fit is had again from
+// history: the stream catches up from there instead (fallBack).
 func (s *Stream) offer(channel string, frame []byte, cursor wire.Cursor) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.offerLocked(channel, frame, cursor)
+}
+
+func (s *Stream) offerLocked(channel string, frame []byte, cursor wire.Cursor) bool {
 	switch {
 	case s.ending != "":
 		return true // already on its way out; nothing more to do
 	case s.catching != nil:
 		c := s.catching
 		if c.skipping && !cursor.IsZero() {
-			return true // history has it: the next pass replays it
+			// History has it: a pass that begins after it reads it, and
+			// one begun before it must not go live without it.
+			s.skipped()
+			return true
 		}
 		if len(c.held) >= s.hub.opts.QueueEvents || c.size+len(frame) > s.hub.opts.QueueBytes {
 			if cursor.IsZero() {
@@ -152,7 +161,7 @@ func (s *Stream) offer(channel string, frame []byte, cursor wire.Cursor) bool {
 			// cannot go live): their room is freed, or every later one would
 			// overflow again and no pass could go live.
 			c.forget(func(e heldEvent) bool { return !e.cursor.IsZero() })
-			s.gen++
+			s.skipped()
 			return true
 		}
 		c.held = append(c.held, heldEvent{frame, cursor, channel})
@@ -160,6 +169,19 @@ func (s *Stream) offer(channel string, frame []byte, cursor wire.Cursor) bool {
 		return true
 	}
 	return s.queueLocked(frame, cursor)
+}
+
+// skipped counts a durable event a stream catching up did not hold: a pass
+// of catch-up whose generation was taken before it cannot go live (the
+// event may follow its bound), and runs again. A skip needs no
+// subscription confirmed, so it moves the confirmed generation on with it
+// when nothing else waited for confirmation: the next pass may go live.
+func (s *Stream) skipped() {
+	c := s.catching
+	if c.confirmed == s.gen {
+		c.confirmed++
+	}
+	s.gen++
 }
 
 func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
@@ -174,10 +196,16 @@ func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
 			// the epoch it left is one Redis no longer has.
 			return true
 		}
-		s.last = s.last.Max(cursor) // cursor itself, but per partition in cluster mode
 	}
 	if len(s.queue) >= s.hub.opts.QueueEvents || s.queued+len(frame) > s.hub.opts.QueueBytes {
-		return false
+		if cursor.IsZero() {
+			return false // a live event cannot be had again: slow
+		}
+		s.fallBack()
+		return true
+	}
+	if !cursor.IsZero() {
+		s.last = s.last.Max(cursor) // cursor itself, but per partition in cluster mode
 	}
 	s.queue = append(s.queue, frame)
 	s.queued += len(frame)
@@ -185,6 +213,25 @@ func (s *Stream) queueLocked(frame []byte, cursor wire.Cursor) bool {
 		s.signal() // a longer queue means the writer was woken already
 	}
 	return true
+}
+
+// fallBack makes a live stream whose queue is full catch up from history
+// instead of being ended as slow: a burst of durable events (a recovery
+// after a gap, a feed that was late, a client that slowed down a while)
+// is had again from Redis at the pace the client reads, through the
+// paced replay. What is queued is written first; the replay reads every
+// channel after the last event queued, and durable events that arrive
+// meanwhile are skipped (it reads them). Only a live event, which history
+// does not have, still ends a stream as slow.
+func (s *Stream) fallBack() {
+	s.catching = &catchUp{
+		replay: true, from: s.last, floor: s.last,
+		confirmed: s.gen, // a live stream's subscriptions were all confirmed
+		skipping:  true,
+	}
+	s.skipped()
+	s.hub.metrics.FellBack.Inc()
+	s.signal()
 }
 
 // rewind asks the writer to replay history again before live events flow:
@@ -371,7 +418,9 @@ func (s *Stream) goLive(pos wire.Cursor, gen uint64) (live, held bool) {
 	s.last = s.last.Max(pos)
 	held = true
 	for _, e := range events {
-		held = held && s.queueLocked(e.frame, e.cursor)
+		// As offered: past a full queue, durable events fall back to
+		// history, and a live one ends the stream as slow.
+		held = held && s.offerLocked(e.channel, e.frame, e.cursor)
 	}
 	if len(s.queue) > 0 {
 		s.signal()
