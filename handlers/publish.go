@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssebridge/ssebridge/internal/ratelog"
+	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -52,6 +54,10 @@ func (p *publisher) publish(c echo.Context) error {
 	token, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(p.o.PublishToken)) != 1 {
 		return p.refuse(http.StatusUnauthorized, "unauthorized", "POST /publish needs Authorization: Bearer <PUBLISH_TOKEN>")
+	}
+	key, err := idempotencyKey(c.Request().Header)
+	if err != nil {
+		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
 	// The body holds the envelope and a channel name: allow a little over
 	// the event limit, and refuse the envelope itself by its own size below.
@@ -101,18 +107,86 @@ func (p *publisher) publish(c echo.Context) error {
 	if _, err := wire.ParseEnvelope(envelope); err != nil {
 		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
-	id, err := p.o.History.Publish(c.Request().Context(), req.Channel, envelope)
+	// Without the header no key is made up: the script is sent once
+	// (never retried below ssebridge), and a key the client does not know
+	// could not make the client's own retry safe, while each one would
+	// cost Redis a record for IDEMPOTENCY_WINDOW.
+	id, replayed, err := p.o.History.PublishOnce(c.Request().Context(), req.Channel, envelope, key)
 	if err != nil && c.Request().Context().Err() != nil {
 		// The client left (its context, not Redis, ended the call): no
 		// outage to warn of, and nobody to answer.
 		return p.gone(req.Channel)
 	}
+	if errors.Is(err, store.ErrIdempotencyKeyReused) {
+		return p.refuse(http.StatusUnprocessableEntity, "idempotency_key_reused",
+			"Idempotency-Key: this key was used within IDEMPOTENCY_WINDOW for another channel or event: a key names one event; nothing was published")
+	}
 	if err != nil {
+		// Not logged with the key: it is the client's, and logs stay clean.
 		p.log.Write(slog.LevelWarn, "publish:redis", "durable publish failed", "channel", req.Channel, "err", err)
 		c.Response().Header().Set("Retry-After", "1")
-		return p.refuse(http.StatusServiceUnavailable, "redis", "redis unavailable")
+		msg := "redis unavailable: the event may have been published; retry with the same Idempotency-Key to publish it at most once"
+		if !id.IsZero() {
+			// Published, not known to be on enough replicas (DURABLE_WAIT_REPLICAS).
+			msg = "redis unavailable: the event was published but is not known to be on enough replicas; retry with the same Idempotency-Key to wait again"
+		}
+		return p.refuse(http.StatusServiceUnavailable, "redis", msg)
+	}
+	if replayed {
+		c.Response().Header().Set("Idempotent-Replayed", "true")
 	}
 	return c.JSON(http.StatusOK, map[string]string{"id": id.String()})
+}
+
+// maxIdempotencyKey is the longest Idempotency-Key, unquoted.
+const maxIdempotencyKey = 255
+
+// idempotencyKey reads the Idempotency-Key header: a bare token, or an
+// sf-string ("...", with \" and \\ escapes) as the IETF draft has it;
+// unquoted, 1-255 visible ASCII characters. "" when absent.
+func idempotencyKey(h http.Header) (string, error) {
+	values := h.Values("Idempotency-Key")
+	switch {
+	case len(values) == 0:
+		return "", nil
+	case len(values) > 1:
+		return "", errors.New("Idempotency-Key: sent more than once")
+	}
+	v := values[0]
+	if strings.HasPrefix(v, `"`) {
+		var b strings.Builder
+		closed := false
+		for i := 1; i < len(v); i++ {
+			ch := v[i]
+			switch {
+			case closed:
+				return "", errors.New(`Idempotency-Key: nothing may follow the closing '"'`)
+			case ch == '\\':
+				i++
+				if i == len(v) || (v[i] != '"' && v[i] != '\\') {
+					return "", errors.New(`Idempotency-Key: in a quoted key, '\' escapes only '"' and '\'`)
+				}
+				b.WriteByte(v[i])
+			case ch == '"':
+				closed = true
+			default:
+				b.WriteByte(ch)
+			}
+		}
+		if !closed {
+			return "", errors.New(`Idempotency-Key: a quoted key needs its closing '"'`)
+		}
+		v = b.String()
+	}
+	if len(v) < 1 || len(v) > maxIdempotencyKey {
+		return "", fmt.Errorf("Idempotency-Key: want 1-%d characters, got %d", maxIdempotencyKey, len(v))
+	}
+	for i := range len(v) {
+		if v[i] < 0x21 || v[i] > 0x7e {
+			return "", fmt.Errorf("Idempotency-Key: want visible ASCII characters only (no space), got byte 0x%02x at %d", v[i], i)
+		}
+	}
+	return v, nil
 }
 
 // encodeEnvelope returns the envelope as it is stored and sent, without
