@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	neturl "net/url"
 	"os"
@@ -115,8 +116,9 @@ through its embedded Redis (try-out mode, said on stderr).
 	// maybe says, on a failure, how to retry it without a duplicate.
 	maybe := func(err error) error {
 		var reply redis.Error
-		if errors.As(err, &reply) {
-			return err // Redis answered the script: it refused, publishing nothing
+		var op *net.OpError
+		if errors.As(err, &reply) || errors.As(err, &op) && op.Op == "dial" {
+			return err // Redis refused the script, or nothing was sent: nothing published
 		}
 		return fmt.Errorf("%w\n(the event may have been published: to retry it at most once, run the same command with -idempotency-key %s)", err, *idemKey)
 	}

@@ -92,3 +92,16 @@ func TestPublishCommandIdempotencyKey(t *testing.T) {
 		}
 	})
 }
+
+// TestPublishCommandNoHintWhenNothingWasSent: a connection refused sent
+// nothing, so the error does not say the event may have been published.
+func TestPublishCommandNoHintWhenNothingWasSent(t *testing.T) {
+	for _, v := range []string{"REDIS_URL", "REDIS_CLUSTER_ADDRS", "PUBLISH_TOKEN"} {
+		t.Setenv(v, "")
+	}
+	var out, errOut bytes.Buffer
+	err := publishCommand(context.Background(), []string{"-channel", "room:a", "-data", "1", "-url", "http://127.0.0.1:1", "-token", "t"}, &out, &errOut)
+	if err == nil || strings.Contains(err.Error(), "may have been published") {
+		t.Fatalf("connection refused: %v; want an error without the retry hint", err)
+	}
+}
