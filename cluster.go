@@ -25,6 +25,7 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 
 	cl := store.NewCluster(cc, cfg.ChannelPrefix, cfg.ClusterPartitions, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL,
 		cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
+	cl.IdempotencyWindow(cfg.IdempotencyWindow)
 	sessions := store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes)
 	opts := hubOptions(cfg)
 	opts.ParseCursor = cl.ParseCursor

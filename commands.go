@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	neturl "net/url"
 	"os"
@@ -66,10 +68,13 @@ func publishCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	token := fs.String("token", "", "PUBLISH_TOKEN, for POST /publish (default $PUBLISH_TOKEN)")
 	cluster := fs.String("cluster", "", "publish through this Redis Cluster: host:port,... of some of its nodes (default $REDIS_CLUSTER_ADDRS)")
 	partitions := fs.Int("partitions", 0, "CLUSTER_PARTITIONS, with -cluster (default $CLUSTER_PARTITIONS, or 16)")
+	idemKey := fs.String("idempotency-key", "", "publish at most once under this key within IDEMPOTENCY_WINDOW: a retry with the same key answers the first id (default: a new random key per call, said on a failure)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `usage: ssebridge publish -channel CHANNEL [-event NAME] -data DATA [-redis URL | -cluster ADDRS | -url URL -token TOKEN]
 
-Publishes a durable event and prints its id. Through Redis with -redis (or
+Publishes a durable event and prints its id. A call that fails may still
+have published: run it again with -idempotency-key and the key the error
+names, and it publishes at most once. Through Redis with -redis (or
 $REDIS_URL); through Redis Cluster with -cluster (or $REDIS_CLUSTER_ADDRS;
 it prints the event's position in its partition, docs/CLUSTER.md); else
 through POST /publish with -url and -token (or
@@ -103,6 +108,26 @@ through its embedded Redis (try-out mode, said on stderr).
 	if !given["prefix"] {
 		*prefix = envOr("CHANNEL_PREFIX", "sse:")
 	}
+	if !given["idempotency-key"] {
+		*idemKey = rand.Text() // the same call retried below must not publish twice
+	} else if err := checkIdempotencyKey(*idemKey); err != nil {
+		return usageError{err: fmt.Errorf("-idempotency-key: %w", err)}
+	}
+	// maybe says, on a failure, how to retry it without a duplicate.
+	maybe := func(err error) error {
+		var reply redis.Error
+		var op *net.OpError
+		if errors.As(err, &reply) || errors.As(err, &op) && op.Op == "dial" {
+			return err // Redis refused the script, or nothing was sent: nothing published
+		}
+		return fmt.Errorf("%w\n(the event may have been published: to retry it at most once, run the same command with -idempotency-key %s)", err, *idemKey)
+	}
+	printID := func(id string, replayed bool) {
+		if replayed {
+			fmt.Fprintln(stderr, "publish: published before under this idempotency key: nothing published now; its id:")
+		}
+		fmt.Fprintln(stdout, id)
+	}
 
 	if !given["cluster"] && !given["redis"] && !given["url"] && !given["token"] && os.Getenv("REDIS_URL") == "" {
 		*cluster = os.Getenv("REDIS_CLUSTER_ADDRS")
@@ -124,11 +149,11 @@ through its embedded Redis (try-out mode, said on stderr).
 			ClusterStateReloadInterval: 2 * time.Second, // see clusterClient
 		})
 		defer cc.Close()
-		id, err := store.NewClusterPublisher(cc, *prefix, *partitions).Publish(ctx, *channel, envelope)
+		id, replayed, err := store.NewClusterPublisher(cc, *prefix, *partitions).PublishOnce(ctx, *channel, envelope, *idemKey)
 		if err != nil {
-			return err
+			return maybe(err)
 		}
-		fmt.Fprintln(stdout, id)
+		printID(id.String(), replayed)
 		return nil
 	}
 	switch {
@@ -148,11 +173,11 @@ through its embedded Redis (try-out mode, said on stderr).
 			if !given["prefix"] {
 				*prefix = t.ChannelPrefix
 			}
-			id, err := publishRedis(ctx, *redisURL, *prefix, *channel, envelope)
+			id, replayed, err := publishRedis(ctx, *redisURL, *prefix, *channel, envelope, *idemKey)
 			if err != nil {
-				return fmt.Errorf("%w\n%s", err, t.stale(path))
+				return fmt.Errorf("%w\n%s", maybe(err), t.stale(path))
 			}
-			fmt.Fprintln(stdout, id)
+			printID(id.String(), replayed)
 			return nil
 		}
 	}
@@ -161,11 +186,11 @@ through its embedded Redis (try-out mode, said on stderr).
 	}
 
 	if *redisURL != "" {
-		id, err := publishRedis(ctx, *redisURL, *prefix, *channel, envelope)
+		id, replayed, err := publishRedis(ctx, *redisURL, *prefix, *channel, envelope, *idemKey)
 		if err != nil {
-			return err
+			return maybe(err)
 		}
-		fmt.Fprintln(stdout, id)
+		printID(id.String(), replayed)
 		return nil
 	}
 	body, err := compactJSON(struct {
@@ -182,38 +207,59 @@ through its embedded Redis (try-out mode, said on stderr).
 	}
 	req.Header.Set("Authorization", "Bearer "+*token)
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", *idemKey)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w (no ssebridge there? -url names it; -redis publishes through Redis instead)", err)
+		return maybe(fmt.Errorf("%w (no ssebridge there? -url names it; -redis publishes through Redis instead)", err))
 	}
 	defer resp.Body.Close()
 	var answer struct{ ID, Error string }
 	_ = json.NewDecoder(resp.Body).Decode(&answer)
 	switch {
 	case resp.StatusCode == http.StatusOK && answer.ID != "":
-		fmt.Fprintln(stdout, answer.ID)
+		printID(answer.ID, resp.Header.Get("Idempotent-Replayed") == "true")
 		return nil
 	case resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed:
 		return fmt.Errorf("POST /publish: %s: that ssebridge has no POST /publish: it is on only with PUBLISH_TOKEN set there (then pass it with -token); or publish through Redis with -redis", resp.Status)
+	case resp.StatusCode >= 500 && answer.Error != "":
+		return maybe(fmt.Errorf("POST /publish: %s: %s", resp.Status, answer.Error))
 	case answer.Error != "":
 		return fmt.Errorf("POST /publish: %s: %s", resp.Status, answer.Error)
+	case resp.StatusCode >= 500:
+		return maybe(fmt.Errorf("POST /publish: %s", resp.Status))
 	}
 	return fmt.Errorf("POST /publish: %s", resp.Status)
 }
 
-// publishRedis publishes envelope durably through the Redis at url.
-func publishRedis(ctx context.Context, url, prefix, channel string, envelope []byte) (wire.Cursor, error) {
+// checkIdempotencyKey is POST /publish's rule for a key: 1-255 visible
+// ASCII characters.
+func checkIdempotencyKey(k string) error {
+	if len(k) < 1 || len(k) > 255 {
+		return fmt.Errorf("want 1-255 characters, got %d", len(k))
+	}
+	for i := range len(k) {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return fmt.Errorf("want visible ASCII characters only (no space), got byte 0x%02x at %d", k[i], i)
+		}
+	}
+	return nil
+}
+
+// publishRedis publishes envelope durably through the Redis at url, at
+// most once under key within the window.
+func publishRedis(ctx context.Context, url, prefix, channel string, envelope []byte, key string) (wire.Cursor, bool, error) {
 	if !strings.Contains(url, "://") {
 		url = "redis://" + url // 127.0.0.1:6379
 	}
 	opts, err := redis.ParseURL(url)
 	if err != nil {
-		return wire.Cursor{}, fmt.Errorf("-redis: %w", err)
+		return wire.Cursor{}, false, fmt.Errorf("-redis: %w", err)
 	}
 	rdb := redis.NewClient(opts)
 	defer rdb.Close()
-	// NewHistory's limits are not used here: the script reads them from Redis.
-	return store.NewHistory(rdb, prefix, 0, 0, 0).Publish(ctx, channel, envelope)
+	// NewHistory's limits are not used here: the script reads them (and
+	// the idempotency window) from Redis.
+	return store.NewHistory(rdb, prefix, 0, 0, 0).PublishOnce(ctx, channel, envelope, key)
 }
 
 // compactJSON is json.Marshal without HTML escaping: '<' stays one byte.

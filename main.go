@@ -382,6 +382,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	feed := store.NewFeed(rdb, cfg.ChannelPrefix, cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
 	sessions := store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes)
 	history := store.NewHistory(rdb, cfg.ChannelPrefix, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL)
+	history.IdempotencyWindow(cfg.IdempotencyWindow)
 	if cfg.DurableWaitReplicas > 0 {
 		history.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
 	}

@@ -25,6 +25,10 @@ import (
 // DurablePublisher publishes a durable event and returns its id.
 type DurablePublisher interface {
 	Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error)
+	// PublishOnce publishes with an idempotency key ("" for none): a key
+	// seen within the window returns the first id, replayed, and
+	// publishes nothing; reused for another event, store.ErrIdempotencyKeyReused.
+	PublishOnce(ctx context.Context, channel string, envelope []byte, key string) (id wire.Cursor, replayed bool, err error)
 }
 
 // Options wire the routes to the rest of the service.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ssebridge/ssebridge/internal/ratelog"
+	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -53,6 +55,10 @@ func (p *publisher) publish(c echo.Context) error {
 	token, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(p.o.PublishToken)) != 1 {
 		return p.refuse(http.StatusUnauthorized, "unauthorized", "POST /publish needs Authorization: Bearer <PUBLISH_TOKEN>")
+	}
+	key, err := idempotencyKey(c.Request().Header)
+	if err != nil {
+		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
 	// The body holds the envelope and a channel name: allow a little over
 	// the event limit, and refuse the envelope itself by its own size below.
@@ -102,23 +108,91 @@ func (p *publisher) publish(c echo.Context) error {
 	if _, err := wire.ParseEnvelope(envelope); err != nil {
 		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
+	// Without the header no key is made up: the script is sent once
+	// (never retried below ssebridge), and a key the client does not know
+	// could not make the client's own retry safe, while each one would
+	// cost Redis a record for IDEMPOTENCY_WINDOW.
 	ctx, cancel := context.WithTimeout(c.Request().Context(), p.o.PublishTimeout)
 	defer cancel()
-	id, err := p.o.History.Publish(ctx, req.Channel, envelope)
+	id, replayed, err := p.o.History.PublishOnce(ctx, req.Channel, envelope, key)
 	if err != nil && c.Request().Context().Err() != nil {
 		// The client left (its context, not Redis, ended the call): no
 		// outage to warn of, and nobody to answer.
 		return p.gone(req.Channel)
 	}
+	if errors.Is(err, store.ErrIdempotencyKeyReused) {
+		return p.refuse(http.StatusUnprocessableEntity, "idempotency_key_reused",
+			"Idempotency-Key: this key was used within IDEMPOTENCY_WINDOW for another channel or event: a key names one event; nothing was published")
+	}
 	if err != nil {
 		// Maybe published: the script may have run, or may still run when
-		// a stalled link delivers it (docs/protocol.md).
+		// a stalled link delivers it (docs/protocol.md). Not logged with
+		// the key: it is the client's, and logs stay clean.
 		msg, cause := redisTrouble(err, p.o.PublishTimeout)
 		p.log.Write(slog.LevelWarn, "publish:redis:"+cause, "durable publish failed: "+msg, "channel", req.Channel, "cause", cause, "err", err)
 		c.Response().Header().Set("Retry-After", "1")
-		return p.refuse(http.StatusServiceUnavailable, "redis", msg+"; it may have been published: retry with the same Idempotency-Key")
+		msg += ": the event may have been published; retry with the same Idempotency-Key to publish it at most once"
+		if !id.IsZero() {
+			// Published, not known to be on enough replicas (DURABLE_WAIT_REPLICAS).
+			msg = "redis unavailable: the event was published but is not known to be on enough replicas; retry with the same Idempotency-Key to wait again"
+		}
+		return p.refuse(http.StatusServiceUnavailable, "redis", msg)
+	}
+	if replayed {
+		c.Response().Header().Set("Idempotent-Replayed", "true")
 	}
 	return c.JSON(http.StatusOK, map[string]string{"id": id.String()})
+}
+
+// maxIdempotencyKey is the longest Idempotency-Key, unquoted.
+const maxIdempotencyKey = 255
+
+// idempotencyKey reads the Idempotency-Key header: a bare token, or an
+// sf-string ("...", with \" and \\ escapes) as the IETF draft has it;
+// unquoted, 1-255 visible ASCII characters. "" when absent.
+func idempotencyKey(h http.Header) (string, error) {
+	values := h.Values("Idempotency-Key")
+	switch {
+	case len(values) == 0:
+		return "", nil
+	case len(values) > 1:
+		return "", errors.New("Idempotency-Key: sent more than once")
+	}
+	v := values[0]
+	if strings.HasPrefix(v, `"`) {
+		var b strings.Builder
+		closed := false
+		for i := 1; i < len(v); i++ {
+			ch := v[i]
+			switch {
+			case closed:
+				return "", errors.New(`Idempotency-Key: nothing may follow the closing '"'`)
+			case ch == '\\':
+				i++
+				if i == len(v) || (v[i] != '"' && v[i] != '\\') {
+					return "", errors.New(`Idempotency-Key: in a quoted key, '\' escapes only '"' and '\'`)
+				}
+				b.WriteByte(v[i])
+			case ch == '"':
+				closed = true
+			default:
+				b.WriteByte(ch)
+			}
+		}
+		if !closed {
+			return "", errors.New(`Idempotency-Key: a quoted key needs its closing '"'`)
+		}
+		v = b.String()
+	}
+	if len(v) < 1 || len(v) > maxIdempotencyKey {
+		return "", fmt.Errorf("Idempotency-Key: want 1-%d characters, got %d", maxIdempotencyKey, len(v))
+	}
+	for i := range len(v) {
+		if v[i] < 0x21 || v[i] > 0x7e {
+			return "", fmt.Errorf("Idempotency-Key: want visible ASCII characters only (no space), got byte 0x%02x at %d", v[i], i)
+		}
+	}
+	return v, nil
 }
 
 // encodeEnvelope returns the envelope as it is stored and sent, without

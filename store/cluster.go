@@ -23,8 +23,9 @@ import (
 )
 
 // ClusterPublishScript is the durable publish script of cluster mode, as a
-// backend runs it: EVAL/EVALSHA with 1 key, the channel's history
-// (docs/CLUSTER.md).
+// backend runs it: EVAL/EVALSHA with 1 key, the channel's history, then
+// the shard channel, the envelope, the partition count and optionally an
+// idempotency key (docs/CLUSTER.md).
 //
 //go:embed cluster_publish.lua
 var ClusterPublishScript string
@@ -95,12 +96,13 @@ type Cluster struct {
 	pingEvery time.Duration
 	log       *slog.Logger
 	metrics   *FeedMetrics
-	publish   *redis.Script
+	publish   *onceScript
 	cursor    *redis.Script
 	size      *redis.Script
 
 	waitReplicas int           // WaitReplicas; 0: no WAIT
 	waitTimeout  time.Duration // WaitReplicas
+	idemWindow   time.Duration // IdempotencyWindow; 0: the script's default
 
 	feeds []*partFeed
 
@@ -124,7 +126,7 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 	c := &Cluster{
 		cc: cc, prefix: prefix, parts: parts, maxlen: maxlen, maxBytes: maxBytes, ttl: ttl,
 		pingEvery: pingEvery, log: log, metrics: m,
-		publish: redis.NewScript(ClusterPublishScript),
+		publish: newOnceScript(ClusterPublishScript),
 		cursor:  redis.NewScript(cursorScript),
 		size:    redis.NewScript(sizeScript),
 		epochs:  make([]string, parts),
@@ -180,12 +182,12 @@ func (c *Cluster) digest() string {
 // CLUSTER_PARTITIONS ever overwrites it: it returns {marker, partitions},
 // the marker "" when it wrote nothing.
 //
-//	KEYS[1] config; ARGV maxlen, ttl, maxbytes, a new marker, partitions
+//	KEYS[1] config; ARGV maxlen, ttl, maxbytes, a new marker, partitions, idemttl
 const configScript = `local p = redis.call('HGET', KEYS[1], 'partitions')
 if p and p ~= ARGV[5] then
   return {'', p}
 end
-redis.call('HSET', KEYS[1], 'maxlen', ARGV[1], 'ttl', ARGV[2], 'maxbytes', ARGV[3])
+redis.call('HSET', KEYS[1], 'maxlen', ARGV[1], 'ttl', ARGV[2], 'maxbytes', ARGV[3], 'idemttl', ARGV[6])
 redis.call('HSETNX', KEYS[1], 'marker', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'partitions', ARGV[5])
 return {redis.call('HGET', KEYS[1], 'marker'), ARGV[5]}`
@@ -236,7 +238,7 @@ func (c *Cluster) configure(ctx context.Context, k int) error {
 		return err
 	}
 	v, err := configWrite.Run(ctx, c.cc, []string{c.tagOf(k) + "config"},
-		c.maxlen, int(c.ttl.Seconds()), c.maxBytes, hex.EncodeToString(b), c.parts).StringSlice()
+		c.maxlen, int(c.ttl.Seconds()), c.maxBytes, hex.EncodeToString(b), c.parts, idemSeconds(c.idemWindow)).StringSlice()
 	if err == nil && len(v) != 2 {
 		err = fmt.Errorf("unexpected reply %q", v)
 	}
@@ -622,42 +624,56 @@ func (c *Cluster) WaitReplicas(n int, timeout time.Duration) {
 	c.waitReplicas, c.waitTimeout = n, timeout
 }
 
+// IdempotencyWindow sets how long the publish script remembers an
+// idempotency key (IDEMPOTENCY_WINDOW): Configure writes it into every
+// partition's config, where the script reads it.
+func (c *Cluster) IdempotencyWindow(d time.Duration) { c.idemWindow = d }
+
 // Publish appends envelope to channel's history and SPUBLISHes it, in one
 // atomic call, and returns the event's position in its partition,
 // "<epoch>:<n>-<ms>" (not an SSE id: see docs/CLUSTER.md). With
 // WaitReplicas, an error may come with the position: the event is
 // published, but not known to be on enough replicas.
 func (c *Cluster) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
-	publish := (&ClusterPublisher{cc: c.cc, prefix: c.prefix, parts: c.parts, script: c.publish}).Publish
+	id, _, err := c.PublishOnce(ctx, channel, envelope, "")
+	return id, err
+}
+
+// PublishOnce is Publish with an idempotency key (key "": none), as
+// History.PublishOnce; the key is remembered in the channel's partition.
+func (c *Cluster) PublishOnce(ctx context.Context, channel string, envelope []byte, key string) (wire.Cursor, bool, error) {
+	publish := (&ClusterPublisher{cc: c.cc, prefix: c.prefix, parts: c.parts, script: c.publish}).PublishOnce
 	if c.waitReplicas > 0 && len(envelope) > 0 {
 		publish = c.publishWait
 	}
-	id, err := publish(ctx, channel, envelope)
-	if err != nil && strings.Contains(err.Error(), "has not written") {
+	id, replayed, err := publish(ctx, channel, envelope, key)
+	if err != nil && id.IsZero() && strings.Contains(err.Error(), "has not written") {
 		// The partition's config was lost under this instance (its node
-		// restarted without data): write it again, publish once more.
+		// restarted without data): write it again, publish once more (the
+		// script refused, so it did not run).
 		if cerr := c.configure(ctx, wire.Partition(channel, c.parts)); cerr == nil {
-			id, err = publish(ctx, channel, envelope)
+			id, replayed, err = publish(ctx, channel, envelope, key)
 		}
 	}
-	return id, err
+	return id, replayed, err
 }
 
 // publishWait runs the publish script and WAIT on one connection to the
 // master of the channel's slot: WAIT counts the replicas that have that
 // connection's writes, so it must not go to another node, as a cluster
 // pipeline would send a command without keys.
-func (c *Cluster) publishWait(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+func (c *Cluster) publishWait(ctx context.Context, channel string, envelope []byte, key string) (wire.Cursor, bool, error) {
 	_, _, _, hist, _, shard := c.keys(channel)
 	node, err := c.cc.MasterForKey(ctx, hist)
 	if err != nil {
-		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+		return wire.Cursor{}, false, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
-	id, err := publishWaiting(ctx, node, c.publish, []string{hist}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
+	args := []any{shard, envelope, c.parts, key, "1"}
+	id, replayed, err := publishWaiting(ctx, node, c.publish, []string{hist}, args, channel, c.waitReplicas, c.waitTimeout)
 	if _, ask, ok := strings.Cut(fmt.Sprint(err), " ASK "); ok && id.IsZero() {
 		// The slot is migrating and the history is on the target: there.
 		if _, addr, ok := strings.Cut(ask, " "); ok {
-			return c.publishWaitAsking(ctx, addr, hist, shard, channel, envelope)
+			return c.publishWaitAsking(ctx, addr, hist, channel, args)
 		}
 	}
 	if err != nil && id.IsZero() && (strings.Contains(err.Error(), "MOVED ") || strings.Contains(err.Error(), "CLUSTERDOWN")) {
@@ -665,7 +681,7 @@ func (c *Cluster) publishWait(ctx context.Context, channel string, envelope []by
 		// read the slot map: read it again for the publisher's next try.
 		c.cc.ReloadState(ctx)
 	}
-	return id, err
+	return id, replayed, err
 }
 
 // publishWaitAsking is publishWait on addr, the target of a migrating slot
@@ -673,7 +689,7 @@ func (c *Cluster) publishWait(ctx context.Context, channel string, envelope []by
 // WAIT, on one connection to it, as the cluster client does for one
 // command. A target that serves no slot yet is not among the masters the
 // client knows: the publish fails, and is retried once the slot is its.
-func (c *Cluster) publishWaitAsking(ctx context.Context, addr, hist, shard, channel string, envelope []byte) (wire.Cursor, error) {
+func (c *Cluster) publishWaitAsking(ctx context.Context, addr, hist, channel string, args []any) (wire.Cursor, bool, error) {
 	var mu sync.Mutex
 	var target *redis.Client
 	_ = c.cc.ForEachMaster(ctx, func(_ context.Context, n *redis.Client) error {
@@ -685,18 +701,18 @@ func (c *Cluster) publishWaitAsking(ctx context.Context, addr, hist, shard, chan
 		return nil
 	})
 	if target == nil {
-		return wire.Cursor{}, fmt.Errorf("durable publish on %s: ASK to %s, not a master known yet", channel, addr)
+		return wire.Cursor{}, false, fmt.Errorf("durable publish on %s: ASK to %s, not a master known yet", channel, addr)
 	}
 	// ASKING holds for one command: the script must be there for EVALSHA.
-	if err := c.publish.Load(ctx, target).Err(); err != nil {
-		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+	if err := target.ScriptLoad(ctx, c.publish.src).Err(); err != nil {
+		return wire.Cursor{}, false, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
 	conn := target.Conn()
 	defer conn.Close()
 	if err := conn.Do(ctx, "asking").Err(); err != nil {
-		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+		return wire.Cursor{}, false, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
-	return publishWaiting(ctx, conn, c.publish, []string{hist}, []any{shard, envelope, c.parts}, channel, c.waitReplicas, c.waitTimeout)
+	return publishWaiting(ctx, conn, c.publish, []string{hist}, args, channel, c.waitReplicas, c.waitTimeout)
 }
 
 // ClusterPublisher publishes durable events on Redis Cluster as a backend
@@ -705,23 +721,31 @@ type ClusterPublisher struct {
 	cc     *redis.ClusterClient
 	prefix string
 	parts  int
-	script *redis.Script
+	script *onceScript
 }
 
 // NewClusterPublisher returns a publisher for channels named prefix+name
 // in parts partitions.
 func NewClusterPublisher(cc *redis.ClusterClient, prefix string, parts int) *ClusterPublisher {
-	return &ClusterPublisher{cc: cc, prefix: prefix, parts: parts, script: redis.NewScript(ClusterPublishScript)}
+	return &ClusterPublisher{cc: cc, prefix: prefix, parts: parts, script: newOnceScript(ClusterPublishScript)}
 }
 
 // Publish runs the cluster publish script for channel.
 func (p *ClusterPublisher) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
+	id, _, err := p.PublishOnce(ctx, channel, envelope, "")
+	return id, err
+}
+
+// PublishOnce runs the cluster publish script for channel with an
+// idempotency key ("" for none), sent once: the cluster client follows
+// MOVED and ASK (the script did not run), and retries nothing else.
+func (p *ClusterPublisher) PublishOnce(ctx context.Context, channel string, envelope []byte, key string) (wire.Cursor, bool, error) {
 	t := p.prefix + "{p" + strconv.Itoa(wire.Partition(channel, p.parts)) + "}:"
-	s, err := p.script.Run(ctx, p.cc, []string{t + channel + ":history"}, t+channel, envelope, p.parts).Text()
+	id, replayed, err := scriptReply(p.script.run(ctx, p.cc, []string{t + channel + ":history"}, t+channel, envelope, p.parts, key, "1"))
 	if err != nil {
-		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+		return wire.Cursor{}, false, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
-	return wire.ParseCursor(s)
+	return id, replayed, nil
 }
 
 // Mark takes a new position in channel's partition and publishes it on
@@ -731,7 +755,7 @@ func (c *Cluster) Mark(ctx context.Context, channel string) error {
 	_, _, _, hist, _, shard := c.keys(channel)
 	ctx, cancel := context.WithTimeout(ctx, configTimeout)
 	defer cancel()
-	err := c.publish.Run(ctx, c.cc, []string{hist}, shard, "", c.parts).Err()
+	err := c.publish.run(ctx, c.cc, []string{hist}, shard, "", c.parts).Err()
 	if err != nil {
 		return fmt.Errorf("mark on %s: %w", channel, err)
 	}

@@ -4,7 +4,7 @@
 -- position, in one atomic step. Every key and the shard channel share the
 -- hash tag of the channel's partition, so the call lives in one slot.
 --
---   EVALSHA <sha> 1 <history> <shard channel> <envelope> <partitions>
+--   EVALSHA <sha> 1 <history> <shard channel> <envelope> <partitions> [<idempotency key>]
 --
 -- With P partitions (CLUSTER_PARTITIONS, default 16), a logical channel
 -- such as "room:lobby" is in partition k = crc32(channel) mod P (CRC-32
@@ -13,11 +13,24 @@
 --   ARGV[1]  sse:{p<k>}:<channel>            the shard channel (SPUBLISH)
 --   ARGV[2]  the envelope, as for a live SPUBLISH; "" (ssebridge's own use) stores no event
 --   ARGV[3]  P, as the caller computed k with: refused if it is not the deployment's
+--   ARGV[4]  optional, 1-255 visible ASCII characters: the idempotency key
+--            (docs/protocol.md, "Publishing exactly once"). A key seen within
+--            IDEMPOTENCY_WINDOW in this partition returns the first publish's
+--            position and stores and publishes nothing; the same key with
+--            another shard channel or envelope is an error
+--            (IDEMPOTENCY_KEY_REUSED). Absent or "": no deduplication. The
+--            key is per partition: reused on a channel of another partition,
+--            it is not recognised.
+--   (ARGV[5] "1", ssebridge's own use: the reply is {position, 1 if a replay else 0}.)
 -- and it also uses the partition's keys, named from the history's:
 --   sse:{p<k>}:cursor   "<epoch>:<n>:<writer>:<ends>": the partition's last position,
 --                       the replication id of the node that wrote it, and where
 --                       earlier terms ended (below)
---   sse:{p<k>}:config   hash: maxlen, ttl, maxbytes, marker, partitions (written by ssebridge)
+--   sse:{p<k>}:config   hash: maxlen, ttl, maxbytes, marker, partitions, idemttl (written by ssebridge)
+--   sse:{p<k>}:idem:<key>  "<sha1 of shard channel \n envelope> <position>", for idemttl
+--                       seconds (default 300). While the slot migrates, the source
+--                       refuses a call whose key it does not hold (Redis: "non
+--                       local key"), having written nothing: retry it.
 -- Returns "<epoch>:<n>-<ms>": the partition's epoch, the event's position in
 -- its partition (a term and a count: never given out twice, whatever the
 -- clocks and failovers), and the server's clock. (The SSE id a browser sees is the
@@ -37,14 +50,15 @@
 -- marker is a random value that ssebridge writes into the partition's
 -- config, so a payload published raw cannot pose as a durable event.
 local histKey = KEYS[1]
-local shard, envelope, parts = ARGV[1], ARGV[2], ARGV[3]
+local shard, envelope, parts, key, report = ARGV[1], ARGV[2], ARGV[3], ARGV[4] or '', ARGV[5]
 local tag = string.match(histKey, '^(.-{p%d+}:).+:history$')
 if not tag then
   return redis.error_reply(histKey .. ' is not the history of a channel (<prefix>{p<k>}:<channel>:history)')
 end
 local posKey, confKey = tag .. 'cursor', tag .. 'config'
-local conf = redis.call('HMGET', confKey, 'maxlen', 'ttl', 'marker', 'maxbytes', 'partitions')
+local conf = redis.call('HMGET', confKey, 'maxlen', 'ttl', 'marker', 'maxbytes', 'partitions', 'idemttl')
 local maxlen, ttl, marker, maxbytes = tonumber(conf[1]) or 1000, tonumber(conf[2]) or 86400, conf[3], tonumber(conf[4]) or 65536
+local idemttl = tonumber(conf[6]) or 300
 local pos = redis.call('GET', posKey)
 if not marker or not pos then
   return redis.error_reply('ssebridge has not written ' .. confKey .. ' and ' .. posKey .. ' on this node yet: start ssebridge (it writes them when it connects to Redis), then publish; or, if the slot is migrating, retry once its keys have moved')
@@ -54,6 +68,36 @@ if conf[5] and conf[5] ~= parts then
 end
 if #envelope > maxbytes then
   return redis.error_reply('envelope is ' .. #envelope .. ' bytes, over MAX_EVENT_BYTES (' .. maxbytes .. ')')
+end
+local function reply(cursor, replayed)
+  if report == '1' then
+    return {cursor, replayed}
+  end
+  return cursor
+end
+-- The key is checked before anything is written: a repeat returns the
+-- first position and changes nothing.
+local idemKey, fingerprint
+if key ~= '' then
+  if envelope == '' then
+    return redis.error_reply('an idempotency key is for an event: a mark (empty envelope) takes none')
+  end
+  if #key > 255 or string.find(key, '[^\33-\126]') then
+    return redis.error_reply('the idempotency key must be 1-255 visible ASCII characters')
+  end
+  idemKey = tag .. 'idem:' .. key
+  fingerprint = redis.sha1hex(shard .. '\n' .. envelope)
+  local seen = redis.call('GET', idemKey)
+  if seen then
+    local fp, first = string.match(seen, '^(%x+) (.+)$')
+    if fp ~= fingerprint then
+      return redis.error_reply('IDEMPOTENCY_KEY_REUSED this idempotency key was used within IDEMPOTENCY_WINDOW for another channel or envelope: a key names one event')
+    end
+    -- Written again as it is: a write after the first publish's, so
+    -- that a WAIT after this call (DURABLE_WAIT_REPLICAS) covers it.
+    redis.call('SET', idemKey, seen, 'KEEPTTL')
+    return reply(first, 1)
+  end
 end
 -- The position: term * 2^32 + count (docs/CLUSTER.md, "Position scheme").
 -- The cursor is "<epoch>:<position>:<writer>:<ends>": writer the
@@ -107,7 +151,7 @@ if envelope == '' then
   if shard ~= '' then
     redis.call('SPUBLISH', shard, frame)
   end
-  return cursor
+  return reply(cursor, 0)
 end
 local id = string.format('%d-%d', n, now)
 redis.call('XADD', histKey, id, 'e', envelope)
@@ -119,4 +163,7 @@ if over > 0 then
 end
 redis.call('EXPIRE', histKey, ttl)
 redis.call('SPUBLISH', shard, frame .. envelope)
-return cursor
+if idemKey then
+  redis.call('SET', idemKey, fingerprint .. ' ' .. cursor, 'EX', idemttl)
+end
+return reply(cursor, 0)

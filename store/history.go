@@ -16,7 +16,8 @@ import (
 )
 
 // PublishScript is the durable publish script, as a backend runs it:
-// EVAL/EVALSHA with 0 keys and the arguments prefix, channel, envelope.
+// EVAL/EVALSHA with 0 keys and the arguments prefix, channel, envelope,
+// and optionally an idempotency key.
 //
 //go:embed publish.lua
 var PublishScript string
@@ -33,12 +34,13 @@ type History struct {
 	maxlen   int
 	maxBytes int
 	ttl      time.Duration
-	publish  *redis.Script
+	publish  *onceScript
 	read     *redis.Script
 	size     *redis.Script
 
 	waitReplicas int           // WaitReplicas; 0: no WAIT
 	waitTimeout  time.Duration // WaitReplicas
+	idemWindow   time.Duration // IdempotencyWindow; 0: the script's default
 }
 
 // NewHistory returns the history of channels named prefix+name, keeping
@@ -47,7 +49,7 @@ type History struct {
 func NewHistory(rdb *redis.Client, prefix string, maxlen, maxBytes int, ttl time.Duration) *History {
 	return &History{
 		rdb: rdb, prefix: prefix, maxlen: maxlen, maxBytes: maxBytes, ttl: ttl,
-		publish: redis.NewScript(PublishScript),
+		publish: newOnceScript(PublishScript),
 		read:    redis.NewScript(readScript),
 		size:    redis.NewScript(sizeScript),
 	}
@@ -66,7 +68,7 @@ func (h *History) Configure(ctx context.Context) (marker string, err error) {
 	}
 	var get *redis.StringCmd
 	_, err = h.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, key, "maxlen", h.maxlen, "ttl", int(h.ttl.Seconds()), "maxbytes", h.maxBytes)
+		p.HSet(ctx, key, "maxlen", h.maxlen, "ttl", int(h.ttl.Seconds()), "maxbytes", h.maxBytes, "idemttl", idemSeconds(h.idemWindow))
 		p.HSetNX(ctx, key, "marker", hex.EncodeToString(b))
 		get = p.HGet(ctx, key, "marker")
 		return nil
@@ -84,6 +86,24 @@ func (h *History) Configure(ctx context.Context) (marker string, err error) {
 // Position and Mark store nothing.)
 func (h *History) WaitReplicas(n int, timeout time.Duration) {
 	h.waitReplicas, h.waitTimeout = n, timeout
+}
+
+// IdempotencyWindow sets how long the publish script remembers an
+// idempotency key (IDEMPOTENCY_WINDOW): Configure writes it into the
+// config, where the script reads it, so a backend need not pass it.
+func (h *History) IdempotencyWindow(d time.Duration) { h.idemWindow = d }
+
+// DefaultIdempotencyWindow is the publish scripts' window when the config
+// names none.
+const DefaultIdempotencyWindow = 5 * time.Minute
+
+// idemSeconds is the config's idemttl for window d: whole seconds, at
+// least 1 (Redis's EX), rounded up.
+func idemSeconds(d time.Duration) int {
+	if d <= 0 {
+		d = DefaultIdempotencyWindow
+	}
+	return max(1, int((d+time.Second-1)/time.Second))
 }
 
 // ConfigureWithin calls Configure until it goes through, for at most
@@ -104,30 +124,40 @@ func (h *History) ConfigureWithin(ctx context.Context, patience time.Duration) (
 // Publish appends envelope to channel's history and publishes it live, in
 // one atomic step, and returns its id. With WaitReplicas, an error may come
 // with the id: the event is published, but not known to be on enough
-// replicas.
+// replicas. An error without an id may still mean published: the call
+// may have run (PublishOnce makes a retry safe).
 func (h *History) Publish(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
-	if h.waitReplicas > 0 && len(envelope) > 0 {
-		return h.publishWait(ctx, channel, envelope)
-	}
-	s, err := h.publish.Run(ctx, h.rdb, nil, h.prefix, channel, envelope).Text()
-	if err != nil && strings.Contains(err.Error(), "has not written") {
-		// The config was lost while this instance stayed connected (a
-		// FLUSHALL, an eviction): write it again, and publish once more.
-		// Instances read the new marker when they first meet it.
-		if _, cerr := h.Configure(ctx); cerr == nil {
-			s, err = h.publish.Run(ctx, h.rdb, nil, h.prefix, channel, envelope).Text()
-		}
-	}
-	if err != nil {
-		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
-	}
-	return wire.ParseCursor(s)
+	id, _, err := h.PublishOnce(ctx, channel, envelope, "")
+	return id, err
 }
 
-// publishWait runs the script and WAIT in one pipeline, so on one
-// connection: WAIT waits for that connection's last write.
-func (h *History) publishWait(ctx context.Context, channel string, envelope []byte) (wire.Cursor, error) {
-	return publishWaiting(ctx, h.rdb, h.publish, nil, []any{h.prefix, channel, envelope}, channel, h.waitReplicas, h.waitTimeout)
+// PublishOnce is Publish with an idempotency key (key "": none): a key
+// the script saw within the window returns the first publish's id, and
+// replayed, having published nothing; with another channel or envelope
+// it is ErrIdempotencyKeyReused. The script is sent once (never retried
+// by go-redis), so one call publishes at most one event.
+func (h *History) PublishOnce(ctx context.Context, channel string, envelope []byte, key string) (id wire.Cursor, replayed bool, err error) {
+	publish := func() (wire.Cursor, bool, error) {
+		if h.waitReplicas > 0 && len(envelope) > 0 {
+			return publishWaiting(ctx, h.rdb, h.publish, nil, []any{h.prefix, channel, envelope, key, "1"}, channel, h.waitReplicas, h.waitTimeout)
+		}
+		id, replayed, err := scriptReply(h.publish.run(ctx, h.rdb, nil, h.prefix, channel, envelope, key, "1"))
+		if err != nil {
+			return id, false, fmt.Errorf("durable publish on %s: %w", channel, err)
+		}
+		return id, replayed, nil
+	}
+	id, replayed, err = publish()
+	if err != nil && id.IsZero() && strings.Contains(err.Error(), "has not written") {
+		// The config was lost while this instance stayed connected (a
+		// FLUSHALL, an eviction): write it again, and publish once more
+		// (the script refused, so it did not run). Instances read the new
+		// marker when they first meet it.
+		if _, cerr := h.Configure(ctx); cerr == nil {
+			id, replayed, err = publish()
+		}
+	}
+	return id, replayed, err
 }
 
 // pipeliner is a client or one connection (Cluster's publishWaitAsking).
@@ -138,16 +168,15 @@ type pipeliner interface {
 // publishWaiting runs a durable publish script and then WAIT for replicas
 // in one pipeline on rdb, so on one connection: WAIT waits for that
 // connection's last write. An error may come with the id: the event is
-// published, but not known to be on enough replicas.
-func publishWaiting(ctx context.Context, rdb pipeliner, script *redis.Script, keys []string, args []any, channel string, replicas int, timeout time.Duration) (wire.Cursor, error) {
+// published, but not known to be on enough replicas. args end with the
+// report flag: the script answers {id, replayed}. The pipeline holds a
+// NoRetry command, so go-redis does not send it again.
+func publishWaiting(ctx context.Context, rdb pipeliner, script *onceScript, keys []string, args []any, channel string, replicas int, timeout time.Duration) (wire.Cursor, bool, error) {
 	var ev, acked *redis.Cmd
 	pipe := func(sha bool) {
 		_, _ = rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			if sha {
-				ev = script.EvalSha(ctx, p, keys, args...)
-			} else {
-				ev = script.Eval(ctx, p, keys, args...)
-			}
+			ev = script.cmd(ctx, sha, keys, args)
+			_ = p.Process(ctx, once{ev})
 			acked = p.Do(ctx, "wait", replicas, timeout.Milliseconds())
 			return nil
 		})
@@ -156,23 +185,21 @@ func publishWaiting(ctx context.Context, rdb pipeliner, script *redis.Script, ke
 	if redis.HasErrorPrefix(ev.Err(), "NOSCRIPT") {
 		pipe(false) // a new primary, or a restarted one: no script cache yet
 	}
-	s, err := ev.Text()
+	id, replayed, err := scriptReply(ev)
 	if err != nil {
-		return wire.Cursor{}, fmt.Errorf("durable publish on %s: %w", channel, err)
+		return wire.Cursor{}, false, fmt.Errorf("durable publish on %s: %w", channel, err)
 	}
-	id, err := wire.ParseCursor(s)
-	if err != nil {
-		return id, err
-	}
+	// A replay waits too: the script rewrites the key's record, so WAIT
+	// covers the first publish, earlier in the replication stream.
 	n, err := acked.Int64()
 	if err != nil {
-		return id, fmt.Errorf("durable publish on %s: %s published, WAIT failed: %w", channel, id, err)
+		return id, replayed, fmt.Errorf("durable publish on %s: %s published, WAIT failed: %w", channel, id, err)
 	}
 	if n < int64(replicas) {
-		return id, fmt.Errorf("durable publish on %s: %s published, but on %d replicas of the %d wanted within %v (DURABLE_WAIT_REPLICAS): it would be lost in a failover now",
+		return id, replayed, fmt.Errorf("durable publish on %s: %s published, but on %d replicas of the %d wanted within %v (DURABLE_WAIT_REPLICAS): it would be lost in a failover now",
 			channel, id, n, replicas, timeout)
 	}
-	return id, nil
+	return id, replayed, nil
 }
 
 // Position takes a new id that follows every durable event published so

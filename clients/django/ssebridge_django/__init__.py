@@ -30,11 +30,14 @@ from .conf import redis_client
 from .publishing import (
     BROADCAST,
     SCRIPT_SHA,
+    IdempotencyKeyReused,
     join,
     leave,
     logout_user,
+    new_idempotency_key,
     publish,
     publish_durable,
+    publish_durable_retrying,
     room,
     user,
 )
@@ -44,6 +47,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BROADCAST",
+    "IdempotencyKeyReused",
     "SCRIPT_SHA",
     "get_session",
     "join",
@@ -51,8 +55,10 @@ __all__ = [
     "login",
     "logout",
     "logout_user",
+    "new_idempotency_key",
     "publish",
     "publish_durable",
+    "publish_durable_retrying",
     "redis_client",
     "room",
     "set_rooms",

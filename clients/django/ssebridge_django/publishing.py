@@ -7,6 +7,8 @@ management command. Nothing here needs a request.
 import hashlib
 import json
 import re
+import time
+import uuid
 import zlib
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -129,7 +131,22 @@ CLUSTER_SCRIPT = _load_script("cluster_publish.lua")
 CLUSTER_SCRIPT_SHA = hashlib.sha1(CLUSTER_SCRIPT).hexdigest()
 
 
-def publish_durable(channel, event, data):
+class IdempotencyKeyReused(Exception):
+    """The idempotency key was used within ssebridge's IDEMPOTENCY_WINDOW
+    for another channel or event: a key names one event. Nothing was
+    published."""
+
+
+# Idempotency keys, as ssebridge accepts them: 1-255 visible ASCII characters.
+IDEMPOTENCY_KEY = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
+
+
+def new_idempotency_key():
+    """A new idempotency key: a random UUID (version 4)."""
+    return str(uuid.uuid4())
+
+
+def publish_durable(channel, event, data, idempotency_key=None):
     """Publish an event durably: stored in the channel's history with an id,
     atomically with its live delivery, so a browser that reconnects gets it.
 
@@ -137,27 +154,74 @@ def publish_durable(channel, event, data):
     One round trip: EVALSHA, or EVAL when Redis does not have the script yet.
     On Redis Cluster it returns the event's position in its partition,
     "<epoch>:<n>-<ms>" (the browser's id is a vector: docs/CLUSTER.md).
+
+    idempotency_key (1-255 visible ASCII characters; None: a new random one
+    per call) makes the call publish at most once: the same key again within
+    ssebridge's IDEMPOTENCY_WINDOW returns the first call's id and publishes
+    nothing. A call that raised a connection error or a timeout may have
+    published: retry it with the same key (publish_durable_retrying does).
+    The key with another channel or event raises IdempotencyKeyReused.
     """
     import redis
 
     channel = check_channel(channel)
+    if idempotency_key is None:
+        idempotency_key = new_idempotency_key()
+    if not isinstance(idempotency_key, str) or not IDEMPOTENCY_KEY.match(idempotency_key):
+        raise ValueError("idempotency_key %r: want 1-255 visible ASCII characters" % (idempotency_key,))
     client = conf.redis_client()
-    if conf.cluster():
-        tag = _tag(channel)
-        # One key, the history: the script names the partition's cursor and
-        # config from it, so a slot migration does not refuse it (docs/CLUSTER.md).
-        args = (tag + channel + ":history", tag + channel, envelope(event, data), conf.get("CLUSTER_PARTITIONS"))
-        try:
-            event_id = client.evalsha(CLUSTER_SCRIPT_SHA, 1, *args)
-        except redis.exceptions.NoScriptError:
-            event_id = client.eval(CLUSTER_SCRIPT.decode("utf-8"), 1, *args)
-        return event_id.decode() if isinstance(event_id, bytes) else event_id
-    args = (conf.get("CHANNEL_PREFIX"), channel, envelope(event, data))
     try:
-        event_id = client.evalsha(SCRIPT_SHA, 0, *args)
-    except redis.exceptions.NoScriptError:
-        event_id = client.eval(SCRIPT.decode("utf-8"), 0, *args)
+        if conf.cluster():
+            tag = _tag(channel)
+            # One key, the history: the script names the partition's cursor and
+            # config from it, so a slot migration does not refuse it (docs/CLUSTER.md).
+            args = (tag + channel + ":history", tag + channel, envelope(event, data),
+                    conf.get("CLUSTER_PARTITIONS"), idempotency_key)
+            try:
+                event_id = client.evalsha(CLUSTER_SCRIPT_SHA, 1, *args)
+            except redis.exceptions.NoScriptError:
+                event_id = client.eval(CLUSTER_SCRIPT.decode("utf-8"), 1, *args)
+        else:
+            args = (conf.get("CHANNEL_PREFIX"), channel, envelope(event, data), idempotency_key)
+            try:
+                event_id = client.evalsha(SCRIPT_SHA, 0, *args)
+            except redis.exceptions.NoScriptError:
+                event_id = client.eval(SCRIPT.decode("utf-8"), 0, *args)
+    except redis.exceptions.ResponseError as e:
+        if str(e).startswith("IDEMPOTENCY_KEY_REUSED"):
+            raise IdempotencyKeyReused(str(e)) from e
+        raise
     return event_id.decode() if isinstance(event_id, bytes) else event_id
+
+
+def _retryable():
+    """The errors after which a publish may or may not have run, or that say
+    it did not run yet (a cluster moving or failing over)."""
+    import redis.exceptions as x
+
+    kinds = [x.ConnectionError, x.TimeoutError]
+    for name in ("ClusterDownError", "TryAgainError", "MasterDownError"):
+        if hasattr(x, name):
+            kinds.append(getattr(x, name))
+    return tuple(kinds)
+
+
+def publish_durable_retrying(channel, event, data, attempts=3, delay=0.2, idempotency_key=None):
+    """publish_durable, retried up to attempts times in all on a connection
+    error or a timeout, with one idempotency key for every attempt (a new
+    one when None), after delay, then twice that, and so on: the event is
+    published at most once, as long as the attempts fall within ssebridge's
+    IDEMPOTENCY_WINDOW. Raises the last error when every attempt failed."""
+    if idempotency_key is None:
+        idempotency_key = new_idempotency_key()
+    retryable = _retryable()
+    for attempt in range(attempts):
+        try:
+            return publish_durable(channel, event, data, idempotency_key=idempotency_key)
+        except retryable:
+            if attempt + 1 >= attempts:
+                raise
+            time.sleep(delay * 2**attempt)
 
 
 def grant_positions(rooms):

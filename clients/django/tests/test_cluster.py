@@ -112,6 +112,17 @@ class ClusterTests(SimpleTestCase):
         # scheme"): the next event of the partition takes the next count.
         self.assertEqual(int(POSITION.match(second).group(1)), int(n) + 1)
 
+    def test_durable_idempotency_key(self):
+        channel = sse.room("idem")  # of no other test: the cluster is the class's
+        tag = "sse:{p%d}:" % publishing.partition(channel, 16)
+        first = sse.publish_durable(channel, "chat", {"text": "one"}, idempotency_key="order-17")
+        again = sse.publish_durable(channel, "chat", {"text": "one"}, idempotency_key="order-17")
+        self.assertEqual(again, first)
+        with self.assertRaises(sse.IdempotencyKeyReused):
+            sse.publish_durable(channel, "chat", {"text": "two"}, idempotency_key="order-17")
+        self.assertEqual(self.client.xlen(tag + channel + ":history"), 1)
+        self.assertEqual(self.client.exists(tag + "idem:order-17"), 1, "in the partition's slot")
+
     def test_durable_with_other_partitions_refused(self):
         override = self.settings(SSEBRIDGE=dict(settings.SSEBRIDGE, REDIS_CLUSTER_ADDRS=self.cluster.addrs, CLUSTER_PARTITIONS=8))
         override.enable()

@@ -3,7 +3,7 @@ import json
 import re
 
 import ssebridge_django as sse
-from ssebridge_django import publishing
+from ssebridge_django import conf, publishing
 
 from .base import RedisTestCase
 
@@ -94,6 +94,70 @@ class DurableTests(RedisTestCase):
 
     def test_sha_is_what_redis_computes(self):
         self.assertEqual(self.redis.script_load(publishing.SCRIPT), publishing.SCRIPT_SHA)
+
+    def test_idempotency_key(self):
+        ps = self.subscribe("sse:room:lobby")
+        first = sse.publish_durable(sse.room("lobby"), "chat", {"text": "one"}, idempotency_key="order-17")
+        again = sse.publish_durable(sse.room("lobby"), "chat", {"text": "one"}, idempotency_key="order-17")
+        self.assertEqual(again, first, "the repeat answers the first id")
+        with self.assertRaisesRegex(sse.IdempotencyKeyReused, "another channel or envelope"):
+            sse.publish_durable(sse.room("lobby"), "chat", {"text": "two"}, idempotency_key="order-17")
+        self.assertEqual(self.redis.xlen("sse:{room:lobby}:history"), 1)
+        # One PUBLISH: the next message on the channel is a raw end mark.
+        self.redis.publish("sse:room:lobby", "end")
+        self.assertTrue(self.next_message(ps)[1].startswith(b"\0"))
+        self.assertEqual(self.next_message(ps)[1], b"end")
+        for bad in ["", "a b", "x" * 256, "clé", 17]:
+            with self.subTest(key=bad), self.assertRaises(ValueError):
+                sse.publish_durable(sse.room("lobby"), "chat", {}, idempotency_key=bad)
+
+    def test_a_new_key_per_call_by_default(self):
+        sse.publish_durable(sse.room("lobby"), "chat", {"text": "same"})
+        sse.publish_durable(sse.room("lobby"), "chat", {"text": "same"})
+        self.assertEqual(self.redis.xlen("sse:{room:lobby}:history"), 2, "two calls, two events")
+        keys = sorted(k.decode() for k in self.redis.keys("sse:idem:*"))
+        self.assertEqual(len(keys), 2)
+        for k in keys:
+            self.assertRegex(k, r"\Asse:idem:[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+    def test_retrying_publishes_once(self):
+        """The first attempt runs the script and then loses its connection,
+        as a reset between the script and its reply does: the retry, with
+        the same key, answers the first id and publishes nothing more."""
+        import redis
+        from unittest import mock
+
+        client = conf.redis_client()
+        real = client.evalsha
+        keys = []
+
+        def lost_reply(sha, numkeys, *args):
+            keys.append(args[-1])
+            result = real(sha, numkeys, *args)
+            if len(keys) == 1:
+                raise redis.exceptions.ConnectionError("Connection reset by peer")
+            return result
+
+        with mock.patch.object(client, "evalsha", side_effect=lost_reply):
+            with self.assertRaises(redis.exceptions.ConnectionError):
+                sse.publish_durable(sse.room("lobby"), "chat", {"text": "one"})  # a new key each call
+            self.assertEqual(self.redis.xlen("sse:{room:lobby}:history"), 1, "the failed call did publish")
+            keys.clear()
+            event_id = sse.publish_durable_retrying(sse.room("lobby"), "chat", {"text": "two"}, delay=0)
+        self.assertEqual(len(keys), 2)
+        self.assertEqual(keys[0], keys[1], "one key for every attempt")
+        self.assertEqual(self.redis.xlen("sse:{room:lobby}:history"), 2, "one event for the retried call")
+        self.assertEqual(self.redis.xrange("sse:{room:lobby}:history")[-1][0].decode(), event_id.split(":", 1)[1])
+
+    def test_retrying_gives_up(self):
+        import redis
+        from unittest import mock
+
+        client = conf.redis_client()
+        with mock.patch.object(client, "evalsha", side_effect=redis.exceptions.TimeoutError("timed out")) as evalsha:
+            with self.assertRaises(redis.exceptions.TimeoutError):
+                sse.publish_durable_retrying(sse.room("lobby"), "chat", {}, attempts=3, delay=0)
+        self.assertEqual(evalsha.call_count, 3)
 
 
 class ControlTests(RedisTestCase):
