@@ -87,7 +87,13 @@ if key ~= '' then
   end
   idemKey = tag .. 'idem:' .. key
   fingerprint = redis.sha1hex(shard .. '\n' .. envelope)
-  local seen = redis.call('GET', idemKey)
+  -- While the slot migrates and its keys are still on this node (the
+  -- source), a record not made yet cannot be made here: Redis refuses it.
+  -- Nothing is written then; TRYAGAIN is what clients retry on.
+  local seen = redis.pcall('GET', idemKey)
+  if type(seen) == 'table' and seen.err then
+    return redis.error_reply('TRYAGAIN the slot is migrating and this idempotency key has no record here yet; nothing was written: ' .. seen.err)
+  end
   if seen then
     local fp, first = string.match(seen, '^(%x+) (.+)$')
     if fp ~= fingerprint then
