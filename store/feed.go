@@ -220,6 +220,7 @@ func (f *Feed) redial(ctx context.Context, timeout time.Duration, current func()
 	defer cancel()
 	ps := f.rdb.Subscribe(context.Background()) // dials with its first command
 	have := map[string]struct{}{}
+	dialled := false
 	for {
 		var add, drop []string
 		f.mu.Lock()
@@ -232,6 +233,17 @@ func (f *Feed) redial(ctx context.Context, timeout time.Duration, current func()
 			if _, ok := f.channels[n]; !ok {
 				drop = append(drop, n)
 			}
+		}
+		if len(add) == 0 && len(drop) == 0 && !dialled {
+			// Nothing to subscribe: dial now all the same (the read would,
+			// without a deadline), and have a first reply.
+			f.mu.Unlock()
+			if err := ps.Ping(ctx, "dial"); err != nil {
+				_ = ps.Close()
+				return err
+			}
+			dialled = true
+			continue
 		}
 		if len(add) == 0 && len(drop) == 0 {
 			if !current() {
@@ -259,6 +271,7 @@ func (f *Feed) redial(ctx context.Context, timeout time.Duration, current func()
 			_ = ps.Close()
 			return err
 		}
+		dialled = true
 		for _, n := range add {
 			have[n] = struct{}{}
 		}

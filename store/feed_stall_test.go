@@ -1,16 +1,20 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ssebridge/ssebridge/internal/redistest"
@@ -32,28 +36,36 @@ type stalledFeed struct {
 	admin     *redis.Client // straight to Redis, not through the proxy
 	feed      *store.Feed
 	metrics   *store.FeedMetrics
+	log       *syncBuffer
 	delivered chan string
 	connected atomic.Int32
-	up        chan struct{} // a value (if room) each time connected runs
 }
 
 func startStalledFeed(t *testing.T) *stalledFeed {
+	t.Helper()
+	return startLaggingFeed(t, stallPing, 0)
+}
+
+// startLaggingFeed is startStalledFeed with a ping interval and a
+// PUBSUB_LAG_LIMIT (0: none); the feed's log is in s.log.
+func startLaggingFeed(t *testing.T, every, lagLimit time.Duration) *stalledFeed {
 	t.Helper()
 	srv := redistest.Start(t)
 	s := &stalledFeed{
 		proxy:     startProxy(t, srv.Addr),
 		admin:     srv.Client(),
 		metrics:   store.NewFeedMetrics(prometheus.NewRegistry()),
-		delivered: make(chan string, 1024),
-		up:        make(chan struct{}, 1),
+		log:       &syncBuffer{},
+		delivered: make(chan string, 1<<16),
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: s.proxy.Addr, DialTimeout: 2 * time.Second})
 	t.Cleanup(func() { rdb.Close() })
-	var w io.Writer = io.Discard
+	var w io.Writer = s.log
 	if testing.Verbose() {
-		w = os.Stderr
+		w = io.MultiWriter(s.log, os.Stderr)
 	}
-	s.feed = store.NewFeed(rdb, "sse:", stallPing, slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), s.metrics)
+	s.feed = store.NewFeed(rdb, "sse:", every, slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), s.metrics)
+	s.feed.SetLagLimit(lagLimit)
 	if err := s.feed.Subscribe("room:a"); err != nil {
 		t.Fatal(err)
 	}
@@ -61,13 +73,7 @@ func startStalledFeed(t *testing.T) *stalledFeed {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.feed.Run(ctx, func(_ string, m wire.Message, _ error) { s.delivered <- string(m.Body) }, func(context.Context) {
-			s.connected.Add(1)
-			select {
-			case s.up <- struct{}{}:
-			default:
-			}
-		})
+		s.feed.Run(ctx, func(_ string, m wire.Message, _ error) { s.delivered <- string(m.Body) }, func(context.Context) { s.connected.Add(1) })
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
@@ -211,4 +217,138 @@ func TestFeedCallersNotBlockedByRedial(t *testing.T) {
 	}
 	s.proxy.Heal()
 	s.deliveredWithin(t, "room:b", 10*time.Second)
+}
+
+// syncBuffer is a log the test reads while the feed writes it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// count is the number of lines holding every one of parts.
+func (b *syncBuffer) count(parts ...string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for line := range strings.Lines(b.buf.String()) {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+// gauge is ssebridge_pubsub_lag_seconds as scraped.
+func (s *stalledFeed) gauge() time.Duration {
+	return time.Duration(testutil.ToFloat64(s.metrics.Lag) * float64(time.Second))
+}
+
+// await polls cond (a state: nothing to await) every 10 ms for up to d.
+func await(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestFeedLagDuringStall: with PUBSUB_LAG_LIMIT at 1 s and a ping
+// interval of 5 s (a probe a second; dead only after 10 s), a stalled
+// link makes the lag gauge rise past the limit, which drops the
+// connection (not the ping timeout: long before 10 s), with one warning
+// naming the lag; the lag keeps counting while the link stays stalled
+// (the feed is that far behind), and falls once a new connection is up
+// and connected has run again (the gap's recovery), with one line saying
+// so.
+func TestFeedLagDuringStall(t *testing.T) {
+	const limit = time.Second
+	s := startLaggingFeed(t, 5*time.Second, limit)
+	await(t, 5*time.Second, "a first lag measured", func() bool { return s.feed.Lag() > 0 })
+	if lag := s.gauge(); lag > 500*time.Millisecond {
+		t.Fatalf("lag %v on an idle loopback link", lag)
+	}
+	s.proxy.Stall()
+	stalled := time.Now()
+	await(t, 5*time.Second, "the lag gauge past the limit", func() bool { return s.gauge() > limit })
+	await(t, 5*time.Second, "the late connection dropped", func() bool { return !s.feed.Connected() })
+	if took := time.Since(stalled); took > 5*time.Second {
+		t.Errorf("dropped %v into the stall, want about the limit (1 s) plus a probe interval", took)
+	}
+	// Still stalled: the lag keeps growing, and says so.
+	before := s.feed.Lag()
+	<-s.proxy.Accepted // a redial under way
+	if after := s.feed.Lag(); after <= before || after <= limit {
+		t.Errorf("lag %v then %v during the stall, want growing past the limit", before, after)
+	}
+	if n := s.log.count("level=WARN", "lags behind", "limit=1s"); n != 1 {
+		t.Errorf("%d warnings of the lag, want 1 for the episode:\n%s", n, s.log.buf.String())
+	}
+	s.proxy.Heal()
+	await(t, 5*time.Second, "connected run again after the heal", func() bool { return s.connected.Load() == 2 })
+	await(t, 5*time.Second, "the lag back under the limit", func() bool { return s.gauge() < limit/2 })
+	if n := s.log.count("level=INFO", "caught up"); n != 1 {
+		t.Errorf("%d lines saying the lag is back under the limit, want 1:\n%s", n, s.log.buf.String())
+	}
+	if got := testutil.ToFloat64(s.metrics.Reconnects); got != 1 {
+		t.Errorf("reconnects %v, want 1", got)
+	}
+	s.deliveredWithin(t, "room:a", 3*time.Second)
+}
+
+// TestFeedLagOnSlowLink: a link that carries less than is published (16
+// KB/s, 100 KB/s published): the backlog grows, and with it the probes'
+// round trip, while the connection is up and answering. Past the limit
+// (1 s) the feed drops the late connection rather than drain the backlog
+// through the streams, and connected runs again: the hub recovers the
+// gap from history.
+func TestFeedLagOnSlowLink(t *testing.T) {
+	const limit = time.Second
+	s := startLaggingFeed(t, 5*time.Second, limit)
+	await(t, 5*time.Second, "a first lag measured", func() bool { return s.feed.Lag() > 0 })
+	s.proxy.Limit(16 << 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	var pub sync.WaitGroup
+	pub.Go(func() {
+		body := strings.Repeat("x", 1000)
+		tick := time.NewTicker(10 * time.Millisecond) // the publisher's pace
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				_ = s.admin.Publish(ctx, "sse:room:a", body).Err()
+			}
+		}
+	})
+	defer pub.Wait()
+	defer cancel()
+	var seen time.Duration
+	await(t, 10*time.Second, "the lag rising on a connection still up", func() bool {
+		if s.feed.Connected() {
+			seen = max(seen, s.gauge())
+		}
+		return seen > limit/2
+	})
+	await(t, 10*time.Second, "the late connection dropped and connected run again", func() bool { return s.connected.Load() >= 2 })
+	cancel()
+	pub.Wait()
+	if n := s.log.count("level=WARN", "lags behind"); n < 1 {
+		t.Errorf("no warning of the lag:\n%s", s.log.buf.String())
+	}
+	s.proxy.Heal()
+	await(t, 10*time.Second, "the lag back under the limit", func() bool { return s.feed.Connected() && s.gauge() < limit/2 })
 }

@@ -140,6 +140,10 @@ func (p *linkProxy) pump(k *link, dst, src net.Conn) {
 
 // Stall stalls every connection, and the ones accepted until Heal.
 func (p *linkProxy) Stall() {
+	select {
+	case <-p.Accepted: // from before: Accepted now tells of those during the stall
+	default:
+	}
 	p.mu.Lock()
 	p.stalled = true
 	for _, k := range p.links {

@@ -34,8 +34,10 @@ type subConn struct {
 	barrier    barrier
 	lag        lagMeter
 	connected  atomic.Bool
+	recovering atomic.Bool // receive runs up: the watchdog neither probes nor judges
 
 	attempt uint64         // guarded by mu: the redial whose connection may be put in place
+	dropped error          // guarded by mu: why the watchdog closed the connection
 	dials   sync.WaitGroup // receive's redials, abandoned ones included
 }
 
@@ -46,7 +48,7 @@ func (c *subConn) init(ps *redis.PubSub, every time.Duration) {
 }
 
 // dialTimeout bounds making a connection (dial, HELLO, subscriptions) and
-// each command written on it: well under the time a stalled connection is
+// each command written on it by the feed: well under the time a stalled connection is
 // taken as dead after (2 ping intervals), and at most the backoff's
 // ceiling, so that a healed link is used again within about the backoff.
 func (c *subConn) dialTimeout() time.Duration { return min(c.every, 2*time.Second) }
@@ -146,18 +148,25 @@ func (e *lagError) Error() string {
 
 // receive reads the connection until ctx ends, and makes it again when it
 // is lost, stalled (a lag probe unanswered for 2 ping intervals) or too
-// far behind (h.lagLimit). Nothing it waits for is unbounded: a read
-// waits until the next probe is due, a redial and a probe's write
-// c.dialTimeout(); closing the connection when ctx ends stops a read at
-// once.
+// far behind (h.lagLimit). Reads have no deadline: one that expired in
+// the middle of a reply would leave go-redis's reader out of step with
+// the stream (a slow link then reads garbage). A watchdog goroutine writes
+// the probes and closes a connection that must be dropped, which ends the
+// read; closing the connection when ctx ends does too. A redial waits
+// c.dialTimeout() at most.
 func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 	stop := context.AfterFunc(ctx, func() {
 		if ps := c.current(); ps != nil {
 			_ = ps.Close()
 		}
 	})
+	wctx, wstop := context.WithCancel(ctx)
+	var watchdog sync.WaitGroup
+	watchdog.Go(func() { c.watch(wctx, h) })
 	defer func() {
 		stop()
+		wstop()
+		watchdog.Wait()
 		c.mu.Lock()
 		c.attempt++ // a redial under way puts nothing in place now
 		c.mu.Unlock()
@@ -166,14 +175,19 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 		// An abandoned redial ends within go-redis's own timeouts.
 		c.dials.Wait()
 	}()
-	dialTimeout, probeEvery, deadAfter := c.dialTimeout(), c.probeEvery(), 2*c.every
 	backoff := newBackoff(100*time.Millisecond, 2*time.Second)
 	m := &c.lag
 	lagging := false // a lag episode: logged once as it starts, once as it ends
 	subscribed := 0  // channels the connection has, as its last (un)subscribe reply said
 
-	// lose drops the connection for err and waits the backoff; false: ctx ended.
+	// lose drops the connection for err (or the reason the watchdog closed
+	// it for) and waits the backoff; false: ctx ended.
 	lose := func(err error) bool {
+		c.mu.Lock()
+		if c.dropped != nil {
+			err, c.dropped = c.dropped, nil
+		}
+		c.mu.Unlock()
 		c.detach(h.detachedLocked)
 		m.lost(time.Now())
 		// Waiters would otherwise hang for a reply that will never come;
@@ -194,16 +208,10 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 		return sleep(ctx, backoff.next())
 	}
 
-	// A read's context bounds what go-redis does inside it when the
-	// connection fails (it dials again there); renewed only when it runs
-	// short, not per message.
-	var rctx readContext
-	defer rctx.stop()
-
 	for ctx.Err() == nil {
 		ps := c.current()
 		if ps == nil {
-			if err := c.redialWithin(ctx, h, dialTimeout); err != nil {
+			if err := c.redialWithin(ctx, h, c.dialTimeout()); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -216,50 +224,11 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 				continue
 			}
 			subscribed = 0
-			m.next = time.Time{} // a probe at once: it confirms the connection if nothing else does
 			continue
 		}
-		now := time.Now()
-		if !now.Before(m.next) {
-			seq := m.seq + 1
-			pctx, cancel := context.WithTimeout(ctx, dialTimeout)
-			err := h.probe(pctx, ps, "p"+strconv.FormatUint(seq, 10))
-			cancel()
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				if !lose(fmt.Errorf("writing a ping: %w", err)) {
-					return
-				}
-				continue
-			}
-			m.sent(seq, now)
-			m.next = now.Add(probeEvery)
-		}
-		if age := m.oldest(now); age > deadAfter {
-			// Redis is hung, or the path to it is gone without a reset.
-			if !lose(fmt.Errorf("no answer to a ping for %v", age.Round(time.Millisecond))) {
-				return
-			}
-			continue
-		}
-		if lag := m.lag(now); h.lagLimit > 0 && lag > h.lagLimit && c.connected.Load() {
-			// Draining the backlog through the streams' queues would take
-			// longer than reading it from history on a new connection.
-			if !lose(&lagError{lag: lag, limit: h.lagLimit}) {
-				return
-			}
-			continue
-		}
-
-		wait := m.next.Sub(now)
-		msg, err := ps.ReceiveTimeout(rctx.get(ctx, now, wait, dialTimeout), wait)
+		msg, err := ps.Receive(ctx)
 		if ctx.Err() != nil {
 			return
-		}
-		if isTimeout(err) {
-			continue // time for a probe
 		}
 		if err != nil {
 			if !lose(err) {
@@ -283,10 +252,13 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 		}
 		if !c.connected.Swap(true) {
 			backoff.reset()
+			// The gap's recovery delivers what was published while the feed
+			// was behind; its own time is not the connection's lag (else a
+			// recovery longer than the limit would drop every connection).
+			c.recovering.Store(true)
 			h.up(ctx)
-			// The gap's recovery has delivered what was published while the
-			// feed was behind; its own time is not the connection's lag.
-			m.caughtUp(time.Now())
+			m.caughtUp()
+			c.recovering.Store(false)
 			if lagging {
 				lagging = false
 				h.log.Info("redis pub/sub caught up: back under PUBSUB_LAG_LIMIT", "limit", h.lagLimit)
@@ -318,6 +290,59 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 			}
 		}
 	}
+}
+
+// watch is receive's watchdog: every probe interval it drops a connection
+// whose probe has gone unanswered for 2 ping intervals, or that is further
+// behind than h.lagLimit, and otherwise writes the next probe.
+func (c *subConn) watch(ctx context.Context, h receiveHooks) {
+	deadAfter := 2 * c.every
+	t := time.NewTicker(c.probeEvery())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ps := c.current()
+		if ps == nil || c.recovering.Load() {
+			continue // being made again, or its gap recovered
+		}
+		now := time.Now()
+		if age := c.lag.oldest(now); age > deadAfter {
+			// Redis is hung, or the path to it is gone without a reset.
+			c.drop(ps, fmt.Errorf("no answer to a ping for %v", age.Round(time.Millisecond)))
+			continue
+		}
+		if lag := c.lag.lag(now); h.lagLimit > 0 && lag > h.lagLimit && c.connected.Load() {
+			// Draining the backlog through the streams' queues would take
+			// longer than reading it from history on a new connection.
+			c.drop(ps, &lagError{lag: lag, limit: h.lagLimit})
+			continue
+		}
+		// Counted before it is written: its answer may be read first.
+		seq := c.lag.sent(now)
+		pctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
+		err := h.probe(pctx, ps, "p"+strconv.FormatUint(seq, 10))
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			c.drop(ps, fmt.Errorf("writing a ping: %w", err))
+		}
+	}
+}
+
+// drop closes ps, if it is still the connection in place, for cause: the
+// read under way ends, and receive makes a new one.
+func (c *subConn) drop(ps *redis.PubSub, cause error) {
+	c.mu.Lock()
+	if c.ps != ps {
+		c.mu.Unlock()
+		return
+	}
+	c.dropped = cause
+	c.mu.Unlock()
+	_ = ps.Close()
 }
 
 // redialWithin runs h.redial on a goroutine and waits for it for about
@@ -357,30 +382,6 @@ func (c *subConn) redialWithin(ctx context.Context, h receiveHooks, timeout time
 
 // errAbandoned is a redial's connection made too late to be used.
 var errAbandoned = errors.New("redial abandoned")
-
-// readContext is receive's context for reads, with a deadline.
-type readContext struct {
-	ctx      context.Context
-	cancel   context.CancelFunc
-	deadline time.Time
-}
-
-// get returns a context of parent that lasts at least wait from now, at
-// most wait+slack.
-func (r *readContext) get(parent context.Context, now time.Time, wait, slack time.Duration) context.Context {
-	if r.ctx == nil || r.deadline.Sub(now) < wait {
-		r.stop()
-		r.deadline = now.Add(wait + slack)
-		r.ctx, r.cancel = context.WithDeadline(parent, r.deadline)
-	}
-	return r.ctx
-}
-
-func (r *readContext) stop() {
-	if r.cancel != nil {
-		r.cancel()
-	}
-}
 
 // errReplaced is the loss of a connection go-redis made again by itself.
 var errReplaced = errors.New("connection replaced")
@@ -470,15 +471,13 @@ func (b *barrier) releaseAll(err error) {
 // lagMeter measures the lag with probes: a PING written on the pub/sub
 // connection is answered behind everything Redis queued for the
 // connection before it, so its round trip is how far behind the reader
-// is, whatever the clocks of the hosts say. Its counters are receive's
-// own; rtt and behind are read by Lag from any goroutine.
+// is, whatever the clocks of the hosts say.
 type lagMeter struct {
-	seq  uint64
-	out  []probe   // written, unanswered, oldest first
-	next time.Time // when the next probe is due
-
-	rtt    atomic.Int64 // the last answered probe's round trip, ns
-	behind atomic.Int64 // UnixNano of the oldest unanswered probe, or of the loss; 0: none
+	mu     sync.Mutex
+	seq    uint64
+	out    []probe // written, unanswered, oldest first
+	rtt    time.Duration
+	behind time.Time // when the oldest unanswered probe was sent, or the connection lost; zero: none
 }
 
 type probe struct {
@@ -486,60 +485,78 @@ type probe struct {
 	sent time.Time
 }
 
+// lag is the last answered probe's round trip, or the age of the oldest
+// unanswered one if more.
 func (m *lagMeter) lag(now time.Time) time.Duration {
-	d := time.Duration(m.rtt.Load())
-	if b := m.behind.Load(); b != 0 {
-		d = max(d, now.Sub(time.Unix(0, b)))
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d := m.rtt
+	if !m.behind.IsZero() {
+		d = max(d, now.Sub(m.behind))
 	}
 	return d
 }
 
 // oldest is the age of the oldest probe unanswered on this connection.
 func (m *lagMeter) oldest(now time.Time) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if len(m.out) == 0 {
 		return 0
 	}
 	return now.Sub(m.out[0].sent)
 }
 
-func (m *lagMeter) sent(seq uint64, now time.Time) {
-	m.seq = seq
-	m.out = append(m.out, probe{seq, now})
-	m.behind.CompareAndSwap(0, now.UnixNano())
+// sent counts a new probe, sent now, and returns its number.
+func (m *lagMeter) sent(now time.Time) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.seq++
+	m.out = append(m.out, probe{m.seq, now})
+	if m.behind.IsZero() {
+		m.behind = now
+	}
+	return m.seq
 }
 
 // answered takes seq's reply: Redis answers in order, so the probes
 // before it are answered too.
 func (m *lagMeter) answered(seq uint64, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	i := 0
 	for i < len(m.out) && m.out[i].seq <= seq {
 		if m.out[i].seq == seq {
-			m.rtt.Store(int64(now.Sub(m.out[i].sent)))
+			m.rtt = now.Sub(m.out[i].sent)
 		}
 		i++
 	}
 	if i == 0 {
-		return // a probe of a connection since replaced
+		return // a probe of a connection since replaced, or written before a catch-up
 	}
 	m.out = m.out[i:]
+	m.behind = time.Time{}
 	if len(m.out) > 0 {
-		m.behind.Store(m.out[0].sent.UnixNano())
-	} else {
-		m.behind.Store(0)
+		m.behind = m.out[0].sent
 	}
 }
 
 // lost: the probes out will never be answered; the feed stays behind
 // from the oldest of them (or from now) until it is caught up again.
 func (m *lagMeter) lost(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.out = nil
-	m.behind.CompareAndSwap(0, now.UnixNano())
+	if m.behind.IsZero() {
+		m.behind = now
+	}
 }
 
-// caughtUp: a new connection is up and the gap recovered; a probe is due.
-func (m *lagMeter) caughtUp(now time.Time) {
+// caughtUp: a new connection is up and the gap recovered.
+func (m *lagMeter) caughtUp() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.out = nil
-	m.rtt.Store(0)
-	m.behind.Store(0)
-	m.next = now
+	m.rtt = 0
+	m.behind = time.Time{}
 }
