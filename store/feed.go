@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -293,11 +292,6 @@ func (f *Feed) channelCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.channels)
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // sleep waits for d or until ctx ends, and reports whether it waited in full.
