@@ -26,6 +26,7 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	cl := store.NewCluster(cc, cfg.ChannelPrefix, cfg.ClusterPartitions, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL,
 		cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
 	cl.IdempotencyWindow(cfg.IdempotencyWindow)
+	cl.SetLagLimit(cfg.PubSubLagLimit)
 	sessions := store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes)
 	opts := hubOptions(cfg)
 	opts.ParseCursor = cl.ParseCursor
@@ -37,7 +38,7 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 
 	routes := routeOptions(cfg, hub, sessions, reg, log)
 	routes.History = cl
-	routes.Ready = readiness(cc, cl)
+	routes.Ready = readiness(cc, cl, cfg.PubSubLagLimit)
 	e := handlers.New(routes)
 
 	// Before the first stream: every partition's config (the publish

@@ -380,6 +380,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	reg := newRegistry()
 
 	feed := store.NewFeed(rdb, cfg.ChannelPrefix, cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
+	feed.SetLagLimit(cfg.PubSubLagLimit)
 	sessions := store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes)
 	history := store.NewHistory(rdb, cfg.ChannelPrefix, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL)
 	history.IdempotencyWindow(cfg.IdempotencyWindow)
@@ -393,7 +394,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 
 	routes := routeOptions(cfg, hub, sessions, reg, log)
 	routes.History = history
-	routes.Ready = readiness(probe, feed)
+	routes.Ready = readiness(probe, feed, cfg.PubSubLagLimit)
 	routes.Dev = dev
 	e := handlers.New(routes)
 
@@ -490,7 +491,8 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// readiness is /readyz's check: Redis answers, and the feed is subscribed.
+// readiness is /readyz's check: Redis answers, and the feed is subscribed
+// and no further behind than PUBSUB_LAG_LIMIT.
 // probeClient is /readyz's own connection to Redis: a pool that every
 // stream and publish share can be saturated while Redis answers, and a
 // probe waiting its turn there would call Redis unreachable. Its waits
@@ -505,7 +507,13 @@ func probeClient(cfg Config, url string) (*redis.Client, error) {
 	return c, nil
 }
 
-func readiness(rdb redis.Cmdable, feed interface{ Connected() bool }) func(context.Context) error {
+// feedState is what readiness asks the feed (a store.Feed or Cluster).
+type feedState interface {
+	Connected() bool
+	Lag() time.Duration
+}
+
+func readiness(rdb redis.Cmdable, feed feedState, lagLimit time.Duration) func(context.Context) error {
 	return func(ctx context.Context) error {
 		if err := rdb.Ping(ctx).Err(); err != nil {
 			// Connected but not answered in time is slow, not unreachable.
@@ -514,6 +522,11 @@ func readiness(rdb redis.Cmdable, feed interface{ Connected() bool }) func(conte
 				return fmt.Errorf("%w: %w", handlers.ErrRedisSlow, err)
 			}
 			return fmt.Errorf("redis: %w", err)
+		}
+		// Before Connected: a late connection is dropped and made again,
+		// and while the link stays bad the lag (still counting) says why.
+		if lag := feed.Lag(); lag > lagLimit {
+			return &handlers.LagError{Lag: lag, Limit: lagLimit}
 		}
 		if !feed.Connected() {
 			return handlers.ErrNotSubscribed

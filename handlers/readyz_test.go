@@ -36,6 +36,7 @@ func TestReadyz(t *testing.T) {
 		{"not subscribed", ErrNotSubscribed, 503, `{"error":"redis pub/sub not subscribed"}`},
 		{"redis slow", fmt.Errorf("%w: i/o timeout", ErrRedisSlow), 503, `{"error":"redis slow"}`},
 		{"pub/sub error wrapped", fmt.Errorf("feed: %w", ErrNotSubscribed), 503, `{"error":"redis pub/sub not subscribed"}`},
+		{"pub/sub lags", &LagError{Lag: 7240 * time.Millisecond, Limit: 5 * time.Second}, 503, `{"error":"redis pub/sub lags 7.2s behind (PUBSUB_LAG_LIMIT 5s)"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -94,6 +94,7 @@ type Cluster struct {
 	maxBytes  int
 	ttl       time.Duration
 	pingEvery time.Duration
+	lagLimit  time.Duration
 	log       *slog.Logger
 	metrics   *FeedMetrics
 	publish   *onceScript
@@ -140,12 +141,28 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int)}
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 		f.addr = c.masterOf(ctx, k)
-		f.init(cc.SSubscribe(ctx, c.tagOf(k)))
+		f.init(cc.SSubscribe(ctx, c.tagOf(k)), pingEvery)
 		cancel()
 		c.feeds = append(c.feeds, f)
 	}
 	c.tag = c.digest()
+	lag := c.Lag
+	m.lag.Store(&lag)
 	return c
+}
+
+// SetLagLimit sets PUBSUB_LAG_LIMIT for every partition's connection,
+// before Run (see Feed.SetLagLimit).
+func (c *Cluster) SetLagLimit(limit time.Duration) { c.lagLimit = limit }
+
+// Lag is the greatest of the partitions' lags (see Feed.Lag): a stream
+// reads partitions of its choosing, and readiness is about the worst.
+func (c *Cluster) Lag() time.Duration {
+	var lag time.Duration
+	for _, f := range c.feeds {
+		lag = max(lag, f.Lag())
+	}
+	return lag
 }
 
 // masterOf is the address of partition k's master as the slot map has

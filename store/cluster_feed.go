@@ -33,14 +33,15 @@ type partFeed struct {
 	// written on ps after the connection's first goes through it.
 	queue   []pubsubOp
 	writing bool   // a goroutine writes the queue
-	dialing bool   // a redial is making the new connection: the queue waits
+	down    bool   // no connection in place (ps nil): the queue waits for the redial
 	addr    string // the master the connection was dialled to, as the slot map had it
-	gen     uint64 // incremented by every redial
+	gen     uint64 // incremented as a connection is taken out and as a redial starts
 }
 
-// writeTimeout bounds each command a partition writes on its pub/sub
-// connection, the dial and HELLO of a new connection included: a master
-// that accepts TCP but answers nothing must not hold a write for longer.
+// writeTimeout bounds each command a partition's writer writes on its
+// pub/sub connection (a write that meets the connection dead has go-redis
+// dial inside it), and the dial of the first connection: a master that
+// accepts TCP but answers nothing must not hold a write for longer.
 const writeTimeout = 3 * time.Second
 
 // pubsubOp is a command to write on a partition's pub/sub connection. gen
@@ -60,7 +61,7 @@ type pubsubOp struct {
 // Guarded by mu.
 func (f *partFeed) enqueueLocked(op pubsubOp) {
 	f.queue = append(f.queue, op)
-	if !f.writing && !f.dialing {
+	if !f.writing && !f.down {
 		f.writing = true
 		go f.write()
 	}
@@ -69,7 +70,7 @@ func (f *partFeed) enqueueLocked(op pubsubOp) {
 func (f *partFeed) write() {
 	for {
 		f.mu.Lock()
-		if len(f.queue) == 0 || f.dialing {
+		if len(f.queue) == 0 || f.down {
 			// Empty, or held until a redial has the new connection in
 			// place (it starts the writer again).
 			f.writing = false
@@ -148,11 +149,16 @@ func (f *partFeed) unsubscribe(name string) {
 
 // ping queues a barrier PING behind every command queued before it: the
 // returned channel gets nil once Redis has answered them all, or an error
-// if the connection is lost (or made again) first.
+// if the connection is lost (or made again) first, at once if it is
+// being made again now.
 func (f *partFeed) ping(context.Context) (<-chan error, error) {
 	done := make(chan error, 1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down {
+		done <- ErrFeedLost
+		return done, nil
+	}
 	f.enqueueLocked(pubsubOp{gen: f.gen,
 		run: func(ctx context.Context, ps *redis.PubSub) {
 			if err := f.barrier.sendOn(ctx, ps, done); err != nil {
@@ -234,18 +240,30 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 	c := f.c
 	everConnected := false
 	f.receive(ctx, receiveHooks{
-		log:     c.log.With("partition", f.k),
-		metrics: c.metrics,
-		every:   c.pingEvery,
-		redial:  f.redial,
-		lost: func(ctx context.Context, err error) bool {
+		log:            c.log.With("partition", f.k),
+		metrics:        c.metrics,
+		lagLimit:       c.lagLimit,
+		redial:         f.redial,
+		detachedLocked: f.detachedLocked,
+		probe: func(_ context.Context, _ *redis.PubSub, payload string) error {
+			// Queued as any command is (the writer owns the connection's
+			// writes); one that cannot be written goes unanswered.
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.enqueueLocked(pubsubOp{gen: f.gen, run: func(ctx context.Context, ps *redis.PubSub) { _ = ps.Ping(ctx, payload) }})
+			return nil
+		},
+		lost: func(ctx context.Context, err error) {
 			f.forgetReplies()
+			if errors.Is(err, errSlotMoved) {
+				f.awaitMove(ctx)
+				return
+			}
 			// The node may be gone for good (a failover) or the slot served
 			// elsewhere (MOVED): have go-redis read the slot map again
-			// (lazily, at most one read at a time) before it dials, and
-			// dial anew after the wait when the slot has moved.
+			// (lazily, at most one read at a time) before the redial dials
+			// the slot's master.
 			c.cc.ReloadState(ctx)
-			return strings.HasPrefix(err.Error(), "MOVED ") || strings.HasPrefix(err.Error(), "CLUSTERDOWN")
 		},
 		up: func(ctx context.Context) {
 			cctx, cancel := context.WithTimeout(ctx, configTimeout)
@@ -264,17 +282,13 @@ func (f *partFeed) run(ctx context.Context, connected func(context.Context, int)
 		message: func(channel string, m wire.Message, err error) {
 			c.onMessage(f.k, strings.TrimPrefix(channel, c.tagOf(f.k)), m, err)
 		},
-		subscription: func(ctx context.Context, m *redis.Subscription) {
+		subscription: func(_ context.Context, m *redis.Subscription) error {
 			if m.Kind == "sunsubscribe" && f.wants(strings.TrimPrefix(m.Channel, c.tagOf(f.k)), m.Channel) {
 				// Redis dropped the subscription itself: the slot moved to
 				// another node. Subscribe there, and recover the gap.
-				c.log.Warn("redis pub/sub: a shard channel was unsubscribed by the server (slot moved); reconnecting", "partition", f.k)
-				f.connected.Store(false)
-				c.metrics.Reconnects.Inc()
-				f.barrier.releaseAll(ErrFeedLost)
-				f.awaitMove(ctx)
-				f.redial(ctx)
+				return errSlotMoved
 			}
+			return nil
 		},
 		readMarker: func(ctx context.Context) (string, error) {
 			ctx, cancel := context.WithTimeout(ctx, configTimeout)
@@ -496,48 +510,75 @@ func (f *partFeed) awaitMove(ctx context.Context) {
 	}
 }
 
-// redial replaces the connection with a new one, subscribed to every
-// channel of the partition, to the slot's master as the cluster has it.
-// It runs on the partition's receive goroutine, which reads nothing
-// meanwhile, and dials with a deadline and without holding mu (a join
-// queues its command meanwhile; the writer holds the queue until the new
-// connection is in place). The new connection is dialled with its
-// channels: go-redis sends a PubSub without any to a random node.
-func (f *partFeed) redial(ctx context.Context) {
-	f.mu.Lock()
-	old := f.ps
+// errSlotMoved is a partition's connection dropped because its node gave
+// the slot up.
+var errSlotMoved = errors.New("a shard channel was unsubscribed by the server (slot moved)")
+
+// detachedLocked: the connection is taken out. Commands queued for it are
+// stale (the redial subscribes every channel itself); their waiters learn
+// now, and the queue waits for the new connection.
+func (f *partFeed) detachedLocked() {
+	f.down = true
 	clear(f.unsubscribing)
-	// A ping written since the loss (between it and this redial) went on
-	// the connection closed here, whose replies nobody reads any more:
-	// its waiter learns now, or a Position waits for it until it times out.
-	// Pings queued and not written yet are stale by the new generation.
-	f.barrier.releaseAll(ErrFeedLost)
+	f.flushLocked()
+}
+
+// flushLocked makes every command queued so far stale, and tells their
+// waiters.
+func (f *partFeed) flushLocked() {
 	f.gen++
+	for _, op := range f.queue {
+		if op.stale != nil {
+			op.stale()
+		}
+	}
+	clear(f.queue)
+	f.queue = f.queue[:0]
+}
+
+// redial makes a new connection, subscribed to every channel of the
+// partition, to the slot's master as the cluster has it, within timeout,
+// and puts it in place. It runs on the partition's receive goroutine and
+// does not hold mu while it waits for Redis (a join queues its command
+// meanwhile: the writer writes it once the new connection is in place).
+// The new connection is dialled with its channels: go-redis sends a PubSub
+// without any to a random node.
+func (f *partFeed) redial(ctx context.Context, timeout time.Duration, current func() bool) error {
+	f.mu.Lock()
+	// Queued before the channels are read here: stale.
+	f.flushLocked()
 	gen := f.gen
-	f.dialing = true
 	channels := []string{f.c.tagOf(f.k)}
 	for n := range f.channels {
 		channels = append(channels, f.c.tagOf(f.k)+n)
 	}
 	f.mu.Unlock()
-	// Closed apart: a Close waits for a command under way on it.
-	go func() { _ = old.Close() }()
-	dctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	addr := f.c.masterOf(dctx, f.k)
-	// On failure the PubSub keeps its channels, and subscribes them all
-	// on the connection it makes when next read.
-	ps := f.c.cc.SSubscribe(dctx, channels...)
-	cancel()
+	ps := f.c.cc.SSubscribe(context.Background()) // dials with its first command
+	if err := ps.SSubscribe(dctx, channels...); err != nil {
+		_ = ps.Close()
+		f.mu.Lock()
+		if current() {
+			// Queued during the attempt (a Subscribe): the next one reads
+			// the channels again.
+			f.flushLocked()
+		}
+		f.mu.Unlock()
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.dialing = false
-	if f.gen != gen {
-		go func() { _ = ps.Close() }()
-		return
+	if !current() || f.gen != gen {
+		go func() { _ = ps.Close() }() // not under mu; ends by itself
+		return errAbandoned
 	}
+	f.down = false
 	f.ps, f.addr = ps, addr
 	if len(f.queue) > 0 && !f.writing {
 		f.writing = true
 		go f.write()
 	}
+	return nil
 }

@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,161 +18,380 @@ import (
 
 // subConn is what the single-Redis feed and each cluster partition share:
 // a pub/sub connection that is made again when lost, the barrier that
-// confirms subscriptions, and the marker durable messages carry. Its
-// owner embeds it, writes its commands under mu, and reads it with
-// receive.
+// confirms subscriptions, the lag probe, and the marker durable messages
+// carry. Its owner embeds it, and reads it with receive, which alone
+// replaces the connection.
 type subConn struct {
-	mu sync.Mutex // guards ps and the owner's subscription state; commands are written under it, in call order
+	mu sync.Mutex // guards ps and the owner's subscription state; never held while Redis is waited for
+	// ps is nil while the connection is being made again: callers do not
+	// wait for that (a Subscribe is recorded, a Sync fails with
+	// ErrFeedLost).
 	ps *redis.PubSub
 
+	every      time.Duration          // REDIS_PING_INTERVAL
 	marker     atomic.Pointer[string] // the durable-framing marker
 	markerRead time.Time              // when receive last read it from Redis; receive's own
 	barrier    barrier
+	lag        lagMeter
 	connected  atomic.Bool
+	recovering atomic.Bool // receive runs up: the watchdog neither probes nor judges
+
+	attempt uint64         // guarded by mu: the redial whose connection may be put in place
+	dropped error          // guarded by mu: why the watchdog closed the connection
+	dials   sync.WaitGroup // receive's redials, abandoned ones included
 }
 
-func (c *subConn) init(ps *redis.PubSub) {
+func (c *subConn) init(ps *redis.PubSub, every time.Duration) {
 	c.ps = ps
+	c.every = every
 	c.marker.Store(new(string))
 }
 
-// ping writes a barrier PING: the returned channel gets nil once Redis has
-// answered every command written before it, or an error if the
-// connection is lost first.
-func (c *subConn) ping(ctx context.Context) (<-chan error, error) {
+// dialTimeout bounds making a connection (dial, HELLO, subscriptions) and
+// each command written on it by the feed: well under the time a stalled connection is
+// taken as dead after (2 ping intervals), and at most the backoff's
+// ceiling, so that a healed link is used again within about the backoff.
+func (c *subConn) dialTimeout() time.Duration { return min(c.every, 2*time.Second) }
+
+// probeEvery is how often receive writes a lag probe: once a second, so
+// the lag is known to about a second, which is fine against
+// PUBSUB_LAG_LIMIT's seconds, for one short PING a second on an idle
+// connection; more often with a ping interval under 5 s, so that a stalled
+// connection is noticed within about 2 ping intervals.
+func (c *subConn) probeEvery() time.Duration { return min(time.Second, c.every/5) }
+
+// current is the connection in place, nil while it is being made again.
+func (c *subConn) current() *redis.PubSub {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.barrier.send(ctx, c.ps)
+	return c.ps
+}
+
+// Lag is how far the connection's reader is behind Redis: the round trip
+// of the last lag probe, or the age of the oldest unanswered one if more
+// (it grows during a stall). While the connection is being made again it
+// counts from when the feed was last known current.
+func (c *subConn) Lag() time.Duration { return c.lag.lag(time.Now()) }
+
+// ping writes a barrier PING: the returned channel gets nil once Redis has
+// answered every command written before it, or an error if the
+// connection is lost first. With no connection in place it fails at once.
+func (c *subConn) ping(ctx context.Context) (<-chan error, error) {
+	ps := c.current()
+	if ps == nil {
+		return nil, ErrFeedLost
+	}
+	// A write on a connection go-redis has dropped dials inside: bounded.
+	ctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
+	defer cancel()
+	return c.barrier.send(ctx, ps)
+}
+
+// detach takes the connection out (callers meet nil from then on) and
+// closes it; locked, if set, runs under mu as it is taken out.
+func (c *subConn) detach(locked func()) {
+	c.mu.Lock()
+	ps := c.ps
+	c.ps = nil
+	if locked != nil {
+		locked()
+	}
+	c.mu.Unlock()
+	if ps != nil {
+		// Not under mu: a Close waits for a command under way on it (each
+		// has a deadline).
+		_ = ps.Close()
+	}
 }
 
 // receiveHooks are what the owner of a subConn does as receive reads it.
 type receiveHooks struct {
 	log     *slog.Logger // with the owner's attributes
 	metrics *FeedMetrics
-	every   time.Duration // ping a connection quiet this long; take it as dead after as long again
+	// lagLimit is PUBSUB_LAG_LIMIT: a connection further behind is
+	// dropped and made again (0: no limit).
+	lagLimit time.Duration
 
-	// redial replaces the connection with a new one, subscribed to
-	// everything the owner needs.
-	redial func(ctx context.Context)
-	// lost runs when the connection was lost, before the backoff; it
-	// reports whether to redial after it (go-redis otherwise dials again
-	// by itself, to where it dialled before).
-	lost func(ctx context.Context, err error) (redial bool)
+	// redial makes a new connection within timeout, subscribed to
+	// everything the owner needs, and puts it in place (c.ps) if current
+	// (called under mu) says it is still wanted, else closes it. It must
+	// not hold mu while it waits for Redis.
+	redial func(ctx context.Context, timeout time.Duration, current func() bool) error
+	// detachedLocked, if set, runs under mu when the connection is taken
+	// out.
+	detachedLocked func()
+	// probe writes the lag probe PING payload on ps (or queues it to be).
+	probe func(ctx context.Context, ps *redis.PubSub, payload string) error
+	// lost runs when the connection was lost (and taken out, unless it
+	// was made again already), before the backoff.
+	lost func(ctx context.Context, err error)
 	// up runs when the connection is up again (the first time, and after
 	// every loss), on receive's goroutine, before any message that follows.
 	up func(ctx context.Context)
 	// message hands over a message with its full channel name, its framing
 	// read (err set, m zero, when it cannot be).
 	message func(channel string, m wire.Message, err error)
-	// subscription, if set, sees the server's (un)subscribe replies.
-	subscription func(ctx context.Context, s *redis.Subscription)
+	// subscription, if set, sees the server's (un)subscribe replies; an
+	// error drops the connection, for that reason.
+	subscription func(ctx context.Context, s *redis.Subscription) error
 	// readMarker reads the marker from Redis, when a message does not carry
 	// the one known: the deployment's config was lost and written again.
 	readMarker func(ctx context.Context) (string, error)
 }
 
-// receive reads the connection until ctx ends. A read waits up to
-// h.every whatever ctx says: closing the connection when ctx ends stops it
-// at once.
+// lagError is a connection dropped for being too far behind.
+type lagError struct{ lag, limit time.Duration }
+
+func (e *lagError) Error() string {
+	return fmt.Sprintf("%.1fs behind, past PUBSUB_LAG_LIMIT %v", e.lag.Seconds(), e.limit)
+}
+
+// receive reads the connection until ctx ends, and makes it again when it
+// is lost, stalled (a lag probe unanswered for 2 ping intervals) or too
+// far behind (h.lagLimit). Reads have no deadline: one that expired in
+// the middle of a reply would leave go-redis's reader out of step with
+// the stream (a slow link then reads garbage). A watchdog goroutine writes
+// the probes and closes a connection that must be dropped, which ends the
+// read; closing the connection when ctx ends does too. A redial waits
+// c.dialTimeout() at most.
 func (c *subConn) receive(ctx context.Context, h receiveHooks) {
-	closeConn := func() {
-		c.mu.Lock()
-		ps := c.ps
-		c.mu.Unlock()
-		_ = ps.Close() // not under mu: a Close waits for a command under way
-	}
-	stop := context.AfterFunc(ctx, closeConn)
+	stop := context.AfterFunc(ctx, func() {
+		if ps := c.current(); ps != nil {
+			_ = ps.Close()
+		}
+	})
+	wctx, wstop := context.WithCancel(ctx)
+	var watchdog sync.WaitGroup
+	watchdog.Go(func() { c.watch(wctx, h) })
 	defer func() {
 		stop()
-		closeConn()
+		wstop()
+		watchdog.Wait()
+		c.mu.Lock()
+		c.attempt++ // a redial under way puts nothing in place now
+		c.mu.Unlock()
+		c.detach(h.detachedLocked)
 		c.barrier.releaseAll(ErrFeedLost)
+		// An abandoned redial ends within go-redis's own timeouts.
+		c.dials.Wait()
 	}()
 	backoff := newBackoff(100*time.Millisecond, 2*time.Second)
-	pingSent := false
-	for ctx.Err() == nil {
-		c.mu.Lock()
-		ps := c.ps
-		c.mu.Unlock()
+	m := &c.lag
+	lagging := false // a lag episode: logged once as it starts, once as it ends
+	subscribed := 0  // channels the connection has, as its last (un)subscribe reply said
 
-		msg, err := ps.ReceiveTimeout(ctx, h.every)
+	// lose drops the connection for err (or the reason the watchdog closed
+	// it for) and waits the backoff; false: ctx ended.
+	lose := func(err error) bool {
+		c.mu.Lock()
+		if c.dropped != nil {
+			err, c.dropped = c.dropped, nil
+		}
+		c.mu.Unlock()
+		c.detach(h.detachedLocked)
+		m.lost(time.Now())
+		// Waiters would otherwise hang for a reply that will never come;
+		// they learn that their subscriptions are not confirmed.
+		c.barrier.releaseAll(ErrFeedLost)
+		if c.connected.Swap(false) {
+			h.metrics.Reconnects.Inc()
+			var le *lagError
+			if errors.As(err, &le) {
+				lagging = true
+				h.log.Warn("redis pub/sub lags behind: dropping the late connection; once it is made again, streams catch up from history",
+					"lag", le.lag.Round(100*time.Millisecond), "limit", le.limit)
+			} else {
+				h.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "err", err)
+			}
+		}
+		h.lost(ctx, err)
+		return sleep(ctx, backoff.next())
+	}
+
+	for ctx.Err() == nil {
+		ps := c.current()
+		if ps == nil {
+			if err := c.redialWithin(ctx, h, c.dialTimeout()); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				// go-redis logs dial errors itself; one line per attempt here
+				// would be one every 2 s for an outage.
+				h.log.Debug("redis pub/sub: not connected again yet", "err", err)
+				if !sleep(ctx, backoff.next()) {
+					return
+				}
+				continue
+			}
+			subscribed = 0
+			continue
+		}
+		msg, err := ps.Receive(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		if isTimeout(err) {
-			if !pingSent {
-				pctx, cancel := context.WithTimeout(ctx, h.every)
-				_ = ps.Ping(pctx, "health")
-				cancel()
-				pingSent = true
-				continue
-			}
-			// The ping went unanswered: Redis is hung or the path to it is
-			// gone without a reset. Start over on a new connection.
-			h.log.Warn("redis pub/sub: no answer to ping, reconnecting")
-			h.redial(ctx)
-			err = errors.New("ping timeout")
-		}
-		pingSent = false
 		if err != nil {
-			if c.connected.Swap(false) {
-				h.metrics.Reconnects.Inc()
-				h.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "err", err)
-			}
-			// Waiters would otherwise hang for a reply that will never
-			// come; they learn that their subscriptions are not confirmed.
-			c.barrier.releaseAll(ErrFeedLost)
-			redial := h.lost(ctx, err)
-			if !sleep(ctx, backoff.next()) {
+			if !lose(err) {
 				return
-			}
-			if redial {
-				h.redial(ctx)
 			}
 			continue
 		}
-		backoff.reset()
-		if c.connected.Load() && resubscribed(msg) {
-			// go-redis made a new connection from a call that met the old
-			// one dead (a Subscribe, a Sync) while this loop was not
-			// reading: no error came here, but the gap is the same.
-			c.connected.Store(false)
-			h.metrics.Reconnects.Inc()
-			h.log.Warn("redis pub/sub connection lost and made again meanwhile; streams stay open")
-			c.barrier.releaseAll(ErrFeedLost)
-			_ = h.lost(ctx, errors.New("connection replaced")) // already made again: no redial
+		if s, ok := msg.(*redis.Subscription); ok {
+			if c.connected.Load() && resubscribed(s, subscribed) {
+				// go-redis made a new connection from a call that met the
+				// old one dead (a Subscribe, a Sync) while this loop was not
+				// reading: no error came here, but the gap is the same.
+				c.connected.Store(false)
+				h.metrics.Reconnects.Inc()
+				h.log.Warn("redis pub/sub connection lost and made again meanwhile; streams stay open")
+				m.lost(time.Now())
+				c.barrier.releaseAll(ErrFeedLost)
+				h.lost(ctx, errReplaced)
+			}
+			subscribed = s.Count
 		}
 		if !c.connected.Swap(true) {
+			backoff.reset()
+			// The gap's recovery delivers what was published while the feed
+			// was behind; its own time is not the connection's lag (else a
+			// recovery longer than the limit would drop every connection).
+			c.recovering.Store(true)
 			h.up(ctx)
+			m.caughtUp()
+			c.recovering.Store(false)
+			if lagging {
+				lagging = false
+				h.log.Info("redis pub/sub caught up: back under PUBSUB_LAG_LIMIT", "limit", h.lagLimit)
+			}
 		}
-		switch m := msg.(type) {
+		switch msg := msg.(type) {
 		case *redis.Message:
 			h.metrics.Messages.Inc()
-			w, err := wire.ParseMessage([]byte(m.Payload), *c.marker.Load())
+			w, err := wire.ParseMessage([]byte(msg.Payload), *c.marker.Load())
 			if errors.Is(err, wire.ErrForged) && c.refreshMarker(ctx, h) {
 				// The marker changed under this instance (config lost and
 				// written again by another): read with the new one.
-				w, err = wire.ParseMessage([]byte(m.Payload), *c.marker.Load())
+				w, err = wire.ParseMessage([]byte(msg.Payload), *c.marker.Load())
 			}
-			h.message(m.Channel, w, err)
+			h.message(msg.Channel, w, err)
 		case *redis.Subscription:
 			if h.subscription != nil {
-				h.subscription(ctx, m)
+				if err := h.subscription(ctx, msg); err != nil && !lose(err) {
+					return
+				}
 			}
 		case *redis.Pong:
-			if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
+			if p, ok := strings.CutPrefix(msg.Payload, "p"); ok {
+				if seq, err := strconv.ParseUint(p, 10, 64); err == nil {
+					m.answered(seq, time.Now())
+				}
+			} else if seq, err := strconv.ParseUint(msg.Payload, 10, 64); err == nil {
 				c.barrier.release(seq, nil)
 			}
 		}
 	}
 }
 
-// resubscribed reports whether msg is the first reply on a new
-// connection: go-redis resubscribes every channel in one command, and the
-// count in the first confirmation is 1. (An existing connection does not
-// answer 1: the feed keeps the control channel, a partition its own.)
-func resubscribed(msg any) bool {
-	s, ok := msg.(*redis.Subscription)
-	return ok && s.Count == 1 && (s.Kind == "subscribe" || s.Kind == "ssubscribe")
+// watch is receive's watchdog: every probe interval it drops a connection
+// whose probe has gone unanswered for 2 ping intervals, or that is further
+// behind than h.lagLimit, and otherwise writes the next probe.
+func (c *subConn) watch(ctx context.Context, h receiveHooks) {
+	deadAfter := 2 * c.every
+	t := time.NewTicker(c.probeEvery())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ps := c.current()
+		if ps == nil || c.recovering.Load() {
+			continue // being made again, or its gap recovered
+		}
+		now := time.Now()
+		if age := c.lag.oldest(now); age > deadAfter {
+			// Redis is hung, or the path to it is gone without a reset.
+			c.drop(ps, fmt.Errorf("no answer to a ping for %v", age.Round(time.Millisecond)))
+			continue
+		}
+		if lag := c.lag.lag(now); h.lagLimit > 0 && lag > h.lagLimit && c.connected.Load() {
+			// Draining the backlog through the streams' queues would take
+			// longer than reading it from history on a new connection.
+			c.drop(ps, &lagError{lag: lag, limit: h.lagLimit})
+			continue
+		}
+		// Counted before it is written: its answer may be read first.
+		seq := c.lag.sent(now)
+		pctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
+		err := h.probe(pctx, ps, "p"+strconv.FormatUint(seq, 10))
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			c.drop(ps, fmt.Errorf("writing a ping: %w", err))
+		}
+	}
+}
+
+// drop closes ps, if it is still the connection in place, for cause: the
+// read under way ends, and receive makes a new one.
+func (c *subConn) drop(ps *redis.PubSub, cause error) {
+	c.mu.Lock()
+	if c.ps != ps {
+		c.mu.Unlock()
+		return
+	}
+	c.dropped = cause
+	c.mu.Unlock()
+	_ = ps.Close()
+}
+
+// redialWithin runs h.redial on a goroutine and waits for it for about
+// timeout. go-redis sets a new connection up (HELLO, AUTH, SELECT) with
+// its own timeouts, whatever the context says (the clients do not enable
+// ContextTimeoutEnabled, which would change every command's): an attempt
+// that overruns, on a link that takes connections and answers nothing, is
+// abandoned, and closes what it made when it ends.
+func (c *subConn) redialWithin(ctx context.Context, h receiveHooks, timeout time.Duration) error {
+	c.mu.Lock()
+	c.attempt++
+	mine := c.attempt
+	c.mu.Unlock()
+	done := make(chan error, 1)
+	c.dials.Go(func() {
+		done <- h.redial(ctx, timeout, func() bool { return c.attempt == mine })
+	})
+	t := time.NewTimer(timeout + timeout/10)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ps != nil {
+		return nil // in place just now
+	}
+	c.attempt++
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("no connection set up within %v", timeout)
+}
+
+// errAbandoned is a redial's connection made too late to be used.
+var errAbandoned = errors.New("redial abandoned")
+
+// errReplaced is the loss of a connection go-redis made again by itself.
+var errReplaced = errors.New("connection replaced")
+
+// resubscribed reports whether s is the first reply on a new connection:
+// go-redis resubscribes every channel in one command, and the count in the
+// first confirmation is 1, where the connection had some (had, the count
+// of the reply before).
+func resubscribed(s *redis.Subscription, had int) bool {
+	return s.Count == 1 && had > 0 && (s.Kind == "subscribe" || s.Kind == "ssubscribe")
 }
 
 // refreshMarker reads the marker again, at most once a second (a flood of
@@ -198,8 +419,9 @@ type barrier struct {
 }
 
 // send writes a PING carrying a new sequence number and returns a channel
-// that gets nil when its reply (or any later one) arrives, or an error when
-// the connection is lost first.
+// that gets nil when its reply arrives, or an error when the connection is
+// lost first. Each waiter is released by its own reply: writers do not
+// hold a lock across the write, so a later number may be written first.
 func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan error, error) {
 	done := make(chan error, 1)
 	if err := b.sendOn(ctx, ps, done); err != nil {
@@ -228,15 +450,113 @@ func (b *barrier) sendOn(ctx context.Context, ps *redis.PubSub, done chan error)
 	return nil
 }
 
-func (b *barrier) release(upTo uint64, err error) {
+func (b *barrier) release(seq uint64, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for seq, ch := range b.waiters {
-		if seq <= upTo {
-			ch <- err
-			delete(b.waiters, seq)
-		}
+	if ch, ok := b.waiters[seq]; ok {
+		ch <- err
+		delete(b.waiters, seq)
 	}
 }
 
-func (b *barrier) releaseAll(err error) { b.release(^uint64(0), err) }
+func (b *barrier) releaseAll(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for seq, ch := range b.waiters {
+		ch <- err
+		delete(b.waiters, seq)
+	}
+}
+
+// lagMeter measures the lag with probes: a PING written on the pub/sub
+// connection is answered behind everything Redis queued for the
+// connection before it, so its round trip is how far behind the reader
+// is, whatever the clocks of the hosts say.
+type lagMeter struct {
+	mu     sync.Mutex
+	seq    uint64
+	out    []probe // written, unanswered, oldest first
+	rtt    time.Duration
+	behind time.Time // when the oldest unanswered probe was sent, or the connection lost; zero: none
+}
+
+type probe struct {
+	seq  uint64
+	sent time.Time
+}
+
+// lag is the last answered probe's round trip, or the age of the oldest
+// unanswered one if more.
+func (m *lagMeter) lag(now time.Time) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d := m.rtt
+	if !m.behind.IsZero() {
+		d = max(d, now.Sub(m.behind))
+	}
+	return d
+}
+
+// oldest is the age of the oldest probe unanswered on this connection.
+func (m *lagMeter) oldest(now time.Time) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.out) == 0 {
+		return 0
+	}
+	return now.Sub(m.out[0].sent)
+}
+
+// sent counts a new probe, sent now, and returns its number.
+func (m *lagMeter) sent(now time.Time) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.seq++
+	m.out = append(m.out, probe{m.seq, now})
+	if m.behind.IsZero() {
+		m.behind = now
+	}
+	return m.seq
+}
+
+// answered takes seq's reply: Redis answers in order, so the probes
+// before it are answered too.
+func (m *lagMeter) answered(seq uint64, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	i := 0
+	for i < len(m.out) && m.out[i].seq <= seq {
+		if m.out[i].seq == seq {
+			m.rtt = now.Sub(m.out[i].sent)
+		}
+		i++
+	}
+	if i == 0 {
+		return // a probe of a connection since replaced, or written before a catch-up
+	}
+	m.out = m.out[i:]
+	m.behind = time.Time{}
+	if len(m.out) > 0 {
+		m.behind = m.out[0].sent
+	}
+}
+
+// lost: the probes out will never be answered; the feed stays behind
+// from the oldest of them (or from now) until it is caught up again.
+func (m *lagMeter) lost(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.out = nil
+	if m.behind.IsZero() {
+		m.behind = now
+	}
+}
+
+// caughtUp: a new connection is up and the gap recovered.
+func (m *lagMeter) caughtUp() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.out = nil
+	m.rtt = 0
+	m.behind = time.Time{}
+}
