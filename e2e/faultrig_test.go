@@ -175,12 +175,6 @@ func (r *faultRig) fail(format string, args ...any) {
 	r.failures = append(r.failures, fmt.Sprintf(format, args...))
 }
 
-func (r *faultRig) inFault(at time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return !r.faultStart.IsZero() && !at.Before(r.faultStart)
-}
-
 func (r *faultRig) saw503(what string, began time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -231,14 +225,14 @@ func (r *faultRig) run() {
 	r.mu.Lock()
 	r.faultStart = time.Now()
 	r.mu.Unlock()
-	t.Logf("fault %s: begins (%s)", r.spec.name, time.Since(r.began).Round(time.Millisecond))
+	t.Logf("fault %s: begins (%s, at %s)", r.spec.name, time.Since(r.began).Round(time.Millisecond), r.faultStart.UTC().Format("15:04:05.000"))
 	r.spec.begin(r)
 	time.Sleep(r.spec.hold)
 	r.spec.end(r)
 	r.mu.Lock()
 	r.faultEnd = time.Now()
 	r.mu.Unlock()
-	t.Logf("fault %s: ends (%s)", r.spec.name, time.Since(r.began).Round(time.Millisecond))
+	t.Logf("fault %s: ends (%s, at %s)", r.spec.name, time.Since(r.began).Round(time.Millisecond), r.faultEnd.UTC().Format("15:04:05.000"))
 	time.Sleep(8 * time.Second)
 	close(stopPub)
 	pubs.Wait() // each publish ends within faultMaxTries × faultClientTimeout and its pauses

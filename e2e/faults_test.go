@@ -187,16 +187,12 @@ func TestFaultPubsubOutputBuffer(t *testing.T) {
 	r.run()
 	cancel()
 	bulk.Wait()
-	info := r.rdb.Info(context.Background(), "stats").Val()
-	cut := "unknown"
-	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "client_output_buffer_limit_disconnections:"); ok {
-			cut = v
-		}
-	}
-	t.Logf("fault pubsubbuffer: %d bulk messages of 32 KB published (err %v); Redis output-buffer disconnections: %s; ssebridge reconnects: %.0f",
-		sent, bulkErr, cut, r.scrape()["ssebridge_redis_reconnects_total"])
-	if cut == "0" {
-		t.Errorf("Redis cut no client for its output buffer: the fault did not happen")
+	// Redis 7.0 counts these cuts nowhere in INFO; its log names each.
+	cut := strings.Count(r.redis.Log(), "for overcoming of output buffer limits")
+	reconnects := r.final["ssebridge_redis_reconnects_total"]
+	t.Logf("fault pubsubbuffer: %d bulk messages of 32 KB published (err %v); clients Redis cut for their output buffer: %d; ssebridge reconnects: %.0f",
+		sent, bulkErr, cut, reconnects)
+	if cut == 0 || reconnects == 0 {
+		t.Errorf("Redis cut no subscriber for its output buffer (%d cuts, %.0f reconnects): the fault did not happen", cut, reconnects)
 	}
 }
