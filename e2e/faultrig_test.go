@@ -668,6 +668,12 @@ func (r *faultRig) report() {
 	if r.slowOpen > 0 {
 		fails = append(fails, fmt.Sprintf("bounded wait: %d of %d GET /events took over %v to answer (longest %v)", r.slowOpen, r.opens, bound, r.maxOpen.Round(time.Millisecond)))
 	}
+	// The rig's readers keep up with 50 small events/s: a stream ended as
+	// slow was ended by a burst (the backlog after the fault), not by its
+	// reader.
+	if slow := m[`ssebridge_streams_closed_total{reason="slow"}`]; slow > 0 {
+		fails = append(fails, fmt.Sprintf("%.0f streams ended as slow by the burst after the fault", slow))
+	}
 	if r.no503Header > 0 {
 		fails = append(fails, fmt.Sprintf("%d answers 503 without Retry-After", r.no503Header))
 	}

@@ -16,20 +16,44 @@ import (
 // ssebridge and its Redis (internal/faultproxy), for a bounded time, while
 // resuming streams read and a retrying publisher publishes through
 // POST /publish; faultrig_test.go checks what they saw and logs one
-// "FAULT name=…" line of figures. They run in parallel: the suite's wall
-// time is about the longest (the 60 s stall, some 100 s in all).
+// "FAULT name=…" line of figures. They run at once: the suite's wall time
+// is about the longest (the 60 s stall: some 75 s, and the build).
 //
 //	go test -race -count=1 -run 'TestFault' -v ./e2e/ | grep 'FAULT name='
+//	go test -race -count=1 -run 'TestFault/stall10' -v ./e2e/
 
 const faultStreams = 60
 
-func TestFaultStall10(t *testing.T) {
+// TestFault runs every fault at once, each as a subtest of its own
+// (-run 'TestFault/stall10' for one). The subtests are started from
+// goroutines rather than marked t.Parallel: -parallel defaults to
+// GOMAXPROCS, 2 on these machines, which would run them two by two (over
+// two minutes); they mostly wait on their fault's schedule, not on the CPU.
+func TestFault(t *testing.T) {
 	t.Parallel()
+	var wg sync.WaitGroup
+	for _, f := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"stall60", faultStall60}, // the longest first
+		{"stall10", faultStall10},
+		{"latency200ms", faultLatency200ms},
+		{"latency2s", faultLatency2s},
+		{"resets2s", faultResets},
+		{"bandwidth3k", faultBandwidth},
+		{"pubsubbuffer", faultPubsubOutputBuffer},
+	} {
+		wg.Go(func() { t.Run(f.name, f.run) })
+	}
+	wg.Wait()
+}
+
+func faultStall10(t *testing.T) {
 	stall(t, "stall10", 10*time.Second)
 }
 
-func TestFaultStall60(t *testing.T) {
-	t.Parallel()
+func faultStall60(t *testing.T) {
 	stall(t, "stall60", 60*time.Second)
 }
 
@@ -45,15 +69,13 @@ func stall(t *testing.T, name string, hold time.Duration) {
 	r.run()
 }
 
-func TestFaultLatency200ms(t *testing.T) {
-	t.Parallel()
+func faultLatency200ms(t *testing.T) {
 	latency(t, "latency200ms", 200*time.Millisecond, false)
 }
 
 // 2 s each way is a 4 s round trip, past REDIS_TIMEOUT (2 s): requests that
 // need Redis are to be answered 503 promptly, so the fault is noticed.
-func TestFaultLatency2s(t *testing.T) {
-	t.Parallel()
+func faultLatency2s(t *testing.T) {
 	latency(t, "latency2s", 2*time.Second, true)
 }
 
@@ -67,9 +89,8 @@ func latency(t *testing.T, name string, d time.Duration, notice bool) {
 	r.run()
 }
 
-// TestFaultResets: every connection to Redis reset (RST) every 2 s for 15 s.
-func TestFaultResets(t *testing.T) {
-	t.Parallel()
+// faultResets: every connection to Redis reset (RST) every 2 s for 15 s.
+func faultResets(t *testing.T) {
 	r := startFaultRig(t, faultSpec{
 		name: "resets2s", streams: faultStreams, hold: 15 * time.Second,
 		begin: func(r *faultRig) { r.px.ResetEvery(2 * time.Second) },
@@ -81,10 +102,9 @@ func TestFaultResets(t *testing.T) {
 	}
 }
 
-// TestFaultBandwidth: 3 KB/s from Redis for 15 s, less than the pub/sub
+// faultBandwidth: 3 KB/s from Redis for 15 s, less than the pub/sub
 // feed and the replies need at 50 publishes/s: the feed falls behind.
-func TestFaultBandwidth(t *testing.T) {
-	t.Parallel()
+func faultBandwidth(t *testing.T) {
 	r := startFaultRig(t, faultSpec{
 		name: "bandwidth3k", streams: faultStreams, hold: 15 * time.Second,
 		begin:     func(r *faultRig) { r.px.Bandwidth(faultproxy.Down, 3000) },
@@ -94,13 +114,12 @@ func TestFaultBandwidth(t *testing.T) {
 	r.run()
 }
 
-// TestFaultPubsubOutputBuffer: Redis's own client-output-buffer-limit for
+// faultPubsubOutputBuffer: Redis's own client-output-buffer-limit for
 // pub/sub cuts the subscriber. The limit is set small on the real Redis;
 // one stream's room gets 32 KB live messages at ~3 MB/s straight into Redis
 // while the link from Redis carries 100 KB/s, so the subscriber's output
 // buffer grows past the limit and Redis closes its connection.
-func TestFaultPubsubOutputBuffer(t *testing.T) {
-	t.Parallel()
+func faultPubsubOutputBuffer(t *testing.T) {
 	var (
 		stop    chan struct{}
 		bulk    sync.WaitGroup
