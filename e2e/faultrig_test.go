@@ -215,9 +215,9 @@ func (r *faultRig) run() {
 	}
 	var bg sync.WaitGroup
 	bg.Go(func() { r.monitor(ctx) })
-	stopPub := make(chan struct{})
+	stopPub, pubDone := make(chan struct{}), make(chan struct{})
 	var pubs sync.WaitGroup
-	bg.Go(func() { r.publisher(stopPub, &pubs) })
+	go func() { defer close(pubDone); r.publisher(stopPub, &pubs) }()
 
 	// The schedule: sleeps here are the fault's length, not waits for
 	// something to happen.
@@ -235,6 +235,7 @@ func (r *faultRig) run() {
 	t.Logf("fault %s: ends (%s, at %s)", r.spec.name, time.Since(r.began).Round(time.Millisecond), r.faultEnd.UTC().Format("15:04:05.000"))
 	time.Sleep(8 * time.Second)
 	close(stopPub)
+	<-pubDone   // no pubs.Go after this: pubs.Wait may start
 	pubs.Wait() // each publish ends within faultMaxTries × faultClientTimeout and its pauses
 	t.Logf("fault %s: publishing ended (%s)", r.spec.name, time.Since(r.began).Round(time.Millisecond))
 
