@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -73,6 +74,13 @@ func (s *Server) start() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Log is what the server wrote to its log file so far ("" if unreadable):
+// for tests that check what Redis itself did (a client it cut).
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	return string(b)
 }
 
 // Stop kills the server (SIGKILL: as abrupt as a crash) and waits for it.
