@@ -156,3 +156,51 @@ func TestReadyzTellsSlowFromUnreachable(t *testing.T) {
 		t.Fatalf("readyz with nothing listening: %d %s, want 503 redis unreachable", resp.StatusCode, body)
 	}
 }
+
+// TestStuckRedisAnswersPromptly: with a Redis that takes connections and
+// never answers (a stalled link looks the same from here), every request
+// that needs it is answered 503 with Retry-After within REDIS_TIMEOUT and
+// a margin, saying what was wrong. Before REDIS_TIMEOUT a stream
+// waited 10 s for its subscriptions, and a publish go-redis's read timeout
+// once per retry (over 10 s).
+func TestStuckRedisAnswersPromptly(t *testing.T) {
+	stuck := redistest.StartStuck(t)
+	p := startBinary(t, map[string]string{
+		"REDIS_URL": "redis://" + stuck.Addr, "REDIS_TIMEOUT": "1s", "PUBLISH_TOKEN": "secret",
+	})
+	const bound = 1*time.Second + 1500*time.Millisecond // REDIS_TIMEOUT, and a margin for a loaded machine
+	for _, tc := range []struct {
+		name, method, path, auth, body string
+		why                            string // what the 503 says
+	}{
+		// A stream needs the pub/sub connection first, which never came up.
+		{"stream", http.MethodGet, "/events", "Bearer some-session", "", "redis pub/sub connection down"},
+		{"check", http.MethodGet, "/events/check", "Bearer some-session", "", "REDIS_TIMEOUT"},
+		{"publish", http.MethodPost, "/publish", "Bearer secret", `{"channel":"broadcast","data":1}`, "REDIS_TIMEOUT"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(tc.method, "http://"+p.addr+tc.path, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", tc.auth)
+			began := time.Now()
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			took := time.Since(began)
+			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("%s %s: %d (Retry-After %q) %s, want 503 with Retry-After", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Retry-After"), body)
+			}
+			if !strings.Contains(string(body), tc.why) {
+				t.Errorf("%s %s: %s, want it to say %q", tc.method, tc.path, body, tc.why)
+			}
+			if took > bound {
+				t.Errorf("%s %s answered after %v, want within %v (REDIS_TIMEOUT 1s)", tc.method, tc.path, took, bound)
+			}
+		})
+	}
+}

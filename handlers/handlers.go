@@ -146,6 +146,9 @@ func New(o Options) *echo.Echo {
 // that passed is REDIS_TIMEOUT's (the caller tells a client's leaving
 // apart, by the request's context). cause is store.Cause's, for the log.
 func redisTrouble(err error, timeout time.Duration) (msg, cause string) {
+	if errors.Is(err, store.ErrFeedLost) {
+		return "redis pub/sub connection down", store.CauseLost
+	}
 	switch cause = store.Cause(err); cause {
 	case store.CauseTimeout:
 		return fmt.Sprintf("redis did not answer within %v (REDIS_TIMEOUT)", timeout), cause

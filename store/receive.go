@@ -78,7 +78,10 @@ func (c *subConn) Lag() time.Duration { return c.lag.lag(time.Now()) }
 // connection is lost first. With no connection in place it fails at once.
 func (c *subConn) ping(ctx context.Context) (<-chan error, error) {
 	ps := c.current()
-	if ps == nil {
+	if ps == nil || !c.connected.Load() {
+		// Down (or never up yet): no answer can come before it is made
+		// again, and a write now would have go-redis dial inside it,
+		// past any deadline (its handshake ignores the context).
 		return nil, ErrFeedLost
 	}
 	// A write on a connection go-redis has dropped dials inside: bounded.
