@@ -76,6 +76,8 @@ func startLaggingFeed(t *testing.T, every, lagLimit time.Duration) *stalledFeed 
 		s.feed.Run(ctx, func(_ string, m wire.Message, _ error) { s.delivered <- string(m.Body) }, func(context.Context) { s.connected.Add(1) })
 	}()
 	t.Cleanup(func() { cancel(); <-done })
+	// Up first: a barrier before the connection was ever up fails at once.
+	await(t, 5*time.Second, "the feed connected", s.feed.Connected)
 	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
 	defer scancel()
 	if err := s.feed.Sync(sctx); err != nil {

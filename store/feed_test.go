@@ -56,6 +56,8 @@ func replacedFeed(t *testing.T) (ctx context.Context, admin *redis.Client, feed 
 		feed.Run(ctx, deliver, func(context.Context) { connected.Add(1) })
 	}()
 	t.Cleanup(func() { open.Do(func() { close(gate) }); cancel(); <-done })
+	// Up first: a barrier before the connection was ever up fails at once.
+	await(t, 5*time.Second, "the feed connected", feed.Connected)
 	if err := feed.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}

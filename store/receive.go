@@ -34,6 +34,7 @@ type subConn struct {
 	barrier    barrier
 	lag        lagMeter
 	connected  atomic.Bool
+	wasUp      atomic.Bool // the connection was up once: until then a write would dial inside go-redis
 	recovering atomic.Bool // receive runs up: the watchdog neither probes nor judges
 
 	attempt uint64         // guarded by mu: the redial whose connection may be put in place
@@ -78,10 +79,10 @@ func (c *subConn) Lag() time.Duration { return c.lag.lag(time.Now()) }
 // connection is lost first. With no connection in place it fails at once.
 func (c *subConn) ping(ctx context.Context) (<-chan error, error) {
 	ps := c.current()
-	if ps == nil || !c.connected.Load() {
-		// Down (or never up yet): no answer can come before it is made
-		// again, and a write now would have go-redis dial inside it,
-		// past any deadline (its handshake ignores the context).
+	if ps == nil || !c.wasUp.Load() {
+		// Down, or never up yet (Redis unreachable since the start): a
+		// write would have go-redis dial inside it, past any deadline
+		// (its handshake ignores the context).
 		return nil, ErrFeedLost
 	}
 	// A write on a connection go-redis has dropped dials inside: bounded.
@@ -254,6 +255,7 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 			subscribed = s.Count
 		}
 		if !c.connected.Swap(true) {
+			c.wasUp.Store(true)
 			backoff.reset()
 			// The gap's recovery delivers what was published while the feed
 			// was behind; its own time is not the connection's lag (else a
