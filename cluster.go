@@ -31,6 +31,7 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	opts := hubOptions(cfg)
 	opts.ParseCursor = cl.ParseCursor
 	opts.AfterGrant = cl.AfterGrant
+	opts.FeedLag = cl.Lag
 	if cfg.DurableWaitReplicas > 0 {
 		cl.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
 	}

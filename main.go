@@ -387,7 +387,9 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	if cfg.DurableWaitReplicas > 0 {
 		history.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
 	}
-	hub := stream.NewHub(feed, history, hubOptions(cfg), log, stream.NewMetrics(reg))
+	opts := hubOptions(cfg)
+	opts.FeedLag = feed.Lag
+	hub := stream.NewHub(feed, history, opts, log, stream.NewMetrics(reg))
 	if embedded {
 		dev = &handlers.Dev{Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix)}
 	}

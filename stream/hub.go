@@ -68,6 +68,11 @@ type Options struct {
 	// subscriptions confirmed, a read of history, a position): past it the
 	// stream is refused, or ended with a retry hint. 0: 10 s.
 	RedisTimeout time.Duration
+	// FeedLag says how far the feed is behind Redis now
+	// (ssebridge_pubsub_lag_seconds); nil: never. A stream whose queue
+	// overflows while the feed is a second or more behind is ended as
+	// late, not slow: the burst was the feed's, not the client's.
+	FeedLag func() time.Duration
 	// ParseCursor reads a Last-Event-ID: wire.ParseCursor when nil; in
 	// cluster mode, the vector ids of store.Cluster.
 	ParseCursor func(string) (wire.Cursor, error)
@@ -556,10 +561,25 @@ func dropReason(err error) string {
 	return "other"
 }
 
-// endSlow ends a stream whose queue is full. The retry hint brings it back
-// soon, to resume from its last id; its writer may well be stuck on a full
-// socket and only learn of it at its write deadline.
+// lateLag is how far behind the feed must be for a queue's overflow to be
+// taken as its burst rather than the client's slowness: the lag probe
+// measures to about a second.
+const lateLag = time.Second
+
+// endSlow ends a stream whose queue is full (of a live event: durable ones
+// fall back to history). The retry hint brings it back soon, to resume
+// from its last id; its writer may well be stuck on a full socket and only
+// learn of it at its write deadline. While the feed is late, the burst is
+// the feed's: the stream is ended as late, not as a slow client.
 func (h *Hub) endSlow(s *Stream) {
+	if h.opts.FeedLag != nil {
+		if lag := h.opts.FeedLag(); lag >= lateLag {
+			if s.end(ReasonLate, wire.RetryFrame(h.jitteredRetry())) {
+				h.limited.Write(slog.LevelInfo, "late", "stream closed: queue full of a burst while the feed was late", "user", s.User, "lag", lag.Round(time.Millisecond))
+			}
+			return
+		}
+	}
 	if s.end(ReasonSlow, wire.RetryFrame(h.jitteredRetry())) {
 		h.limited.Write(slog.LevelInfo, "slow", "stream closed: queue full", "user", s.User)
 	}

@@ -145,8 +145,22 @@ func serveInto(s *Stream) (*recorder, chan string) {
 }
 
 func TestHubSlowStreamDoesNotHoldOthers(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lag  time.Duration // the feed's
+		want string
+	}{
+		{"a slow client", 0, ReasonSlow},
+		{"the feed's burst", 2 * time.Second, ReasonLate}, // not counted as a slow client (issue 18 item 4)
+	} {
+		t.Run(tc.name, func(t *testing.T) { slowStream(t, tc.lag, tc.want) })
+	}
+}
+
+func slowStream(t *testing.T, lag time.Duration, want string) {
 	opts := testOpts
 	opts.QueueEvents = 4
+	opts.FeedLag = func() time.Duration { return lag }
 	h, _ := newTestHub(t, opts)
 	ctx := context.Background()
 	slow, _ := h.Open(ctx, Spec{User: "slow", Session: "a"})
@@ -163,8 +177,8 @@ func TestHubSlowStreamDoesNotHoldOthers(t *testing.T) {
 		}
 	}
 	batch, ending, _ := slow.take(nil)
-	if ending != ReasonSlow || len(batch) != 1 || string(batch[0][:6]) != "retry:" {
-		t.Fatalf("slow stream: ending %q with %d frames; want slow, just a retry: hint", ending, len(batch))
+	if ending != want || len(batch) != 1 || string(batch[0][:6]) != "retry:" {
+		t.Fatalf("slow stream: ending %q with %d frames; want %s, just a retry: hint", ending, len(batch), want)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 const (
 	ReasonClient   = "client"   // the browser went away
 	ReasonSlow     = "slow"     // its queue overflowed
+	ReasonLate     = "late"     // its queue overflowed with a burst of live events while the feed was late
 	ReasonLogout   = "logout"   // the backend logged the user out
 	ReasonSession  = "session"  // the session key is gone or now names another user
 	ReasonShutdown = "shutdown" // this instance is stopping
