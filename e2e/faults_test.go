@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -19,8 +20,13 @@ import (
 // "FAULT name=…" line of figures. They run at once: the suite's wall time
 // is about the longest (the 60 s stall: some 75 s, and the build).
 //
-//	go test -race -count=1 -run 'TestFault' -v ./e2e/ | grep 'FAULT name='
-//	go test -race -count=1 -run 'TestFault/stall10' -v ./e2e/
+//	SSEBRIDGE_FAULTS=1 go test -race -count=1 -run 'TestFault' -v ./e2e/ | grep 'FAULT name='
+//	SSEBRIDGE_FAULTS=1 go test -race -count=1 -run 'TestFault/stall10' -v ./e2e/
+//
+// Their figures are timings of seven instances sharing the machine: run
+// beside the other packages' tests (go test ./... runs two packages at
+// once), the load alone breaks their bounds. So `go test ./...` skips
+// them, and .ci/run runs them in a step of their own, after the rest.
 
 const faultStreams = 60
 
@@ -30,6 +36,9 @@ const faultStreams = 60
 // GOMAXPROCS, 2 on these machines, which would run them two by two (over
 // two minutes); they mostly wait on their fault's schedule, not on the CPU.
 func TestFault(t *testing.T) {
+	if os.Getenv("SSEBRIDGE_FAULTS") == "" {
+		t.Skip("the fault suite runs on its own (.ci/run does, after the rest): SSEBRIDGE_FAULTS=1 go test -race -run TestFault ./e2e/")
+	}
 	t.Parallel()
 	var wg sync.WaitGroup
 	for _, f := range []struct {

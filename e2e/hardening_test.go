@@ -691,7 +691,8 @@ func TestReservedNamesAndIDs(t *testing.T) {
 	}
 }
 
-// TestCancelledLookups: GET /events with made-up tokens, each given up as
+// TestCancelledLookups: GET /events/check (the session read of GET
+// /events) with made-up tokens, each given up as
 // soon as it is sent, while Redis does not answer (a listener that takes
 // connections and never replies): the issue's 3 × 20,000 HEADERS and
 // RST_STREAM wrote a WARN line and counted reason="redis" for nearly every
@@ -707,12 +708,15 @@ func TestCancelledLookups(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(c, "GET /events HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer made-up-%d\r\n\r\n", p.addr, i)
+		// /events/check: its wait is the session read alone. (GET /events
+		// needs the pub/sub connection first, which never came up here:
+		// it is refused at once, before its client has gone.)
+		fmt.Fprintf(c, "GET /events/check HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer made-up-%d\r\n\r\n", p.addr, i)
 		c.Close() // gone before any answer could come
 	}
 	gone, redisDown := `ssebridge_handshakes_refused_total{reason="client_gone"}`, `ssebridge_handshakes_refused_total{reason="redis"}`
-	// Each look-up ends when its client's context does, or at go-redis's
-	// read timeout (3 s) for the one on the connection.
+	// Each look-up ends when its client's context does, or at
+	// REDIS_TIMEOUT for the one on the connection.
 	eventually(t, 20*time.Second, "every request to be counted", func() bool {
 		return metricAt(t, base, gone)+metricAt(t, base, redisDown) >= n
 	})
