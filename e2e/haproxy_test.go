@@ -140,8 +140,9 @@ func startHAProxy(t *testing.T, s haproxySetup) *haproxyServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	done := make(chan struct{}) // closed once HAProxy has exited, with waitErr set
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM) // a hard stop: streams end at once
 		select {
@@ -162,8 +163,8 @@ func startHAProxy(t *testing.T, s haproxySetup) *haproxyServer {
 			return h
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("haproxy exited: %v\n%s", err, h.log.String())
+		case <-done:
+			t.Fatalf("haproxy exited: %v\n%s", waitErr, h.log.String())
 		default:
 		}
 		if time.Now().After(deadline) {
