@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -173,6 +174,30 @@ func startHAProxy(t *testing.T, s haproxySetup) *haproxyServer {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// haproxyEvent is one /events line of HAProxy's log (option httplog).
+type haproxyEvent struct {
+	server, status, term string // server "<NOSRV>": none was up; term: the termination state
+}
+
+// The request is logged in absolute form over HTTP/2.
+var haproxyLogRE = regexp.MustCompile(`ssebridge_events/(\S+) \S+ (\d+) \d+ \S+ \S+ (\S{4}) .*"GET (?:https://[^/"]+)?/events[ ?]`)
+
+// events returns the /events lines of HAProxy's log.
+func (h *haproxyServer) events() []haproxyEvent {
+	var out []haproxyEvent
+	for _, l := range strings.Split(h.log.String(), "\n") {
+		if m := haproxyLogRE.FindStringSubmatch(l); m != nil {
+			out = append(out, haproxyEvent{m[1], m[2], m[3]})
+		}
+	}
+	return out
+}
+
+// retryAnswer reports whether HAProxy answered the stream itself, after a
+// failed connect or with no server up (termination state "SC"). The log
+// says 503, the status HAProxy meant; the errorfile's 200 is what was sent.
+func (e haproxyEvent) retryAnswer() bool { return e.status == "503" && strings.HasPrefix(e.term, "SC") }
 
 // haproxyPEM writes the test's certificate and key into one file, as
 // HAProxy's crt wants them.
@@ -380,19 +405,42 @@ func TestHAProxyFailoverCrossOrigin(t *testing.T) {
 	var outage time.Duration
 	for len(ids) < haproxyEvents {
 		if len(ids) == haproxyKillAt {
-			killed := time.Now()
+			killed, from := time.Now(), len(hap.events())
 			a.kill()
 			b.kill()
 			for range haproxyWhileDown {
 				publish()
 			}
-			// Start both again once every stream has had an answer of
-			// HAProxy's own (an open without a ready: it passed the CORS
-			// check) after its drop: awaited, not slept.
+			// Every stream gets an answer of HAProxy's own (an open without
+			// a ready: it passed the browser's CORS check) twice: in the
+			// seconds before the health checks notice (a failed connect to
+			// a server still marked up), and once they have marked both
+			// down (no server). Awaited, not slept.
 			awaitAll("HAProxy's retry answer to every stream's reconnect", func(e esState) bool { return e.Opens-e.Readies >= 1 })
+			before := time.Since(killed)
+			eventually(t, 15*time.Second, "the health checks to mark both instances down", func() bool {
+				l := hap.log.String()
+				return strings.Contains(l, "Server ssebridge_events/a is DOWN") && strings.Contains(l, "Server ssebridge_events/b is DOWN")
+			})
+			down := time.Since(killed)
+			awaitAll("a retry answer to every stream with no server up", func(e esState) bool { return e.Opens-e.Readies >= 2 })
 			a, b = startBinary(t, vars(addrA)), startBinary(t, vars(addrB))
 			outage = time.Since(killed)
-			t.Logf("no instance for %v", outage.Round(time.Millisecond))
+			var failed, nosrv int
+			for _, e := range hap.events()[from:] {
+				switch {
+				case !e.retryAnswer():
+				case e.server == "<NOSRV>":
+					nosrv++
+				default:
+					failed++
+				}
+			}
+			if failed == 0 || nosrv == 0 {
+				t.Errorf("HAProxy's retry answers during the outage: %d after a failed connect, %d with no server up; want both", failed, nosrv)
+			}
+			t.Logf("no instance for %v: every stream had a retry answer after %v; both marked down after %v; %d retry answers after a failed connect, %d with no server up",
+				outage.Round(time.Millisecond), before.Round(time.Millisecond), down.Round(time.Millisecond), failed, nosrv)
 		}
 		low := len(ids) - haproxyWindow
 		awaitAll(fmt.Sprintf("every stream to have %d events", low), func(e esState) bool { return len(e.Got) >= low })
@@ -449,6 +497,34 @@ func TestHAProxyFailoverCrossOrigin(t *testing.T) {
 			return w.Opens >= 2
 		})
 		t.Logf("no instance up, cross-origin: with the CORS lines %+v; without %+v", cors(), plain())
+	})
+
+	t.Run("an instance's own 503 (its Redis is down) becomes a retry too", func(t *testing.T) {
+		// With Redis stopped the instances refuse a new stream with 503
+		// until the health checks (/readyz fails too) mark them down;
+		// meanwhile HAProxy tries the other and then turns the last 503
+		// into its retry answer (http-response return), with the CORS
+		// headers: every answer is one, whichever path made it.
+		from := len(hap.events())
+		r.Stop()
+		var answers int
+		eventually(t, 10*time.Second, "an instance's own 503 turned into the retry answer", func() bool {
+			resp, body := rawEvents(t, client, hap.origin, app.URL)
+			answers++
+			if resp.StatusCode != 200 || body != "retry: 2000\n\n" || resp.Header.Get("Access-Control-Allow-Origin") != app.URL {
+				t.Fatalf("Redis down, answer %d: %d %q %v, want the retry answer with the listed origin", answers, resp.StatusCode, body, resp.Header)
+			}
+			for _, e := range hap.events()[from:] {
+				// "LH": HAProxy answered itself (http-response return) in
+				// place of the instance's answer.
+				if e.server != "<NOSRV>" && strings.HasPrefix(e.term, "LH") {
+					return true
+				}
+			}
+			return false
+		})
+		r.Restart()
+		t.Logf("Redis down: %d answers, each the retry answer with CORS headers; HAProxy's log: %+v", answers, hap.events()[from:])
 	})
 
 	t.Logf("%d durable events, %d cross-origin streams, no instance for %v; took %v",
