@@ -376,14 +376,15 @@ func TestHAProxyFailoverCrossOrigin(t *testing.T) {
 		}
 		return s
 	}
-	awaitAll := func(what string, ok func(esState) bool) []esState {
+	// awaitEach waits until every stream satisfies ok (given its index).
+	awaitEach := func(what string, ok func(i int, e esState) bool) []esState {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			s := states()
 			all := true
-			for _, e := range s {
-				all = all && ok(e)
+			for i, e := range s {
+				all = all && ok(i, e)
 			}
 			if all {
 				return s
@@ -393,6 +394,10 @@ func TestHAProxyFailoverCrossOrigin(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+	}
+	awaitAll := func(what string, ok func(esState) bool) []esState {
+		t.Helper()
+		return awaitEach(what, func(_ int, e esState) bool { return ok(e) })
 	}
 	awaitAll("every stream to be ready", func(e esState) bool { return e.Readies == 1 })
 	t.Logf("streams open: A %d, B %d", streamsOpen(t, addrA), streamsOpen(t, addrB))
@@ -423,7 +428,10 @@ func TestHAProxyFailoverCrossOrigin(t *testing.T) {
 				return strings.Contains(l, "Server ssebridge_events/a is DOWN") && strings.Contains(l, "Server ssebridge_events/b is DOWN")
 			})
 			down := time.Since(killed)
-			awaitAll("a retry answer to every stream with no server up", func(e esState) bool { return e.Opens-e.Readies >= 2 })
+			marked := states()
+			awaitEach("a retry answer to every stream with no server up", func(i int, e esState) bool {
+				return e.Opens-e.Readies > marked[i].Opens-marked[i].Readies
+			})
 			a, b = startBinary(t, vars(addrA)), startBinary(t, vars(addrB))
 			outage = time.Since(killed)
 			var failed, nosrv int
