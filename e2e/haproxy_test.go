@@ -37,6 +37,7 @@ const (
 	haproxyWindow    = 5  // published but not yet delivered to every stream, at most
 	haproxyKillAt    = 10 // events published when both instances are SIGKILLed
 	haproxyWhileDown = 5  // events published while no instance runs
+	haproxyToken     = "haproxy-alice"
 )
 
 // The literal values in deploy/haproxy.cfg that a test run replaces, with
@@ -224,7 +225,7 @@ func haproxyPEM(t *testing.T, dir string) (pemFile string, pool *x509.CertPool) 
 func rawEvents(t *testing.T, c *http.Client, url string, origins ...string) (*http.Response, string) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", url+"/events", nil)
-	req.Header.Set("Cookie", "sse_session=haproxy-alice")
+	req.Header.Set("Cookie", "sse_session="+haproxyToken)
 	req.Header["Origin"] = origins
 	resp, err := c.Do(req)
 	if err != nil {
@@ -288,8 +289,7 @@ func TestHAProxyFailoverCrossOrigin(t *testing.T) {
 	a, b := startBinary(t, vars(addrA)), startBinary(t, vars(addrB))
 	setup := haproxySetup{bin: haproxyBin, upstreamA: "127.0.0.1:" + port(addrA), upstreamB: "127.0.0.1:" + port(addrB), pem: pem, allowed: app.URL}
 	hap := startHAProxy(t, setup)
-	const token = "haproxy-alice"
-	if err := rdb.Set(ctx, "session:"+token, `{"user":"alice","rooms":["lobby"]}`, time.Hour).Err(); err != nil {
+	if err := rdb.Set(ctx, "session:"+haproxyToken, `{"user":"alice","rooms":["lobby"]}`, time.Hour).Err(); err != nil {
 		t.Fatal(err)
 	}
 	client := h2Client(pool)
@@ -352,7 +352,7 @@ func TestHAProxyFailoverCrossOrigin(t *testing.T) {
 
 	browser := startBrowser(t, chromedp.Flag("ignore-certificate-errors", true))
 	if _, err := chromedp.Call(browser, network.SetCookie, network.SetCookieParams{
-		Name: "sse_session", Value: token, URL: hap.origin, Secure: new(true), HTTPOnly: new(true), SameSite: network.CookieSameSiteLax,
+		Name: "sse_session", Value: haproxyToken, URL: hap.origin, Secure: new(true), HTTPOnly: new(true), SameSite: network.CookieSameSiteLax,
 	}); err != nil {
 		t.Fatal(err)
 	}
