@@ -554,10 +554,15 @@ func (h *Hub) drop(channel string, err error) {
 	h.limited.Write(slog.LevelWarn, "dropped:"+reason, "published message refused", "channel", channel, "err", err)
 }
 
+// dropSentinels are the errors a refused message is counted by.
+func dropSentinels() []error {
+	return []error{wire.ErrTooLarge, wire.ErrBadField, wire.ErrBadEnvelope, wire.ErrForged, wire.ErrBadControl, wire.ErrBadCursor, errTooManyRooms}
+}
+
 // dropReason is the metric label of a refused message: the sentinel error
 // it wraps, never free text.
 func dropReason(err error) string {
-	for _, sentinel := range []error{wire.ErrTooLarge, wire.ErrBadField, wire.ErrBadEnvelope, wire.ErrForged, wire.ErrBadControl, wire.ErrBadCursor, errTooManyRooms} {
+	for _, sentinel := range dropSentinels() {
 		if errors.Is(err, sentinel) {
 			return sentinel.Error()
 		}
