@@ -111,8 +111,9 @@ class MiddlewareTests(RedisTestCase, TestCase):
     def test_a_key_gone_is_issued_again(self):
         token = self.log_in("alice")
         self.redis.delete("session:" + token)  # expired, or revoked elsewhere
-        with self.later(8641):
+        with self.later(8641), round_trips() as calls:
             response = self.client.get("/")
+        self.assertEqual(len(calls), 3)  # EXPIRE finds nothing; issuing is two
         new = self.cookie(response).value
         self.assertNotEqual(new, token)
         self.assertEqual(self.session(new)["user"], self.alice.pk)
@@ -129,7 +130,9 @@ class MiddlewareTests(RedisTestCase, TestCase):
     def test_user_switch_revokes_and_ends_the_old_users_streams(self):
         old = self.log_in("alice")
         control = self.subscribe("sse:control")
-        new = self.log_in("bob")  # contrib.auth's login as another user: no logout on the way
+        with round_trips() as calls:
+            new = self.log_in("bob")  # contrib.auth's login as another user: no logout on the way
+        self.assertEqual(len(calls), 2)  # take + position; write + logout
         self.assertNotEqual(new, old)
         self.assertIsNone(self.session(old))
         self.assertEqual(self.session(new)["user"], self.bob.pk)
