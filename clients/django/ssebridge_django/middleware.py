@@ -22,10 +22,12 @@ Cost. The middleware keeps a note in Django's own session
 (request.session["_ssebridge"]): the ssebridge user, a digest of the token
 and when it was last renewed. While the cookie and the user match the note
 and the renewal is younger than SESSION_RENEW_INTERVAL, a request costs no
-Redis command at all. After that, one round trip (EXPIRE) renews the key and
-the cookie; if EXPIRE finds no key (expired, or deleted by a revocation) a
-new session is issued. Issuing (a login, a user change, a key gone) costs
-two round trips, a logout two.
+Redis command at all. After that, one round trip (EXPIRE, and a GET of the
+history's position) renews the key and the cookie; if EXPIRE finds no key
+(expired, or deleted by a revocation) one more writes a new session.
+Issuing for a login or a user change costs two round trips (the earlier
+session taken and the position read; the new one written and, for another
+user's, logout published), a logout two. Never more than two.
 """
 
 import hashlib
@@ -36,7 +38,7 @@ from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 
 from . import conf
-from .publishing import control
+from .publishing import _text, control
 from .sessions import _key, _take, clear_cookie, issue, set_cookie, token
 
 log = logging.getLogger("ssebridge_django")
@@ -118,16 +120,34 @@ class SSEBridgeSessionMiddleware:
         if t is not None and note.get("user") == str(uid) and note.get("token") == _digest(t):
             if now - int(note.get("renewed", 0)) < conf.renew_interval():
                 return  # fresh: no Redis command
-            if conf.redis_client().expire(_key(t), ttl):
+            renewed, position = self.renew(t, ttl)
+            if renewed:
                 set_cookie(response, t, ttl)
                 session[NOTE] = dict(note, renewed=now)
                 return
-            # The key is gone (expired, or revoked): a new session below.
-        # No session, another user's, or one this note does not know: a new
-        # one, revoking what the cookie held (and ending its streams when it
-        # was another user's).
-        new, _ = issue(request, response, uid, rooms_for(request, user), ttl, end_previous=True)
+            # The key is gone (expired, or revoked): nothing to revoke, and
+            # with the position read alongside, a new session in one more trip.
+            new, _ = issue(request, response, uid, rooms_for(request, user), ttl, position=position)
+        else:
+            # No session, another user's, or one this note does not know: a
+            # new one, revoking what the cookie held (and ending its streams
+            # when it was another user's).
+            new, _ = issue(request, response, uid, rooms_for(request, user), ttl, end_previous=True)
         session[NOTE] = {"user": str(uid), "token": _digest(new), "renewed": now}
+
+    @staticmethod
+    def renew(t, ttl):
+        """EXPIRE the session's key: (whether it was there, the history's
+        position or None). One round trip; on a single Redis the position
+        (for a new session's grants) is read in it too."""
+        client = conf.redis_client()
+        if conf.cluster():
+            return bool(client.expire(_key(t), ttl)), None
+        pipe = client.pipeline(transaction=False)
+        pipe.expire(_key(t), ttl)
+        pipe.get(conf.get("CHANNEL_PREFIX") + "cursor")
+        found, cursor = pipe.execute()
+        return bool(found), _text(cursor)
 
 
 @receiver(user_logged_out, dispatch_uid="ssebridge_django.middleware.logged_out")

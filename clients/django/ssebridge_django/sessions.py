@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http.response import HttpResponseBase
 
 from . import conf
-from .publishing import check_name, check_user, control, grant_positions
+from .publishing import _text, check_name, check_user, control, grant_positions
 
 
 def _key(token):
@@ -53,19 +53,22 @@ def login(request, response, user=None, rooms=()):
     return new
 
 
-def issue(request, response, user, rooms, ttl, end_previous=False):
+def issue(request, response, user, rooms, ttl, end_previous=False, position=None):
     """login's work, for login and the middleware: take (delete) the
     browser's earlier session, store a new one for ttl seconds, set the
     cookie. With end_previous, a taken session of another user also gets
     the logout control message (its open streams end now, as logout does).
-    Two Redis round trips (more on Redis Cluster). Returns (token, the
-    earlier session as a dict, or None)."""
+    Two Redis round trips (more on Redis Cluster). With position (the
+    history's position, read by the caller, who knows the earlier session
+    is gone), one. Returns (token, the earlier session as a dict, or None)."""
     check_user(user)
     rooms = _rooms(rooms)
     _cookie_attrs()  # raises on bad settings before anything is written
     client = conf.redis_client()
     old = token(request)
-    if conf.cluster():
+    if position is not None:
+        taken, granted = None, {r: position for r in rooms}
+    elif conf.cluster():
         taken = _take(old)
         granted = grant_positions(rooms)
     else:
@@ -78,8 +81,7 @@ def issue(request, response, user, rooms, ttl, end_previous=False):
         pipe.get(conf.get("CHANNEL_PREFIX") + "cursor")
         replies = pipe.execute()
         taken = json.loads(replies[0]) if old is not None and replies[0] is not None else None
-        position = replies[-1].decode() if replies[-1] is not None else ""
-        granted = {r: position for r in rooms}
+        granted = {r: _text(replies[-1]) for r in rooms}
     previous = taken or {}
     if str(previous.get("user")) == str(user):
         # Rooms she had already keep their grant: a tab that resumes

@@ -111,12 +111,14 @@ class MiddlewareTests(RedisTestCase, TestCase):
     def test_a_key_gone_is_issued_again(self):
         token = self.log_in("alice")
         self.redis.delete("session:" + token)  # expired, or revoked elsewhere
+        self.redis.set("sse:cursor", "e1:100-0")
         with self.later(8641), round_trips() as calls:
             response = self.client.get("/")
-        self.assertEqual(len(calls), 3)  # EXPIRE finds nothing; issuing is two
+        self.assertEqual(len(calls), 2)  # EXPIRE (and the position) finds nothing; SET
         new = self.cookie(response).value
         self.assertNotEqual(new, token)
-        self.assertEqual(self.session(new)["user"], self.alice.pk)
+        self.assertEqual(self.session(new), {"user": self.alice.pk, "rooms": ["lobby", "u-alice"],
+                                             "granted": {"lobby": "e1:100-0", "u-alice": "e1:100-0"}})
 
     def test_renew_interval_setting(self):
         self.configure(ROOMS="tests.urls.rooms", SESSION_RENEW_INTERVAL=0)
