@@ -6,8 +6,10 @@ from unittest import mock
 import redis
 from django.contrib.auth.models import User
 from django.core import checks
-from django.test import TestCase
+from django.http import HttpResponse
+from django.test import RequestFactory, TestCase
 
+import ssebridge_django as sse
 from ssebridge_django import middleware
 
 from .base import RedisTestCase
@@ -161,6 +163,26 @@ class MiddlewareTests(RedisTestCase, TestCase):
         self.client.force_login(self.alice)
         response = self.client.get("/")
         self.assertEqual(self.session(self.cookie(response).value)["user"], self.alice.pk)
+
+    def test_a_hand_made_session_of_the_same_user_is_replaced_keeping_grants(self):
+        # The project called login() by hand before it had the middleware.
+        self.client.force_login(self.alice)
+        self.redis.set("sse:cursor", "e1:100-0")
+        request = RequestFactory().get("/")
+        old = sse.login(request, HttpResponse(), self.alice.pk, ["lobby"])
+        self.client.cookies["sse_session"] = old
+        self.redis.set("sse:cursor", "e1:200-0")
+        control = self.subscribe("sse:control")
+        new = self.cookie(self.client.get("/")).value
+        self.assertIsNone(self.session(old))
+        # lobby keeps its grant (a resuming tab loses nothing); the new room is granted now.
+        self.assertEqual(self.session(new)["granted"], {"lobby": "e1:100-0", "u-alice": "e1:200-0"})
+        sse.logout_user("marker")  # the first message: no logout for alice
+        self.assertEqual(self.next_json(control)[1], {"op": "logout", "user": "marker"})
+
+    def test_no_rooms_setting_no_rooms(self):
+        self.configure(ROOMS=None)
+        self.assertEqual(self.session(self.log_in("alice"))["rooms"], [])
 
     def test_ttl_never_past_djangos_session(self):
         self.log_in("alice")
