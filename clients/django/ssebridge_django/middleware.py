@@ -26,8 +26,9 @@ Redis command at all. After that, one round trip (EXPIRE, and a GET of the
 history's position) renews the key and the cookie; if EXPIRE finds no key
 (expired, or deleted by a revocation) one more writes a new session.
 Issuing for a login or a user change costs two round trips (the earlier
-session taken and the position read; the new one written and, for another
-user's, logout published), a logout two. Never more than two.
+session taken and the position read; the new one written), a logout two.
+Never more than two before the response; on a user change the earlier
+user's logout is published once the response has been sent.
 """
 
 import hashlib
@@ -132,7 +133,9 @@ class SSEBridgeSessionMiddleware:
             # No session, another user's, or one this note does not know: a
             # new one, revoking what the cookie held (and ending its streams
             # when it was another user's).
-            new, _ = issue(request, response, uid, rooms_for(request, user), ttl, end_previous=True)
+            new, taken = issue(request, response, uid, rooms_for(request, user), ttl)
+            if taken and taken.get("user") is not None and str(taken["user"]) != str(uid):
+                _after_response(response, taken["user"])
         session[NOTE] = {"user": str(uid), "token": _digest(new), "renewed": now}
 
     @staticmethod
@@ -148,6 +151,29 @@ class SSEBridgeSessionMiddleware:
         pipe.get(conf.get("CHANNEL_PREFIX") + "cursor")
         found, cursor = pipe.execute()
         return bool(found), _text(cursor)
+
+
+def _after_response(response, previous):
+    """Publish logout for the previous user once response has been sent
+    (Django closes a response after the server wrote it). Its key is already
+    deleted; ending its streams before the browser has stored the new
+    cookie would have the other tabs of this browser, which ask ssebridge
+    whose session the browser holds when their stream ends, find none and
+    stop, instead of moving to the new user's (ssebridge.js's onsession)."""
+
+    def publish():
+        import redis
+
+        try:
+            control("logout", previous)
+        except redis.exceptions.RedisError as e:
+            log.warning("ssebridge: the earlier user's streams not ended: Redis: %s", e)
+
+    closers = getattr(response, "_resource_closers", None)
+    if isinstance(closers, list):
+        closers.append(publish)
+    else:
+        publish()
 
 
 @receiver(user_logged_out, dispatch_uid="ssebridge_django.middleware.logged_out")

@@ -53,12 +53,10 @@ def login(request, response, user=None, rooms=()):
     return new
 
 
-def issue(request, response, user, rooms, ttl, end_previous=False, position=None):
+def issue(request, response, user, rooms, ttl, position=None):
     """login's work, for login and the middleware: take (delete) the
     browser's earlier session, store a new one for ttl seconds, set the
-    cookie. With end_previous, a taken session of another user also gets
-    the logout control message (its open streams end now, as logout does).
-    Two Redis round trips (more on Redis Cluster). With position (the
+    cookie. Two Redis round trips (more on Redis Cluster). With position (the
     history's position, read by the caller, who knows the earlier session
     is gone), one. Returns (token, the earlier session as a dict, or None)."""
     check_user(user)
@@ -90,17 +88,7 @@ def issue(request, response, user, rooms, ttl, end_previous=False, position=None
         granted.update({r: kept[r] for r in rooms if r in kept})
     new = secrets.token_urlsafe(32)
     value = json.dumps({"user": user, "rooms": rooms, "granted": granted}, separators=(",", ":"))
-    end = end_previous and previous.get("user") is not None and str(previous["user"]) != str(user)
-    if conf.cluster():
-        client.set(_key(new), value, ex=ttl)
-        if end:
-            control("logout", previous["user"])
-    else:
-        pipe = client.pipeline(transaction=False)
-        pipe.set(_key(new), value, ex=ttl)
-        if end:
-            control("logout", previous["user"], pipe=pipe)
-        pipe.execute()
+    client.set(_key(new), value, ex=ttl)
     set_cookie(response, new, ttl)
     return new, taken
 

@@ -4,6 +4,9 @@ from contextlib import contextmanager
 from unittest import mock
 
 import redis
+from importlib import import_module
+
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core import checks
 from django.http import HttpResponse
@@ -136,11 +139,30 @@ class MiddlewareTests(RedisTestCase, TestCase):
         control = self.subscribe("sse:control")
         with round_trips() as calls:
             new = self.log_in("bob")  # contrib.auth's login as another user: no logout on the way
-        self.assertEqual(len(calls), 2)  # take + position; write + logout
+        # Take + position, write; then, the response sent, alice's logout.
+        self.assertEqual(len(calls), 3)
         self.assertNotEqual(new, old)
         self.assertIsNone(self.session(old))
         self.assertEqual(self.session(new)["user"], self.bob.pk)
         self.assertEqual(self.next_json(control), ("sse:control", {"op": "logout", "user": str(self.alice.pk)}))
+
+    def test_the_earlier_users_logout_waits_for_the_response(self):
+        # Published before the browser has the new cookie, the logout would
+        # have this browser's other tabs find no session and stop, instead
+        # of moving to the new user's.
+        old = self.log_in("alice")
+        control = self.subscribe("sse:control")
+        request = RequestFactory().get("/")
+        request.COOKIES["sse_session"] = old
+        request.user = self.bob
+        request.session = import_module(settings.SESSION_ENGINE).SessionStore()
+        response = HttpResponse()
+        middleware.SSEBridgeSessionMiddleware(lambda r: response)(request)
+        self.assertIsNone(self.session(old), "revoked at once")
+        sse.logout_user("marker")
+        self.assertEqual(self.next_json(control)[1], {"op": "logout", "user": "marker"})
+        response.close()  # what the server does once it has sent it
+        self.assertEqual(self.next_json(control)[1], {"op": "logout", "user": str(self.alice.pk)})
 
     def test_logout_deletes_publishes_and_clears_the_cookie(self):
         token = self.log_in("alice")
