@@ -29,9 +29,10 @@ func TestContainerImage(t *testing.T) {
 	if err != nil {
 		t.Skip("no container engine (no docker command): TestContainerImage needs one to build and run the image; skipped, under CI=true too")
 	}
-	if out, err := exec.Command(docker, "info").CombinedOutput(); err != nil {
-		first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-		t.Skipf("no container engine (docker info: %v: %s): TestContainerImage needs one to build and run the image; skipped, under CI=true too", err, first)
+	// docker info prints the client's part, then the server's or the error.
+	if out, err := exec.Command(docker, "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		t.Skipf("no container engine (docker info: %v: %s): TestContainerImage needs one to build and run the image; skipped, under CI=true too", err, strings.TrimSpace(lines[len(lines)-1]))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

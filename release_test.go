@@ -1,10 +1,14 @@
 package main
 
 import (
+	"archive/tar"
+	"archive/zip"
 	"bufio"
+	"compress/gzip"
 	"crypto/sha256"
 	"debug/elf"
 	"encoding/hex"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,9 +23,11 @@ import (
 // TestReleaseBinaries runs deploy/release.sh's binaries step, as a release
 // does, and checks what it made: for linux/amd64 and linux/arm64, a static
 // ELF executable of that machine (no interpreter, no dynamic section), with
-// the version set by -ldflags, and SHA256SUMS that match. It compiles the
-// program twice (about 40 s on two cores with a cold build cache, a few
-// seconds with a warm one: docs/RELEASING.md); -short skips it.
+// the flags the toolchain recorded, the version set by -ldflags (running
+// the binary of this machine's architecture), the Django package's wheel
+// and sdist (version, licence) where Debian's pip, setuptools and wheel
+// are, and SHA256SUMS that match. It compiles the program twice (docs/RELEASING.md
+// gives the times measured); -short skips it.
 func TestReleaseBinaries(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: TestReleaseBinaries compiles ssebridge for two architectures")
@@ -38,10 +44,19 @@ func TestReleaseBinaries(t *testing.T) {
 		t.Errorf("release.sh with another version: %v\n%s", err, out)
 	}
 
+	// The Django package too, where Debian's pip, setuptools and wheel are
+	// (.ci/run installs them).
+	steps := "binaries"
+	check := exec.Command("/usr/bin/python3", "-c", "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('pip', 'setuptools', 'wheel')))")
+	if err := check.Run(); err == nil {
+		steps += ",python"
+	} else {
+		t.Logf("no /usr/bin/python3 with pip, setuptools and wheel: the Django package's wheel and sdist are not built (%v)", err)
+	}
 	start := time.Now()
-	cmd = exec.Command("sh", "deploy/release.sh", "-o", dir, "-s", "binaries", version.Version)
+	cmd = exec.Command("sh", "deploy/release.sh", "-o", dir, "-s", steps, version.Version)
 	out, err := cmd.CombinedOutput()
-	t.Logf("deploy/release.sh -s binaries %s: %v\n%s", version.Version, time.Since(start).Round(100*time.Millisecond), out)
+	t.Logf("deploy/release.sh -s %s %s: %v\n%s", steps, version.Version, time.Since(start).Round(100*time.Millisecond), out)
 	if err != nil {
 		t.Fatalf("deploy/release.sh: %v", err)
 	}
@@ -56,6 +71,10 @@ func TestReleaseBinaries(t *testing.T) {
 		if sum, name, ok := strings.Cut(sc.Text(), "  "); ok {
 			sums[name] = sum
 		}
+	}
+
+	if strings.Contains(steps, "python") {
+		checkWheel(t, dir, sums)
 	}
 
 	for arch, machine := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
@@ -98,10 +117,9 @@ func TestReleaseBinaries(t *testing.T) {
 			t.Errorf("go version -m %s: %v\n%s", name, err, mod)
 			continue
 		}
-		for _, want := range []string{
-			"-X github.com/ssebridge/ssebridge/internal/version.Version=" + version.Version,
-			"build\tCGO_ENABLED=0", "build\t-trimpath=true", "build\tGOARCH=" + arch, "build\tGOOS=linux",
-		} {
+		// (With -trimpath the toolchain does not record -ldflags: the
+		// version is checked by running the binary, below.)
+		for _, want := range []string{"build\tCGO_ENABLED=0", "build\t-trimpath=true", "build\tGOARCH=" + arch, "build\tGOOS=linux"} {
 			if !strings.Contains(string(mod), want) {
 				t.Errorf("%s was not built with %q:\n%s", name, want, mod)
 			}
@@ -112,5 +130,80 @@ func TestReleaseBinaries(t *testing.T) {
 				t.Errorf("%s version: %v\n%s", name, err, v)
 			}
 		}
+	}
+}
+
+// checkWheel checks the Django package's wheel and sdist release.sh built:
+// the version, the licence declared and its text shipped, and their sums.
+func checkWheel(t *testing.T, dir string, sums map[string]string) {
+	t.Helper()
+	license, err := os.ReadFile("LICENSE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wheel := "django_ssebridge-" + version.Version + "-py3-none-any.whl"
+	z, err := zip.OpenReader(filepath.Join(dir, wheel))
+	if err != nil {
+		t.Fatalf("the wheel: %v", err)
+	}
+	defer z.Close()
+	files := map[string]string{}
+	for _, f := range z.File {
+		r, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(r)
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[f.Name] = string(b)
+	}
+	info := "django_ssebridge-" + version.Version + ".dist-info/"
+	meta := files[info+"METADATA"]
+	for _, want := range []string{"\nVersion: " + version.Version + "\n", "\nLicense: Apache-2.0\n", "\nClassifier: License :: OSI Approved :: Apache Software License\n"} {
+		if !strings.Contains(meta, want) {
+			t.Errorf("%s: METADATA lacks %q:\n%s", wheel, strings.TrimSpace(want), meta)
+		}
+	}
+	if files[info+"LICENSE"] != string(license) {
+		t.Errorf("%s does not ship LICENSE as %sLICENSE", wheel, info)
+	}
+	sdists, _ := filepath.Glob(filepath.Join(dir, "django?ssebridge-"+version.Version+".tar.gz"))
+	if len(sdists) != 1 {
+		t.Fatalf("no sdist, or several: %v", sdists)
+	}
+	for _, name := range []string{wheel, filepath.Base(sdists[0])} {
+		if sums[name] == "" {
+			t.Errorf("SHA256SUMS has no line for %s", name)
+		}
+	}
+	f, err := os.Open(sdists[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	shipped := false
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(h.Name, "/LICENSE") && strings.Count(h.Name, "/") == 1 {
+			b, _ := io.ReadAll(tr)
+			shipped = string(b) == string(license)
+		}
+	}
+	if !shipped {
+		t.Errorf("%s does not ship LICENSE at its top", filepath.Base(sdists[0]))
 	}
 }

@@ -86,6 +86,10 @@ if has binaries; then
 			-ldflags "-s -w -X $module/internal/version.Version=$version" \
 			-o "$bin" .
 	done
+	# Go stamps the revision only in a checkout whose .git is a directory
+	# (not a git worktree), with git installed.
+	go version -m "$bin" | grep -q 'vcs.revision=' ||
+		echo "release.sh: warning: the binaries carry no VCS revision (not a git clone, or no git): ssebridge version will say revision unknown" >&2
 fi
 
 if has python; then
