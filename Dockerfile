@@ -19,7 +19,7 @@
 # The build runs on the builder's own platform and cross-compiles (no
 # emulation): docker buildx build --platform linux/amd64,linux/arm64 .
 FROM --platform=$BUILDPLATFORM golang:1.26-bookworm AS build
-ARG TARGETOS=linux
+ARG TARGETOS
 ARG TARGETARCH
 ARG VERSION=
 WORKDIR /src
