@@ -59,6 +59,11 @@ for step in $(echo "$steps" | tr , ' '); do
 	esac
 done
 has() { case ",$steps," in *",$1,"*) return 0 ;; esac; return 1; }
+# Before building anything: the image needs a container engine.
+if has image && ! docker info >/dev/null 2>&1; then
+	echo "release.sh: the image needs a container engine and docker info finds none: build it where one runs, or leave it out (-s binaries,python)" >&2
+	exit 1
+fi
 
 # A release is built from its tag, with nothing changed: say so when not
 # (the binaries record it: ssebridge version says "modified true").
@@ -106,10 +111,6 @@ if has python; then
 fi
 
 if has image; then
-	if ! docker info >/dev/null 2>&1; then
-		echo "release.sh: the image needs a container engine and docker info finds none: build it where one runs, or leave it out (-s binaries,python)" >&2
-		exit 1
-	fi
 	arch=$(docker info --format '{{.Architecture}}')
 	case $arch in
 	x86_64) arch=amd64 ;;
