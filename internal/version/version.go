@@ -17,9 +17,9 @@ import (
 //
 //	go build -ldflags "-X github.com/ssebridge/ssebridge/internal/version.Version=0.3.0"
 //
-// which is why it is a variable, not a constant: the only package-level
-// variable of the program that is not set once by its own code, written by
-// the linker before main runs and never after, so nothing can race on it.
+// which is why it is a variable, not a constant: package-level state, but
+// written only by the linker, before main runs, and never after (nothing
+// in the program assigns it), so nothing can race on it.
 var Version = "0.3.0"
 
 // Info is what a binary knows of its own build.
