@@ -458,6 +458,9 @@ func hubOptions(cfg Config) stream.Options {
 		Retry:        cfg.RetryInterval,
 		Loops:        cfg.EventLoops,
 		RedisTimeout: cfg.RedisTimeout,
+		// Late: halfway to the limit past which the connection is dropped
+		// (a loaded machine's feed is a second behind with no fault).
+		LateLag: cfg.PubSubLagLimit / 2,
 	}
 }
 

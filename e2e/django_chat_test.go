@@ -50,10 +50,10 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// startDjango runs the example with Django's development server, with the
-// repository's clients/django first on the path: the package under test, not
-// one that may be installed.
-func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
+// exampleEnv is the environment of the example's manage.py: the
+// repository's clients/django first on the path (the package under test,
+// not one that may be installed), and more ("NAME=value").
+func exampleEnv(t *testing.T, more ...string) []string {
 	pkg, err := filepath.Abs(filepath.Join(repoRoot, "clients", "django"))
 	if err != nil {
 		t.Fatal(err)
@@ -62,9 +62,17 @@ func startDjango(t *testing.T, addr, redisURL, sseURL string) string {
 	if p := os.Getenv("PYTHONPATH"); p != "" {
 		pythonPath += string(os.PathListSeparator) + p
 	}
+	return append(append(os.Environ(), "PYTHONUNBUFFERED=1", "PYTHONPATH="+pythonPath), more...)
+}
+
+// startDjango runs the example with Django's development server, its
+// environment exampleEnv's with more ("NAME=value").
+func startDjango(t *testing.T, addr, redisURL, sseURL string, more ...string) string {
 	cmd := exec.Command(python, "manage.py", "runserver", addr, "--noreload")
 	cmd.Dir = filepath.Join(repoRoot, "examples", "django")
-	cmd.Env = append(os.Environ(), "REDIS_URL="+redisURL, "SSE_URL="+sseURL, "PYTHONUNBUFFERED=1", "PYTHONPATH="+pythonPath)
+	// The accounts' database in the test's own directory, unless more names one.
+	db := "DJANGO_DB=" + filepath.Join(t.TempDir(), "db.sqlite3")
+	cmd.Env = exampleEnv(t, append([]string{"REDIS_URL=" + redisURL, "SSE_URL=" + sseURL, db}, more...)...)
 	log, err := os.Create(filepath.Join(t.TempDir(), "django.log"))
 	if err != nil {
 		t.Fatal(err)

@@ -20,13 +20,17 @@ import (
 // "FAULT name=…" line of figures. They run at once: the suite's wall time
 // is about the longest (the 60 s stall: some 75 s, and the build).
 //
-//	SSEBRIDGE_FAULTS=1 go test -race -count=1 -run 'TestFault' -v ./e2e/ | grep 'FAULT name='
-//	SSEBRIDGE_FAULTS=1 go test -race -count=1 -run 'TestFault/stall10' -v ./e2e/
+//	SSEBRIDGE_FAULTS=1 go test -count=1 -run 'TestFault' -v ./e2e/ | grep 'FAULT name='
+//	SSEBRIDGE_FAULTS=1 go test -count=1 -run 'TestFault/stall10' -v ./e2e/
 //
 // Their figures are timings of seven instances sharing the machine: run
 // beside the other packages' tests (go test ./... runs two packages at
 // once), the load alone breaks their bounds. So `go test ./...` skips
-// them, and .ci/run runs them in a step of their own, after the rest.
+// them, and .ci/run runs them in a step of their own, after the rest, and
+// without -race: the proxies run in the test process, and under the race
+// detector they, not ssebridge, were the bottleneck (a link healed after
+// a stall carried its backlog for 20 s). The binary is built without -race
+// here anyway; the race-detected run of everything else covers the code.
 
 const faultStreams = 60
 
@@ -37,7 +41,7 @@ const faultStreams = 60
 // two minutes); they mostly wait on their fault's schedule, not on the CPU.
 func TestFault(t *testing.T) {
 	if os.Getenv("SSEBRIDGE_FAULTS") == "" {
-		t.Skip("the fault suite runs on its own (.ci/run does, after the rest): SSEBRIDGE_FAULTS=1 go test -race -run TestFault ./e2e/")
+		t.Skip("the fault suite runs on its own (.ci/run does, after the rest): SSEBRIDGE_FAULTS=1 go test -run TestFault ./e2e/")
 	}
 	t.Parallel()
 	var wg sync.WaitGroup
@@ -210,7 +214,10 @@ func faultPubsubOutputBuffer(t *testing.T) {
 				r.fail("CONFIG SET client-output-buffer-limit back: %v", err)
 			}
 		},
-		lagMetric: true, notice: true,
+		// A cut is a reconnection of some 100 ms: /readyz, polled every
+		// 250 ms, may well miss it. What shows is the lag before the cut
+		// and the reconnection (both asserted).
+		lagMetric: true,
 	})
 	r.run()
 	cancel()

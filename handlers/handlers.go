@@ -105,6 +105,8 @@ func New(o Options) *echo.Echo {
 		Help: "Stream requests refused, by reason.",
 	}, []string{"reason"})
 	o.Registry.MustRegister(refused)
+	zero(refused, "no_token", "two_cookies", "unknown_session", "bad_session", "origin", "bad_room", "room_not_allowed",
+		"too_many_rooms", "user_limit", "total_limit", "resume_limit", "redis", "shutdown", "control_backlog", "client_gone")
 
 	clog := ratelog.Logger{Log: o.Log, Limit: logLimit}
 	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused, log: clog}
@@ -119,6 +121,7 @@ func New(o Options) *echo.Echo {
 			Help: "POST /publish requests refused, by reason.",
 		}, []string{"reason"})
 		o.Registry.MustRegister(publishRefused)
+		zero(publishRefused, "unauthorized", "bad_request", "too_large", "redis", "client_gone", "idempotency_key_reused")
 		e.POST("/publish", (&publisher{o: o, log: clog, refused: publishRefused}).publish, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
@@ -134,6 +137,7 @@ func New(o Options) *echo.Echo {
 			Help: "Try-out /dev requests refused: a foreign Host (DNS rebinding) or Origin, by reason.",
 		}, []string{"reason"})
 		o.Registry.MustRegister(devRefused)
+		zero(devRefused, "host", "origin")
 		d := &dev{o: o, refused: devRefused, log: clog}
 		g := e.Group("/dev", noStore, d.guard)
 		g.GET("", d.info)
@@ -158,6 +162,15 @@ func redisTrouble(err error, timeout time.Duration) (msg, cause string) {
 		return fmt.Sprintf("no free redis connection within %v (REDIS_TIMEOUT)", timeout), cause
 	}
 	return "redis unavailable", cause
+}
+
+// zero makes each of a counter's known labels exist at 0, so that a
+// dashboard shows 0 rather than "No data" until the first increment, and a
+// rate() has a start.
+func zero(c *prometheus.CounterVec, labels ...string) {
+	for _, l := range labels {
+		c.WithLabelValues(l)
+	}
 }
 
 // errClientGone ends a request whose client left while it was served

@@ -70,9 +70,10 @@ type Options struct {
 	RedisTimeout time.Duration
 	// FeedLag says how far the feed is behind Redis now
 	// (ssebridge_pubsub_lag_seconds); nil: never. A stream whose queue
-	// overflows while the feed is a second or more behind is ended as
+	// overflows while the feed is LateLag or more behind is ended as
 	// late, not slow: the burst was the feed's, not the client's.
 	FeedLag func() time.Duration
+	LateLag time.Duration // 0: a second
 	// ParseCursor reads a Last-Event-ID: wire.ParseCursor when nil; in
 	// cluster mode, the vector ids of store.Cluster.
 	ParseCursor func(string) (wire.Cursor, error)
@@ -179,6 +180,9 @@ func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *
 	}
 	if h.opts.RedisTimeout <= 0 {
 		h.opts.RedisTimeout = defaultRedisTimeout
+	}
+	if h.opts.LateLag <= 0 {
+		h.opts.LateLag = time.Second // what the lag probe measures to
 	}
 	h.loops = newLoops(h, opts.Loops)
 	h.seen.Store(&wire.Cursor{})
@@ -550,21 +554,21 @@ func (h *Hub) drop(channel string, err error) {
 	h.limited.Write(slog.LevelWarn, "dropped:"+reason, "published message refused", "channel", channel, "err", err)
 }
 
+// dropSentinels are the errors a refused message is counted by.
+func dropSentinels() []error {
+	return []error{wire.ErrTooLarge, wire.ErrBadField, wire.ErrBadEnvelope, wire.ErrForged, wire.ErrBadControl, wire.ErrBadCursor, errTooManyRooms}
+}
+
 // dropReason is the metric label of a refused message: the sentinel error
 // it wraps, never free text.
 func dropReason(err error) string {
-	for _, sentinel := range []error{wire.ErrTooLarge, wire.ErrBadField, wire.ErrBadEnvelope, wire.ErrForged, wire.ErrBadControl, wire.ErrBadCursor, errTooManyRooms} {
+	for _, sentinel := range dropSentinels() {
 		if errors.Is(err, sentinel) {
 			return sentinel.Error()
 		}
 	}
 	return "other"
 }
-
-// lateLag is how far behind the feed must be for a queue's overflow to be
-// taken as its burst rather than the client's slowness: the lag probe
-// measures to about a second.
-const lateLag = time.Second
 
 // endSlow ends a stream whose queue is full (of a live event: durable ones
 // fall back to history). The retry hint brings it back soon, to resume
@@ -573,7 +577,7 @@ const lateLag = time.Second
 // the feed's: the stream is ended as late, not as a slow client.
 func (h *Hub) endSlow(s *Stream) {
 	if h.opts.FeedLag != nil {
-		if lag := h.opts.FeedLag(); lag >= lateLag {
+		if lag := h.opts.FeedLag(); lag >= h.opts.LateLag {
 			if s.end(ReasonLate, wire.RetryFrame(h.jitteredRetry())) {
 				h.limited.Write(slog.LevelInfo, "late", "stream closed: queue full of a burst while the feed was late", "user", s.User, "lag", lag.Round(time.Millisecond))
 			}

@@ -368,3 +368,31 @@ func awaitLive(t *testing.T, s *Stream) {
 		runtime.Gosched()
 	}
 }
+
+// TestMetricsKnownLabelsAtZero: every known label of the hub's counters is
+// there from the start, at 0 (a dashboard shows 0, not "No data").
+func TestMetricsKnownLabelsAtZero(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	NewMetrics(reg)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				have[f.GetName()+"/"+l.GetValue()] = true
+			}
+		}
+	}
+	for _, want := range []string{
+		"ssebridge_streams_closed_total/late", "ssebridge_streams_closed_total/slow",
+		"ssebridge_events_dropped_total/too_large", "ssebridge_resets_total/trimmed",
+		"ssebridge_control_applied_total/join", "ssebridge_session_recheck_total/ended",
+	} {
+		if !have[want] {
+			t.Errorf("%s missing at start", want)
+		}
+	}
+}

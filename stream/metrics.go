@@ -1,6 +1,10 @@
 package stream
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssebridge/ssebridge/wire"
+)
 
 // Metrics are the hub's Prometheus metrics.
 type Metrics struct {
@@ -74,6 +78,24 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "ssebridge_resume_limit_users",
 			Help: "Users whose resumes MAX_RESUMES_PER_USER_PER_MINUTE tracks (at most MAX_STREAMS; refusals: ssebridge_handshakes_refused_total{reason=\"resume_limit\"}).",
 		}),
+	}
+	// Every known label at 0 from the start: a dashboard shows 0 rather
+	// than "No data" until the first increment, and a rate() has a start.
+	for _, e := range dropSentinels() {
+		m.Dropped.WithLabelValues(e.Error())
+	}
+	m.Dropped.WithLabelValues("other")
+	for _, r := range []string{ReasonClient, ReasonSlow, ReasonLate, ReasonLogout, ReasonSession, ReasonShutdown, ReasonWrite, ReasonRedis, ReasonUpload} {
+		m.Closed.WithLabelValues(r)
+	}
+	for _, r := range []string{wire.ResetMalformed, wire.ResetEpoch, wire.ResetFuture, wire.ResetTooOld, wire.ResetTrimmed, wire.ResetTooLarge} {
+		m.Resets.WithLabelValues(r)
+	}
+	for _, op := range []string{wire.OpJoin, wire.OpLeave, wire.OpLogout} {
+		m.Control.WithLabelValues(op)
+	}
+	for _, o := range []string{"ended", "user_changed", "left_room", "joined_room"} {
+		m.Rechecked.WithLabelValues(o)
 	}
 	reg.MustRegister(m.Open, m.Delivered, m.Dropped, m.Closed, m.Replayed, m.Recovered, m.Resets, m.Control, m.Rechecked, m.ReplayPages, m.OnLoops, m.ResumeUsers, m.FellBack)
 	return m

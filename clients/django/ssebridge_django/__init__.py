@@ -4,6 +4,11 @@ ssebridge pushes events from Redis to browsers over Server-Sent Events. This
 package writes what ssebridge reads: sessions and their cookie, events (live
 or durable) and control messages.
 
+The ssebridge session follows Django's login with the middleware
+(ssebridge_django.middleware.SSEBridgeSessionMiddleware, after
+AuthenticationMiddleware; SSEBRIDGE["ROOMS"] names the rooms of a new
+session). Without it, by hand (the low-level API):
+
     import ssebridge_django as sse
 
     def signin(request):

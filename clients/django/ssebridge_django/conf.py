@@ -47,6 +47,16 @@ DEFAULTS = {
     "COOKIE_SECURE": None,
     "COOKIE_DOMAIN": None,
     "COOKIE_PATH": "/",
+    # The middleware (ssebridge_django.middleware.SSEBridgeSessionMiddleware):
+    # a function (request, user) -> the rooms of a new session, as a dotted
+    # path ("myapp.rooms.for_user") or a callable; None: no rooms.
+    "ROOMS": None,
+    # A function (user) -> the ssebridge user id of a Django user, dotted
+    # path or callable; None: user.pk.
+    "USER_ID": None,
+    # Seconds during which the middleware trusts its own note of the last
+    # renewal and asks Redis nothing; None: SESSION_TTL // 10.
+    "SESSION_RENEW_INTERVAL": None,
 }
 
 _SAMESITE = {"lax", "strict", "none"}
@@ -91,7 +101,31 @@ def problems():
     ttl = user.get("SESSION_TTL", DEFAULTS["SESSION_TTL"])
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
         out.append('SSEBRIDGE["SESSION_TTL"] must be a positive number of seconds, not %r' % (ttl,))
+    for name in ("ROOMS", "USER_ID"):
+        value = user.get(name)
+        if value is not None and not callable(value) and not isinstance(value, str):
+            out.append('SSEBRIDGE["%s"] must be a dotted path or a callable, not %r' % (name, value))
+    renew = user.get("SESSION_RENEW_INTERVAL")
+    if renew is not None and (isinstance(renew, bool) or not isinstance(renew, int) or renew < 0):
+        out.append('SSEBRIDGE["SESSION_RENEW_INTERVAL"] must be a number of seconds (0 or more) or None, not %r' % (renew,))
     return out
+
+
+def function(name):
+    """The setting name as a function: a callable as it is, a dotted path
+    imported; None when unset."""
+    value = get(name)
+    if value is None or callable(value):
+        return value
+    from django.utils.module_loading import import_string
+
+    return import_string(value)
+
+
+def renew_interval():
+    """SESSION_RENEW_INTERVAL, or SESSION_TTL // 10 when unset."""
+    value = get("SESSION_RENEW_INTERVAL")
+    return int(get("SESSION_TTL")) // 10 if value is None else int(value)
 
 
 def _secure(value):

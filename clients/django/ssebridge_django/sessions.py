@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http.response import HttpResponseBase
 
 from . import conf
-from .publishing import check_name, check_user, control, grant_positions
+from .publishing import _text, check_name, check_user, control, grant_positions
 
 
 def _key(token):
@@ -49,14 +49,38 @@ def login(request, response, user=None, rooms=()):
                         "(it revokes the session the browser held before), not login(response, user, ...)")
     # user has a default only so that the old two-argument call gets the
     # TypeError above rather than Python's; None is refused below.
+    new, _ = issue(request, response, user, rooms, int(conf.get("SESSION_TTL")))
+    return new
+
+
+def issue(request, response, user, rooms, ttl, position=None):
+    """login's work, for login and the middleware: take (delete) the
+    browser's earlier session, store a new one for ttl seconds, set the
+    cookie. Two Redis round trips (more on Redis Cluster). With position (the
+    history's position, read by the caller, who knows the earlier session
+    is gone), one. Returns (token, the earlier session as a dict, or None)."""
     check_user(user)
     rooms = _rooms(rooms)
-    ttl = int(conf.get("SESSION_TTL"))
-    attrs = _cookie_attrs()
+    _cookie_attrs()  # raises on bad settings before anything is written
     client = conf.redis_client()
-    # Taken before the new one exists: no moment with both.
-    previous = _take(token(request)) or {}
-    granted = grant_positions(rooms)
+    old = token(request)
+    if position is not None:
+        taken, granted = None, {r: position for r in rooms}
+    elif conf.cluster():
+        taken = _take(old)
+        granted = grant_positions(rooms)
+    else:
+        # The earlier session taken (before the new one exists: no moment
+        # with both) and the history's position read, in one round trip.
+        pipe = client.pipeline(transaction=True)
+        if old is not None:
+            pipe.get(_key(old))
+            pipe.delete(_key(old))
+        pipe.get(conf.get("CHANNEL_PREFIX") + "cursor")
+        replies = pipe.execute()
+        taken = json.loads(replies[0]) if old is not None and replies[0] is not None else None
+        granted = {r: _text(replies[-1]) for r in rooms}
+    previous = taken or {}
     if str(previous.get("user")) == str(user):
         # Rooms she had already keep their grant: a tab that resumes
         # across the login gets what it missed of them.
@@ -65,8 +89,18 @@ def login(request, response, user=None, rooms=()):
     new = secrets.token_urlsafe(32)
     value = json.dumps({"user": user, "rooms": rooms, "granted": granted}, separators=(",", ":"))
     client.set(_key(new), value, ex=ttl)
-    response.set_cookie(conf.get("COOKIE"), new, max_age=ttl, **attrs)
-    return new
+    set_cookie(response, new, ttl)
+    return new, taken
+
+
+def set_cookie(response, value, ttl):
+    """The ssebridge cookie on response, with the attributes of the settings."""
+    response.set_cookie(conf.get("COOKIE"), value, max_age=ttl, **_cookie_attrs())
+
+
+def clear_cookie(response):
+    """Clear the ssebridge cookie on response (same domain and path as set)."""
+    response.set_cookie(conf.get("COOKIE"), "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT", **_cookie_attrs())
 
 
 def _take(t):
@@ -124,8 +158,7 @@ def logout(request, response, end_streams=True):
     user = (_take(token(request)) or {}).get("user")
     if end_streams and user is not None:
         control("logout", user)
-    attrs = _cookie_attrs()
-    response.set_cookie(conf.get("COOKIE"), "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT", **attrs)
+    clear_cookie(response)
     return user
 
 

@@ -2,8 +2,18 @@
 python3 -m django test --settings=tests.settings from clients/django."""
 
 SECRET_KEY = "tests-only"
-INSTALLED_APPS = ["ssebridge_django"]
-DATABASES = {}
+INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "ssebridge_django"]
+# For the middleware's tests (tests/test_middleware.py): contrib.auth's
+# users in an in-memory SQLite, Django's session in a signed cookie.
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "ssebridge_django.middleware.SSEBridgeSessionMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
 USE_TZ = True
 TEMPLATES = [
     {

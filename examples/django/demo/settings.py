@@ -9,11 +9,15 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["*"]
 
-INSTALLED_APPS = ["django.contrib.sessions", "ssebridge_django", "chat"]
+INSTALLED_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions", "ssebridge_django", "chat"]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The ssebridge session follows contrib.auth's login, logout and user
+    # changes (the accounts' sign-in); the quick sign-in calls login() itself.
+    "ssebridge_django.middleware.SSEBridgeSessionMiddleware",
 ]
 ROOT_URLCONF = "demo.urls"
 WSGI_APPLICATION = "demo.wsgi.application"
@@ -25,8 +29,13 @@ TEMPLATES = [
     }
 ]
 
-# No database: Django's own session (who is signed in) lives in a signed cookie.
-DATABASES = {}
+# Django's own session (who is signed in) lives in a signed cookie. The
+# database holds only contrib.auth's accounts (manage.py migrate, then
+# createsuperuser); the quick sign-in needs none.
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
+                         "NAME": os.environ.get("DJANGO_DB") or os.path.join(BASE_DIR, "db.sqlite3")}}
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/me"
 SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = True
@@ -39,4 +48,11 @@ SSEBRIDGE = {
     "COOKIE": os.environ.get("SESSION_COOKIE", "sse_session"),
     "COOKIE_SECURE": os.environ.get("SSEBRIDGE_COOKIE_SECURE", "0") == "1",
     "COOKIE_DOMAIN": os.environ.get("SSEBRIDGE_COOKIE_DOMAIN") or None,
+    # The middleware: a new session's rooms (the ones joined in Django's
+    # session), the account's name as the ssebridge user (DMs go by name),
+    # and how long a session lasts since its last renewal.
+    "ROOMS": "chat.views.rooms_for",
+    "USER_ID": "chat.views.account_name",
+    "SESSION_TTL": int(os.environ.get("SSEBRIDGE_SESSION_TTL", "86400")),
+    "SESSION_RENEW_INTERVAL": int(os.environ["SSEBRIDGE_SESSION_RENEW_INTERVAL"]) if os.environ.get("SSEBRIDGE_SESSION_RENEW_INTERVAL") else None,
 }
