@@ -84,6 +84,7 @@ Usage:
   ssebridge                   serve: the server mode, configured by the environment below
   ssebridge publish [flags]   publish a durable event (ssebridge publish -h for the flags)
   ssebridge tail [flags]      print a stream's events, resuming after a drop (ssebridge tail -h)
+  ssebridge version           the version, Go version and VCS revision of this build (also -version)
   ssebridge help              this text (also -h, --help)
 
 Without REDIS_URL the server starts an embedded Redis for trying out, on

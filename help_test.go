@@ -34,7 +34,7 @@ func TestHelpListsConfig(t *testing.T) {
 			t.Errorf("no help line %q, default %q, %q in:\n%s", v.Name, def, v.Help, help)
 		}
 	}
-	for _, want := range []string{"ssebridge publish", "ssebridge tail", "serve", "embedded Redis"} {
+	for _, want := range []string{"ssebridge publish", "ssebridge tail", "ssebridge version", "serve", "embedded Redis"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("help does not mention %q", want)
 		}

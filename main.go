@@ -28,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/ssebridge/ssebridge/handlers"
+	"github.com/ssebridge/ssebridge/internal/version"
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/stream"
 	"github.com/ssebridge/ssebridge/wire"
@@ -134,7 +135,8 @@ func main() {
 	}
 }
 
-// command runs a subcommand, publish or tail, or prints the help, and
+// command runs a subcommand, publish or tail, or prints the help or the
+// version, and
 // returns the exit code: 0, 1 when the command failed, 2 for a usage error.
 func command(name string, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -143,6 +145,9 @@ func command(name string, args []string, stdout, stderr io.Writer) int {
 	switch name {
 	case "help", "-h", "-help", "--help":
 		writeHelp(stdout)
+		return 0
+	case "version", "-version", "--version":
+		version.Get().Write(stdout)
 		return 0
 	case "publish":
 		err = publishCommand(ctx, args, stdout, stderr)
@@ -476,6 +481,7 @@ func routeOptions(cfg Config, hub *stream.Hub, sessions *store.Sessions, reg *pr
 		PublishTimeout: publishTimeout(cfg),
 		Registry:       reg,
 		Log:            log,
+		Version:        version.Version,
 	}
 }
 
@@ -489,10 +495,17 @@ func publishTimeout(cfg Config) time.Duration {
 }
 
 // newRegistry is the registry /metrics serves, with the Go runtime's and
-// the process's own metrics.
+// the process's own metrics, and ssebridge_build_info: which build this is.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	info := version.Get()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "ssebridge_build_info",
+		Help: "Always 1: the version, Go version and VCS revision of this build as labels.",
+	}, []string{"version", "goversion", "revision"})
+	build.WithLabelValues(info.Version, info.GoVersion, info.Revision).Set(1)
+	reg.MustRegister(build)
 	return reg
 }
 

@@ -55,6 +55,8 @@ type Options struct {
 
 	Registry *prometheus.Registry
 	Log      *slog.Logger
+	// Version is what /healthz names (internal/version.Version).
+	Version string
 
 	// Dev, when set, adds the try-out routes of embedded mode.
 	Dev *Dev
@@ -123,7 +125,7 @@ func New(o Options) *echo.Echo {
 		e.POST("/publish", (&publisher{o: o, log: clog, refused: publishRefused}).publish, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
-		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok", "version": o.Version})
 	})
 	e.GET("/readyz", (&readiness{ready: o.Ready, log: o.Log, limit: logLimit}).serve)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{})))

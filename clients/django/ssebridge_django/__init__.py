@@ -48,7 +48,9 @@ from .publishing import (
 )
 from .sessions import get_session, login, logout, set_rooms, token
 
-__version__ = "0.2.0"
+# One version for ssebridge and this package: the Go module's
+# internal/version.Version (docs/RELEASING.md in the repository).
+__version__ = "0.3.0"
 
 __all__ = [
     "BROADCAST",

@@ -9,6 +9,7 @@ import unittest
 from django.core import checks
 from django.test import SimpleTestCase, override_settings
 
+import ssebridge_django
 from ssebridge_django import publishing
 
 from .redis_server import in_ci
@@ -92,3 +93,13 @@ class InstallTests(SimpleTestCase):
         with open(os.path.join(os.path.dirname(path), "cluster_publish.lua"), "rb") as f:
             self.assertEqual(f.read(), publishing.CLUSTER_SCRIPT)
         self.assertNotIn("tests", os.listdir(os.path.dirname(os.path.dirname(path))), "the tests are not installed")
+        # The distribution says its licence and version, and ships the
+        # licence's text (a copy of the repository's LICENSE).
+        out = run(python, "-c", "import importlib.metadata as m, ssebridge_django as s; d = m.distribution('django-ssebridge'); "
+                  "print(d.version, s.__version__, d.metadata['License']); "
+                  "print(*[f.locate() for f in d.files if f.name == 'LICENSE'])")
+        first, licence_files = out.splitlines()
+        self.assertEqual(first.split(), [ssebridge_django.__version__, ssebridge_django.__version__, "Apache-2.0"])
+        self.assertTrue(licence_files, "the installed distribution has no LICENSE")
+        with open(licence_files.split()[0], "rb") as f, open(os.path.join(REPO, "LICENSE"), "rb") as repo:
+            self.assertEqual(f.read(), repo.read(), "the shipped LICENSE differs from the repository's: cp LICENSE clients/django/")
