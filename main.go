@@ -535,8 +535,7 @@ func readiness(rdb redis.Cmdable, feed feedState, lagLimit time.Duration) func(c
 	return func(ctx context.Context) error {
 		if err := rdb.Ping(ctx).Err(); err != nil {
 			// Connected but not answered in time is slow, not unreachable.
-			var op *net.OpError
-			if !(errors.As(err, &op) && op.Op == "dial") && isTimeout(err) {
+			if store.Cause(err) == store.CauseTimeout {
 				return fmt.Errorf("%w: %w", handlers.ErrRedisSlow, err)
 			}
 			return fmt.Errorf("redis: %w", err)
@@ -551,13 +550,6 @@ func readiness(rdb redis.Cmdable, feed feedState, lagLimit time.Duration) func(c
 		}
 		return nil
 	}
-}
-
-// isTimeout reports whether err is a deadline passing, the context's or a
-// socket's.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // startWorkers runs each worker on a goroutine until stop, which waits for

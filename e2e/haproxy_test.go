@@ -56,34 +56,6 @@ var haproxyLiterals = []struct {
 	{"    user haproxy\n    group haproxy\n", 1}, // the test runs HAProxy as itself
 }
 
-// haproxyPrereqs finds HAProxy and Chromium; missing, the test skips
-// loudly, or fails under CI (.ci/run installs both).
-func haproxyPrereqs(t *testing.T) (haproxy, chromium string) {
-	var missing []string
-	haproxy, err := exec.LookPath("haproxy")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/haproxy"); serr == nil { // not on a non-root PATH
-			haproxy = "/usr/sbin/haproxy"
-		} else {
-			missing = append(missing, "haproxy")
-		}
-	}
-	chromium, err = exec.LookPath("chromium")
-	if err != nil {
-		missing = append(missing, "chromium")
-	}
-	if len(missing) == 0 {
-		return haproxy, chromium
-	}
-	msg := "HAPROXY TEST NOT RUN: " + strings.Join(missing, " and ") + " missing; apt-get install -y haproxy chromium (.ci/run does)"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	fmt.Fprintf(os.Stderr, "\n*** %s ***\n\n", msg)
-	t.Skip(msg)
-	return "", ""
-}
-
 // haproxySetup is what a test fills into deploy/haproxy.cfg.
 type haproxySetup struct {
 	bin, upstreamA, upstreamB string
@@ -265,7 +237,7 @@ const haproxyStreamsJS = `((url, n) => {
 })(%q, %d)`
 
 func TestHAProxyFailoverCrossOrigin(t *testing.T) {
-	haproxyBin, _ := haproxyPrereqs(t)
+	haproxyBin, _ := proxyPrereqs(t, "haproxy")
 	start := time.Now()
 	pem, pool := haproxyPEM(t, t.TempDir())
 	r := redistest.Start(t)

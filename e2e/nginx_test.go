@@ -59,16 +59,17 @@ const (
 	confAccessLog   = "/var/log/nginx/ssebridge.access.log"
 )
 
-// nginxPrereqs finds nginx and Chromium; missing, the test skips loudly,
-// or fails under CI (.ci/run installs both).
-func nginxPrereqs(t *testing.T) (nginx, chromium string) {
+// proxyPrereqs finds a proxy (nginx, haproxy: Debian's, in /usr/sbin when
+// not on a non-root PATH) and Chromium; missing, the test skips loudly, or
+// fails under CI (.ci/run installs them).
+func proxyPrereqs(t *testing.T, proxy string) (bin, chromium string) {
 	var missing []string
-	nginx, err := exec.LookPath("nginx")
+	bin, err := exec.LookPath(proxy)
 	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/nginx"); serr == nil { // not on a non-root PATH
-			nginx = "/usr/sbin/nginx"
+		if _, serr := os.Stat("/usr/sbin/" + proxy); serr == nil {
+			bin = "/usr/sbin/" + proxy
 		} else {
-			missing = append(missing, "nginx")
+			missing = append(missing, proxy)
 		}
 	}
 	chromium, err = exec.LookPath("chromium")
@@ -76,9 +77,9 @@ func nginxPrereqs(t *testing.T) (nginx, chromium string) {
 		missing = append(missing, "chromium")
 	}
 	if len(missing) == 0 {
-		return nginx, chromium
+		return bin, chromium
 	}
-	msg := "NGINX TEST NOT RUN: " + strings.Join(missing, " and ") + " missing; apt-get install -y nginx chromium (.ci/run does)"
+	msg := strings.ToUpper(proxy) + " TEST NOT RUN: " + strings.Join(missing, " and ") + " missing; apt-get install -y " + proxy + " chromium (.ci/run does)"
 	if os.Getenv("CI") != "" {
 		t.Fatal(msg)
 	}
@@ -340,7 +341,7 @@ const streamStatesJS = `window.nx.map(s => ({got: s.got, ids: s.ids, opens: s.op
 	readies: s.readies, closed: s.closed, resets: s.resets, state: s.es.readyState}))`
 
 func TestNginxFailoverHTTP2(t *testing.T) {
-	nginxBin, chromium := nginxPrereqs(t)
+	nginxBin, chromium := proxyPrereqs(t, "nginx")
 	start := time.Now()
 	dir := t.TempDir()
 	certFile, keyFile, pool := selfSignedCert(t, dir)
