@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -338,7 +339,16 @@ func TestClusterPositionBackwardsResets(t *testing.T) {
 		}
 	}
 	await(8)
-	page, err := c.Read(ctx, []string{ch}, []wire.Cursor{lastBefore}, wire.Cursor{}, 1<<20)
+	// The kill cut every partition's connection on that node, and Read's
+	// position needs them all: the others may still be being made again
+	// (ErrFeedLost at once), which a stream meets as a 503 to retry.
+	var page wire.Page
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		page, err = c.Read(ctx, []string{ch}, []wire.Cursor{lastBefore}, wire.Cursor{}, 1<<20)
+		if !errors.Is(err, store.ErrFeedLost) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
