@@ -5,9 +5,11 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/chromedp"
 
 	"github.com/ssebridge/ssebridge/wire"
@@ -19,7 +21,21 @@ func TestDemoPageTryOut(t *testing.T) {
 	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // where the try-out file goes
 	base := "http://" + runApp(t, nil)
 	browser := startBrowser(t)
-	p, _ := openTab(t, browser, "demo page", base+"/")
+	p, _ := newTab(t, browser, "demo page")
+	// What the console shows as an error (a failed request included): a
+	// visit with no session is expected, and shows none.
+	var mu sync.Mutex
+	var consoleErrors []string
+	if err := chromedp.Listen(p.ctx, func(ev any) {
+		if e, ok := ev.(*cdplog.EventEntryAdded); ok && e.Entry.Level == cdplog.EntryLevelError {
+			mu.Lock()
+			consoleErrors = append(consoleErrors, e.Entry.Text+" "+e.Entry.URL)
+			mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p.do(chromedp.Navigate(base + "/"))
 
 	text := func(id string) string {
 		t.Helper()
@@ -33,7 +49,12 @@ func TestDemoPageTryOut(t *testing.T) {
 		return p.eval(`Array.from(document.querySelectorAll('#events li .ev'), n => n.textContent.trim() + ' ' + n.nextSibling.textContent)`)
 	}
 
-	p.await("the try-out steps", `!document.getElementById('dev').hidden && document.body.dataset.checked === '401'`)
+	p.await("the try-out steps", `!document.getElementById('dev').hidden && document.body.dataset.checked === 'none'`)
+	mu.Lock()
+	if len(consoleErrors) > 0 {
+		t.Errorf("the console shows errors on a visit with no session: %q", consoleErrors)
+	}
+	mu.Unlock()
 	if got := p.eval(`Array.from(document.querySelectorAll('.step h2'), h => h.textContent)`); strings.Join(got, "|") != "1. Log in|2. Publish|3. Log out" {
 		t.Fatalf("steps: %q", got)
 	}
@@ -69,7 +90,7 @@ func TestDemoPageTryOut(t *testing.T) {
 	// Reloaded, the page knows the session (GET /events/check) and offers
 	// to open the stream; it opens none by itself.
 	p.do(chromedp.Reload())
-	p.await("the session check", `document.body.dataset.checked === '200'`)
+	p.await("the session check", `document.body.dataset.checked === 'session'`)
 	p.await("the open button", `!document.getElementById('connect').hidden`)
 	if s, w := text("status"), text("who"); s != "not connected" || w != "logged in as alice, rooms: lobby" {
 		t.Fatalf("after a reload: status %q, who %q", s, w)

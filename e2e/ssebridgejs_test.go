@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"slices"
 	"strconv"
@@ -645,4 +646,111 @@ func TestBrowserJSEventNamedLikeObjectKeys(t *testing.T) {
 	tab.await("the stream", `window.readies === 1`)
 	a.publish("user:alice", `{"event":"constructor","data":"c1"}`)
 	tab.awaitWithin(10*time.Second, "the event named constructor", `window.got.includes('c1')`)
+}
+
+// retryFront stands for a proxy in front of ssebridge: while up it passes
+// requests through; while down it answers /events as deploy/nginx.conf
+// does when no ssebridge answers (200, text/event-stream, only a retry:
+// line) and /events/check with 502. down also ends the streams passing
+// through.
+type retryFront struct {
+	srv     *httptest.Server
+	down    atomic.Bool
+	retries atomic.Int32 // retry-only answers given
+	mu      sync.Mutex
+	streams map[*http.Request]context.CancelFunc
+}
+
+func startRetryFront(t *testing.T, upstream string) *retryFront {
+	u, err := url.Parse(upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &retryFront{streams: map[*http.Request]context.CancelFunc{}}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.FlushInterval = -1
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !f.down.Load() {
+			ctx, cancel := context.WithCancel(r.Context())
+			r = r.WithContext(ctx)
+			f.mu.Lock()
+			f.streams[r] = cancel
+			f.mu.Unlock()
+			defer func() {
+				f.mu.Lock()
+				delete(f.streams, r)
+				f.mu.Unlock()
+				cancel()
+			}()
+			rp.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Access-Control-Allow-Origin", r.Header.Get("Origin"))
+		w.Header().Set("Access-Control-Allow-Credentials", "true")
+		if r.URL.Path != "/events" {
+			http.Error(w, "bad gateway", http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "retry: 300\n\n")
+		f.retries.Add(1)
+	}))
+	t.Cleanup(func() {
+		f.setDown(true) // Close waits for the streams passing through
+		f.srv.Close()
+	})
+	return f
+}
+
+// setDown takes the front down (ending the streams through it) or up.
+func (f *retryFront) setDown(down bool) {
+	f.down.Store(down)
+	if !down {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, cancel := range f.streams {
+		cancel()
+	}
+}
+
+// While only a proxy answers (retry: and nothing else, the connection
+// opening each time), the helper says 'connecting' in every tab, not
+// 'live'; 'live' comes back with ssebridge's ready.
+func TestBrowserJSStateWhileProxyRetries(t *testing.T) {
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
+	front := startRetryFront(t, a.url)
+	setCookie(t, browser, front.srv.URL, a.session("alice"))
+	opts := `{onstate: function (s) { (window.states = window.states || []).push(s); }}`
+	u := pageURL(pages, front.srv.URL, front.srv.URL+"/events", opts)
+	first, _ := openTab(t, browser, "the leader", u)
+	first.await("the stream", `window.readies === 1`)
+	second, _ := openTab(t, browser, "a follower", u)
+	second.await("the relayed ready", `window.readies === 1`)
+	last := `window.states && window.states[window.states.length - 1]`
+	for _, p := range []page{first, second} {
+		p.await("live", last+` === 'live'`)
+	}
+
+	front.setDown(true)
+	for _, p := range []page{first, second} {
+		p.await("connecting", last+` === 'connecting'`)
+	}
+	n := front.retries.Load()
+	eventually(t, 20*time.Second, "the browser to open the proxy's retry-only answer twice more", func() bool {
+		return front.retries.Load() >= n+2
+	})
+	for _, p := range []page{first, second} {
+		if s := p.eval(`[String(` + last + `)]`)[0]; s != "connecting" {
+			t.Fatalf("%s: state %q while only the proxy answers, want connecting (states %q)", p.name, s, p.eval(`window.states`))
+		}
+	}
+
+	front.setDown(false)
+	for _, p := range []page{first, second} {
+		p.awaitWithin(30*time.Second, "live again", `window.readies === 2 && `+last+` === 'live'`)
+	}
 }

@@ -136,11 +136,17 @@ func (ev *events) redisRefusal(c echo.Context, err error) error {
 // session is known, the answer names it (wire.SessionID), a refusal for a
 // limit included: ssebridge.js asks before it joins the tabs of a session,
 // and a tab of a user whose one allowed stream its leader holds must still
-// learn which tabs to join.
+// learn which tabs to join. With ?anonymous=ok a missing or unknown
+// session (401) answers 200 with a null user and session, and the error.
 func (ev *events) check(c echo.Context) error {
 	ctx, cancel := context.WithTimeout(c.Request().Context(), ev.o.RedisTimeout)
 	defer cancel()
 	who, err := ev.authorize(ctx, c, nil)
+	if he, ok := err.(*echo.HTTPError); ok && he.Code == http.StatusUnauthorized && c.QueryParam("anonymous") == "ok" {
+		// A page asking on load whether the browser is logged in: no
+		// session is an answer, not an error for its console to show.
+		return c.JSON(http.StatusOK, map[string]any{"user": nil, "rooms": []string{}, "session": nil, "error": he.Message})
+	}
 	if err != nil {
 		return err
 	}

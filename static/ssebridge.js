@@ -25,11 +25,17 @@
 // session's, starts afresh and tells opts.onsession({user, session,
 // previous}): a page drawn for another user should reload.
 //
+// A stream is live once ssebridge's ready came, not when the connection
+// opened: a proxy answering only retry: while ssebridge is down opens the
+// EventSource too. opts.onstate(state) tells 'live' and 'connecting' (the
+// browser or the helper retrying) in every tab of the stream.
+//
 //   const s = SSEBridge.open('https://push.example.com/events', {
 //     on: { chat: (e) => show(JSON.parse(e.data)) },
 //     onend: (why, status) => console.log('stream ended for good:', why, status),
 //     onproblem: (info) => console.warn('no stream after', info.tries, 'tries:', info.hint),
 //     onsession: () => location.reload(), // another user logged in in this browser
+//     onstate: (state) => badge(state), // 'live' once ssebridge said ready, 'connecting' while it is reconnecting
 //   });
 //   s.close();
 (function (global) {
@@ -68,6 +74,7 @@
     var who = null;
     var esWho = null;  // the session of the EventSource's stream, from its ready; null until it came
     var gen = 0;       // counts leave(): an answer asked for before is stale
+    var now = '';      // the state told to opts.onstate last
     var me = Math.random().toString(36).slice(2);
     want(Object.keys(on));
 
@@ -84,6 +91,7 @@
       src.addEventListener('open', function () { opened = true; });
       src.addEventListener('error', function () {
         if (stopped || src !== es) return;
+        tell('connecting');
         ready = null;
         esWho = null; // a reconnection carries the cookie of that moment: its ready says whose it is
         // CLOSED: the browser gave up (a refusal); ask why.
@@ -112,6 +120,7 @@
       if (!take(ev, own)) return;
       if (e.type === 'ready') { attempt = 0; silent = 0; ready = ev; }
       post({ ev: ev, own: own });
+      if (e.type === 'ready') tell('live');
       var f = handler(e.type);
       if (f) f(e);
       if (e.type === 'logout' && !stopped) loggedOut(); // (the page may have closed the handle)
@@ -254,6 +263,7 @@
     function move(to) {
       var was = who;
       leave();
+      tell('connecting');
       who = to;
       lastId = '';
       ready = null;
@@ -276,8 +286,19 @@
       }
       var g = m.ev && take(m.ev, m.own) && handler(m.ev.type);
       if (g) g(m.ev);
+      if (m.ev && m.ev.type === 'ready') tell('live');
+      if (m.state) tell(m.state, true);
       if (m.problem && opts.onproblem) opts.onproblem(m.problem);
       if (m.end) finish(m.end[0], m.end[1], m.end[2], true);
+    }
+
+    // The stream's state, to opts.onstate on a change; the leader tells the
+    // other tabs of a loss (they learn it is live again from its ready).
+    function tell(state, heardIt) {
+      if (state === now) return;
+      now = state;
+      if (leader && !heardIt && state !== 'live') post({ state: state });
+      if (opts.onstate) opts.onstate(state);
     }
 
     function want(list) {
