@@ -1051,78 +1051,127 @@ func figureFiles(t *testing.T) []string {
 
 var figureNumber = regexp.MustCompile(`\d[\d,]*(?:\.\d+)?`)
 
-// numbers are the numbers of s, without thousands separators.
-func numbers(s string) []string {
-	var out []string
+// numbers are the numbers of s as values: 2.6 and 2.60 are one number.
+func numbers(s string) []float64 {
+	var out []float64
 	for _, n := range figureNumber.FindAllString(s, -1) {
-		out = append(out, strings.ReplaceAll(n, ",", ""))
+		if v, err := strconv.ParseFloat(strings.ReplaceAll(n, ",", ""), 64); err == nil {
+			out = append(out, v)
+		}
 	}
 	return out
 }
 
-// figureHomes finds each figure's statement in its home: the unit holding
-// its anchor. A figure without one is reported.
-func figureHomes(t *testing.T, figures []figure, read func(string) string) map[string]string {
+// figureRows finds the rows (or paragraphs) of the figures' homes that
+// carry an anchor, <a id="…"></a>, by file and anchor. Each figure needs
+// its own (figure.id); more rows of it take anchors that begin with it
+// (cpu-per-delivery-15k).
+func figureRows(t *testing.T, figures []figure, read func(string) string) map[string]map[string]string {
 	t.Helper()
-	homes := map[string]string{}
+	rows := map[string]map[string]string{}
 	for _, f := range figures {
+		if rows[f.home] != nil {
+			continue
+		}
+		rows[f.home] = map[string]string{}
 		for _, u := range mdUnits(read(f.home)) {
-			if strings.Contains(u.text, `id="`+f.id+`"`) {
-				homes[f.id] = u.text
-				break
+			for _, m := range htmlAnchor.FindAllStringSubmatch(u.text, -1) {
+				rows[f.home][m[1]] = u.text
 			}
 		}
-		if homes[f.id] == "" {
+	}
+	for _, f := range figures {
+		if rows[f.home][f.id] == "" {
 			t.Errorf("%s: no row or paragraph with <a id=%q></a>: the one place of the %s, which other pages link to", f.home, f.id, f.what)
 		}
 	}
-	return homes
+	return rows
 }
 
-// repeatedFigures checks file, its text md: outside the figure's home and
-// outside a record's section, a unit may state a figure only beside a link
-// to it (home#id) and only as it stands there: every number it states is
-// one of the home's row. That is how a page that reasons with a figure
-// (docs/SCALING.md's arithmetic) quotes it; when the figure moves, the
-// quote fails here.
-func repeatedFigures(file, md string, figures []figure, homes map[string]string) []string {
+// linkTarget resolves a link of file to a file of the repository and an
+// anchor.
+func linkTarget(file, target string) (path, frag string) {
+	path, frag, _ = strings.Cut(strings.Trim(target, "<>"), "#")
+	if path == "" {
+		return file, frag
+	}
+	return filepath.ToSlash(filepath.Join(filepath.Dir(file), path)), frag
+}
+
+// repeatedFigures checks file, its text md, against the figures and their
+// homes' rows (figureRows). Outside a record's section (mdUnits):
+//
+//   - A paragraph, list item or table row of a page other than the
+//     figure's home that states the figure (figure.re) fails, unless it
+//     links to a row of that figure in its home and every number it
+//     states is one of those rows' numbers. That is how a page that
+//     reasons with a figure (docs/SCALING.md's arithmetic) quotes it.
+//   - A link to a row whose text holds numbers quotes that row: each
+//     number must be one of the row's.
+//
+// When the figure moves, its row changes and every quote of the old value
+// fails here.
+func repeatedFigures(file, md string, figures []figure, rows map[string]map[string]string) []string {
 	var errs []string
+	const how = "link to it there instead; where a page reasons with it, quote it as it stands there, beside the link; a record of the past goes under a heading that begins with History or Earlier or names a date or a commit"
 	for _, u := range mdUnits(md) {
 		if u.record {
 			continue
+		}
+		links := inlineLink.FindAllStringSubmatchIndex(u.text, -1)
+		// plain is u.text with each link replaced by its text, padded with
+		// spaces to the same length: offsets, and so lines, stay.
+		plain := inlineLink.ReplaceAllStringFunc(u.text, func(l string) string {
+			text := l[strings.IndexByte(l, '[')+1 : strings.LastIndex(l, "](")]
+			return " " + text + strings.Repeat(" ", len(l)-len(text)-1)
+		})
+		for _, l := range links {
+			path, frag := linkTarget(file, u.text[l[2]:l[3]])
+			row, ok := rows[path][frag]
+			if !ok {
+				continue
+			}
+			whole := u.text[l[0]:l[1]]
+			text := whole[strings.IndexByte(whole, '[')+1 : strings.LastIndex(whole, "](")]
+			for _, n := range numbers(text) {
+				if !slices.Contains(numbers(row), n) {
+					errs = append(errs, fmt.Sprintf("%s:%d: the link %q quotes %v, which %s#%s no longer states: %q",
+						file, u.lineAt(l[0]), whole, n, path, frag, row))
+				}
+			}
 		}
 		for _, f := range figures {
 			if file == f.home {
 				continue
 			}
+			var cited []float64 // the numbers of the figure's rows this unit links to
 			cites := false
-			for _, m := range inlineLink.FindAllStringSubmatch(u.text, -1) {
-				path, frag, _ := strings.Cut(strings.Trim(m[1], "<>"), "#")
-				if frag == f.id && path != "" && filepath.ToSlash(filepath.Join(filepath.Dir(file), path)) == f.home {
+			for _, l := range links {
+				path, frag := linkTarget(file, u.text[l[2]:l[3]])
+				if row, ok := rows[path][frag]; ok && path == f.home && (frag == f.id || strings.HasPrefix(frag, f.id+"-")) {
 					cites = true
+					cited = append(cited, numbers(row)...)
 				}
 			}
-			home := numbers(homes[f.id])
-			for _, loc := range f.re.FindAllStringSubmatchIndex(u.text, -1) {
+			for _, loc := range f.re.FindAllStringSubmatchIndex(plain, -1) {
 				var stated string
 				for i, name := range f.re.SubexpNames() {
 					if name == "n" && loc[2*i] >= 0 {
-						stated = u.text[loc[2*i]:loc[2*i+1]]
+						stated = plain[loc[2*i]:loc[2*i+1]]
 					}
 				}
-				quoted := cites && homes[f.id] != ""
+				quoted := cites
 				for _, n := range numbers(stated) {
-					quoted = quoted && slices.Contains(home, n)
+					quoted = quoted && slices.Contains(cited, n)
 				}
 				if quoted {
 					continue
 				}
-				why := "link to it there instead"
+				why := "the " + f.what + ", whose one place is " + f.home + "#" + f.id
 				if cites {
-					why = "the link quotes it as it no longer stands there"
+					why += ", where it no longer stands so"
 				}
-				errs = append(errs, fmt.Sprintf("%s:%d: %q states the %s, whose one place is %s#%s: %s (or, where the page reasons with it, quote it as it stands there, beside the link; a record of the past goes under a heading that begins with History or Earlier or names a date or a commit)",
-					file, u.lineAt(loc[0]), u.text[loc[0]:loc[1]], f.what, f.home, f.id, why))
+				errs = append(errs, fmt.Sprintf("%s:%d: %q states %s: %s", file, u.lineAt(loc[0]), strings.Join(strings.Fields(plain[loc[0]:loc[1]]), " "), why, how))
 			}
 		}
 	}
@@ -1141,13 +1190,13 @@ func TestDocsFigures(t *testing.T) {
 		}
 		return string(b)
 	}
-	homes := figureHomes(t, currentFigures, read)
+	rows := figureRows(t, currentFigures, read)
 	files := figureFiles(t)
 	if len(files) < 10 {
 		t.Fatalf("found only %d Markdown files: %v", len(files), files)
 	}
 	for _, file := range files {
-		for _, e := range repeatedFigures(file, read(file), currentFigures, homes) {
+		for _, e := range repeatedFigures(file, read(file), currentFigures, rows) {
 			t.Error(e)
 		}
 	}
@@ -1157,9 +1206,12 @@ func TestDocsFigures(t *testing.T) {
 // figure, a quote of it and a record.
 func TestDocsFigureRule(t *testing.T) {
 	figures := []figure{currentFigures[0], currentFigures[len(currentFigures)-1]}
-	homes := map[string]string{
-		"rss-per-idle-stream": `| <a id="rss-per-idle-stream"></a>RSS per idle stream | 2.49–2.60 KiB at 15,000 streams |`,
-		"test-run-time":       `<a id="test-run-time"></a>The whole run took 12 min 6 s.`,
+	rows := map[string]map[string]string{
+		"BENCHMARKS.md": {
+			"rss-per-idle-stream":     `| <a id="rss-per-idle-stream"></a>RSS per idle stream, 15,000 streams | 2.49–2.60 KiB |`,
+			"rss-per-idle-stream-10k": `| <a id="rss-per-idle-stream-10k"></a>RSS per idle stream, 10,000 streams | 2.6–2.8 KiB |`,
+		},
+		"docs/testing.md": {"test-run-time": `<a id="test-run-time"></a>The whole run took 12 min 6 s.`},
 	}
 	for md, want := range map[string]int{
 		"A stream costs about 14 KiB.":                                                     1,
@@ -1174,24 +1226,38 @@ func TestDocsFigureRule(t *testing.T) {
 		"The soak runs 10 minutes.":                                                        0,
 		"See [the figure](BENCHMARKS.md#rss-per-idle-stream)":                              0,
 		"Memory: [2.60 KiB](BENCHMARKS.md#rss-per-idle-stream) × streams.":                 0,
-		"Memory: 2.49–2.60 KiB per stream ([now](BENCHMARKS.md#rss-per-idle-stream))":      0,
-		"Memory: 2.6 KiB per stream ([now](BENCHMARKS.md#rss-per-idle-stream))":            1, // not as it stands there
+		"Memory: 2.6 KiB × streams ([now](BENCHMARKS.md#rss-per-idle-stream))":             0, // 2.6 is 2.60
+		"Memory: 2.8 KiB per stream ([at 10,000](BENCHMARKS.md#rss-per-idle-stream-10k))":  0,
+		"Memory: 2.5 KiB per stream ([now](BENCHMARKS.md#rss-per-idle-stream))":            1, // not as it stands there
+		"Memory: [2.5 KiB](BENCHMARKS.md#rss-per-idle-stream)":                             1,
 		"Memory: 4.2 KiB per stream ([now](BENCHMARKS.md#rss-per-idle-stream))":            1,
 		"Memory: 2.60 KiB per stream ([now](BENCHMARKS.md#other))":                         1,
+		"Memory: 2.60 KiB per stream ([now](docs/BENCHMARKS.md#rss-per-idle-stream))":      1,
+		"[took 12 min 6 s](docs/testing.md#test-run-time)":                                 0,
+		"[took 11 min](docs/testing.md#test-run-time)":                                     2, // the link, and the statement
 		"## 0.3.0 - 2026-12-05\n\n14 KiB per stream\n\n## Unreleased\n\n14 KiB per stream": 1,
 		"## Run 4 (commit `514044e`)\n\n### Figures\n\n14 KiB per stream":                  0,
 		"## History\n\n14 KiB per stream\n\n# Now\n\n14 KiB per stream":                    1,
 		"## Where the history lives\n\n14 KiB per stream":                                  1,
 		"```\n14 KiB per stream\n```":                                                      0,
 	} {
-		if got := repeatedFigures("README.md", md, figures, homes); len(got) != want {
+		if got := repeatedFigures("README.md", md, figures, rows); len(got) != want {
 			t.Errorf("%q: %d errors, want %d: %q", md, len(got), want, got)
 		}
 	}
-	if got := repeatedFigures("BENCHMARKS.md", "A stream costs about 14 KiB.", figures, homes); len(got) != 0 {
+	if got := repeatedFigures("BENCHMARKS.md", "A stream costs about 14 KiB.", figures, rows); len(got) != 0 {
 		t.Errorf("its home may state a figure: %q", got)
 	}
-	if got := repeatedFigures("docs/SCALING.md", "[2.60 KiB](../BENCHMARKS.md#rss-per-idle-stream) each", figures, homes); len(got) != 0 {
-		t.Errorf("a quote in another directory: %q", got)
+	if got := repeatedFigures("docs/SCALING.md", "[2.60 KiB](../BENCHMARKS.md#rss-per-idle-stream) × streams", figures, rows); len(got) != 0 {
+		t.Errorf("a quote from another directory: %q", got)
+	}
+	if got := repeatedFigures("docs/SCALING.md", "[2.60 KiB](BENCHMARKS.md#rss-per-idle-stream) × streams, [2.60 KiB](../BENCHMARKS.md#pictures) each", figures, rows); len(got) != 2 {
+		t.Errorf("quotes linking to docs/BENCHMARKS.md and to a heading: %q", got)
+	}
+	if got := repeatedFigures("docs/SCALING.md", "about 14 KiB per idle stream\nwas measured ([x](../BENCHMARKS.md))", figures, rows); len(got) != 1 || !strings.HasPrefix(got[0], "docs/SCALING.md:1: ") {
+		t.Errorf("want one error at line 1: %q", got)
+	}
+	if got := repeatedFigures("README.md", "First line.\nThe tests took\n8 minutes.", figures, rows); len(got) != 1 || !strings.HasPrefix(got[0], "README.md:2: ") {
+		t.Errorf("want one error at line 2: %q", got)
 	}
 }
