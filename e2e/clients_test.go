@@ -143,6 +143,10 @@ func installNodeExample() (string, error) {
 	if n == 0 {
 		return "", errors.New("package-lock.json lists no package")
 	}
+	// TestClientNodeEventSource's script, beside node_modules.
+	if err := os.WriteFile(filepath.Join(dir, "eventsource-check.mjs"), []byte(eventsourceCheck), 0o644); err != nil {
+		return "", err
+	}
 	for _, f := range []string{"client.mjs", "package.json"} {
 		b, err := os.ReadFile(filepath.Join(src, f))
 		if err != nil {
@@ -460,35 +464,9 @@ func TestClientNode(t *testing.T) {
 	}
 }
 
-// TestClientNodeReconnectTimer records what docs/CLIENTS.md says of the
-// pinned eventsource: does its reconnect timer alone keep a Node process
-// alive? A server that answers each request with `retry: 100` and an
-// empty stream makes eventsource reconnect every 100 ms; a script with no
-// keep-alive of its own counts its reconnections, and stops after three.
-// With a timer that keeps the process up (eventsource 3 and 4) it gets
-// there; with an unref'd one (eventsource 5) the process exits after the
-// first, with no error: the client's keep-alive interval is for that.
-func TestClientNodeReconnectTimer(t *testing.T) {
-	t.Parallel()
-	node := nodePath(t)
-	dir := nodeClient(t)
-	var mu sync.Mutex
-	requests := 0
-	srv := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		requests++
-		mu.Unlock()
-		w.Header().Set("Content-Type", "text/event-stream")
-		io.WriteString(w, "retry: 100\n\n")
-	})}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	defer srv.Close()
-	script := filepath.Join(dir, "timer-check.mjs")
-	if err := os.WriteFile(script, []byte(`import {EventSource} from 'eventsource'
+// eventsourceCheck is TestClientNodeEventSource's script: an EventSource
+// with no keep-alive beside it, closed at its third error.
+const eventsourceCheck = `import {EventSource} from 'eventsource'
 let errors = 0
 const es = new EventSource(process.argv[2])
 es.addEventListener('error', () => {
@@ -496,10 +474,47 @@ es.addEventListener('error', () => {
   console.log(JSON.stringify({event: 'error', data: String(errors)}))
   if (errors === 3) es.close()
 })
-`), 0o644); err != nil {
+`
+
+// TestClientNodeEventSource records two facts of the pinned eventsource
+// (3.0.7) that docs/CLIENTS.md states, so that a change of version that
+// changes them fails here first. A server answers each request with a
+// short stream that ends (retry: 100), so eventsource reconnects every
+// 100 ms; a script with no keep-alive of its own closes at its third
+// error.
+//
+//   - The reconnect timer keeps the process alive: the script gets to its
+//     third error. (eventsource 5 unrefs it, and the same script exits
+//     after the first, with status 0: hence the client's keep-alive.)
+//   - A bare id (an "id:" line in a block with no data: what ssebridge's
+//     mark on broadcast is) does not move the id eventsource sends back:
+//     the third request carries the first stream's id, not the second's.
+//     (eventsource 5 sends the bare id.)
+func TestClientNodeEventSource(t *testing.T) {
+	t.Parallel()
+	node := nodePath(t)
+	dir := nodeClient(t)
+	var mu sync.Mutex
+	var lastIDs []string
+	srv := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		lastIDs = append(lastIDs, r.Header.Get("Last-Event-ID"))
+		n := len(lastIDs)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		if n == 1 {
+			io.WriteString(w, "retry: 100\nid: E:1-0\ndata: x\n\n")
+		} else {
+			io.WriteString(w, "id: E:2-0\n\n")
+		}
+	})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	c := startClient(t, "node", node, nil, script, "http://"+l.Addr().String()+"/")
+	go srv.Serve(l)
+	defer srv.Close()
+	c := startClient(t, "node", node, nil, filepath.Join(dir, "eventsource-check.mjs"), "http://"+l.Addr().String()+"/")
 	for i := 1; i <= 3; i++ {
 		c.want("error", strconv.Itoa(i), "")
 	}
@@ -508,8 +523,8 @@ es.addEventListener('error', () => {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if requests != 3 {
-		t.Fatalf("%d requests, want 3", requests)
+	if want := []string{"", "E:1-0", "E:1-0"}; fmt.Sprint(lastIDs) != fmt.Sprint(want) {
+		t.Fatalf("Last-Event-ID of each request: %q, want %q", lastIDs, want)
 	}
 }
 
