@@ -544,7 +544,6 @@ func TestClientPython(t *testing.T) {
 	a := startApp(t, nil, vars)
 	tok := a.session("bob")
 	state := filepath.Join(t.TempDir(), "last-id")
-	env := map[string]string{"SSEBRIDGE_TOKEN": tok}
 	run := func(token string) *client {
 		return startClient(t, "python", py, map[string]string{"SSEBRIDGE_TOKEN": token}, "-u", script, "--state", state, "--idle-timeout", "20", "http://"+addr+"/events")
 	}
@@ -558,7 +557,7 @@ func TestClientPython(t *testing.T) {
 
 	// Refused first (another stream of bob's is open): 429, Retry-After: 1.
 	hold := a.open(tok, "")
-	c := run(env["SSEBRIDGE_TOKEN"])
+	c := run(tok)
 	c.awaitLog("refused with 429", 1)
 	hold.Close()
 	ready := c.next()
@@ -614,5 +613,54 @@ func TestClientPython(t *testing.T) {
 	}
 	if strings.Contains(c.stderr.String(), tok) {
 		t.Fatal("the client logged the token")
+	}
+}
+
+// TestClientPythonParsing feeds the Python client a stream written the
+// ways the event stream format allows and ssebridge does not use (CR and
+// CR LF line ends, a comment, a bare id) from a server of the test's own:
+// each event is read whole, the bare id moves the position (written to
+// the state file and sent back as Last-Event-ID), and the 401 that
+// answers the resume ends the client after that one request.
+func TestClientPythonParsing(t *testing.T) {
+	t.Parallel()
+	py := pythonPath(t)
+	script := filepath.Join(repoRoot, "examples", "clients", "python", "ssebridge_client.py")
+	var mu sync.Mutex
+	var lastIDs []string
+	srv := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		lastIDs = append(lastIDs, r.Header.Get("Last-Event-ID"))
+		n := len(lastIDs)
+		mu.Unlock()
+		if n > 1 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, `{"error":"unknown or expired session"}`)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "retry: 100\nid: E:1-0\ndata: a\r\n\r\nevent: chat\rid: E:2-0\rdata: b\rdata: c\r\r: ping\n\nid: E:3-0\n\n")
+	})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	defer srv.Close()
+	state := filepath.Join(t.TempDir(), "last-id")
+	c := startClient(t, "python", py, map[string]string{"SSEBRIDGE_TOKEN": "t0ken"}, "-u", script, "--state", state, "http://"+l.Addr().String()+"/events")
+	c.want("message", "a", "E:1-0")
+	c.want("chat", "b\nc", "E:2-0")
+	if code := c.exit(); code != 2 {
+		t.Fatalf("refused with 401, the client exited %d, want 2", code)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"", "E:3-0"}; fmt.Sprint(lastIDs) != fmt.Sprint(want) {
+		t.Fatalf("Last-Event-ID of each request: %q, want %q", lastIDs, want)
+	}
+	if b, _ := os.ReadFile(state); string(b) != "E:3-0" {
+		t.Fatalf("the state file holds %q, want the bare id E:3-0", b)
 	}
 }
