@@ -6,6 +6,7 @@ management command. Nothing here needs a request.
 
 import hashlib
 import json
+import logging
 import re
 import time
 import uuid
@@ -129,6 +130,20 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT).hexdigest()
 # ssebridge's store/cluster_publish.lua, for Redis Cluster.
 CLUSTER_SCRIPT = _load_script("cluster_publish.lua")
 CLUSTER_SCRIPT_SHA = hashlib.sha1(CLUSTER_SCRIPT).hexdigest()
+
+
+class _HandledNoScript(logging.Filter):
+    """redis-py's cluster client logs every error reply with its traceback
+    (logger "redis.cluster", ERROR) before raising it. A NoScriptError is
+    no error here: a node that has not cached the script yet (the first
+    publish after a start or a failover) is sent the script with EVAL."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and type(exc).__name__ == "NoScriptError")
+
+
+logging.getLogger("redis.cluster").addFilter(_HandledNoScript())
 
 
 class IdempotencyKeyReused(Exception):
