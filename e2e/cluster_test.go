@@ -491,6 +491,7 @@ func TestClusterPublishCommand(t *testing.T) {
 // so the stream (resuming by its id if it was told to) gets every event
 // once, in order, and events published after the move arrive live.
 func TestClusterSlotMove(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	rc := redistest.StartCluster(t, 3)
 	cc := rc.Client()
 	const parts = 16
@@ -582,6 +583,7 @@ func TestClusterSlotMove(t *testing.T) {
 // acknowledged after the failover once, in order per channel, none twice;
 // it measures how long publishing on the lost slot was refused.
 func TestClusterFailover(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	if testing.Short() {
 		t.Skip("-short: skipping the failover")
 	}

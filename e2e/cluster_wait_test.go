@@ -21,6 +21,7 @@ import (
 // any other node than the slot's master would count that node's replicas,
 // and answer 200 here.
 func TestClusterWaitReplicas(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	rc := redistest.StartClusterReplicas(t, 3, 1)
 	cc := rc.Client()
 	const parts = 16

@@ -140,7 +140,8 @@ func (p page) dm(to, text string) {
 }
 
 func TestBrowserFlow(t *testing.T) {
-	top := t // what outlives the subtests (ssebridge restarted in one) is the top test's
+	t.Parallel() // mostly waiting: see e2e/README.md
+	top := t     // what outlives the subtests (ssebridge restarted in one) is the top test's
 	browserPrereqs(t)
 	start := time.Now()
 	r := redistest.Start(t)
@@ -281,6 +282,7 @@ func TestBrowserFlow(t *testing.T) {
 // people log in with the lobby ticked, one sees the other's message, and
 // logging out ends the stream (in the tab that stays open).
 func TestDjangoChatOrigins(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browserPrereqs(t)
 	r := redistest.Start(t)
 	djangoPort := port(freeAddr(t))

@@ -59,6 +59,7 @@ func has(list, text string) string {
 }
 
 func TestDjangoMiddleware(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browserPrereqs(t)
 	r := redistest.Start(t)
 	sseAddr, djangoAddr := freeAddr(t), freeAddr(t)

@@ -237,6 +237,7 @@ const haproxyStreamsJS = `((url, n) => {
 })(%q, %d)`
 
 func TestHAProxyFailoverCrossOrigin(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	haproxyBin, _ := proxyPrereqs(t, "haproxy")
 	start := time.Now()
 	pem, pool := haproxyPEM(t, t.TempDir())

@@ -341,6 +341,7 @@ const streamStatesJS = `window.nx.map(s => ({got: s.got, ids: s.ids, opens: s.op
 	readies: s.readies, closed: s.closed, resets: s.resets, state: s.es.readyState}))`
 
 func TestNginxFailoverHTTP2(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	nginxBin, chromium := proxyPrereqs(t, "nginx")
 	start := time.Now()
 	dir := t.TempDir()

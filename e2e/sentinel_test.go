@@ -67,6 +67,7 @@ func (st *publisherStats) record(p sentPub, why string) {
 // before the primary is SIGKILLed, as a lagging replica would be; then the
 // old primary comes back and the sentinels make it a replica.
 func TestSentinelFailover(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	if testing.Short() {
 		t.Skip("-short: skipping the Sentinel failover run")
 	}

@@ -218,6 +218,7 @@ func seq(from, to int) []string {
 // where it was: the durable events published while it was refused arrive,
 // once, in order, with no reset.
 func TestBrowserJSResumeAfterRefusal(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{
@@ -266,6 +267,7 @@ func TestBrowserJSResumeAfterRefusal(t *testing.T) {
 // is reported to onproblem after maxSilentTries tries, and the helper
 // keeps trying.
 func TestBrowserJSProblem(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browser := startBrowser(t)
 	pages := jsPages(t) // not in ALLOWED_ORIGINS
 	a := startApp(t, nil, nil)
@@ -298,6 +300,7 @@ func TestBrowserJSProblem(t *testing.T) {
 // get every durable event once, in order, those published between the two
 // streams included. A logout ends the stream in every tab.
 func TestBrowserJSSharedStream(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
@@ -459,6 +462,7 @@ func seenOnlyOwn(t *testing.T, p page) []string {
 // shows an event of a stream opened for another session than the one it
 // believes it has, and alice's stream is closed.
 func TestBrowserJSSessionChange(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
@@ -511,6 +515,7 @@ func TestBrowserJSSessionChange(t *testing.T) {
 // to bob's stream, the leader's followers and a tab with a stream of its
 // own (shared: false) too. Nothing of alice's is shown after the move.
 func TestBrowserJSSessionChangeOnReconnect(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL, "RETRY_INTERVAL": "500ms"})
@@ -553,6 +558,7 @@ func TestBrowserJSSessionChangeOnReconnect(t *testing.T) {
 // her streams get event: logout): alice's tabs, whose browser now holds
 // bob's session, move to bob's stream rather than end.
 func TestBrowserJSSessionChangeOnLogout(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
@@ -615,6 +621,7 @@ func TestBrowserJSEventNamedError(t *testing.T) {
 // takes it for the session it had, shows bob's events in the page drawn
 // for alice and never calls onsession.
 func TestBrowserJSSessionRewritten(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL, "SESSION_RECHECK_INTERVAL": "200ms"})
@@ -719,6 +726,7 @@ func (f *retryFront) setDown(down bool) {
 // opening each time), the helper says 'connecting' in every tab, not
 // 'live'; 'live' comes back with ssebridge's ready.
 func TestBrowserJSStateWhileProxyRetries(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
 	browser := startBrowser(t)
 	pages := jsPages(t)
 	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
