@@ -57,6 +57,7 @@ const (
 	confKey         = "/etc/ssl/ssebridge/privkey.pem"
 	confErrorLog    = "/var/log/nginx/ssebridge.error.log"
 	confAccessLog   = "/var/log/nginx/ssebridge.access.log"
+	confOrigin      = `"https://app.example.com"` // the map of origins the retry answer's CORS headers admit
 )
 
 // proxyPrereqs finds a proxy (nginx, haproxy: Debian's, in /usr/sbin when
@@ -137,6 +138,7 @@ type nginxServer struct {
 // nginxSetup is what a test fills into deploy/nginx.conf.
 type nginxSetup struct {
 	bin, upstreamA, upstreamB, cert, key string
+	origin                               string                   // the page origin the retry answer admits (CORS); "" for none of the test's
 	edit                                 func(conf string) string // a deliberate change, for the controls; nil for none
 }
 
@@ -153,7 +155,12 @@ func startNginx(t *testing.T, s nginxSetup) *nginxServer {
 	tlsAddr := freeAddr(t)
 	n.origin = "https://" + tlsAddr
 	conf := string(raw)
+	origin := s.origin
+	if origin == "" {
+		origin = "https://unused.invalid"
+	}
 	for _, r := range [][2]string{
+		{confOrigin, strconv.Quote(origin)},
 		{confUpstreamA, s.upstreamA}, {confUpstreamB, s.upstreamB},
 		{confListenTLS, "listen " + tlsAddr + " ssl http2;"}, {confListenPlain, "listen " + freeAddr(t) + ";"},
 		{confCert, s.cert}, {confKey, s.key}, {confErrorLog, n.errorLog}, {confAccessLog, n.accessLog},
@@ -587,7 +594,19 @@ func TestNginxFailoverHTTP2(t *testing.T) {
 		// config, and the same without the error_page line.
 		nowhere := setup
 		nowhere.upstreamA, nowhere.upstreamB = freeAddr(t), freeAddr(t)
+		nowhere.origin = ngx.origin // the pages' origin, listed in the map
 		withRetry := startNginx(t, nowhere)
+		// The retry answer's CORS headers: for a listed origin only.
+		for _, c := range []struct{ origin, acao, acac string }{
+			{ngx.origin, ngx.origin, "true"},
+			{"https://evil.example", "", ""},
+		} {
+			resp, _ := openThrough(t, client, withRetry.origin, token, c.origin)
+			if acao, acac := resp.Header.Get("Access-Control-Allow-Origin"), resp.Header.Get("Access-Control-Allow-Credentials"); resp.StatusCode != 200 || acao != c.acao || acac != c.acac {
+				t.Errorf("the retry answer to Origin %s: %d, Access-Control-Allow-Origin %q, -Credentials %q; want 200, %q, %q",
+					c.origin, resp.StatusCode, acao, acac, c.acao, c.acac)
+			}
+		}
 		nowhere.edit = func(conf string) string {
 			const line = "error_page 502 503 504 = @sse_retry;"
 			if strings.Count(conf, line) != 1 {
