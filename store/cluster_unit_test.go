@@ -806,3 +806,164 @@ func TestClusterReadNoResetWhenTrimmedOnlyPastTheBound(t *testing.T) {
 func without(channels, drop []string) []string {
 	return slices.DeleteFunc(slices.Clone(channels), func(c string) bool { return slices.Contains(drop, c) })
 }
+
+// TestClusterPositionConcurrentUnit: calls of Position that arrive
+// together share rounds, but a call never takes a round already under way:
+// each returns a position at or past every event published before it was
+// called, in every partition.
+func TestClusterPositionConcurrentUnit(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	c := newUnitCluster(t, cc, unitParts, unitMaxlen)
+	runUnitCluster(t, c)
+	ctx := context.Background()
+	cases := []struct {
+		name    string
+		callers int
+		rounds  int
+	}{
+		{"two callers", 2, 20},
+		{"one caller a partition", unitParts, 10},
+		{"more callers than partitions", 3 * unitParts, 5},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var wg sync.WaitGroup
+			for g := range tc.callers {
+				k := g % unitParts
+				ch := channelsIn(k, unitParts, 1, fmt.Sprintf("concurrent/%d/%d/", i, g))[0]
+				wg.Go(func() {
+					for r := range tc.rounds {
+						id, err := c.Publish(ctx, ch, fmt.Appendf(nil, `{"data":%d}`, r))
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						p, err := c.Position(ctx)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						if got := p.Vector().Pos[k]; got < id.MS {
+							t.Errorf("caller %d, round %d: Position has partition %d at %d, before the event published before the call, at %d", g, r, k, got, id.MS)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
+}
+
+// TestClusterAfterGrantActiveUnit: AfterGrant (a room's grant, its
+// partition's cursor when the room was granted, moves a replay's start in
+// that partition on to it, and changes nothing else) and Active (the
+// channels with events after a position in their partition).
+func TestClusterAfterGrantActiveUnit(t *testing.T) {
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	c := newUnitCluster(t, cc, unitParts, unitMaxlen)
+	runUnitCluster(t, c)
+	ctx := context.Background()
+	cursorOf := func(t *testing.T, k int) string {
+		t.Helper()
+		s, err := cc.Get(ctx, "sse:{p"+strconv.Itoa(k)+"}:cursor").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	t.Run("AfterGrant", func(t *testing.T) {
+		const k = 8
+		room := channelsIn(k, unitParts, 1, "grant/room/")[0]
+		start := position(t, c)
+		before := publishEach(t, cc, []string{room}, 2, 0)
+		grant := cursorOf(t, k)
+		after := publishEach(t, cc, []string{room}, 2, 0)
+		late := at(start, k, after[0].pos)
+		epoch, _, _ := strings.Cut(grant, ":")
+		cases := []struct {
+			name     string
+			from     wire.Cursor
+			grant    string
+			moved    bool // to the grant's position; else unchanged
+			wantRead []pub
+		}{
+			{"a start before the grant: moved on to it", start, grant, true, after},
+			{"a start after the grant: unchanged", late, grant, false, after[1:]},
+			{"a start at the grant: unchanged", at(start, k, before[1].pos), grant, false, after},
+			{"the earlier scheme's grant, \"<epoch>:<n>\"", start, epoch + ":" + strconv.FormatUint(before[1].pos, 10), true, after},
+			{"a grant of another epoch: unchanged", start, "zz" + epoch + ":" + strconv.FormatUint(before[1].pos, 10), false, append(before[:2:2], after...)},
+			{"no grant: unchanged", start, "", false, append(before[:2:2], after...)},
+			{"a single Redis's grant: unchanged", start, "e1:1733400000000-5", false, append(before[:2:2], after...)},
+			{"a start of another tag: unchanged", edit(start, func(v *wire.Vector) { v.Tag = "zz" + v.Tag }), grant, false, nil},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				got := c.AfterGrant(tc.from, room, tc.grant)
+				want := tc.from
+				if tc.moved {
+					want = at(tc.from, k, before[1].pos)
+				}
+				gv, wv := got.Vector(), want.Vector()
+				if gv == nil || gv.Tag != wv.Tag || !slices.Equal(gv.Pos, wv.Pos) || gv.Time != wv.Time {
+					t.Fatalf("AfterGrant(%s, %q) = %s, want %s", tc.from, tc.grant, got, want)
+				}
+				if tc.wantRead == nil {
+					return
+				}
+				page, err := c.Read(ctx, []string{room}, []wire.Cursor{got}, wire.Cursor{}, 1<<20)
+				if err != nil || page.Reset != "" {
+					t.Fatalf("read from %s: %v, reset %q", got, err, page.Reset)
+				}
+				var bodies, wantBodies []string
+				for _, e := range page.Events {
+					bodies = append(bodies, string(e.Envelope))
+				}
+				for _, e := range tc.wantRead {
+					wantBodies = append(wantBodies, e.body)
+				}
+				if !slices.Equal(bodies, wantBodies) {
+					t.Errorf("read from %s: %v, want %v", got, bodies, wantBodies)
+				}
+			})
+		}
+	})
+
+	t.Run("Active", func(t *testing.T) {
+		quiet := channelsIn(2, unitParts, 1, "active/quiet/")[0]
+		old := channelsIn(2, unitParts, 1, "active/old/")[0]
+		busyA := channelsIn(2, unitParts, 1, "active/busy/")[0]
+		busyB := channelsIn(13, unitParts, 1, "active/busy/")[0]
+		publishEach(t, cc, []string{old}, 3, 0)
+		start := position(t, c)
+		ev := publishEach(t, cc, []string{busyA, busyB}, 2, 0)
+		all := []string{quiet, old, busyA, busyB}
+		cases := []struct {
+			name     string
+			channels []string
+			after    wire.Cursor
+			want     []string
+		}{
+			{"after the start: the busy ones", all, start, []string{busyA, busyB}},
+			{"after the newest: none", all, position(t, c), nil},
+			{"at the last events of both: none", all, at(at(start, 2, ev[2].pos), 13, ev[3].pos), nil},
+			{"one partition caught up only", all, at(start, 2, ev[2].pos), []string{busyB}},
+			{"no position: every channel", all, wire.Cursor{}, all},
+			{"no channels", nil, start, nil},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				got, err := c.Active(ctx, tc.channels, tc.after)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(got, tc.want) {
+					t.Errorf("Active = %v, want %v", got, tc.want)
+				}
+			})
+		}
+	})
+}
