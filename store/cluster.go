@@ -853,32 +853,50 @@ func (c *Cluster) Read(ctx context.Context, channels []string, after []wire.Curs
 		byPart[k] = append(byPart[k], ch)
 		fromPart[k] = append(fromPart[k], after[i].Vector().Pos[k])
 	}
+	// The channels with nothing left up to until: with More, a later page
+	// need not read them, and must not check their trim marks (a busy
+	// channel trimmed since of events past until, which arrive live, has
+	// lost nothing).
+	var finished []string
 	for k, chans := range byPart {
 		if len(chans) == 0 {
 			continue
 		}
-		entries, more, trimmed, err := c.readPartition(ctx, k, chans, fromPart[k], u.Pos[k])
+		entries, complete, more, trimmed, err := c.readPartition(ctx, k, chans, fromPart[k], u.Pos[k])
 		if err != nil {
 			return wire.Page{}, fmt.Errorf("reading history: %w", err)
 		}
 		if trimmed {
 			return wire.Page{Position: until, Reset: wire.ResetTrimmed}, nil
 		}
-		for _, e := range entries {
+		for j, e := range entries {
 			if bytes >= maxBytes || len(p.Events) >= pageEvents {
-				p.More = true
+				p.More, p.Finished = true, append(finished, done(chans, complete, entries[j:])...)
 				return p, nil
 			}
 			id = id.With(k, e.n)
 			p.Events = append(p.Events, wire.Durable{Cursor: wire.VectorCursor(id), Channel: e.channel, Envelope: []byte(e.env)})
 			bytes += len(e.env)
 		}
+		finished = append(finished, done(chans, complete, nil)...)
 		if more {
-			p.More = true
+			p.More, p.Finished = true, finished
 			return p, nil
 		}
 	}
 	return p, nil
+}
+
+// done returns those of channels read to the end (complete) that have no
+// entry in rest, the entries a page left for the next.
+func done(channels []string, complete []bool, rest []entry) []string {
+	var out []string
+	for i, ch := range channels {
+		if complete[i] && !slices.ContainsFunc(rest, func(e entry) bool { return e.channel == ch }) {
+			out = append(out, ch)
+		}
+	}
+	return out
 }
 
 // entry is one durable event read back from a partition.
@@ -891,15 +909,16 @@ type entry struct {
 // readPartition reads the events of channels of partition k, each after
 // its own position in from, up to upTo, merged in position order. more is
 // set when a channel had more than one batch: the entries then stop at the
-// last position every channel was read up to. trimmed is set when a
-// channel's history was trimmed past its position.
+// last position every channel was read up to; complete[i] says that
+// channels[i] has no event up to upTo beyond the entries. trimmed is set
+// when a channel's history was trimmed past its position.
 //
 // One pipeline: per channel, its entries, then its trimmed marks, all on
 // the partition's node in that order, so an event trimmed before the
 // XRANGE read it has moved the mark before it is read. The mark is the
 // history's own (trimmedScript); a :trimmed key, which the publish script
 // wrote before, counts until it expires.
-func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, from []uint64, upTo uint64) (entries []entry, more, trimmed bool, err error) {
+func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, from []uint64, upTo uint64) (entries []entry, complete []bool, more, trimmed bool, err error) {
 	ranges := make([]*redis.XMessageSliceCmd, len(channels))
 	trims := make([]*redis.StringCmd, len(channels))
 	marks := make([]*redis.Cmd, len(channels))
@@ -913,14 +932,15 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, false, false, err
+		return nil, nil, false, false, err
 	}
 	limit := upTo
+	complete = make([]bool, len(channels))
 	for i, ch := range channels {
 		mark, _ := marks[i].Text()
 		for _, t := range []string{mark, trims[i].Val()} {
 			if n, ok := entryPos(t); ok && from[i] < n {
-				return nil, false, true, nil
+				return nil, nil, false, true, nil
 			}
 		}
 		msgs := ranges[i].Val()
@@ -932,7 +952,8 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 			}
 			entries = append(entries, entry{n, ch, env})
 		}
-		if len(msgs) == readBatch {
+		complete[i] = len(msgs) < readBatch
+		if !complete[i] {
 			if n, ok := entryPos(msgs[len(msgs)-1].ID); ok && n < limit {
 				limit, more = n, true
 			}
@@ -941,10 +962,15 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 	slices.SortFunc(entries, func(a, b entry) int { return cmp.Compare(a.n, b.n) })
 	for i, e := range entries {
 		if e.n > limit {
-			return entries[:i], more, false, nil
+			// Cut at the limit: a channel with entries past it is not read
+			// to the end.
+			for _, cut := range entries[i:] {
+				complete[slices.Index(channels, cut.channel)] = false
+			}
+			return entries[:i], complete, more, false, nil
 		}
 	}
-	return entries, more, false, nil
+	return entries, complete, more, false, nil
 }
 
 // trimmedScript returns the id of the newest event trimmed from a

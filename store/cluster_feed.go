@@ -424,7 +424,7 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 		for i := range froms {
 			froms[i] = from
 		}
-		entries, more, trimmed, err := c.readPartition(ctx, k, channels, froms, upTo)
+		entries, complete, more, trimmed, err := c.readPartition(ctx, k, channels, froms, upTo)
 		if err != nil {
 			return events, err
 		}
@@ -452,6 +452,15 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 		if !more {
 			break
 		}
+		// A channel read to the end is not read again, nor its trim mark
+		// checked: trimmed since of events past upTo, it has lost nothing.
+		left := channels[:0:0]
+		for i, ch := range channels {
+			if !complete[i] {
+				left = append(left, ch)
+			}
+		}
+		channels = left
 	}
 	c.mu.Lock()
 	c.adoptLocked(k, epoch, upTo)
