@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/ssebridge/ssebridge/handlers"
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/stream"
@@ -23,8 +21,16 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 
 	reg := newRegistry()
 
-	cl := store.NewCluster(cc, cfg.ChannelPrefix, cfg.ClusterPartitions, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL,
-		cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
+	cl := store.NewCluster(cc, store.ClusterOptions{
+		Prefix:        cfg.ChannelPrefix,
+		Partitions:    cfg.ClusterPartitions,
+		MaxLen:        cfg.HistoryMaxLen,
+		MaxEventBytes: cfg.MaxEventBytes,
+		TTL:           cfg.HistoryTTL,
+		PingEvery:     cfg.RedisPingInterval,
+		Log:           log,
+		Metrics:       store.NewFeedMetrics(reg),
+	})
 	cl.IdempotencyWindow(cfg.IdempotencyWindow)
 	cl.SetLagLimit(cfg.PubSubLagLimit)
 	sessions := store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes)
@@ -73,28 +79,4 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	)
 	defer stop()
 	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
-}
-
-// clusterClient is go-redis's cluster client over REDIS_CLUSTER_ADDRS: a
-// pool per node held at its full size, so an instance holds the same
-// connections whatever its number of streams.
-func clusterClient(cfg Config) *redis.ClusterClient {
-	size := cfg.RedisPoolSize
-	return redis.NewClusterClient(&redis.ClusterOptions{
-		Addrs:    cfg.RedisClusterAddrs,
-		Username: cfg.RedisUsername,
-		Password: cfg.RedisPassword,
-		PoolSize: size, MinIdleConns: size, MaxActiveConns: size,
-		DialTimeout: 2 * time.Second,
-		ReadTimeout: waitReadTimeout(cfg),
-		ClientName:  "ssebridge",
-		// Bounded waits (REDIS_TIMEOUT): see redisClient.
-		ContextTimeoutEnabled: true,
-		PoolTimeout:           cfg.RedisTimeout,
-		// go-redis reads the slot map again on MOVED, and otherwise once a
-		// minute by default: after a failover the dead master answers
-		// nothing, so no MOVED comes, and commands for its slots would fail
-		// for up to a minute. One CLUSTER SLOTS every 2 s bounds that.
-		ClusterStateReloadInterval: 2 * time.Second,
-	})
 }

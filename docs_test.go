@@ -393,7 +393,7 @@ func TestDocsConfiguration(t *testing.T) {
 		inConfig[v.Name] = true
 		row, ok := rows[v.Name]
 		if !ok {
-			t.Errorf("%s has no row for %s (Config, main.go): add `| `%s` | ... |` to its table", file, v.Name, v.Name)
+			t.Errorf("%s has no row for %s (Config, config.go): add `| `%s` | ... |` to its table", file, v.Name, v.Name)
 			continue
 		}
 		if len(row) < 3 || row[2] == "" {
@@ -409,7 +409,7 @@ func TestDocsConfiguration(t *testing.T) {
 	}
 	for name := range rows {
 		if !inConfig[name] {
-			t.Errorf("%s has a row for %s, which Config (main.go) does not have", file, name)
+			t.Errorf("%s has a row for %s, which Config (config.go) does not have", file, name)
 		}
 	}
 

@@ -6,18 +6,15 @@ import (
 )
 
 // TestHelpListsConfig: the help lists every variable of Config, with its
-// default and one line of meaning, and nothing that Config lacks.
+// default and one line of meaning (its help tag). It lists nothing that
+// Config lacks: the lines come from Config's own fields.
 func TestHelpListsConfig(t *testing.T) {
 	var out strings.Builder
 	writeHelp(&out)
 	help := out.String()
-	vars := configVars()
-	if len(vars) != len(configHelp) {
-		t.Errorf("Config has %d variables, configHelp %d lines", len(vars), len(configHelp))
-	}
-	for _, v := range vars {
+	for _, v := range configVars() {
 		if v.Help == "" {
-			t.Errorf("%s has no line in configHelp", v.Name)
+			t.Errorf("%s has no help tag in Config", v.Name)
 			continue
 		}
 		def := v.Default

@@ -121,12 +121,37 @@ type Cluster struct {
 	running bool           // a goroutine runs rounds
 }
 
-// NewCluster returns cluster-mode storage for channels named prefix+name
-// in parts partitions, keeping maxlen events per channel for ttl.
-func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes int, ttl, pingEvery time.Duration, log *slog.Logger, m *FeedMetrics) *Cluster {
+// ClusterOptions are a Cluster's settings, the same on every instance
+// and backend of a deployment but for Log and Metrics.
+type ClusterOptions struct {
+	// Prefix begins every key and channel name (CHANNEL_PREFIX).
+	Prefix string
+	// Partitions is the number of partitions channels are spread over
+	// (CLUSTER_PARTITIONS, 1 to wire.MaxPartitions).
+	Partitions int
+	// MaxLen is the number of events kept per channel (HISTORY_MAXLEN).
+	MaxLen int
+	// MaxEventBytes is the largest envelope the publish script takes
+	// (MAX_EVENT_BYTES).
+	MaxEventBytes int
+	// TTL is how long a channel's history is kept after its last publish
+	// (HISTORY_TTL).
+	TTL time.Duration
+	// PingEvery is how long a partition's connection may be silent before
+	// it is pinged (REDIS_PING_INTERVAL).
+	PingEvery time.Duration
+	// Log gets the partitions' reconnections and recoveries.
+	Log *slog.Logger
+	// Metrics are the feed's metrics (NewFeedMetrics); required.
+	Metrics *FeedMetrics
+}
+
+// NewCluster returns cluster-mode storage on cc, with the settings o.
+func NewCluster(cc *redis.ClusterClient, o ClusterOptions) *Cluster {
+	parts, m := o.Partitions, o.Metrics
 	c := &Cluster{
-		cc: cc, prefix: prefix, parts: parts, maxlen: maxlen, maxBytes: maxBytes, ttl: ttl,
-		pingEvery: pingEvery, log: log, metrics: m,
+		cc: cc, prefix: o.Prefix, parts: parts, maxlen: o.MaxLen, maxBytes: o.MaxEventBytes, ttl: o.TTL,
+		pingEvery: o.PingEvery, log: o.Log, metrics: m,
 		publish: newOnceScript(ClusterPublishScript),
 		cursor:  redis.NewScript(cursorScript),
 		size:    redis.NewScript(sizeScript),
@@ -141,7 +166,7 @@ func NewCluster(cc *redis.ClusterClient, prefix string, parts, maxlen, maxBytes 
 		f := &partFeed{c: c, k: k, channels: make(map[string]struct{}), unsubscribing: make(map[string]int)}
 		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 		f.addr = c.masterOf(ctx, k)
-		f.init(cc.SSubscribe(ctx, c.tagOf(k)), pingEvery)
+		f.init(cc.SSubscribe(ctx, c.tagOf(k)), o.PingEvery)
 		cancel()
 		c.feeds = append(c.feeds, f)
 	}

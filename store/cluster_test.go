@@ -159,7 +159,10 @@ func newCluster(t *testing.T, cc *redis.ClusterClient, parts, maxlen int) *store
 		w = os.Stderr
 	}
 	log := slog.New(slog.NewTextHandler(w, nil))
-	c := store.NewCluster(cc, "sse:", parts, maxlen, 1<<16, time.Hour, time.Second, log, store.NewFeedMetrics(prometheus.NewRegistry()))
+	c := store.NewCluster(cc, store.ClusterOptions{
+		Prefix: "sse:", Partitions: parts, MaxLen: maxlen, MaxEventBytes: 1 << 16, TTL: time.Hour,
+		PingEvery: time.Second, Log: log, Metrics: store.NewFeedMetrics(prometheus.NewRegistry()),
+	})
 	if err := c.Configure(context.Background()); err != nil {
 		t.Fatal(err)
 	}
