@@ -40,8 +40,10 @@ const (
 // partition. (Adapt here when NewCluster's signature changes.)
 func newUnitCluster(tb testing.TB, cc *redis.ClusterClient, parts, maxlen int) *store.Cluster {
 	tb.Helper()
-	c := store.NewCluster(cc, "sse:", parts, maxlen, 1<<16, unitTTL, time.Second,
-		slog.New(slog.DiscardHandler), store.NewFeedMetrics(prometheus.NewRegistry()))
+	c := store.NewCluster(cc, store.ClusterOptions{
+		Prefix: "sse:", Partitions: parts, MaxLen: maxlen, MaxEventBytes: 1 << 16, TTL: unitTTL, PingEvery: time.Second,
+		Log: slog.New(slog.DiscardHandler), Metrics: store.NewFeedMetrics(prometheus.NewRegistry()),
+	})
 	if err := c.Configure(context.Background()); err != nil {
 		tb.Fatal(err)
 	}
