@@ -762,3 +762,33 @@ func TestBrowserJSStateWhileProxyRetries(t *testing.T) {
 		p.awaitWithin(30*time.Second, "live again", `window.readies === 2 && `+last+` === 'live'`)
 	}
 }
+
+// A logout ends the stream in every tab, also when the leader's tab goes
+// away while it handles it (a page that leaves for its login page on
+// logout) and so never tells the others why the stream ended: a follower
+// that took the lead reopened the stream (a logout control message ends
+// the streams without deleting the session) and stayed live.
+func TestBrowserJSLogoutWhenTheLeaderLeaves(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
+	browser := startBrowser(t)
+	pages := jsPages(t)
+	a := startApp(t, nil, map[string]string{"ALLOWED_ORIGINS": pages.URL})
+	setCookie(t, browser, a.url, a.session("alice"))
+	// The leader's page closes its handle in its logout handler, before the
+	// helper could ask ssebridge why the stream ended.
+	leaves := `{on: {ready: function () { window.readies++; }, logout: function () { window.h.close(); }}}`
+	leader, _ := openTab(t, browser, "the leader", pageURL(pages, pages.URL, a.url+"/events", leaves))
+	leader.await("the stream", `window.readies === 1 && window.h.isLeader()`)
+	follower, _ := openTab(t, browser, "a follower", pageURL(pages, pages.URL, a.url+"/events", "{}"))
+	follower.await("the relayed ready", `window.readies === 1`)
+
+	a.publish("control", `{"op":"logout","user":"alice"}`)
+	follower.await("the end of the stream", `window.ended !== ''`)
+	if got := follower.eval(`[window.ended]`)[0]; !strings.HasPrefix(got, "logout") {
+		t.Fatalf("the follower's stream ended with %q, want logout", got)
+	}
+	if n := follower.eval(`[String(window.readies)]`)[0]; n != "1" {
+		t.Fatalf("the follower got %s readies: it opened the stream again after the logout", n)
+	}
+	eventually(t, 10*time.Second, "no stream open", func() bool { return a.metric("ssebridge_streams_open") == 0 })
+}

@@ -129,9 +129,12 @@
     // A logout ends this session's stream. The browser may hold another
     // session by now (a login in another tab revoked this one, and
     // ssebridge ended its streams): then the tab moves to it, else it ends.
+    // Every tab asks for itself: the leader's may go away (a page that
+    // leaves on logout) before it tells the others, and one of them, the
+    // next leader, would open the stream again.
     function loggedOut() {
       var was = who.session;
-      es.close(); // no reconnection meanwhile: ssebridge would refuse it
+      if (es) es.close(); // no reconnection meanwhile: ssebridge would refuse it
       es = null;
       ready = null;
       ask(function (r, b) {
@@ -287,6 +290,7 @@
       var g = m.ev && take(m.ev, m.own) && handler(m.ev.type);
       if (g) g(m.ev);
       if (m.ev && m.ev.type === 'ready') tell('live');
+      if (m.ev && m.ev.type === 'logout' && !stopped) loggedOut();
       if (m.state) tell(m.state, true);
       if (m.problem && opts.onproblem) opts.onproblem(m.problem);
       if (m.end) finish(m.end[0], m.end[1], m.end[2], true);
