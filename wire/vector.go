@@ -86,22 +86,26 @@ const termBits = 32
 func (v *Vector) String() string {
 	m := v.Newest()
 	var b strings.Builder
-	b.Grow(len(v.Tag) + 20 + 4*len(v.Pos))
+	b.Grow(len(v.Tag) + 28 + 4*len(v.Pos))
+	// Numbers go through a scratch array on the stack: strconv.FormatUint
+	// would allocate a string for each, one per partition.
+	var num [16]byte
+	put := func(x uint64) { b.Write(strconv.AppendUint(num[:0], x, 36)) }
 	b.WriteString(v.Tag)
 	b.WriteByte('.')
-	b.WriteString(strconv.FormatUint(m, 36))
+	put(m)
 	for _, p := range v.Pos {
 		b.WriteByte('.')
 		if p>>termBits == m>>termBits {
-			b.WriteString(strconv.FormatUint(m-p, 36))
+			put(m - p)
 		} else {
-			b.WriteString(strconv.FormatUint(p>>termBits, 36))
+			put(p >> termBits)
 			b.WriteByte('-')
-			b.WriteString(strconv.FormatUint(p&(1<<termBits-1), 36))
+			put(p & (1<<termBits - 1))
 		}
 	}
 	b.WriteByte('.')
-	b.WriteString(strconv.FormatUint(v.Time, 36))
+	put(v.Time)
 	return b.String()
 }
 
