@@ -12,8 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -496,7 +496,7 @@ func TestClientNodeEventSource(t *testing.T) {
 	dir := nodeClient(t)
 	var mu sync.Mutex
 	var lastIDs []string
-	srv := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		lastIDs = append(lastIDs, r.Header.Get("Last-Event-ID"))
 		n := len(lastIDs)
@@ -507,14 +507,9 @@ func TestClientNodeEventSource(t *testing.T) {
 		} else {
 			io.WriteString(w, "id: E:2-0\n\n")
 		}
-	})}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
+	}))
 	defer srv.Close()
-	c := startClient(t, "node", node, nil, filepath.Join(dir, "eventsource-check.mjs"), "http://"+l.Addr().String()+"/")
+	c := startClient(t, "node", node, nil, filepath.Join(dir, "eventsource-check.mjs"), srv.URL+"/")
 	for i := 1; i <= 3; i++ {
 		c.want("error", strconv.Itoa(i), "")
 	}
@@ -628,7 +623,7 @@ func TestClientPythonParsing(t *testing.T) {
 	script := filepath.Join(repoRoot, "examples", "clients", "python", "ssebridge_client.py")
 	var mu sync.Mutex
 	var lastIDs []string
-	srv := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		lastIDs = append(lastIDs, r.Header.Get("Last-Event-ID"))
 		n := len(lastIDs)
@@ -641,15 +636,10 @@ func TestClientPythonParsing(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "text/event-stream")
 		io.WriteString(w, "retry: 100\nid: E:1-0\ndata: a\r\n\r\nevent: chat\rid: E:2-0\rdata: b\rdata: c\r\r: ping\n\nid: E:3-0\n\n")
-	})}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
+	}))
 	defer srv.Close()
 	state := filepath.Join(t.TempDir(), "last-id")
-	c := startClient(t, "python", py, map[string]string{"SSEBRIDGE_TOKEN": "t0ken"}, "-u", script, "--state", state, "http://"+l.Addr().String()+"/events")
+	c := startClient(t, "python", py, map[string]string{"SSEBRIDGE_TOKEN": "t0ken"}, "-u", script, "--state", state, srv.URL+"/events")
 	c.want("message", "a", "E:1-0")
 	c.want("chat", "b\nc", "E:2-0")
 	if code := c.exit(); code != 2 {

@@ -34,6 +34,16 @@ const (
 	unitTTL    = time.Hour
 )
 
+// startUnitCluster starts a three-master cluster and a running Cluster of
+// unitParts partitions on it, both until the test ends.
+func startUnitCluster(t *testing.T) (*redis.ClusterClient, *store.Cluster) {
+	t.Helper()
+	cc := redistest.StartCluster(t, 3).Client()
+	c := newUnitCluster(t, cc, unitParts, unitMaxlen)
+	runUnitCluster(t, c)
+	return cc, c
+}
+
 // newUnitCluster is the one place this file's tests and benchmarks make a
 // store.Cluster: parts partitions on cc with the prefix "sse:", maxlen
 // events a channel kept for unitTTL, its config written into every
@@ -230,10 +240,7 @@ func repeat(c wire.Cursor, n int) []wire.Cursor {
 // event (or mark) moves its own partition on by one and no other; and the
 // id reads back as it was written.
 func TestClusterPositionUnit(t *testing.T) {
-	rc := redistest.StartCluster(t, 3)
-	cc := rc.Client()
-	c := newUnitCluster(t, cc, unitParts, unitMaxlen)
-	runUnitCluster(t, c)
+	_, c := startUnitCluster(t)
 	ctx := context.Background()
 	every := map[int]int{}
 	for k := range unitParts {
@@ -337,10 +344,7 @@ type readCase struct {
 // (the page's start, per partition the earliest of the cursors, moved on
 // by each event).
 func TestClusterReadUnit(t *testing.T) {
-	rc := redistest.StartCluster(t, 3)
-	cc := rc.Client()
-	c := newUnitCluster(t, cc, unitParts, unitMaxlen)
-	runUnitCluster(t, c)
+	cc, c := startUnitCluster(t)
 	ctx := context.Background()
 
 	// newTerm has partition k's next position start a new term, as after
@@ -828,10 +832,7 @@ func TestClusterRecoveryOrderUnit(t *testing.T) {
 // reset the replay ("trimmed"), which one Redis does not (Finished,
 // TestReadNoResetWhenTrimmedOnlyPastTheBound).
 func TestClusterReadNoResetWhenTrimmedOnlyPastTheBound(t *testing.T) {
-	rc := redistest.StartCluster(t, 3)
-	cc := rc.Client()
-	c := newUnitCluster(t, cc, unitParts, unitMaxlen)
-	runUnitCluster(t, c)
+	cc, c := startUnitCluster(t)
 	ctx := context.Background()
 	cases := []struct {
 		name        string
@@ -881,10 +882,7 @@ func without(channels, drop []string) []string {
 // each returns a position at or past every event published before it was
 // called, in every partition.
 func TestClusterPositionConcurrentUnit(t *testing.T) {
-	rc := redistest.StartCluster(t, 3)
-	cc := rc.Client()
-	c := newUnitCluster(t, cc, unitParts, unitMaxlen)
-	runUnitCluster(t, c)
+	_, c := startUnitCluster(t)
 	ctx := context.Background()
 	cases := []struct {
 		name    string
@@ -930,10 +928,7 @@ func TestClusterPositionConcurrentUnit(t *testing.T) {
 // that partition on to it, and changes nothing else) and Active (the
 // channels with events after a position in their partition).
 func TestClusterAfterGrantActiveUnit(t *testing.T) {
-	rc := redistest.StartCluster(t, 3)
-	cc := rc.Client()
-	c := newUnitCluster(t, cc, unitParts, unitMaxlen)
-	runUnitCluster(t, c)
+	cc, c := startUnitCluster(t)
 	ctx := context.Background()
 	cursorOf := func(t *testing.T, k int) string {
 		t.Helper()
