@@ -46,7 +46,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(add
 	go func() {
 		if tlsConfig != nil {
 			// ServeTLS adds "h2" to the protocols offered: HTTP/2 with no
-			// more set-up. Streams on it use net/http's writer (Stream.Serve).
+			// more set-up. Streams on it use net/http's writer (Hub.Serve).
 			serveErr <- srv.ServeTLS(ln, "", "")
 			return
 		}

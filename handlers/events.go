@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,47 +55,10 @@ func (ev *events) stream(c echo.Context) error {
 		return ev.openRefusal(c, who.session.User, err)
 	}
 
-	h := c.Response().Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store") // the user's events: no cache keeps them
-	h.Set("X-Accel-Buffering", "no")   // nginx: do not buffer the stream
-
-	// Take the connection over from net/http when it is HTTP/1.1: the
-	// stream then costs its buffers and goroutine stack, not net/http's.
-	if c.Request().ProtoMajor == 1 {
-		if conn, brw, err := http.NewResponseController(c.Response().Writer).Hijack(); err == nil {
-			if brw.Reader.Buffered() > 0 {
-				// Bytes after the request: the client speaks on a stream,
-				// which no EventSource does.
-				conn.Close()
-				ev.o.Hub.Close(s, stream.ReasonUpload)
-				return nil
-			}
-			h.Set("Connection", "close") // the body runs until the connection closes
-			var head strings.Builder
-			head.WriteString("HTTP/1.1 200 OK\r\n")
-			_ = h.Write(&head)
-			head.WriteString("\r\n")
-			_ = conn.SetWriteDeadline(time.Now().Add(ev.o.Write.WriteTimeout))
-			_, err = brw.Writer.WriteString(head.String())
-			if err == nil {
-				err = brw.Writer.Flush()
-			}
-			if err != nil {
-				conn.Close()
-				ev.o.Hub.Close(s, stream.ReasonWrite)
-				return nil
-			}
-			// Off net/http's goroutine, so that it, and the buffers it
-			// holds, go away now; once live, the stream is on one of the
-			// hub's event loops. The hub's Wait waits for its end.
-			ev.o.Hub.Adopt(s, conn, ev.o.Write)
-			return nil
-		}
-	}
-	c.Response().WriteHeader(http.StatusOK)
-	// The writer under Echo's: Echo's own adds bookkeeping to every write.
-	ev.o.Hub.Close(s, s.Serve(c.Request().Context(), c.Response().Writer, ev.o.Write))
+	// From here the hub owns the connection, and closes the stream when it
+	// ends. The writer under Echo's: Echo's own adds bookkeeping to every
+	// write.
+	ev.o.Hub.Serve(c.Response().Writer, c.Request(), s, ev.o.Write)
 	return nil
 }
 

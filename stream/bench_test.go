@@ -138,7 +138,7 @@ func benchLoopFanOut(b *testing.B, n, loops int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		h.Adopt(s, srv, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Minute})
+		h.startWriter(s, srv, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Minute})
 		clients[i] = bufio.NewReaderSize(c, 64<<10)
 	}
 	for _, r := range clients { // every stream live before the clock starts

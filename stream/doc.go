@@ -25,12 +25,15 @@
 //     inside a stripe lock. Its mu guards its queue, its catch-up state and
 //     why it is ending; nothing else is locked while mu is held.
 //   - The writer owns the connection: it alone writes, including the
-//     opening and every replay (resume.go). A goroutine writer (Serve,
-//     ServeConn) is owned by whoever started it, which calls Close when it
-//     returns. Adopt's writer is the stream's goroutine while Redis is read
-//     (seam), then a loop, which calls Close when the stream ends. The
-//     loops are the hub's: each runs while it has streams, and Hub.Wait
-//     waits for the streams and the loops.
+//     opening and every replay (resume.go). Hub.Serve (takeover.go) has
+//     it from the handler's authorized request to the stream's Close: it
+//     takes an HTTP/1.1 connection over and writes the response head, then
+//     chooses the writer. An HTTP/2 stream is written on the request's
+//     goroutine (serveResponse), a connection taken over by a goroutine of
+//     its own (serveConn), or, a plain TCP one, by the stream's goroutine
+//     while Redis is read (seam), then by a loop, which calls Close when
+//     the stream ends. The loops are the hub's: each runs while it has
+//     streams, and Hub.Wait waits for the streams and the loops.
 //   - Control messages are applied at once on the feed's goroutine
 //     (control.go); nothing there waits for Redis. Hub.Recheck holds open
 //     streams to their sessions as Redis has them now (recheck.go).

@@ -139,7 +139,7 @@ func serveInto(s *Stream) (*recorder, chan string) {
 	rec := &recorder{ResponseRecorder: httptest.NewRecorder(), written: make(chan struct{}, 1)}
 	done := make(chan string, 1)
 	go func() {
-		done <- s.Serve(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second})
+		done <- s.serveResponse(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second})
 	}()
 	return rec, done
 }

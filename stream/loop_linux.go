@@ -170,9 +170,9 @@ func (l *loop) wake() {
 	}
 }
 
-// serveTaken is Adopt on Linux: the stream's opening on this goroutine,
-// then the loop.
-func (h *Hub) serveTaken(s *Stream, conn net.Conn, opts WriteOptions) {
+// serveOnLoop writes the stream's opening on this goroutine, then hands
+// the stream to a loop (Hub.startWriter).
+func (h *Hub) serveOnLoop(s *Stream, conn net.Conn, opts WriteOptions) {
 	h.seamThenLoop(s, conn, opts, nil, h.opening)
 }
 

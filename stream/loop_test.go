@@ -21,12 +21,12 @@ import (
 )
 
 // The event-loop writer, on real loopback TCP connections: the server end
-// of each is adopted by the hub as the events handler does after taking
-// the connection over; the test reads (or does not read) the client end.
+// of each goes to the stream's writer (Hub.startWriter) as after a take-over
+// (Hub.Serve); the test reads (or does not read) the client end.
 
 var loopWrite = WriteOptions{Heartbeat: time.Hour, WriteTimeout: 10 * time.Second}
 
-// client is the browser's end of an adopted stream.
+// client is the browser's end of a stream taken over.
 type client struct {
 	net.Conn
 	r *bufio.Reader
@@ -58,9 +58,10 @@ func (c client) readToEOF(t *testing.T) string {
 	return string(b)
 }
 
-// adoptN opens n streams of users u0… and hands their connections to h.
+// startN opens n streams of users u0… and starts their writers on the
+// server ends.
 // tune, if set, adjusts each pair of ends before the hand-over.
-func adoptN(t *testing.T, h *Hub, n int, opts WriteOptions, tune func(server, client *net.TCPConn)) []client {
+func startN(t *testing.T, h *Hub, n int, opts WriteOptions, tune func(server, client *net.TCPConn)) []client {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -85,7 +86,7 @@ func adoptN(t *testing.T, h *Hub, n int, opts WriteOptions, tune func(server, cl
 		if err != nil {
 			t.Fatal(err)
 		}
-		h.Adopt(s, srv, opts)
+		h.startWriter(s, srv, opts)
 		clients[i] = client{c, bufio.NewReader(c)}
 	}
 	return clients
@@ -119,7 +120,7 @@ func TestLoopIdleStreamsOwnNoGoroutine(t *testing.T) {
 	opts.MaxStreams, opts.MaxStreamsPerUser = n, n
 	h, _ := newTestHub(t, opts)
 	before := runtime.NumGoroutine()
-	clients := adoptN(t, h, n, loopWrite, nil)
+	clients := startN(t, h, n, loopWrite, nil)
 	for _, c := range clients {
 		c.readUntil(t, "event: ready\n")
 	}
@@ -152,7 +153,7 @@ func TestLoopIdleStreamsOwnNoGoroutine(t *testing.T) {
 // TestLoopUploadEndsStream: a byte from the client ends its stream at once.
 func TestLoopUploadEndsStream(t *testing.T) {
 	h, _ := newTestHub(t, testOpts)
-	c := adoptN(t, h, 1, loopWrite, nil)[0]
+	c := startN(t, h, 1, loopWrite, nil)[0]
 	c.readUntil(t, "event: ready\n")
 	eventually(t, "stream on a loop", func() bool { return onLoops(h) == 1 })
 	if _, err := c.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
@@ -196,7 +197,7 @@ func TestLoopSlowReader(t *testing.T) {
 	opts := testOpts
 	opts.MaxEventBytes = 64 << 10
 	h, _ := newTestHub(t, opts)
-	c := adoptN(t, h, 1, WriteOptions{Heartbeat: time.Hour, WriteTimeout: 200 * time.Millisecond}, smallBuffers)[0]
+	c := startN(t, h, 1, WriteOptions{Heartbeat: time.Hour, WriteTimeout: 200 * time.Millisecond}, smallBuffers)[0]
 	c.readUntil(t, "event: ready\n")
 	eventually(t, "stream on a loop", func() bool { return onLoops(h) == 1 })
 	fill(h, oneStream(h))
@@ -219,7 +220,7 @@ func TestLoopWriteDeadline(t *testing.T) {
 	opts := testOpts
 	opts.MaxEventBytes, opts.QueueEvents, opts.QueueBytes = 64<<10, 1<<20, 1<<30
 	h, _ := newTestHub(t, opts)
-	c := adoptN(t, h, 1, WriteOptions{Heartbeat: time.Hour, WriteTimeout: 200 * time.Millisecond}, smallBuffers)[0]
+	c := startN(t, h, 1, WriteOptions{Heartbeat: time.Hour, WriteTimeout: 200 * time.Millisecond}, smallBuffers)[0]
 	c.readUntil(t, "event: ready\n")
 	eventually(t, "stream on a loop", func() bool { return onLoops(h) == 1 })
 	body := fmt.Sprintf(`{"event":"big","data":%q}`, strings.Repeat("x", 16<<10))
@@ -237,7 +238,7 @@ func TestLoopWriteDeadline(t *testing.T) {
 // TestLoopHeartbeat: an idle stream on a loop gets heartbeats.
 func TestLoopHeartbeat(t *testing.T) {
 	h, _ := newTestHub(t, testOpts)
-	c := adoptN(t, h, 1, WriteOptions{Heartbeat: 50 * time.Millisecond, WriteTimeout: time.Second}, nil)[0]
+	c := startN(t, h, 1, WriteOptions{Heartbeat: 50 * time.Millisecond, WriteTimeout: time.Second}, nil)[0]
 	c.readUntil(t, "event: ready\n")
 	c.readUntil(t, string(wire.Heartbeat))
 	c.readUntil(t, string(wire.Heartbeat))
@@ -251,7 +252,7 @@ func TestLoopShutdown(t *testing.T) {
 	opts := testOpts
 	opts.MaxEventBytes = 64 << 10
 	h, _ := newTestHub(t, opts)
-	clients := adoptN(t, h, n, loopWrite, smallBuffers)
+	clients := startN(t, h, n, loopWrite, smallBuffers)
 	for _, c := range clients {
 		c.readUntil(t, "event: ready\n")
 	}
@@ -287,7 +288,7 @@ func TestLoopShutdown(t *testing.T) {
 // and back; events of the joined room then reach it.
 func TestLoopJoin(t *testing.T) {
 	h, _ := newTestHub(t, testOpts)
-	c := adoptN(t, h, 1, loopWrite, nil)[0]
+	c := startN(t, h, 1, loopWrite, nil)[0]
 	c.readUntil(t, "event: ready\n")
 	eventually(t, "stream on a loop", func() bool { return onLoops(h) == 1 })
 	h.control(wire.Control{Op: wire.OpJoin, User: "u0", Room: "r1"})
@@ -306,7 +307,7 @@ func TestLoopConcurrentPublishers(t *testing.T) {
 	opts := testOpts
 	opts.MaxStreams, opts.MaxStreamsPerUser, opts.QueueEvents = n, n, 1<<16
 	h, _ := newTestHub(t, opts)
-	clients := adoptN(t, h, n, loopWrite, smallBuffers)
+	clients := startN(t, h, n, loopWrite, smallBuffers)
 	for _, c := range clients {
 		c.readUntil(t, "event: ready\n")
 	}

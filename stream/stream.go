@@ -22,8 +22,8 @@ const (
 )
 
 // Stream is one open EventSource connection. The hub queues encoded events
-// on it without ever waiting; one writer (a goroutine running Serve or
-// ServeConn, or an event loop after Adopt) writes them out. Streams are made by Hub.Open.
+// on it without ever waiting; one writer (a goroutine, or an event loop:
+// Hub.Serve chooses) writes them out. Streams are made by Hub.Open.
 //
 // Its fields have three owners. members guards the membership fields and
 // is only taken inside a channel's stripe lock (membership.go). mu guards

@@ -28,7 +28,7 @@ func TestEndedBeforeWriter(t *testing.T) {
 	}
 	s.finish(ReasonLogout, logoutFrame)
 	rec := httptest.NewRecorder()
-	if why := s.Serve(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second}); why != ReasonLogout {
+	if why := s.serveResponse(context.Background(), rec, WriteOptions{Heartbeat: time.Hour, WriteTimeout: time.Second}); why != ReasonLogout {
 		t.Fatalf("ended as %q, want %q", why, ReasonLogout)
 	}
 	if !strings.Contains(rec.Body.String(), "event: logout") {

@@ -12,7 +12,7 @@ import (
 	"github.com/ssebridge/ssebridge/wire"
 )
 
-// WriteOptions say how Serve writes.
+// WriteOptions say how a stream's writer writes.
 type WriteOptions struct {
 	Heartbeat    time.Duration // a comment after this long without a write
 	WriteTimeout time.Duration // how long one batch may take to write
@@ -21,20 +21,20 @@ type WriteOptions struct {
 // ErrWrite wraps a failed write to the client.
 var ErrWrite = errors.New("write to client failed")
 
-// Serve writes the stream to w, net/http's writer, until the stream ends or
-// ctx (the request's context) is done. It owns w: nothing else writes to it.
-// It is the path for connections that cannot be taken over (HTTP/2); see
-// ServeConn. It returns why the stream ended.
-func (s *Stream) Serve(ctx context.Context, w http.ResponseWriter, opts WriteOptions) string {
+// serveResponse writes the stream to w, net/http's writer, until the stream
+// ends or ctx (the request's context) is done. It owns w: nothing else
+// writes to it. It is the path for connections that cannot be taken over
+// (HTTP/2); see serveConn. It returns why the stream ended.
+func (s *Stream) serveResponse(ctx context.Context, w http.ResponseWriter, opts WriteOptions) string {
 	return s.serve(ctx, &responseSink{w: w, rc: http.NewResponseController(w), d: deadline{timeout: opts.WriteTimeout}}, opts)
 }
 
-// ServeConn writes the stream to conn, an HTTP/1.1 connection taken over
+// serveConn writes the stream to conn, an HTTP/1.1 connection taken over
 // from net/http (whose response head has been written), until the stream
 // ends or the client goes away; it closes conn. Owning the connection
 // spares net/http's per-connection buffers (some 10 KiB per stream) and
 // lets a batch go out in one writev, without chunked framing.
-func (s *Stream) ServeConn(conn net.Conn, opts WriteOptions) string {
+func (s *Stream) serveConn(conn net.Conn, opts WriteOptions) string {
 	defer conn.Close()
 	// At the shutdown deadline the hub cuts what is still open: a writer
 	// blocked on a full socket must not outlive the process's run.
