@@ -57,7 +57,9 @@ func (ev *events) stream(c echo.Context) error {
 
 	// From here the hub owns the connection, and closes the stream when it
 	// ends. The writer under Echo's: Echo's own adds bookkeeping to every
-	// write.
+	// write. Marked committed for Echo, which then writes nothing after
+	// the stream (its error handler, should a panic reach its recovery).
+	c.Response().Committed = true
 	ev.o.Hub.Serve(c.Response().Writer, c.Request(), s, ev.o.Write)
 	return nil
 }
