@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ssebridge/ssebridge/stream"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -214,20 +215,25 @@ func (f *partFeed) channelList() []string {
 }
 
 // Run reads every partition's connection until ctx ends, each on its own
-// goroutine, handing messages to deliver with their logical channel (a
-// durable one with its id, taken from the instance's vector under the
-// lock that makes ids exact). After a partition's connection is lost and
-// made again it delivers, before anything later of that partition, the
-// durable events its channels had meanwhile, then calls connected with
-// how many it delivered (0 on a first connection); retry
-// is called when events were lost beyond recovery (a node lost its data,
-// or trimmed past what the instance had), to end every stream with a
-// retry hint: each resumes by its own id, or is reset.
-func (c *Cluster) Run(ctx context.Context, deliver func(channel string, m wire.Message, err error), connected func(ctx context.Context, recovered int), retry func()) {
+// goroutine, handing messages to ev with their logical channel (a durable
+// one with its id, taken from the instance's vector under the lock that
+// makes ids exact). After a partition's connection is lost and made again
+// it delivers, before anything later of that partition, the durable events
+// its channels had meanwhile, through ev.Publish as before the move (a
+// partition's recovered events are in its own order), then calls
+// ev.Reconnected with how many it delivered (0 on a first connection).
+// When events were lost beyond recovery (a node lost its data, or trimmed
+// past what the instance had) it calls ev.Lost with no position: every
+// stream ends with a retry hint, and resumes by its own id, or is reset.
+func (c *Cluster) Run(ctx context.Context, ev stream.Events) {
+	deliver := ev.Publish
 	c.mu.Lock()
-	c.deliver, c.retry = deliver, retry
+	c.deliver, c.retry = deliver, func() { ev.Lost(wire.Cursor{}, "") }
 	c.live.Store(&deliver)
 	c.mu.Unlock()
+	connected := func(ctx context.Context, recovered int) {
+		ev.Reconnected(ctx, wire.Cursor{}, recovered)
+	}
 	var wg sync.WaitGroup
 	for _, f := range c.feeds {
 		wg.Add(1)
@@ -591,3 +597,5 @@ func (f *partFeed) redial(ctx context.Context, timeout time.Duration, current fu
 	}
 	return nil
 }
+
+var _ stream.Broker = (*Cluster)(nil)

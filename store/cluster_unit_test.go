@@ -77,7 +77,7 @@ func runUnitCluster(tb testing.TB, c *store.Cluster) *unitFeed {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(ctx, func(channel string, m wire.Message, err error) {
+		runCluster(ctx, c, func(channel string, m wire.Message, err error) {
 			if err != nil || !m.Durable() || len(m.Body) == 0 {
 				return
 			}

@@ -299,12 +299,12 @@ func (s *sim) run() simResult {
 		s.login(u)
 	}
 	synctest.Wait() // the feed waits for its first message
-	// Connected for the first time: the feed runs Recover then too.
+	// Connected for the first time: the feed recovers then too.
 	s.mu.Lock()
 	s.feedIdle = false
 	s.mu.Unlock()
 	first := simWith(s.ctx, "feed")
-	s.feed <- func() { s.h.Recover(first) }
+	s.feed <- func() { s.h.recoverLog(first) }
 	synctest.Wait()
 	steps := 0
 	for ; steps < simMaxSteps; steps++ {
@@ -430,14 +430,14 @@ func (s *sim) noteJoin(c *simControl) {
 }
 
 // reconnect is the feed's connection coming back: subscribed to its set,
-// then Hub.Recover on the feed goroutine before any later message.
+// then RecoverLog on the feed goroutine before any later message.
 func (s *sim) reconnect() string {
 	s.r.reconnect()
 	s.mu.Lock()
 	s.feedIdle = false
 	s.mu.Unlock()
 	ctx := simWith(s.ctx, "feed")
-	s.feed <- func() { s.h.Recover(ctx) }
+	s.feed <- func() { s.h.recoverLog(ctx) }
 	return "feed reconnects, subscribed again; Recover"
 }
 

@@ -31,7 +31,7 @@ import (
 //     scheduler delivers it to the feed goroutine.
 //   - A lost connection drops both queues and the subscriptions; a
 //     reconnection subscribes the wanted set again and the feed recovers
-//     (Hub.Recover) before delivering anything more, as store/feed.go does.
+//     (RecoverLog) before delivering anything more, as store/feed.go does.
 //   - A restart with data loss goes back to the last snapshot (persist):
 //     the position goes back, or, with no snapshot, a new epoch begins.
 
