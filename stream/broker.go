@@ -52,6 +52,14 @@ type Events interface {
 	Channels() []string
 }
 
+// LogHistory is the history of a broker whose durable ids are one order:
+// what RecoverLog reads a gap from.
+type LogHistory interface {
+	History
+	// Active returns those of channels with events after a cursor.
+	Active(ctx context.Context, channels []string, after wire.Cursor) ([]string, error)
+}
+
 // Recovered fans out a durable event a gap recovery read back.
 func (h *Hub) Recovered(channel string, m wire.Message) {
 	if frame, err := wire.EncodeDurable(m.Cursor, m.Body, h.opts.MaxEventBytes); err == nil {
@@ -110,7 +118,7 @@ func (h *Hub) Channels() []string { return h.allChannels() }
 // goroutine, before any later message, and returns what the broker tells
 // ev.Reconnected: the position the feed is now at (zero: not known) and
 // how many events it delivered. timeout bounds each read.
-func RecoverLog(ctx context.Context, history History, ev Events, timeout time.Duration, log *slog.Logger) (upTo wire.Cursor, events int) {
+func RecoverLog(ctx context.Context, history LogHistory, ev Events, timeout time.Duration, log *slog.Logger) (upTo wire.Cursor, events int) {
 	g := gapReader{history: history, ev: ev, timeout: timeout, log: log}
 	from := ev.Gap()
 	if from.IsZero() {
@@ -145,7 +153,7 @@ func RecoverLog(ctx context.Context, history History, ev Events, timeout time.Du
 
 // gapReader is one gap recovery of a single-log broker.
 type gapReader struct {
-	history History
+	history LogHistory
 	ev      Events
 	timeout time.Duration
 	log     *slog.Logger

@@ -33,8 +33,6 @@ type History interface {
 	Position(ctx context.Context) (wire.Cursor, error)
 	Mark(ctx context.Context, channel string) error
 	Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error)
-	// Active returns those of channels with events after a cursor.
-	Active(ctx context.Context, channels []string, after wire.Cursor) ([]string, error)
 	// Size counts, without reading them out, the events Read would return
 	// from after up to until, each as its envelope's length plus overhead,
 	// stopping once the count passes limit.

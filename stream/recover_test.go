@@ -155,7 +155,7 @@ func TestReplayTooLarge(t *testing.T) {
 // (store.Redis): the gap recovered, then the hub told. Not RecheckSoon:
 // these tests run no recheck.
 func (h *Hub) recoverLog(ctx context.Context) {
-	upTo, n := RecoverLog(ctx, h.history, h, h.opts.RedisTimeout, h.log)
+	upTo, n := RecoverLog(ctx, h.history.(LogHistory), h, h.opts.RedisTimeout, h.log)
 	if !upTo.IsZero() {
 		h.saw(upTo)
 	}
