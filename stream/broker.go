@@ -79,6 +79,25 @@ func (h *Hub) Lost(pos wire.Cursor, reason string) {
 	}
 }
 
+// resetAll tells every stream that durable events were lost while Redis
+// was away, and moves its id (and the feed's) to pos.
+func (h *Hub) resetAll(pos wire.Cursor, reason string) {
+	h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", reason)
+	reset := h.resetFrame(pos, reason)
+	for _, s := range h.all() {
+		if !s.offerReset(reset, pos) {
+			h.endSlow(s)
+		}
+	}
+	h.seen.Store(&pos) // saw would keep a newer id of the epoch lost
+	if reason == wire.ResetEpoch || reason == wire.ResetFuture {
+		// Redis lost what the order was made of; control messages on
+		// their way may be older than pos. (Trimmed history loses
+		// nothing of the order.)
+		h.inOrder.Store(&wire.Cursor{})
+	}
+}
+
 // Reconnected counts what a gap recovery delivered and holds every stream
 // to its session as it is now: control messages sent while the
 // connection was down were lost.
