@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -20,26 +19,58 @@ import (
 )
 
 // run serves until ctx ends, then shuts down within cfg.ShutdownTimeout.
-// listening, if set, is told the address once the listener is up.
+// listening, if set, is told the address once the listener is up. It runs
+// on one Redis, Sentinel, Redis Cluster or, with no Redis named, the
+// try-out's embedded one: each is a backend, with its own stream.Broker.
 func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr string)) error {
 	tlsConfig, err := loadTLS(cfg)
 	if err != nil {
 		return err
 	}
+	reg := newRegistry()
+	var b *backend
 	if len(cfg.RedisClusterAddrs) > 0 {
-		return runCluster(ctx, cfg, log, listening, tlsConfig)
-	}
-	redisURL := cfg.RedisURL
-	embedded := redisURL == "" && len(cfg.RedisSentinelAddrs) == 0
-	if embedded {
-		var end func()
-		redisURL, listening, end, err = startEmbedded(cfg, log, listening)
-		if err != nil {
+		b = clusterBackend(cfg, log, reg)
+	} else {
+		redisURL := cfg.RedisURL
+		embedded := redisURL == "" && len(cfg.RedisSentinelAddrs) == 0
+		if embedded {
+			var end func()
+			redisURL, listening, end, err = startEmbedded(cfg, log, listening)
+			if err != nil {
+				return err
+			}
+			defer end()
+		}
+		if b, err = redisBackend(cfg, log, reg, redisURL, embedded); err != nil {
 			return err
 		}
-		defer end()
 	}
-	return runRedis(ctx, cfg, log, listening, tlsConfig, redisURL, embedded)
+	defer b.close()
+
+	opts := hubOptions(cfg)
+	opts.FeedLag = b.broker.Lag
+	if b.hubOptions != nil {
+		b.hubOptions(&opts)
+	}
+	hub := stream.NewHub(b.broker, b.broker, opts, log, stream.NewMetrics(reg))
+
+	routes := routeOptions(cfg, hub, b.sessions, reg, log)
+	routes.History = b.history
+	routes.Ready = readiness(b.probe, b.broker, cfg.PubSubLagLimit)
+	routes.Dev = b.dev
+	e := handlers.New(routes)
+
+	if err := b.start(ctx, hub); err != nil {
+		return err
+	}
+	stop := startWorkers(
+		func(ctx context.Context) { b.broker.Run(ctx, hub) },
+		hub.Run,
+		func(ctx context.Context) { hub.Recheck(ctx, b.sessions, cfg.SessionRecheckInterval) },
+	)
+	defer stop()
+	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
 }
 
 // startEmbedded starts the try-out's embedded Redis (no Redis named) and
@@ -62,84 +93,6 @@ func startEmbedded(cfg Config, log *slog.Logger, listening func(string)) (redisU
 		endTryOut()
 		mr.Close()
 	}, nil
-}
-
-// runRedis is run on one Redis at redisURL, or on Sentinel
-// (REDIS_SENTINEL_ADDRS); embedded adds the try-out's /dev routes.
-func runRedis(ctx context.Context, cfg Config, log *slog.Logger, listening func(string), tlsConfig *tls.Config, redisURL string, embedded bool) error {
-	rdb, err := redisClient(cfg, redisURL)
-	if err != nil {
-		return err
-	}
-	defer rdb.Close()
-	probe, err := probeClient(cfg, redisURL)
-	if err != nil {
-		return err
-	}
-	defer probe.Close()
-
-	reg := newRegistry()
-
-	feed := store.NewFeed(rdb, cfg.ChannelPrefix, cfg.RedisPingInterval, log, store.NewFeedMetrics(reg))
-	feed.SetLagLimit(cfg.PubSubLagLimit)
-	sessions := store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes)
-	history := store.NewHistory(rdb, cfg.ChannelPrefix, cfg.HistoryMaxLen, cfg.MaxEventBytes, cfg.HistoryTTL)
-	history.IdempotencyWindow(cfg.IdempotencyWindow)
-	if cfg.DurableWaitReplicas > 0 {
-		history.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
-	}
-	opts := hubOptions(cfg)
-	opts.FeedLag = feed.Lag
-	hub := stream.NewHub(feed, history, opts, log, stream.NewMetrics(reg))
-
-	routes := routeOptions(cfg, hub, sessions, reg, log)
-	routes.History = history
-	routes.Ready = readiness(probe, feed, cfg.PubSubLagLimit)
-	if embedded {
-		routes.Dev = &handlers.Dev{Publisher: store.NewPublisher(rdb, cfg.ChannelPrefix)}
-	}
-	e := handlers.New(routes)
-
-	connected := prepare(ctx, history, feed, hub, log)
-	stop := startWorkers(
-		func(ctx context.Context) { feed.Run(ctx, hub.Publish, connected) },
-		hub.Run,
-		func(ctx context.Context) { hub.Recheck(ctx, sessions, cfg.SessionRecheckInterval) },
-	)
-	defer stop()
-	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
-}
-
-// prepare readies history, feed and hub before the first stream, and
-// returns the feed's hook for each (re)connection to Redis.
-func prepare(ctx context.Context, history *store.History, feed *store.Feed, hub *stream.Hub, log *slog.Logger) (connected func(context.Context)) {
-	connected = func(ctx context.Context) {
-		// Redis may have restarted without its data: write the history
-		// settings (and the durable marker) again, fetch what was published
-		// during the gap, and hold every stream to its session as it is now,
-		// since control messages sent meanwhile were lost.
-		if marker, err := history.ConfigureWithin(ctx, 30*time.Second); err == nil {
-			feed.SetMarker(marker)
-		} else if ctx.Err() == nil {
-			log.Warn("history settings not written", "err", err)
-		}
-		hub.Recover(ctx)
-		hub.RecheckSoon()
-	}
-	// Before the first stream: the publish script needs the marker, and the
-	// feed must know it. (Redis unreachable now: done once it connects.)
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	if marker, err := history.Configure(cctx); err == nil {
-		feed.SetMarker(marker)
-		if err := hub.Prime(cctx); err != nil {
-			log.Warn("no position read before subscribing control messages", "err", err)
-		}
-	}
-	cancel()
-	if err := hub.SubscribeControl(); err != nil {
-		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
-	}
-	return connected
 }
 
 // hubOptions are the hub's settings, whatever Redis it runs on.
@@ -211,7 +164,7 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// feedState is what readiness asks the feed (a store.Feed or Cluster).
+// feedState is what readiness asks the broker (stream.Broker).
 type feedState interface {
 	Connected() bool
 	Lag() time.Duration

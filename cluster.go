@@ -2,25 +2,20 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"log/slog"
 	"time"
 
-	"github.com/ssebridge/ssebridge/handlers"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/stream"
 )
 
-// runCluster is run on Redis Cluster (REDIS_CLUSTER_ADDRS): the same hub
-// and routes, with store.Cluster as the feed and the history
-// (docs/CLUSTER.md).
-func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr string), tlsConfig *tls.Config) error {
+// clusterBackend is the backend on Redis Cluster (REDIS_CLUSTER_ADDRS):
+// store.Cluster is the broker and the history (docs/CLUSTER.md).
+func clusterBackend(cfg Config, log *slog.Logger, reg *prometheus.Registry) *backend {
 	cc := clusterClient(cfg)
-	defer cc.Close()
-
-	reg := newRegistry()
-
 	cl := store.NewCluster(cc, store.ClusterOptions{
 		Prefix:        cfg.ChannelPrefix,
 		Partitions:    cfg.ClusterPartitions,
@@ -33,24 +28,30 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	})
 	cl.IdempotencyWindow(cfg.IdempotencyWindow)
 	cl.SetLagLimit(cfg.PubSubLagLimit)
-	sessions := store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes)
-	opts := hubOptions(cfg)
-	opts.ParseCursor = cl.ParseCursor
-	opts.AfterGrant = cl.AfterGrant
-	opts.FeedLag = cl.Lag
 	if cfg.DurableWaitReplicas > 0 {
 		cl.WaitReplicas(cfg.DurableWaitReplicas, cfg.DurableWaitTimeout)
 	}
-	hub := stream.NewHub(cl, cl, opts, log, stream.NewMetrics(reg))
+	return &backend{
+		broker:   cl,
+		history:  cl,
+		sessions: store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes),
+		probe:    cc,
+		hubOptions: func(o *stream.Options) {
+			o.ParseCursor = cl.ParseCursor
+			o.AfterGrant = cl.AfterGrant
+		},
+		start: func(ctx context.Context, hub *stream.Hub) error {
+			return startCluster(ctx, cl, hub, log)
+		},
+		close: func() { _ = cc.Close() },
+	}
+}
 
-	routes := routeOptions(cfg, hub, sessions, reg, log)
-	routes.History = cl
-	routes.Ready = readiness(cc, cl, cfg.PubSubLagLimit)
-	e := handlers.New(routes)
-
-	// Before the first stream: every partition's config (the publish
-	// script needs its marker), and where each partition is. A deployment
-	// of another partition count stops the start.
+// startCluster readies the cluster and the hub before the first stream:
+// every partition's config (the publish script needs its marker), and
+// where each partition is. A deployment of another partition count stops
+// the start.
+func startCluster(ctx context.Context, cl *store.Cluster, hub *stream.Hub, log *slog.Logger) error {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err := cl.Configure(cctx)
 	cancel()
@@ -65,18 +66,5 @@ func runCluster(ctx context.Context, cfg Config, log *slog.Logger, listening fun
 	if err := hub.SubscribeControl(); err != nil {
 		log.Warn("control channel not subscribed yet; it will be once Redis is back", "err", err)
 	}
-	// A partition's connection came back: its gap was recovered by the
-	// cluster; control messages sent meanwhile were lost, so hold every
-	// stream to its session as it is now.
-	connected := func(_ context.Context, recovered int) {
-		hub.CountRecovered(recovered)
-		hub.RecheckSoon()
-	}
-	stop := startWorkers(
-		func(ctx context.Context) { cl.Run(ctx, hub.Publish, connected, hub.RetryAll) },
-		hub.Run,
-		func(ctx context.Context) { hub.Recheck(ctx, sessions, cfg.SessionRecheckInterval) },
-	)
-	defer stop()
-	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
+	return nil
 }

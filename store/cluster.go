@@ -1015,30 +1015,3 @@ func entryPos(id string) (uint64, bool) {
 	n, err := strconv.ParseUint(num, 10, 64)
 	return n, err == nil
 }
-
-// Active returns those of channels whose history holds events after
-// after's position in their partition.
-func (c *Cluster) Active(ctx context.Context, channels []string, after wire.Cursor) ([]string, error) {
-	v := after.Vector()
-	if v == nil {
-		return channels, nil
-	}
-	cmds := make([]*redis.XMessageSliceCmd, len(channels))
-	_, err := c.cc.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, ch := range channels {
-			k, _, _, hist, _, _ := c.keys(ch)
-			cmds[i] = p.XRangeN(ctx, hist, strconv.FormatUint(v.Pos[k]+1, 10)+"-0", "+", 1)
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("looking up channels with events: %w", err)
-	}
-	var active []string
-	for i, cmd := range cmds {
-		if len(cmd.Val()) > 0 {
-			active = append(active, channels[i])
-		}
-	}
-	return active, nil
-}

@@ -43,7 +43,7 @@ func TestClusterFailoverDoesNotReissuePositions(t *testing.T) {
 	var retried atomic.Int32
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(ctx, func(channel string, m wire.Message, err error) {
+		runCluster(ctx, c, func(channel string, m wire.Message, err error) {
 			if err != nil || channel != ch || !m.Durable() || len(m.Body) == 0 {
 				return
 			}
@@ -253,7 +253,7 @@ func TestClusterPositionBackwardsResets(t *testing.T) {
 	var retried atomic.Int32
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(ctx, func(channel string, m wire.Message, err error) {
+		runCluster(ctx, c, func(channel string, m wire.Message, err error) {
 			if err != nil || channel != ch || !m.Durable() || len(m.Body) == 0 {
 				return
 			}
@@ -390,7 +390,7 @@ func TestClusterEarlierIDsResume(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(rctx, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
+		runCluster(rctx, c, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
 	})
 	defer wg.Wait()
 	defer cancel()

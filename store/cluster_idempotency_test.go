@@ -34,7 +34,7 @@ func TestClusterPublishOnce(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(ctx, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
+		runCluster(ctx, c, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
 	})
 	defer wg.Wait()
 	defer cancel()

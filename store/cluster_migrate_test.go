@@ -32,7 +32,7 @@ func TestClusterPublishDuringSlotMigration(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(ctx, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
+		runCluster(ctx, c, func(string, wire.Message, error) {}, func(context.Context, int) {}, func() {})
 	})
 	defer wg.Wait()
 	defer cancel()
@@ -182,7 +182,7 @@ func TestClusterPositionDuringSlotMigration(t *testing.T) {
 	arrived := make(chan struct{}, 100)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(ctx, func(ch string, m wire.Message, err error) {
+		runCluster(ctx, c, func(ch string, m wire.Message, err error) {
 			if err != nil || !m.Durable() || len(m.Body) == 0 {
 				return
 			}

@@ -70,7 +70,7 @@ func TestClusterFrozenMasterJoinDoesNotStall(t *testing.T) {
 	joined := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(ctx, func(ch string, m wire.Message, err error) {
+		runCluster(ctx, c, func(ch string, m wire.Message, err error) {
 			switch {
 			case err != nil:
 			case ch == wire.ControlChannel:

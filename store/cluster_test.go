@@ -40,7 +40,7 @@ func TestClusterPublishReadResume(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		c.Run(ctx, func(ch string, m wire.Message, err error) {
+		runCluster(ctx, c, func(ch string, m wire.Message, err error) {
 			if err != nil {
 				t.Errorf("%s: %v", ch, err)
 			}

@@ -87,7 +87,7 @@ func runUnitCluster(tb testing.TB, c *store.Cluster) *unitFeed {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		c.Run(ctx, func(channel string, m wire.Message, err error) {
+		runCluster(ctx, c, func(channel string, m wire.Message, err error) {
 			if err != nil || !m.Durable() || len(m.Body) == 0 {
 				return
 			}
@@ -923,11 +923,10 @@ func TestClusterPositionConcurrentUnit(t *testing.T) {
 	}
 }
 
-// TestClusterAfterGrantActiveUnit: AfterGrant (a room's grant, its
-// partition's cursor when the room was granted, moves a replay's start in
-// that partition on to it, and changes nothing else) and Active (the
-// channels with events after a position in their partition).
-func TestClusterAfterGrantActiveUnit(t *testing.T) {
+// TestClusterAfterGrantUnit: AfterGrant (a room's grant, its partition's
+// cursor when the room was granted, moves a replay's start in that
+// partition on to it, and changes nothing else).
+func TestClusterAfterGrantUnit(t *testing.T) {
 	cc, c := startUnitCluster(t)
 	ctx := context.Background()
 	cursorOf := func(t *testing.T, k int) string {
@@ -996,38 +995,4 @@ func TestClusterAfterGrantActiveUnit(t *testing.T) {
 		}
 	})
 
-	t.Run("Active", func(t *testing.T) {
-		quiet := channelsIn(2, unitParts, 1, "active/quiet/")[0]
-		old := channelsIn(2, unitParts, 1, "active/old/")[0]
-		busyA := channelsIn(2, unitParts, 1, "active/busy/")[0]
-		busyB := channelsIn(13, unitParts, 1, "active/busy/")[0]
-		publishEach(t, cc, []string{old}, 3, 0)
-		start := position(t, c)
-		ev := publishEach(t, cc, []string{busyA, busyB}, 2, 0)
-		all := []string{quiet, old, busyA, busyB}
-		cases := []struct {
-			name     string
-			channels []string
-			after    wire.Cursor
-			want     []string
-		}{
-			{"after the start: the busy ones", all, start, []string{busyA, busyB}},
-			{"after the newest: none", all, position(t, c), nil},
-			{"at the last events of both: none", all, at(at(start, 2, ev[2].pos), 13, ev[3].pos), nil},
-			{"one partition caught up only", all, at(start, 2, ev[2].pos), []string{busyB}},
-			{"no position: every channel", all, wire.Cursor{}, all},
-			{"no channels", nil, start, nil},
-		}
-		for _, tc := range cases {
-			t.Run(tc.name, func(t *testing.T) {
-				got, err := c.Active(ctx, tc.channels, tc.after)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !slices.Equal(got, tc.want) {
-					t.Errorf("Active = %v, want %v", got, tc.want)
-				}
-			})
-		}
-	})
 }

@@ -195,24 +195,12 @@ func (h *Hub) Run(ctx context.Context) {
 // start), a join before the first durable event the feed delivers is
 // replayed from the stream's own id.
 func (h *Hub) Prime(ctx context.Context) error {
-	pos, err := h.positionNow(ctx)
+	pos, err := positionNow(ctx, h.history, h.opts.RedisTimeout)
 	if err != nil {
 		return err
 	}
 	h.inOrder.Store(&pos)
 	return nil
-}
-
-// positionNow reads the position now (a read of no channel, which writes
-// nothing), and takes one only if Redis has none yet (a new Redis).
-func (h *Hub) positionNow(ctx context.Context) (wire.Cursor, error) {
-	ctx, cancel := h.bounded(ctx)
-	defer cancel()
-	now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
-	if err != nil || !now.Position.IsZero() {
-		return now.Position, err
-	}
-	return h.history.Position(ctx)
 }
 
 // SubscribeControl makes Redis send the control channel, before any

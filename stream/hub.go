@@ -33,8 +33,6 @@ type History interface {
 	Position(ctx context.Context) (wire.Cursor, error)
 	Mark(ctx context.Context, channel string) error
 	Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error)
-	// Active returns those of channels with events after a cursor.
-	Active(ctx context.Context, channels []string, after wire.Cursor) ([]string, error)
 	// Size counts, without reading them out, the events Read would return
 	// from after up to until, each as its envelope's length plus overhead,
 	// stopping once the count passes limit.
@@ -405,149 +403,6 @@ func advance(p *atomic.Pointer[wire.Cursor], c wire.Cursor) {
 	}
 }
 
-// Recover fills a gap in the Redis feed: after the pub/sub connection came
-// back, it replays the durable events published meanwhile on every channel
-// with streams, from the newest id the feed had delivered, page by page
-// through the usual fan-out (a stream that cannot keep up is ended as slow
-// and resumes by itself). If history cannot be read, every stream is ended
-// with a retry hint, to resume from its own id: none is moved silently
-// past the gap. It runs on the feed's goroutine, before any later message.
-func (h *Hub) Recover(ctx context.Context) {
-	from := *h.seen.Load()
-	if from.IsZero() {
-		// Nothing durable came through the feed yet: the oldest stream
-		// position is where a gap could start.
-		for _, s := range h.all() {
-			if p := s.position(); !p.IsZero() && (from.IsZero() || p.Before(from)) {
-				from = p
-			}
-		}
-	}
-	if from.IsZero() {
-		// Nothing to recover. From here on the feed delivers what is
-		// published: the position now is the newest id a join needs to
-		// replay a room from (Hub.join), until the feed delivers a newer.
-		// Read, not taken (see recover), unless Redis has none at all.
-		if pos, err := h.positionNow(ctx); err == nil {
-			h.saw(pos)
-		}
-		return
-	}
-	// Redis has just come back: a read may still fail for a moment (a
-	// pool connection from before, a replica being promoted). A few tries,
-	// then every stream resumes by itself; a retry fans out again what a
-	// failed try did, and streams drop what they have.
-	var err error
-	for wait := 100 * time.Millisecond; wait <= 800*time.Millisecond; wait *= 2 {
-		if err = h.recover(ctx, from); err == nil || ctx.Err() != nil {
-			return
-		}
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return
-		}
-	}
-	h.log.Warn("durable events published while Redis was away could not be read: streams told to reconnect", "err", err)
-	for _, s := range h.all() {
-		h.endRetry(s, ReasonRedis)
-	}
-}
-
-func (h *Hub) recover(ctx context.Context, from wire.Cursor) error {
-	// The bound first, then the look-up. Every event up to the bound is in
-	// history before the look-up begins, so no channel that had one in the
-	// gap is left out; what is published after the bound arrives live,
-	// after the recovery and after all it delivered. (The other way round,
-	// a channel quiet at the look-up and published on before the read was
-	// neither read nor delivered: its live copy came behind events the
-	// read had moved streams past, and was dropped as replayed.) The
-	// bound is read, not taken (Position would write a new id): a read of
-	// no channel is the position now.
-	rctx, cancel := h.bounded(ctx)
-	now, err := h.history.Read(rctx, nil, nil, wire.Cursor{}, 0)
-	cancel()
-	if err != nil {
-		return err
-	}
-	until := now.Position
-	switch {
-	case now.Reset != "":
-		h.resetAll(until, now.Reset)
-		return nil
-	case until.Epoch != from.Epoch:
-		// Redis lost its data: no channel's history says so (the look-up
-		// would find the new epoch's events, or none).
-		h.resetAll(until, wire.ResetEpoch)
-		return nil
-	case until.Before(from):
-		// Redis came back behind what the feed delivered (a restart from
-		// an older snapshot, a replica that missed writes): the ids after
-		// its position will be given out again.
-		h.resetAll(until, wire.ResetFuture)
-		return nil
-	}
-	// Only the channels that had events read in pages: an instance may
-	// have a hundred thousand channels, and a gap touches few.
-	// Not bounded as one wait: a round trip per thousand channels, each
-	// within the client's read timeout.
-	channels, err := h.history.Active(ctx, h.allChannels(), from)
-	if err != nil || len(channels) == 0 {
-		return err
-	}
-	events := 0
-	for {
-		after := make([]wire.Cursor, len(channels))
-		for i := range after {
-			after[i] = from
-		}
-		rctx, cancel := h.bounded(ctx)
-		page, err := h.history.Read(rctx, channels, after, until, replayPageBytes)
-		cancel()
-		if err != nil {
-			return err
-		}
-		if page.Reset != "" {
-			h.resetAll(page.Position, page.Reset)
-			return nil
-		}
-		for _, ev := range page.Events {
-			if frame, err := wire.EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes); err == nil {
-				h.fanOut(ev.Channel, frame, ev.Cursor)
-			}
-			from = ev.Cursor
-		}
-		events += len(page.Events)
-		if !page.More {
-			break
-		}
-		channels = without(channels, page.Finished)
-	}
-	h.saw(until)
-	h.metrics.Recovered.Add(float64(events))
-	h.log.Info("durable events published while Redis was away were delivered", "events", events)
-	return nil
-}
-
-// resetAll tells every stream that durable events were lost while Redis
-// was away, and moves its id (and the feed's) to pos.
-func (h *Hub) resetAll(pos wire.Cursor, reason string) {
-	h.log.Warn("durable events were lost while Redis was away: streams reset", "reason", reason)
-	reset := h.resetFrame(pos, reason)
-	for _, s := range h.all() {
-		if !s.offerReset(reset, pos) {
-			h.endSlow(s)
-		}
-	}
-	h.seen.Store(&pos) // saw would keep a newer id of the epoch lost
-	if reason == wire.ResetEpoch || reason == wire.ResetFuture {
-		// Redis lost what the order was made of; control messages on
-		// their way may be older than pos. (Trimmed history loses
-		// nothing of the order.)
-		h.inOrder.Store(&wire.Cursor{})
-	}
-}
-
 func (h *Hub) drop(channel string, err error) {
 	reason := dropReason(err)
 	h.metrics.Dropped.WithLabelValues(reason).Inc()
@@ -593,22 +448,6 @@ func (h *Hub) endSlow(s *Stream) {
 // browser comes back and resumes from its own id.
 func (h *Hub) endRetry(s *Stream, reason string) {
 	s.end(reason, wire.RetryFrame(h.jitteredRetry()))
-}
-
-// CountRecovered counts durable events that a gap recovery outside the hub
-// delivered through Publish: in cluster mode each partition's feed
-// recovers its own gap (store.Cluster), and the metric is the hub's.
-func (h *Hub) CountRecovered(events int) {
-	h.metrics.Recovered.Add(float64(events))
-}
-
-// RetryAll ends every stream with a retry hint: each comes back and
-// resumes by its own id (or is reset). Cluster mode calls it when a
-// partition lost events beyond what the instance can recover.
-func (h *Hub) RetryAll() {
-	for _, s := range h.all() {
-		h.endRetry(s, ReasonRedis)
-	}
 }
 
 // Shutdown refuses new streams and ends the open ones with a retry hint,

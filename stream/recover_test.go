@@ -40,7 +40,7 @@ func TestRecoverKeepsEventsPublishedDuringIt(t *testing.T) {
 	hist.afterActive = func() {
 		meanwhile = append(meanwhile, hist.publish("user:alice", 30, "woke"), hist.publish("room:a", 40, "after"))
 	}
-	h.Recover(ctx)
+	h.recoverLog(ctx)
 	for _, ev := range meanwhile {
 		h.Publish(ev.Channel, wire.Message{Cursor: ev.Cursor, Body: ev.Envelope}, nil)
 	}
@@ -149,4 +149,15 @@ func TestReplayTooLarge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// recoverLog is what a single-log broker does once its feed is connected
+// (store.Redis): the gap recovered, then the hub told. Not RecheckSoon:
+// these tests run no recheck.
+func (h *Hub) recoverLog(ctx context.Context) {
+	upTo, n := RecoverLog(ctx, h.history.(LogHistory), h, h.opts.RedisTimeout, h.log)
+	if !upTo.IsZero() {
+		h.saw(upTo)
+	}
+	h.metrics.Recovered.Add(float64(n))
 }

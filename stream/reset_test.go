@@ -104,7 +104,7 @@ func TestEpochResetOnce(t *testing.T) {
 	r0.h = h
 	_ = h.Prime(ctx)
 	_ = h.SubscribeControl()
-	h.Recover(ctx)
+	h.recoverLog(ctx)
 	old := wire.Cursor{Epoch: "old", MS: 7}
 	s, err := h.Open(ctx, Spec{User: "alice", Session: "t", Resume: old.String()})
 	if err != nil {

@@ -42,7 +42,7 @@ func newOrderedRedis(t *testing.T) (*orderedRedis, *Hub) {
 	if err := r.h.SubscribeControl(); err != nil {
 		t.Fatal(err)
 	}
-	r.h.Recover(context.Background()) // as the feed does once connected
+	r.h.recoverLog(context.Background()) // as the feed does once connected
 	return r, r.h
 }
 

@@ -233,7 +233,6 @@ type sim struct {
 	mu       sync.Mutex // guards the streams' records and feedIdle
 	streams  []*simStream
 	feedIdle bool
-	feed     chan func()
 
 	actions   int // workload actions drawn so far
 	schedule  []string
@@ -268,7 +267,7 @@ func newSim(cfg simConfig) *sim {
 	opts := Options{MaxStreams: 1000, MaxStreamsPerUser: 100, MaxRooms: 64, QueueEvents: []int{8, 64}[rng.IntN(2)], QueueBytes: 1 << 20,
 		MaxEventBytes: 1 << 10, ReplayMaxBytes: 1 << 30, ReplayInflightBytes: 1 << 20, Retry: time.Second, MarkInterval: time.Hour, Loops: -1}
 	rooms := simRooms[:[]int{3, 6}[rng.IntN(2)]]
-	s := &sim{cfg: cfg, rng: rng, r: r, feed: make(chan func()), tokens: map[string]string{}, queueOpts: opts, rooms: rooms}
+	s := &sim{cfg: cfg, rng: rng, r: r, tokens: map[string]string{}, queueOpts: opts, rooms: rooms}
 	s.h = NewHub(r, r, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.schedule = append(s.schedule, fmt.Sprintf("config: maxlen %d, page %d events, queue %d events, rooms %v", maxlen, page, opts.QueueEvents, rooms))
@@ -276,20 +275,14 @@ func newSim(cfg simConfig) *sim {
 }
 
 func (s *sim) run() simResult {
-	// The feed: one goroutine that hands messages to the hub in order.
-	go func() {
-		for {
-			s.mu.Lock()
-			s.feedIdle = true
-			s.mu.Unlock()
-			select {
-			case f := <-s.feed:
-				f()
-			case <-s.ctx.Done():
-				return
-			}
-		}
-	}()
+	// The feed: the broker's Run, one goroutine that hands the hub what
+	// the scheduler gives it, in order.
+	s.r.idle = func() {
+		s.mu.Lock()
+		s.feedIdle = true
+		s.mu.Unlock()
+	}
+	go s.r.Run(simWith(s.ctx, "feed"), s.h)
 	control := simWith(s.ctx, "feed")
 	go func() {
 		_ = s.h.Prime(control)
@@ -299,12 +292,11 @@ func (s *sim) run() simResult {
 		s.login(u)
 	}
 	synctest.Wait() // the feed waits for its first message
-	// Connected for the first time: the feed runs Recover then too.
+	// Connected for the first time: the feed recovers then too.
 	s.mu.Lock()
 	s.feedIdle = false
 	s.mu.Unlock()
-	first := simWith(s.ctx, "feed")
-	s.feed <- func() { s.h.Recover(first) }
+	s.r.feed <- s.r.recover
 	synctest.Wait()
 	steps := 0
 	for ; steps < simMaxSteps; steps++ {
@@ -412,7 +404,7 @@ func (s *sim) deliver() string {
 	s.mu.Lock()
 	s.feedIdle = false
 	s.mu.Unlock()
-	s.feed <- func() { s.h.Publish(in.channel, in.msg, nil) }
+	s.r.feed <- func(_ context.Context, ev Events) { ev.Publish(in.channel, in.msg, nil) }
 	return "feed delivers " + in.desc
 }
 
@@ -430,14 +422,13 @@ func (s *sim) noteJoin(c *simControl) {
 }
 
 // reconnect is the feed's connection coming back: subscribed to its set,
-// then Hub.Recover on the feed goroutine before any later message.
+// then RecoverLog on the feed goroutine before any later message.
 func (s *sim) reconnect() string {
 	s.r.reconnect()
 	s.mu.Lock()
 	s.feedIdle = false
 	s.mu.Unlock()
-	ctx := simWith(s.ctx, "feed")
-	s.feed <- func() { s.h.Recover(ctx) }
+	s.r.feed <- s.r.recover
 	return "feed reconnects, subscribed again; Recover"
 }
 

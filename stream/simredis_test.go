@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -31,7 +33,7 @@ import (
 //     scheduler delivers it to the feed goroutine.
 //   - A lost connection drops both queues and the subscriptions; a
 //     reconnection subscribes the wanted set again and the feed recovers
-//     (Hub.Recover) before delivering anything more, as store/feed.go does.
+//     (RecoverLog) before delivering anything more, as store/feed.go does.
 //   - A restart with data loss goes back to the last snapshot (persist):
 //     the position goes back, or, with no snapshot, a new epoch begins.
 
@@ -145,6 +147,11 @@ type simRedis struct {
 	wanted   map[string]bool // the feed's channel set, resubscribed on reconnection
 	ops      []*simOp
 	log      *simLog // what the checker needs to know, kept by the model
+
+	// feed is what the feed goroutine (Run) does next, as the scheduler
+	// picks it; idle, set before Run, is told each time Run waits for it.
+	feed chan func(ctx context.Context, ev Events)
+	idle func()
 }
 
 func newSimRedis(maxlen, pageSize int, log *simLog) *simRedis {
@@ -152,6 +159,7 @@ func newSimRedis(maxlen, pageSize int, log *simLog) *simRedis {
 		data: newSimData(), clock: 1000, maxlen: maxlen, pageSize: pageSize,
 		conn:   simConn{up: true, subscribed: map[string]bool{}},
 		wanted: map[string]bool{}, log: log,
+		feed: make(chan func(context.Context, Events)),
 	}
 }
 
@@ -580,3 +588,36 @@ func (r *simRedis) persist() {
 	defer r.mu.Unlock()
 	r.snapshot = r.data.clone()
 }
+
+// Run is the simulated broker's feed goroutine (Broker): it does what the
+// scheduler hands it, in order, and waits for the next.
+func (r *simRedis) Run(ctx context.Context, ev Events) {
+	for {
+		r.idle()
+		select {
+		case f := <-r.feed:
+			f(ctx, ev)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// recover is what store.Redis does once its feed is connected (the first
+// time too): the gap recovered, then the hub told.
+func (r *simRedis) recover(ctx context.Context, ev Events) {
+	upTo, n := RecoverLog(ctx, r, ev, defaultRedisTimeout, slog.New(slog.DiscardHandler))
+	ev.Reconnected(ctx, upTo, n)
+}
+
+// Connected reports the pub/sub connection up.
+func (r *simRedis) Connected() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.conn.up
+}
+
+// Lag is none: the simulation has no clock for the feed to be behind.
+func (r *simRedis) Lag() time.Duration { return 0 }
+
+var _ Broker = (*simRedis)(nil)
