@@ -35,9 +35,9 @@ func (ev *events) stream(c echo.Context) error {
 	ctx := c.Request().Context()
 	rctx, cancel := context.WithTimeout(ctx, ev.o.RedisTimeout)
 	defer cancel()
-	var ticket stream.Ticket
+	var ticket stream.ControlPoint
 	who, err := ev.authorize(rctx, c, func(ctx context.Context) (err error) {
-		ticket, err = ev.o.Hub.Ticket(ctx)
+		ticket, err = ev.o.Hub.ControlPoint(ctx)
 		return err
 	})
 	if err != nil {
@@ -47,7 +47,7 @@ func (ev *events) stream(c echo.Context) error {
 	if resume == "" {
 		resume = c.QueryParam("lastEventId") // for curl, and pages that keep the id themselves
 	}
-	s, err := ev.o.Hub.Open(rctx, stream.Spec{User: who.session.User, Session: who.token, Rooms: who.rooms, AllRooms: who.allRooms, Resume: resume, Granted: who.session.Granted, Ticket: ticket})
+	s, err := ev.o.Hub.Open(rctx, stream.Spec{User: who.session.User, Session: who.token, Rooms: who.rooms, AllRooms: who.allRooms, Resume: resume, Granted: who.session.Granted, ControlPoint: ticket})
 	if err != nil && ctx.Err() != nil {
 		return ev.gone()
 	}

@@ -790,10 +790,10 @@ func (p *ClusterPublisher) PublishOnce(ctx context.Context, channel string, enve
 	return id, replayed, nil
 }
 
-// Mark takes a new position in channel's partition and publishes it on
+// PublishBareID takes a new position in channel's partition and publishes it on
 // the channel with no event: streams that get it move their id (and its
 // time) on, so an idle stream's id never grows older than the retention.
-func (c *Cluster) Mark(ctx context.Context, channel string) error {
+func (c *Cluster) PublishBareID(ctx context.Context, channel string) error {
 	_, _, _, hist, _, shard := c.keys(channel)
 	ctx, cancel := context.WithTimeout(ctx, configTimeout)
 	defer cancel()

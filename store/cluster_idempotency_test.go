@@ -77,7 +77,7 @@ func TestClusterPublishOnce(t *testing.T) {
 		t.Fatalf("config idemttl %q, want 300 (the default window)", v)
 	}
 	// A mark takes no key, and still goes through the script.
-	if err := c.Mark(ctx, "room:a"); err != nil {
+	if err := c.PublishBareID(ctx, "room:a"); err != nil {
 		t.Fatal(err)
 	}
 

@@ -278,7 +278,7 @@ func TestClusterPositionUnit(t *testing.T) {
 			}
 			marked := map[int]int{}
 			for _, k := range tc.marks {
-				if err := c.Mark(ctx, channelsIn(k, unitParts, 1, fmt.Sprintf("mark/%d/", i))[0]); err != nil {
+				if err := c.PublishBareID(ctx, channelsIn(k, unitParts, 1, fmt.Sprintf("mark/%d/", i))[0]); err != nil {
 					t.Fatal(err)
 				}
 				marked[k]++

@@ -83,7 +83,7 @@ func (h *History) Configure(ctx context.Context) (marker string, err error) {
 // replicas have it (Redis's WAIT, at most timeout), and fail when fewer
 // did: replication is asynchronous, and an event the primary alone holds
 // is lost if a replica is promoted in its place. (Not for ids alone:
-// Position and Mark store nothing.)
+// Position and PublishBareID store nothing.)
 func (h *History) WaitReplicas(n int, timeout time.Duration) {
 	h.waitReplicas, h.waitTimeout = n, timeout
 }
@@ -208,10 +208,10 @@ func (h *History) Position(ctx context.Context) (wire.Cursor, error) {
 	return h.Publish(ctx, "", nil)
 }
 
-// Mark takes a new id and publishes it on channel, with no event: streams
+// PublishBareID takes a new id and publishes it on channel, with no event: streams
 // that get it move their id on, so an idle stream's id never grows older
 // than the retention.
-func (h *History) Mark(ctx context.Context, channel string) error {
+func (h *History) PublishBareID(ctx context.Context, channel string) error {
 	_, err := h.Publish(ctx, channel, nil)
 	return err
 }

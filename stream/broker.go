@@ -89,7 +89,7 @@ func (h *Hub) resetAll(pos wire.Cursor, reason string) {
 			h.endSlow(s)
 		}
 	}
-	h.seen.Store(&pos) // saw would keep a newer id of the epoch lost
+	h.seen.Store(&pos) // noteDelivered would keep a newer id of the epoch lost
 	if reason == wire.ResetEpoch || reason == wire.ResetFuture {
 		// Redis lost what the order was made of; control messages on
 		// their way may be older than pos. (Trimmed history loses
@@ -103,7 +103,7 @@ func (h *Hub) resetAll(pos wire.Cursor, reason string) {
 // connection was down were lost.
 func (h *Hub) Reconnected(_ context.Context, upTo wire.Cursor, recovered int) {
 	if !upTo.IsZero() {
-		h.saw(upTo)
+		h.noteDelivered(upTo)
 	}
 	h.metrics.Recovered.Add(float64(recovered))
 	h.RecheckSoon()

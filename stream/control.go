@@ -21,13 +21,13 @@ var errTooManyRooms = errors.New("too_many_rooms")
 // streams being opened.
 const controlLogSize = 4096
 
-// Ticket marks a point in the sequence of control messages.
-type Ticket struct {
+// ControlPoint marks a point in the sequence of control messages.
+type ControlPoint struct {
 	seq uint64
 	set bool
 }
 
-// Ticket returns the current point in the sequence of control messages.
+// ControlPoint returns the current point in the sequence of control messages.
 // Taken before a session is read and given to Open, it lets Open apply to
 // the new stream what was published in between. It waits first for the
 // feed to have delivered every control message published before it (a
@@ -35,19 +35,19 @@ type Ticket struct {
 // already in it, but delivered late, would otherwise be applied again
 // over the session (a stale leave taking away a room the session grants
 // again).
-func (h *Hub) Ticket(ctx context.Context) (Ticket, error) {
+func (h *Hub) ControlPoint(ctx context.Context) (ControlPoint, error) {
 	ctx, cancel := h.bounded(ctx)
 	defer cancel()
 	if err := h.sub.Sync(ctx); err != nil {
-		return Ticket{}, err
+		return ControlPoint{}, err
 	}
-	return h.ticket(), nil
+	return h.controlPoint(), nil
 }
 
-func (h *Hub) ticket() Ticket {
+func (h *Hub) controlPoint() ControlPoint {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return Ticket{seq: h.controls.seq, set: true}
+	return ControlPoint{seq: h.controls.seq, set: true}
 }
 
 // controlLog is a ring of the latest control messages. Guarded by Hub.mu.
@@ -72,7 +72,7 @@ func (l *controlLog) add(c control) {
 
 // since returns the messages for user after t, and false if some of them
 // are no longer in the ring.
-func (l *controlLog) since(t Ticket, user string) ([]control, bool) {
+func (l *controlLog) since(t ControlPoint, user string) ([]control, bool) {
 	if !t.set {
 		return nil, true
 	}
@@ -179,7 +179,7 @@ func (h *Hub) Run(ctx context.Context) {
 				continue
 			}
 			mctx, cancel := h.bounded(ctx)
-			err := h.history.Mark(mctx, wire.BroadcastChannel)
+			err := h.history.PublishBareID(mctx, wire.BroadcastChannel)
 			cancel()
 			if err != nil {
 				h.log.Warn("moving stream ids on", "err", err)

@@ -37,7 +37,7 @@ func (g *gateSub) Subscribe(channels ...string) error {
 func TestOpenKeepsControlOrder(t *testing.T) {
 	g := &gateSub{commands: &commands{t: t, subs: map[string]bool{}}, block: "room:a", entered: make(chan struct{}), release: make(chan struct{})}
 	h := NewHub(g, noHistory{}, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
-	ticket := h.ticket() // the handler, before the session read
+	ticket := h.controlPoint() // the handler, before the session read
 	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "a"})
 	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "r"})
 	var s *Stream
@@ -45,7 +45,7 @@ func TestOpenKeepsControlOrder(t *testing.T) {
 	go func() {
 		defer close(opened)
 		var err error
-		if s, err = h.Open(context.Background(), Spec{User: "alice", Session: "t", Ticket: ticket}); err != nil {
+		if s, err = h.Open(context.Background(), Spec{User: "alice", Session: "t", ControlPoint: ticket}); err != nil {
 			t.Error(err)
 		}
 	}()
@@ -120,7 +120,7 @@ func (m *history) publish(channel string, ms uint64, data string) wire.Durable {
 
 func (m *history) Position(context.Context) (wire.Cursor, error) { return m.now, nil }
 
-func (m *history) Mark(context.Context, string) error { return nil }
+func (m *history) PublishBareID(context.Context, string) error { return nil }
 
 func (m *history) Active(_ context.Context, channels []string, after wire.Cursor) ([]string, error) {
 	var active []string

@@ -31,7 +31,7 @@
 //     chooses the writer. An HTTP/2 stream is written on the request's
 //     goroutine (serveResponse), a connection taken over by a goroutine of
 //     its own (serveConn), or, a plain TCP one, by the stream's goroutine
-//     while Redis is read (seam), then by a loop, which calls Close when
+//     while Redis is read (serveUntilLoop), then by a loop, which calls Close when
 //     the stream ends. The loops are the hub's: each runs while it has
 //     streams, and Hub.Wait waits for the streams and the loops.
 //   - Control messages are applied at once on the feed's goroutine

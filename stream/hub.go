@@ -31,7 +31,7 @@ type Subscriber interface {
 // hub's unit tests use a fake.
 type History interface {
 	Position(ctx context.Context) (wire.Cursor, error)
-	Mark(ctx context.Context, channel string) error
+	PublishBareID(ctx context.Context, channel string) error
 	Read(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, maxBytes int) (wire.Page, error)
 	// Size counts, without reading them out, the events Read would return
 	// from after up to until, each as its envelope's length plus overhead,
@@ -201,10 +201,10 @@ type Spec struct {
 	// Granted is the session's grant positions per room: a resume never
 	// replays a room from before its grant.
 	Granted map[string]string
-	// Ticket, taken before the session was read, lets Open apply the
+	// ControlPoint, taken before the session was read, lets Open apply the
 	// control messages that arrived between that read and the stream's
 	// registration, which would otherwise miss it.
-	Ticket Ticket
+	ControlPoint ControlPoint
 }
 
 // Admits says whether Open would take a stream of user now: nil, or the
@@ -256,7 +256,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 		h.mu.Unlock()
 		return nil, err
 	}
-	missed, ok := h.controls.since(spec.Ticket, spec.User)
+	missed, ok := h.controls.since(spec.ControlPoint, spec.User)
 	if !ok {
 		h.mu.Unlock()
 		return nil, ErrControlBacklog
@@ -331,14 +331,14 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 // Close removes a stream that its writer has finished with and counts why
 // it ended. Channels that no stream needs any more are unsubscribed.
 func (h *Hub) Close(s *Stream, reason string) {
-	if h.forget(s, reason) {
-		h.release(s)
+	if h.remove(s, reason) {
+		h.detachRemoved(s)
 	}
 }
 
-// forget takes s out of the hub's indexes and counts why it ended; it
+// remove takes s out of the hub's indexes and counts why it ended; it
 // reports false if s was closed already. Nothing in it waits on Redis.
-func (h *Hub) forget(s *Stream, reason string) bool {
+func (h *Hub) remove(s *Stream, reason string) bool {
 	h.mu.Lock()
 	if s.removed {
 		h.mu.Unlock()
@@ -356,9 +356,9 @@ func (h *Hub) forget(s *Stream, reason string) bool {
 	return true
 }
 
-// release detaches a forgotten stream from its channels (an unsubscribe
+// detachRemoved detaches a forgotten stream from its channels (an unsubscribe
 // may wait on Redis) and lets Wait know it is gone.
-func (h *Hub) release(s *Stream) {
+func (h *Hub) detachRemoved(s *Stream) {
 	h.detachAll(s)
 	h.streams.Done()
 }
@@ -379,7 +379,7 @@ func (h *Hub) Publish(channel string, m wire.Message, err error) {
 	if err == nil {
 		if m.Durable() {
 			frame, err = wire.EncodeDurable(m.Cursor, m.Body, h.opts.MaxEventBytes)
-			h.saw(m.Cursor)
+			h.noteDelivered(m.Cursor)
 			advance(&h.inOrder, m.Cursor)
 		} else {
 			frame, err = wire.EncodeMessage(m.Body, h.opts.MaxEventBytes)
@@ -392,8 +392,8 @@ func (h *Hub) Publish(channel string, m wire.Message, err error) {
 	h.fanOut(channel, frame, m.Cursor)
 }
 
-// saw records the newest durable id delivered through the feed.
-func (h *Hub) saw(c wire.Cursor) { advance(&h.seen, c) }
+// noteDelivered records the newest durable id delivered through the feed.
+func (h *Hub) noteDelivered(c wire.Cursor) { advance(&h.seen, c) }
 
 // advance moves p on to c if c is later. One goroutine moves each (the
 // feed's), so a load then a store is enough.

@@ -72,7 +72,7 @@ func (noHistory) Position(context.Context) (wire.Cursor, error) {
 	return wire.Cursor{Epoch: "e", MS: 1}, nil
 }
 
-func (noHistory) Mark(context.Context, string) error { return nil }
+func (noHistory) PublishBareID(context.Context, string) error { return nil }
 
 func (noHistory) Active(context.Context, []string, wire.Cursor) ([]string, error) { return nil, nil }
 
@@ -232,21 +232,21 @@ func TestMembershipChurn(t *testing.T) {
 // session was read but before the stream was registered still applies.
 func TestControlBeforeRegistration(t *testing.T) {
 	h, _ := newTestHub(t, testOpts)
-	ticket := h.ticket()
+	ticket := h.controlPoint()
 	h.control(wire.Control{Op: wire.OpLeave, User: "alice", Room: "lobby"})
 	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "team"})
 	h.control(wire.Control{Op: wire.OpLeave, User: "bob", Room: "team"})
-	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "a", Rooms: []string{"lobby"}, Ticket: ticket})
+	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "a", Rooms: []string{"lobby"}, ControlPoint: ticket})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.Join(s.rooms(), ","); got != "team" {
 		t.Fatalf("rooms %q, want team (lobby left, team joined before registration)", got)
 	}
-	ticket = h.ticket()
+	ticket = h.controlPoint()
 	h.control(wire.Control{Op: wire.OpLogout, User: "carol"})
 	h.control(wire.Control{Op: wire.OpLogout, User: "alice"})
-	s2, err := h.Open(context.Background(), Spec{User: "alice", Session: "a", Ticket: ticket})
+	s2, err := h.Open(context.Background(), Spec{User: "alice", Session: "a", ControlPoint: ticket})
 	if err != nil {
 		t.Fatal(err)
 	}

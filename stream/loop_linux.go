@@ -40,7 +40,7 @@ import (
 // nothing is read; what is needed fits in this file.
 //
 // What reads Redis — the opening and a catch-up after a join — still runs
-// on a goroutine of the stream's (seam); a join moves a live stream off
+// on a goroutine of the stream's (serveUntilLoop); a join moves a live stream off
 // its loop for that and back after it.
 
 // loopCount is how many loops Options.Loops n asks for: 0 is one per
@@ -178,8 +178,8 @@ func (h *Hub) serveOnLoop(s *Stream, conn net.Conn, opts WriteOptions) {
 
 // seamThenLoop runs part (the opening, or a catch-up) on the calling
 // goroutine, after writing first, then hands the stream to a loop.
-func (h *Hub) seamThenLoop(s *Stream, conn net.Conn, opts WriteOptions, first [][]byte, part seamPart) {
-	why := s.seam(conn, opts, first, part)
+func (h *Hub) seamThenLoop(s *Stream, conn net.Conn, opts WriteOptions, first [][]byte, part redisPart) {
+	why := s.serveUntilLoop(conn, opts, first, part)
 	if why == "" {
 		fd, err := detach(conn)
 		if err == nil {
@@ -509,8 +509,8 @@ func (p *poller) timers(now time.Time) {
 // on Redis.
 func (p *poller) finish(c *loopConn, why string) {
 	p.drop(c)
-	if p.h.forget(c.s, why) {
-		go p.h.release(c.s)
+	if p.h.remove(c.s, why) {
+		go p.h.detachRemoved(c.s)
 	}
 	if why == ReasonUpload {
 		// Closed with the client's bytes unread, the socket sends a

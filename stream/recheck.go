@@ -90,7 +90,7 @@ const recheckBatch = 1000
 func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []string, epoch uint32) error {
 	// A control message applied after the read is newer than what was
 	// read: those users' streams are left for the next recheck.
-	ticket := h.ticket()
+	ticket := h.controlPoint()
 	// A room gained is replayed from before the read: what the feed had
 	// delivered in publish order by then (Hub.inOrder).
 	since := *h.inOrder.Load()
@@ -110,7 +110,7 @@ func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []stri
 			// Unreadable now: judged at the next recheck.
 		case h.controlledSince(ticket, found[i].User):
 		default:
-			h.hold(h.judged(token, epoch), found[i], since)
+			h.applySession(h.judged(token, epoch), found[i], since)
 		}
 	}
 	return nil
@@ -118,18 +118,18 @@ func (h *Hub) recheckBatch(ctx context.Context, sessions Sessions, tokens []stri
 
 // controlledSince reports whether a control message for user came after t
 // (or too many came to tell).
-func (h *Hub) controlledSince(t Ticket, user string) bool {
+func (h *Hub) controlledSince(t ControlPoint, user string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	missed, ok := h.controls.since(t, user)
 	return !ok || len(missed) > 0
 }
 
-// hold brings the streams of a session in line with it: a stream leaves the
+// applySession brings the streams of a session in line with it: a stream leaves the
 // rooms the session no longer lists, and one opened with all of its
 // session's rooms joins those it gained (a join published while this
 // instance was away from Redis is not lost).
-func (h *Hub) hold(streams []*Stream, sess wire.Session, since wire.Cursor) {
+func (h *Hub) applySession(streams []*Stream, sess wire.Session, since wire.Cursor) {
 	for _, s := range streams {
 		if s.User != sess.User {
 			h.endRetry(s, ReasonSession)

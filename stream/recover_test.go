@@ -30,7 +30,7 @@ func TestRecoverKeepsEventsPublishedDuringIt(t *testing.T) {
 	}
 	s.startAt(hist.now, hist.now)
 	h.goLive(s, hist.now, 0)
-	h.saw(hist.now) // what the feed had delivered when its connection was lost
+	h.noteDelivered(hist.now) // what the feed had delivered when its connection was lost
 
 	hist.publish("room:a", 20, "in-the-gap")
 	// While the recovery runs (its channels looked up, not yet read), the
@@ -157,7 +157,7 @@ func TestReplayTooLarge(t *testing.T) {
 func (h *Hub) recoverLog(ctx context.Context) {
 	upTo, n := RecoverLog(ctx, h.history.(LogHistory), h, h.opts.RedisTimeout, h.log)
 	if !upTo.IsZero() {
-		h.saw(upTo)
+		h.noteDelivered(upTo)
 	}
 	h.metrics.Recovered.Add(float64(n))
 }

@@ -145,7 +145,7 @@ func (h *Hub) catchUp(ctx context.Context, s *Stream, out sink) string {
 
 // catchUpFrom is catchUp with its first pass begun (by the opening).
 func (h *Hub) catchUpFrom(ctx context.Context, s *Stream, out sink, p pass) string {
-	var horizon wire.Cursor // the last id written: nothing at or before it is written again
+	var written wire.Cursor // the last id written: nothing at or before it is written again
 	for {
 		if p.bound.IsZero() {
 			var err error
@@ -157,17 +157,17 @@ func (h *Hub) catchUpFrom(ctx context.Context, s *Stream, out sink, p pass) stri
 		if !st.on || s.ended() != "" {
 			return ""
 		}
-		horizon = horizon.Max(st.floor)
-		if p.bound.Epoch == horizon.Epoch && p.bound.Before(horizon) {
+		written = written.Max(st.floor)
+		if p.bound.Epoch == written.Epoch && p.bound.Before(written) {
 			// Redis came back behind what the stream has (a restart from
 			// an older snapshot): its ids after the bound will be given
 			// out again, and the stream must start over from there.
 			if err := out.write([][]byte{h.resetFrame(p.bound, wire.ResetFuture)}); err != nil {
 				return s.writeFailed(ctx)
 			}
-			s.resetTo(p.bound, horizon)
-			horizon, st.from = p.bound, p.bound
-			// Held events in (bound, old horizon] were forgotten, and
+			s.resetTo(p.bound, written)
+			written, st.from = p.bound, p.bound
+			// Held events in (bound, old written] were forgotten, and
 			// some may be new ones with ids given out again: another pass
 			// reads them from history, up to a bound taken after.
 			p.live = false
@@ -182,7 +182,7 @@ func (h *Hub) catchUpFrom(ctx context.Context, s *Stream, out sink, p pass) stri
 			p = pass{}
 			continue
 		}
-		read, end, why, ok := h.replay(ctx, s, out, st, p.bound, &horizon)
+		read, end, why, ok := h.replay(ctx, s, out, st, p.bound, &written)
 		if why != "" || !ok {
 			return why
 		}
@@ -223,11 +223,11 @@ func (h *Hub) goLive(s *Stream, pos wire.Cursor, gen uint64) bool {
 
 // replay writes one pass of replay: pages of the stream's channels' events
 // after st.from (a joined channel after its own base), never at or before
-// horizon, up to until. It returns the channels the pass read, and where
+// written, up to until. It returns the channels the pass read, and where
 // it ended: until, or the position of a reset it wrote. ok is false when
 // the stream was ended meanwhile (the writer then writes its final frame);
 // why is set when a write failed.
-func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, until wire.Cursor, horizon *wire.Cursor) (read []string, end wire.Cursor, why string, ok bool) {
+func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, until wire.Cursor, written *wire.Cursor) (read []string, end wire.Cursor, why string, ok bool) {
 	var finished []string // channels with nothing left up to until
 	total := 0
 	for first := true; ; first = false {
@@ -264,13 +264,13 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 		}
 		after := make([]wire.Cursor, len(channels))
 		for i, c := range channels {
-			// Never at or before horizon: what the stream has was
+			// Never at or before written: what the stream has was
 			// written in id order, and a replay must not go back behind it.
 			b, joined := st.base[c]
 			if !joined {
 				b = st.from
 			}
-			after[i] = b.Max(*horizon)
+			after[i] = b.Max(*written)
 			if g, ok := st.grants[c]; ok {
 				after[i] = h.opts.AfterGrant(after[i], c, g)
 			}
@@ -319,13 +319,13 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			return read, end, s.writeFailed(ctx), false
 		}
 		if page.Reset != "" {
-			s.resetTo(page.Position, *horizon)
-			*horizon = page.Position
+			s.resetTo(page.Position, *written)
+			*written = page.Position
 			return read, page.Position, "", true
 		}
 		h.metrics.Replayed.Add(float64(len(frames)))
 		if n := len(page.Events); n > 0 {
-			*horizon = page.Events[n-1].Cursor
+			*written = page.Events[n-1].Cursor
 		}
 		if !page.More {
 			return read, until, "", true

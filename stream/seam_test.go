@@ -151,7 +151,7 @@ func (r *orderedRedis) Position(context.Context) (wire.Cursor, error) {
 	return r.cursor(), nil
 }
 
-func (r *orderedRedis) Mark(_ context.Context, channel string) error {
+func (r *orderedRedis) PublishBareID(_ context.Context, channel string) error {
 	r.publish(channel, "")
 	return nil
 }

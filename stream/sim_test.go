@@ -688,7 +688,7 @@ func (s *sim) recheck() string {
 func (s *sim) mark() string {
 	who := s.name("mark")
 	ctx := simWith(s.ctx, who)
-	go func() { _ = s.r.Mark(ctx, wire.BroadcastChannel) }()
+	go func() { _ = s.r.PublishBareID(ctx, wire.BroadcastChannel) }()
 	return who + " starts"
 }
 
@@ -777,7 +777,7 @@ func (s *sim) open() string {
 }
 
 func (s *sim) client(ctx context.Context, rec *simStream) {
-	ticket, err := s.h.Ticket(ctx)
+	ticket, err := s.h.ControlPoint(ctx)
 	if err != nil {
 		s.mu.Lock()
 		rec.openErr, rec.served = err, true
@@ -804,7 +804,7 @@ func (s *sim) client(ctx context.Context, rec *simStream) {
 			}
 		}
 	}
-	spec := Spec{User: sess.User, Session: rec.token, Rooms: rooms, AllRooms: rec.allRooms, Resume: rec.resume, Granted: sess.Granted, Ticket: ticket}
+	spec := Spec{User: sess.User, Session: rec.token, Rooms: rooms, AllRooms: rec.allRooms, Resume: rec.resume, Granted: sess.Granted, ControlPoint: ticket}
 	s.r.mu.Lock()
 	readTick := s.r.log.lookups[rec.label]
 	s.r.mu.Unlock()

@@ -239,7 +239,7 @@ func (r *simRedis) Position(ctx context.Context) (wire.Cursor, error) {
 	return c, err
 }
 
-func (r *simRedis) Mark(ctx context.Context, channel string) error {
+func (r *simRedis) PublishBareID(ctx context.Context, channel string) error {
 	return r.call(ctx, "MARK "+channel, func() {
 		id := r.nextIDLocked()
 		r.log.marks = append(r.log.marks, id)

@@ -464,7 +464,7 @@ func (s *Stream) resetTo(pos, written wire.Cursor) {
 	defer s.mu.Unlock()
 	s.last = pos
 	if c := s.catching; c != nil {
-		c.floor = pos // the abandoned id must not be the next pass's horizon
+		c.floor = pos // the abandoned id must not be what the next pass takes as written
 		c.forget(func(e heldEvent) bool { return !e.cursor.IsZero() && !written.Before(e.cursor) })
 	}
 }
@@ -553,7 +553,7 @@ func (s *Stream) doneChan() <-chan struct{} {
 }
 
 // signal wakes the stream's writer: its loop, or its goroutine. With
-// neither (on a seam, or before its writer started) there is nobody to
+// neither (in serveUntilLoop, or before its writer started) there is nobody to
 // wake: the writer takes the queue when it starts, or on its loop.
 func (s *Stream) signal() {
 	if c := s.onLoop.Load(); c != nil {

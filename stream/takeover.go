@@ -81,16 +81,16 @@ func (h *Hub) startWriter(s *Stream, conn net.Conn, opts WriteOptions) {
 	go h.serveOnLoop(s, conn, opts)
 }
 
-// A seamPart is a part of a stream's life that reads Redis and writes as
+// A redisPart is a part of a stream's life that reads Redis and writes as
 // it reads: Hub.opening or Hub.catchUp.
-type seamPart func(ctx context.Context, s *Stream, out sink) string
+type redisPart func(ctx context.Context, s *Stream, out sink) string
 
-// seam writes first, then runs part, on the calling goroutine, as
+// serveUntilLoop writes first, then runs part, on the calling goroutine, as
 // serveConn would: a reading goroutine notices the client leaving, and
 // the hub's cut closes conn. It returns why the stream ended, or "" when
 // it may go on on a loop (which then writes a final frame, if it is
 // ending); the reading goroutine has stopped by then.
-func (s *Stream) seam(conn net.Conn, opts WriteOptions, first [][]byte, part seamPart) string {
+func (s *Stream) serveUntilLoop(conn net.Conn, opts WriteOptions, first [][]byte, part redisPart) string {
 	stop := context.AfterFunc(s.hub.cut, func() { conn.Close() })
 	ctx, gone := context.WithCancel(context.Background())
 	defer gone()

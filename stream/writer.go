@@ -56,7 +56,7 @@ func (s *Stream) watch(conn net.Conn, gone context.CancelFunc) {
 	if n > 0 {
 		s.end(ReasonUpload, nil)
 	} else if errors.Is(err, os.ErrDeadlineExceeded) {
-		return // seam stopped it: the stream goes on, on a loop
+		return // serveUntilLoop stopped it: the stream goes on, on a loop
 	}
 	gone()
 }
