@@ -259,9 +259,17 @@ func (g gapReader) recover(ctx context.Context, from wire.Cursor) (upTo wire.Cur
 func positionNow(ctx context.Context, history History, timeout time.Duration) (wire.Cursor, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	now, err := history.Read(ctx, nil, nil, wire.Cursor{}, 0)
-	if err != nil || !now.Position.IsZero() {
-		return now.Position, err
+	now, err := currentPosition(ctx, history)
+	if err != nil || !now.IsZero() {
+		return now, err
 	}
 	return history.Position(ctx)
+}
+
+// currentPosition is the history's position now: a read of no channel,
+// which writes nothing (Position takes a new id). Zero when Redis has
+// none yet.
+func currentPosition(ctx context.Context, history History) (wire.Cursor, error) {
+	page, err := history.Read(ctx, nil, nil, wire.Cursor{}, 0)
+	return page.Position, err
 }

@@ -123,11 +123,11 @@ func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
 		}
 		bound = pos
 	} else {
-		now, err := h.history.Read(ctx, nil, nil, wire.Cursor{}, 0)
+		now, err := currentPosition(ctx, h.history)
 		if err != nil {
 			return pass{}, err
 		}
-		bound = now.Position
+		bound = now
 	}
 	if err := h.sub.Sync(ctx); err != nil {
 		return pass{}, err
