@@ -42,29 +42,9 @@ func (c *Cluster) Read(ctx context.Context, channels []string, after []wire.Curs
 	if len(channels) == 0 {
 		return wire.Page{Position: until}, nil
 	}
-	var start wire.Cursor
-	older := map[int]uint64{} // partition -> a position of an earlier term than until's
-	for i, a := range after {
-		v := a.Vector()
-		k := wire.Partition(channels[i], c.parts)
-		switch {
-		case v == nil || v.Tag != u.Tag || len(v.Pos) != len(u.Pos):
-			return wire.Page{Position: until, Reset: wire.ResetEpoch}, nil
-		case v.Pos[k] > u.Pos[k]:
-			return wire.Page{Position: until, Reset: wire.ResetFuture}, nil
-		case first && v.Time+uint64(c.ttl.Milliseconds()) < uint64(time.Now().UnixMilli()):
-			// An id made longer than HISTORY_TTL ago may be missing events
-			// that expired with their channel's history.
-			return wire.Page{Position: until, Reset: wire.ResetTooOld}, nil
-		}
-		if termOf(v.Pos[k]) < termOf(u.Pos[k]) {
-			older[k] = max(older[k], v.Pos[k])
-		}
-		if i == 0 {
-			start = a
-		} else {
-			start = start.Min(a)
-		}
+	start, older, reset := c.checkCursors(channels, after, u, first)
+	if reset != "" {
+		return wire.Page{Position: until, Reset: reset}, nil
 	}
 	if len(older) > 0 {
 		// The partition has had a new writer since the id: an id past
@@ -121,6 +101,38 @@ func (c *Cluster) Read(ctx context.Context, channels []string, after []wire.Curs
 		}
 	}
 	return p, nil
+}
+
+// checkCursors checks each channel's cursor in after against u, the
+// read's bound: the reset it calls for (another tag or partition count,
+// past the bound, older than HISTORY_TTL on a first read), or the page's
+// start (the earliest cursor) and, per partition, the newest of the
+// cursors of an earlier term than the bound's.
+func (c *Cluster) checkCursors(channels []string, after []wire.Cursor, u *wire.Vector, first bool) (start wire.Cursor, older map[int]uint64, reset string) {
+	older = map[int]uint64{}
+	for i, a := range after {
+		v := a.Vector()
+		k := wire.Partition(channels[i], c.parts)
+		switch {
+		case v == nil || v.Tag != u.Tag || len(v.Pos) != len(u.Pos):
+			return wire.Cursor{}, nil, wire.ResetEpoch
+		case v.Pos[k] > u.Pos[k]:
+			return wire.Cursor{}, nil, wire.ResetFuture
+		case first && v.Time+uint64(c.ttl.Milliseconds()) < uint64(time.Now().UnixMilli()):
+			// An id made longer than HISTORY_TTL ago may be missing events
+			// that expired with their channel's history.
+			return wire.Cursor{}, nil, wire.ResetTooOld
+		}
+		if termOf(v.Pos[k]) < termOf(u.Pos[k]) {
+			older[k] = max(older[k], v.Pos[k])
+		}
+		if i == 0 {
+			start = a
+		} else {
+			start = start.Min(a)
+		}
+	}
+	return start, older, ""
 }
 
 // done returns those of channels read to the end (complete) that have no
