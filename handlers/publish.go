@@ -60,53 +60,9 @@ func (p *publisher) publish(c echo.Context) error {
 	if err != nil {
 		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
 	}
-	// The body holds the envelope and a channel name: allow a little over
-	// the event limit, and refuse the envelope itself by its own size below.
-	limit := int64(p.o.MaxEventBytes) + 1024
-	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
-	if err != nil && c.Request().Context().Err() != nil {
-		return p.gone("")
-	}
+	channel, envelope, err := p.readEvent(c)
 	if err != nil {
-		return p.refuse(http.StatusBadRequest, "bad_request", "reading the body: "+err.Error())
-	}
-	if int64(len(body)) > limit {
-		return p.refuse(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", limit))
-	}
-	var req publishRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return p.refuse(http.StatusBadRequest, "bad_request", `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
-	}
-	// One object, nothing after it but white space: a second object or
-	// stray bytes are a client's mistake, never silently dropped.
-	if _, err := dec.Token(); err != io.EOF {
-		return p.refuse(http.StatusBadRequest, "bad_request",
-			fmt.Sprintf("body: unexpected data after the JSON object, at byte %d", dec.InputOffset()))
-	}
-	// Keys are matched exactly, as in sessions and control messages:
-	// encoding/json matched "Channel" or "DATA" too, and the last match
-	// won, so a body could publish where its sender's own reading of it
-	// did not (a backend that merges a user's JSON into what it sends).
-	if err := exactKeys(body, "channel", "event", "data"); err != nil {
-		return p.refuse(http.StatusBadRequest, "bad_request", `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
-	}
-	if err := wire.CheckChannel(req.Channel); err != nil {
-		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
-	}
-	if req.Data == nil {
-		return p.refuse(http.StatusBadRequest, "bad_request", `"data" is missing`)
-	}
-	envelope, err := encodeEnvelope(req.Event, req.Data)
-	if err != nil {
-		return p.refuse(http.StatusBadRequest, "bad_request", `"data": `+err.Error())
-	}
-	if len(envelope) > p.o.MaxEventBytes {
-		return p.refuse(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("event is %d bytes, over MAX_EVENT_BYTES (%d)", len(envelope), p.o.MaxEventBytes))
-	}
-	if _, err := wire.ParseEnvelope(envelope); err != nil {
-		return p.refuse(http.StatusBadRequest, "bad_request", err.Error())
+		return err
 	}
 	// Without the header no key is made up: the script is sent once
 	// (never retried below ssebridge), and a key the client does not know
@@ -114,11 +70,11 @@ func (p *publisher) publish(c echo.Context) error {
 	// cost Redis a record for IDEMPOTENCY_WINDOW.
 	ctx, cancel := context.WithTimeout(c.Request().Context(), p.o.PublishTimeout)
 	defer cancel()
-	id, replayed, err := p.o.History.PublishOnce(ctx, req.Channel, envelope, key)
+	id, replayed, err := p.o.History.PublishOnce(ctx, channel, envelope, key)
 	if err != nil && c.Request().Context().Err() != nil {
 		// The client left (its context, not Redis, ended the call): no
 		// outage to warn of, and nobody to answer.
-		return p.gone(req.Channel)
+		return p.gone(channel)
 	}
 	if errors.Is(err, store.ErrIdempotencyKeyReused) {
 		return p.refuse(http.StatusUnprocessableEntity, "idempotency_key_reused",
@@ -129,7 +85,7 @@ func (p *publisher) publish(c echo.Context) error {
 		// a stalled link delivers it (docs/protocol.md). Not logged with
 		// the key: it is the client's, and logs stay clean.
 		msg, cause := redisTrouble(err, p.o.PublishTimeout)
-		p.log.Write(slog.LevelWarn, "publish:redis:"+cause, "durable publish failed: "+msg, "channel", req.Channel, "cause", cause, "err", err)
+		p.log.Write(slog.LevelWarn, "publish:redis:"+cause, "durable publish failed: "+msg, "channel", channel, "cause", cause, "err", err)
 		c.Response().Header().Set("Retry-After", "1")
 		msg += ": the event may have been published; retry with the same Idempotency-Key to publish it at most once"
 		if !id.IsZero() {
@@ -142,6 +98,60 @@ func (p *publisher) publish(c echo.Context) error {
 		c.Response().Header().Set("Idempotent-Replayed", "true")
 	}
 	return c.JSON(http.StatusOK, map[string]string{"id": id.String()})
+}
+
+// readEvent reads the body of POST /publish: the channel and the event's
+// envelope, or the refusal to answer (its error), saying what was wrong.
+func (p *publisher) readEvent(c echo.Context) (channel string, envelope []byte, err error) {
+	// The body holds the envelope and a channel name: allow a little over
+	// the event limit, and refuse the envelope itself by its own size below.
+	limit := int64(p.o.MaxEventBytes) + 1024
+	body, err := io.ReadAll(io.LimitReader(c.Request().Body, limit+1))
+	if err != nil && c.Request().Context().Err() != nil {
+		return "", nil, p.gone("")
+	}
+	if err != nil {
+		return "", nil, p.refuse(http.StatusBadRequest, "bad_request", "reading the body: "+err.Error())
+	}
+	if int64(len(body)) > limit {
+		return "", nil, p.refuse(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("body over %d bytes", limit))
+	}
+	var req publishRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return "", nil, p.refuse(http.StatusBadRequest, "bad_request", `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
+	}
+	// One object, nothing after it but white space: a second object or
+	// stray bytes are a client's mistake, never silently dropped.
+	if _, err := dec.Token(); err != io.EOF {
+		return "", nil, p.refuse(http.StatusBadRequest, "bad_request",
+			fmt.Sprintf("body: unexpected data after the JSON object, at byte %d", dec.InputOffset()))
+	}
+	// Keys are matched exactly, as in sessions and control messages:
+	// encoding/json matched "Channel" or "DATA" too, and the last match
+	// won, so a body could publish where its sender's own reading of it
+	// did not (a backend that merges a user's JSON into what it sends).
+	if err := exactKeys(body, "channel", "event", "data"); err != nil {
+		return "", nil, p.refuse(http.StatusBadRequest, "bad_request", `body: want {"channel":..., "event":..., "data":...}: `+err.Error())
+	}
+	if err := wire.CheckChannel(req.Channel); err != nil {
+		return "", nil, p.refuse(http.StatusBadRequest, "bad_request", err.Error())
+	}
+	if req.Data == nil {
+		return "", nil, p.refuse(http.StatusBadRequest, "bad_request", `"data" is missing`)
+	}
+	envelope, err = encodeEnvelope(req.Event, req.Data)
+	if err != nil {
+		return "", nil, p.refuse(http.StatusBadRequest, "bad_request", `"data": `+err.Error())
+	}
+	if len(envelope) > p.o.MaxEventBytes {
+		return "", nil, p.refuse(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("event is %d bytes, over MAX_EVENT_BYTES (%d)", len(envelope), p.o.MaxEventBytes))
+	}
+	if _, err := wire.ParseEnvelope(envelope); err != nil {
+		return "", nil, p.refuse(http.StatusBadRequest, "bad_request", err.Error())
+	}
+	return req.Channel, envelope, nil
 }
 
 // maxIdempotencyKey is the longest Idempotency-Key, unquoted.
