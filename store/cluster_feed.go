@@ -202,25 +202,9 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 		return 0, nil
 	}
 	if upTo < from {
-		// The partition's position went back within its term: its node
-		// has lost writes without a new writer taking over (data restored
-		// from an older copy), and will give out positions the instance
-		// delivered again. As one Redis does when its position is behind
-		// the feed's: the instance takes the partition's position, and
-		// its streams start again, each resuming by its own id, which is
-		// reset ("foreign") if it is past the partition's position.
-		// The writer is forgotten, so that the partition's next position
-		// starts a new term: the positions past upTo the instance
-		// delivered are never given out again, and ids naming them are
-		// told from later ones (Read resets them) however much is
-		// published before they resume.
 		c.pos[k] = upTo
 		c.mu.Unlock()
-		c.log.Warn("a partition's position went back while its connection was down (its node lost writes): streams told to reconnect", "partition", k)
-		if err := forgetWriter.Run(ctx, c.cc, []string{c.tagOf(k) + "cursor"}, strconv.FormatUint(upTo, 10)).Err(); err != nil && !errors.Is(err, redis.Nil) {
-			c.log.Warn("a partition's position went back; could not start a new term", "partition", k, "err", err)
-		}
-		c.retryAll()
+		c.wentBack(ctx, k, upTo)
 		return 0, nil
 	}
 	c.mu.Unlock()
@@ -275,6 +259,26 @@ func (c *Cluster) recoverOnce(ctx context.Context, f *partFeed) (events int, err
 		c.log.Info("durable events published while a partition's connection was down were delivered", "partition", k, "events", events)
 	}
 	return events, nil
+}
+
+// wentBack answers partition k's position going back within its term, to
+// upTo (c.pos[k] set to it by the caller): its node has lost writes
+// without a new writer taking over (data restored from an older copy),
+// and will give out positions the instance delivered again. As one Redis
+// does when its position is behind the feed's, the instance takes the
+// partition's position, and its streams start again, each resuming by its
+// own id, which is reset ("foreign") if it is past the partition's
+// position. The writer is forgotten, so that the partition's next
+// position starts a new term: the positions past upTo the instance
+// delivered are never given out again, and ids naming them are told from
+// later ones (Read resets them) however much is published before they
+// resume.
+func (c *Cluster) wentBack(ctx context.Context, k int, upTo uint64) {
+	c.log.Warn("a partition's position went back while its connection was down (its node lost writes): streams told to reconnect", "partition", k)
+	if err := forgetWriter.Run(ctx, c.cc, []string{c.tagOf(k) + "cursor"}, strconv.FormatUint(upTo, 10)).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		c.log.Warn("a partition's position went back; could not start a new term", "partition", k, "err", err)
+	}
+	c.retryAll()
 }
 
 // forgetWriter clears the writer of a partition's cursor (KEYS[1]) if it
