@@ -17,11 +17,12 @@ import (
 // django_chat_test.go, ssebridgejs_test.go, tls_test.go): starting it, its
 // tabs, and what a test does on a page.
 
-// notRun skips a browser test, loudly, when something it needs is
-// missing; in CI (.ci/run installs everything) it fails instead.
-func notRun(t *testing.T, missing, packages string) {
+// notRun skips a test (of kind, "BROWSER", "CLIENT"), loudly, when
+// something it needs is missing; in CI (.ci/run installs everything) it
+// fails instead.
+func notRun(t *testing.T, kind, missing, packages string) {
 	t.Helper()
-	msg := "BROWSER TESTS NOT RUN: " + missing + " is missing; apt-get install -y " + packages + " (.ci/run does)"
+	msg := kind + " TESTS NOT RUN: " + missing + " is missing; apt-get install -y " + packages + " (.ci/run does)"
 	if os.Getenv("CI") != "" {
 		t.Fatal(msg)
 	}
@@ -35,7 +36,7 @@ func chromiumPath(t *testing.T) string {
 	t.Helper()
 	chromium, err := exec.LookPath("chromium")
 	if err != nil {
-		notRun(t, "chromium", "chromium")
+		notRun(t, "BROWSER", "chromium", "chromium")
 	}
 	return chromium
 }

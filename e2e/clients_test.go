@@ -31,24 +31,12 @@ import (
 // alone). Each prints one JSON line per event on stdout, which the tests
 // read line by line.
 
-// clientsNotRun skips loudly when a client's runtime is missing, except
-// under CI, where it fails.
-func clientsNotRun(t *testing.T, missing, packages string) {
-	t.Helper()
-	msg := "CLIENT TESTS NOT RUN: " + missing + " is missing; apt-get install -y " + packages + " (.ci/run does)"
-	if os.Getenv("CI") != "" {
-		t.Fatal(msg)
-	}
-	fmt.Fprintf(os.Stderr, "\n*** %s ***\n\n", msg)
-	t.Skip(msg)
-}
-
 // pythonPath is Debian's python3 (python, in django_chat_test.go): the
 // Python client needs its standard library alone.
 func pythonPath(t *testing.T) string {
 	t.Helper()
 	if _, err := os.Stat(python); err != nil {
-		clientsNotRun(t, python, "python3")
+		notRun(t, "CLIENT", python, "python3")
 	}
 	return python
 }
@@ -58,7 +46,7 @@ func nodePath(t *testing.T) string {
 	t.Helper()
 	node, err := exec.LookPath("node")
 	if err != nil {
-		clientsNotRun(t, "node", "nodejs")
+		notRun(t, "CLIENT", "node", "nodejs")
 	}
 	out, err := exec.Command(node, "--version").Output()
 	if err != nil {

@@ -36,7 +36,7 @@ func browserPrereqs(t *testing.T) {
 		missing = "python3-django/python3-redis (" + strings.TrimSpace(string(out)) + ")"
 	}
 	if missing != "" {
-		notRun(t, missing, "chromium python3-django python3-redis")
+		notRun(t, "BROWSER", missing, "chromium python3-django python3-redis")
 	}
 }
 
