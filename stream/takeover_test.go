@@ -39,16 +39,25 @@ func serveEvents(t *testing.T, h *Hub) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
-// waitStreams waits until h has no stream left, and returns how many
-// closed for reason.
+// waitStreams waits until a stream of h closed for reason and h has no
+// stream left, and returns how many closed for reason. The close is
+// awaited first: the test learns of the stream through its socket, which
+// the race detector does not see, and Wait must not race the handler's
+// Open (a WaitGroup's Add beside its Wait).
 func waitStreams(t *testing.T, h *Hub, reason string) int {
 	t.Helper()
+	closed := func() int { return int(testutil.ToFloat64(h.metrics.Closed.WithLabelValues(reason))) }
+	for deadline := time.Now().Add(10 * time.Second); closed() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no stream closed for %s within 10s", reason)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := h.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return int(testutil.ToFloat64(h.metrics.Closed.WithLabelValues(reason)))
+	return closed()
 }
 
 // TestServeTakesOverHTTP1: the head is ssebridge's own (no chunked
