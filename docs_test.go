@@ -571,15 +571,7 @@ func TestDocsMetrics(t *testing.T) {
 
 	// What a running instance serves: a vector appears once it has a
 	// child, so this can only find more, never fewer, than the sources.
-	resp, err := http.Get(serveInProcess(t) + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	body := servedMetrics(t)
 	served := 0
 	for _, l := range strings.Split(string(body), "\n") {
 		f := strings.Fields(l)
@@ -792,6 +784,22 @@ func checkPromQL(t *testing.T, file string, exprs []string) {
 	if out, err := exec.Command(promtool, "check", "rules", path).CombinedOutput(); err != nil {
 		t.Errorf("promtool does not parse %s's queries: %v\n%s", file, err, out)
 	}
+}
+
+// servedMetrics is what /metrics of an instance served in this process
+// (serveInProcess) answers.
+func servedMetrics(t *testing.T) []byte {
+	t.Helper()
+	resp, err := http.Get(serveInProcess(t) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }
 
 // serveInProcess runs ssebridge (run, in this process) on a redis-server of

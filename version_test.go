@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"io"
-	"net/http"
 	"os"
 	"regexp"
 	"runtime"
@@ -93,15 +91,7 @@ func TestVersionInStep(t *testing.T) {
 // TestBuildInfoMetric: /metrics serves ssebridge_build_info, 1, labelled
 // with the version, the Go version and the revision.
 func TestBuildInfoMetric(t *testing.T) {
-	resp, err := http.Get(serveInProcess(t) + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	body := servedMetrics(t)
 	info := version.Get()
 	want := `ssebridge_build_info{goversion="` + info.GoVersion + `",revision="` + info.Revision + `",version="` + version.Version + `"} 1`
 	if !strings.Contains(string(body), "\n"+want+"\n") {

@@ -138,9 +138,13 @@ func (c *Cluster) checkCursors(channels []string, after []wire.Cursor, u *wire.V
 // done returns those of channels read to the end (complete) that have no
 // entry in rest, the entries a page left for the next.
 func done(channels []string, complete []bool, rest []entry) []string {
+	left := slices.Clone(complete)
+	for _, e := range rest {
+		left[e.i] = false
+	}
 	var out []string
 	for i, ch := range channels {
-		if complete[i] && !slices.ContainsFunc(rest, func(e entry) bool { return e.channel == ch }) {
+		if left[i] {
 			out = append(out, ch)
 		}
 	}
@@ -152,6 +156,7 @@ type entry struct {
 	n       uint64
 	channel string
 	env     string
+	i       int // channel's index in the read's channels
 }
 
 // readPartition reads the events of channels of partition k, each after
@@ -198,7 +203,7 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 			if !ok || env == "" {
 				continue // not written by the publish script
 			}
-			entries = append(entries, entry{n, ch, env})
+			entries = append(entries, entry{n, ch, env, i})
 		}
 		complete[i] = len(msgs) < readBatch
 		if !complete[i] {
@@ -213,7 +218,7 @@ func (c *Cluster) readPartition(ctx context.Context, k int, channels []string, f
 			// Cut at the limit: a channel with entries past it is not read
 			// to the end.
 			for _, cut := range entries[i:] {
-				complete[slices.Index(channels, cut.channel)] = false
+				complete[cut.i] = false
 			}
 			return entries[:i], complete, more, false, nil
 		}

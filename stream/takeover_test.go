@@ -39,6 +39,22 @@ func serveEvents(t *testing.T, h *Hub) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
+// sendEvents connects to a server of h's streams (serveEvents), writes
+// req in one write, and returns the connection, closed when the test ends.
+func sendEvents(t *testing.T, h *Hub, req string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", serveEvents(t, h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // waitStreams waits until a stream of h closed for reason and h has no
 // stream left, and returns how many closed for reason. The close is
 // awaited first: the test learns of the stream through its socket, which
@@ -65,15 +81,7 @@ func waitStreams(t *testing.T, h *Hub, reason string) int {
 // handler set, and the body is the stream.
 func TestServeTakesOverHTTP1(t *testing.T) {
 	h, _ := newTestHub(t, testOpts)
-	c, err := net.Dial("tcp", serveEvents(t, h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	c := sendEvents(t, h, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -111,17 +119,9 @@ func TestServeTakesOverHTTP1(t *testing.T) {
 // and its stream is counted as upload.
 func TestServeBytesAfterRequest(t *testing.T) {
 	h, _ := newTestHub(t, testOpts)
-	c, err := net.Dial("tcp", serveEvents(t, h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	// One write: the byte after the request is read with it, so net/http
 	// holds it when the connection is taken over.
-	if _, err := io.WriteString(c, "GET /events HTTP/1.1\r\nHost: x\r\n\r\nx"); err != nil {
-		t.Fatal(err)
-	}
+	c := sendEvents(t, h, "GET /events HTTP/1.1\r\nHost: x\r\n\r\nx")
 	if b, err := io.ReadAll(c); len(b) > 0 || err != nil {
 		t.Fatalf("read %q, then %v; want nothing, then EOF", b, err)
 	}
