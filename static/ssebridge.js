@@ -131,11 +131,12 @@
     // ssebridge ended its streams): then the tab moves to it, else it ends.
     // Every tab asks for itself: the leader's may go away (a page that
     // leaves on logout) before it tells the others, and one of them, the
-    // next leader, would open the stream again.
+    // next leader, would open the stream again. Meanwhile the tab leaves
+    // the stream and the lock: a follower granted the lock while it asks
+    // would open the stream again before it heard the answer.
     function loggedOut() {
       var was = who.session;
-      if (es) es.close(); // no reconnection meanwhile: ssebridge would refuse it
-      es = null;
+      leave();
       ready = null;
       ask(function (r, b) {
         if (r && r.ok && b.session && b.session !== was) return move({ user: b.user, session: b.session });
