@@ -325,6 +325,10 @@ func TestLoopConcurrentPublishers(t *testing.T) {
 		rg.Go(func() {
 			got := 0
 			for got < publishers*each {
+				// A deadline per read, not for the whole: under the race
+				// detector on a busy machine 4,000 events to each of 40
+				// clients can take longer than one wait.
+				_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 				line, err := c.r.ReadString('\n')
 				if err != nil {
 					t.Errorf("client %d: %d events, then %v", i, got, err)

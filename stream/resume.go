@@ -229,7 +229,7 @@ func (h *Hub) goLive(s *Stream, pos wire.Cursor, gen uint64) bool {
 // why is set when a write failed.
 func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, until wire.Cursor, written *wire.Cursor) (read []string, end wire.Cursor, why string, ok bool) {
 	var finished []string // channels with nothing left up to until
-	total := 0
+	total := 0            // what the pass wrote counts towards REPLAY_MAX_BYTES
 	for first := true; ; first = false {
 		if s.ended() != "" {
 			return read, end, "", false
@@ -243,76 +243,15 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 			return read, end, "", false
 		}
 		if first {
-			// The pass's channels, taken after its barrier (Hub.begin),
-			// once the slot is had. Not one joined since the pass began
-			// (left and joined again included): its base and grant are
-			// not in st, and read from the pass's start it would bring
-			// the room's history from before the join; the next pass
-			// reads it.
-			for _, c := range s.channelList() {
-				if !s.joinedAfter(c, st.gen) {
-					read = append(read, c)
-				}
-			}
+			read = passChannels(s, st)
 		}
-		// A room left meanwhile is not read.
-		var channels []string
-		for _, c := range without(read, finished) {
-			if s.has(c) && !s.joinedAfter(c, st.gen) {
-				channels = append(channels, c)
-			}
-		}
-		after := make([]wire.Cursor, len(channels))
-		for i, c := range channels {
-			// Never at or before written: what the stream has was
-			// written in id order, and a replay must not go back behind it.
-			b, joined := st.base[c]
-			if !joined {
-				b = st.from
-			}
-			after[i] = b.Max(*written)
-			if g, ok := st.grants[c]; ok {
-				after[i] = h.opts.AfterGrant(after[i], c, g)
-			}
-		}
-		rctx, cancel := h.bounded(ctx)
-		page, err := h.history.Read(rctx, channels, after, until, replayPageBytes)
-		overhead := replayOverhead(page.Position)
-		if err == nil && page.Reset == "" && first && page.More {
-			// More than a page: the pass's size is learnt before any of it
-			// is written, so that one over the limit sends its reset alone.
-			// Later pages read no more than this counted (channels only go).
-			var n int
-			n, err = h.history.Size(rctx, channels, after, page.Position, overhead, h.opts.ReplayMaxBytes)
-			if n > h.opts.ReplayMaxBytes {
-				page.Reset = wire.ResetTooLarge
-			}
-		}
-		cancel()
+		channels, after := h.pageAfter(s, st, without(read, finished), *written)
+		page, err := h.readPage(ctx, channels, after, until, first)
 		if err != nil {
 			release()
 			return read, end, h.redisFailed(ctx, s, "history could not be read", err), false
 		}
-		var frames [][]byte
-		if page.Reset != "" {
-			frames = [][]byte{h.resetFrame(page.Position, page.Reset)}
-		} else {
-			for _, ev := range page.Events {
-				if !s.has(ev.Channel) {
-					continue // left during the read: access ended
-				}
-				frame, err := wire.EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes)
-				if err != nil {
-					continue // refused when it was published live, refused again
-				}
-				total += len(ev.Envelope) + overhead // as Size counts
-				frames = append(frames, frame)
-			}
-			if total > h.opts.ReplayMaxBytes {
-				frames = [][]byte{h.resetFrame(page.Position, wire.ResetTooLarge)}
-				page.Reset = wire.ResetTooLarge
-			}
-		}
+		frames := h.pageFrames(s, &page, &total)
 		err = out.write(frames)
 		release()
 		if err != nil {
@@ -332,6 +271,92 @@ func (h *Hub) replay(ctx context.Context, s *Stream, out sink, st catchUpState, 
 		}
 		finished = append(finished, page.Finished...)
 	}
+}
+
+// passChannels are the channels a replay pass reads, taken after its
+// barrier (Hub.begin), once its first slot is had. Not one joined since
+// the pass began (left and joined again included): its base and grant are
+// not in st, and read from the pass's start it would bring the room's
+// history from before the join; the next pass reads it.
+func passChannels(s *Stream, st catchUpState) []string {
+	var read []string
+	for _, c := range s.channelList() {
+		if !s.joinedAfter(c, st.gen) {
+			read = append(read, c)
+		}
+	}
+	return read
+}
+
+// pageAfter returns those of channels a page still reads (not a room left
+// meanwhile) and, for each, the id it reads after: its base in the pass,
+// never at or before written (what the stream has was written in id
+// order, and a replay must not go back behind it), never before its grant.
+func (h *Hub) pageAfter(s *Stream, st catchUpState, channels []string, written wire.Cursor) ([]string, []wire.Cursor) {
+	var still []string
+	for _, c := range channels {
+		if s.has(c) && !s.joinedAfter(c, st.gen) {
+			still = append(still, c)
+		}
+	}
+	after := make([]wire.Cursor, len(still))
+	for i, c := range still {
+		b, joined := st.base[c]
+		if !joined {
+			b = st.from
+		}
+		after[i] = b.Max(written)
+		if g, ok := st.grants[c]; ok {
+			after[i] = h.opts.AfterGrant(after[i], c, g)
+		}
+	}
+	return still, after
+}
+
+// readPage reads a page of replay. The first of a pass that has more also
+// learns the pass's size before any of it is written, so that one over
+// REPLAY_MAX_BYTES sends its reset alone (later pages read no more than
+// this counted: channels only go).
+func (h *Hub) readPage(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, first bool) (wire.Page, error) {
+	ctx, cancel := h.bounded(ctx)
+	defer cancel()
+	page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
+	if err != nil || page.Reset != "" || !first || !page.More {
+		return page, err
+	}
+	n, err := h.history.Size(ctx, channels, after, page.Position, replayOverhead(page.Position), h.opts.ReplayMaxBytes)
+	if n > h.opts.ReplayMaxBytes {
+		page.Reset = wire.ResetTooLarge
+	}
+	return page, err
+}
+
+// pageFrames encodes a page for s: its reset, or those of its events on a
+// channel s still has (one left during the read: access ended), adding to
+// *total what they count towards REPLAY_MAX_BYTES. Past it, the frames are
+// a reset instead, and page.Reset says so.
+func (h *Hub) pageFrames(s *Stream, page *wire.Page, total *int) [][]byte {
+	if page.Reset != "" {
+		return [][]byte{h.resetFrame(page.Position, page.Reset)}
+	}
+	overhead := replayOverhead(page.Position)
+	var frames [][]byte
+	for _, ev := range page.Events {
+		if !s.has(ev.Channel) {
+			continue
+		}
+		frame, err := wire.EncodeDurable(ev.Cursor, ev.Envelope, h.opts.MaxEventBytes)
+		if err != nil {
+			continue // refused when it was published live, refused again
+		}
+		*total += len(ev.Envelope) + overhead // as Size counts
+		frames = append(frames, frame)
+	}
+	if *total > h.opts.ReplayMaxBytes {
+		page.Reset = wire.ResetTooLarge
+		return [][]byte{h.resetFrame(page.Position, wire.ResetTooLarge)}
+	}
+	return frames
 }
 
 // replayOverhead is what a replayed event counts towards REPLAY_MAX_BYTES
