@@ -67,6 +67,34 @@ func (s *stream) connect(ctx context.Context, target *url.URL, rawPath string, h
 	if err != nil {
 		return err
 	}
+	req := s.request(target, rawPath, header)
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := conn.Write([]byte(req)); err != nil {
+		conn.Close()
+		return err
+	}
+	br := bufio.NewReaderSize(conn, 4096)
+	chunked, err := readHead(br)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	s.conn, s.r = conn, br
+	if chunked {
+		s.r = bufio.NewReaderSize(httputil.NewChunkedReader(br), 4096)
+	}
+	if err := s.awaitFirstBlock(); err != nil {
+		conn.Close()
+		return err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return nil
+}
+
+// request is the stream's GET, written by hand as the connection is bare:
+// header's {i} is the stream's number, and Last-Event-ID resumes after the
+// last id seen.
+func (s *stream) request(target *url.URL, rawPath string, header []string) string {
 	var req strings.Builder
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n", rawPath, target.Host)
 	for _, h := range header {
@@ -77,16 +105,16 @@ func (s *stream) connect(ctx context.Context, target *url.URL, rawPath string, h
 		req.WriteString("Last-Event-ID: " + s.lastID + "\r\n")
 	}
 	req.WriteString("\r\n")
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := conn.Write([]byte(req.String())); err != nil {
-		conn.Close()
-		return err
-	}
-	br := bufio.NewReaderSize(conn, 4096)
+	return req.String()
+}
+
+// readHead reads the answer's status line and headers, and says whether
+// its body is chunked; a status other than 200 is a *refusal, returned once
+// the headers are read (they hold its Retry-After).
+func readHead(br *bufio.Reader) (chunked bool, err error) {
 	status, err := br.ReadString('\n')
 	if err != nil {
-		conn.Close()
-		return fmt.Errorf("reading status: %w", err)
+		return false, fmt.Errorf("reading status: %w", err)
 	}
 	var refused *refusal
 	if f := strings.Fields(status); len(f) < 2 || f[1] != "200" {
@@ -95,12 +123,10 @@ func (s *stream) connect(ctx context.Context, target *url.URL, rawPath string, h
 			refused.status, _ = strconv.Atoi(f[1])
 		}
 	}
-	chunked := false
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
-			conn.Close()
-			return err
+			return false, err
 		}
 		if line == "\r\n" {
 			break
@@ -115,31 +141,27 @@ func (s *stream) connect(ctx context.Context, target *url.URL, rawPath string, h
 		}
 	}
 	if refused != nil {
-		conn.Close()
-		return refused
+		return false, refused
 	}
-	s.conn, s.r = conn, br
-	if chunked {
-		s.r = bufio.NewReaderSize(httputil.NewChunkedReader(br), 4096)
-	}
-	// Wait for the first block (ssebridge's ready, Centrifugo's connect
-	// reply): from then on, the stream is subscribed. Its id, if any, is
-	// where a resume starts.
+	return chunked, nil
+}
+
+// awaitFirstBlock waits for the first block (ssebridge's ready,
+// Centrifugo's connect reply): from then on, the stream is subscribed. Its
+// id, if any, is where a resume starts.
+func (s *stream) awaitFirstBlock() error {
 	for {
 		line, err := s.r.ReadSlice('\n')
 		if err != nil {
-			conn.Close()
 			return fmt.Errorf("waiting for the first event: %w", err)
 		}
 		if len(bytes.TrimSpace(line)) == 0 {
-			break
+			return nil
 		}
 		if id, ok := bytes.CutPrefix(line, []byte("id:")); ok {
 			s.lastID = string(bytes.TrimSpace(id))
 		}
 	}
-	_ = conn.SetDeadline(time.Time{})
-	return nil
 }
 
 var marker = []byte(`"bench":{"t":`)

@@ -64,51 +64,19 @@ func main() {
 	if *sharded {
 		subCmd, pubCmd, kind = "SSUBSCRIBE", "SPUBLISH", "smessage"
 	}
-	names := make([]string, *channels)
-	for i := range names {
-		names[i] = fmt.Sprintf("fan:%06d", i) // one length: every message frame has one size
-	}
-	payload := strings.Repeat("x", *size)
+	names := channelNames(*channels)
+	l := load{addr: *addr, cmd: pubCmd, names: names, payload: strings.Repeat("x", *size), messages: *messages, pubs: *pubs, batch: *batch}
 	// What a subscriber receives per message: [kind, channel, payload].
-	frame := len(resp(kind, names[0], payload))
+	frame := len(resp(kind, names[0], l.payload))
 	expected := int64(*messages) * int64(frame)
 
 	mem0 := redisInfo(*addr, "memory")["used_memory"]
 	var got atomic.Int64 // bytes of messages received, all subscribers
 	var wg sync.WaitGroup
 	for range *subs {
-		c, err := net.Dial("tcp", *addr)
-		if err != nil {
-			log.Fatal(err)
-		}
+		c, r := subscribe(*addr, subCmd, names)
 		defer c.Close()
-		r := bufio.NewReaderSize(c, 64<<10)
-		// One command per channel: a sharded subscription takes channels of one slot only.
-		for _, n := range names {
-			if _, err := c.Write(resp(subCmd, n)); err != nil {
-				log.Fatal(err)
-			}
-			for range 6 { // *3, $k, kind, $k, channel, :count
-				if _, err := r.ReadSlice('\n'); err != nil {
-					log.Fatal(err)
-				}
-			}
-		}
-		wg.Go(func() {
-			buf := make([]byte, 64<<10)
-			var mine int64
-			for mine < expected {
-				n, err := r.Read(buf)
-				if err != nil {
-					if err != io.EOF {
-						log.Print(err)
-					}
-					return
-				}
-				mine += int64(n)
-				got.Add(int64(n))
-			}
-		})
+		wg.Go(func() { receive(r, expected, &got) })
 	}
 
 	mem := redisInfo(*addr, "memory")["used_memory"] - mem0
@@ -116,29 +84,7 @@ func main() {
 	start := time.Now()
 	var pw sync.WaitGroup
 	for p := range *pubs {
-		pw.Go(func() {
-			c, err := net.Dial("tcp", *addr)
-			if err != nil {
-				log.Fatal(err)
-			}
-			defer c.Close()
-			r := bufio.NewReader(c)
-			w := bufio.NewWriterSize(c, 256<<10)
-			for from := p * *batch; from < *messages; from += *pubs * *batch {
-				k := min(*batch, *messages-from)
-				for m := from; m < from+k; m++ {
-					w.Write(resp(pubCmd, names[m%*channels], payload))
-				}
-				if err := w.Flush(); err != nil {
-					log.Fatal(err)
-				}
-				for range k {
-					if _, err := r.ReadSlice('\n'); err != nil {
-						log.Fatal(err)
-					}
-				}
-			}
-		})
+		pw.Go(func() { l.publish(p) })
 	}
 	pw.Wait()
 	published := time.Since(start)
@@ -160,10 +106,106 @@ func main() {
 	if d := got.Load() / int64(frame); d > 0 {
 		res.RedisUsPerDelivr = cpu * 1e6 / float64(d)
 	}
+	report(res, pubCmd)
+}
+
+// channelNames names n channels, all of one length: every message frame
+// then has one size.
+func channelNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("fan:%06d", i)
+	}
+	return names
+}
+
+// subscribe opens a subscriber connection on every channel in names and
+// returns it once Redis has confirmed each subscription, with its reader.
+func subscribe(addr, subCmd string, names []string) (net.Conn, *bufio.Reader) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	r := bufio.NewReaderSize(c, 64<<10)
+	// One command per channel: a sharded subscription takes channels of one slot only.
+	for _, n := range names {
+		if _, err := c.Write(resp(subCmd, n)); err != nil {
+			log.Fatal(err)
+		}
+		for range 6 { // *3, $k, kind, $k, channel, :count
+			if _, err := r.ReadSlice('\n'); err != nil {
+				log.Fatal(err)
+			}
+		}
+	}
+	return c, r
+}
+
+// receive counts into got the bytes one subscriber receives, until it has
+// the expected bytes or Redis drops it.
+func receive(r *bufio.Reader, expected int64, got *atomic.Int64) {
+	buf := make([]byte, 64<<10)
+	var mine int64
+	for mine < expected {
+		n, err := r.Read(buf)
+		if err != nil {
+			if err != io.EOF {
+				log.Print(err)
+			}
+			return
+		}
+		mine += int64(n)
+		got.Add(int64(n))
+	}
+}
+
+// A load is what the publishers send: messages copies of payload,
+// round-robin over the channels names, batch commands per round trip over
+// pubs connections.
+type load struct {
+	addr     string
+	cmd      string // PUBLISH or SPUBLISH
+	names    []string
+	payload  string
+	messages int
+	pubs     int
+	batch    int
+}
+
+// publish sends publisher p's share of the load on a connection of its
+// own: the batches p, p+pubs, p+2*pubs… each sent in one write, then its
+// replies read.
+func (l load) publish(p int) {
+	c, err := net.Dial("tcp", l.addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	w := bufio.NewWriterSize(c, 256<<10)
+	for from := p * l.batch; from < l.messages; from += l.pubs * l.batch {
+		k := min(l.batch, l.messages-from)
+		for m := from; m < from+k; m++ {
+			w.Write(resp(l.cmd, l.names[m%len(l.names)], l.payload))
+		}
+		if err := w.Flush(); err != nil {
+			log.Fatal(err)
+		}
+		for range k {
+			if _, err := r.ReadSlice('\n'); err != nil {
+				log.Fatal(err)
+			}
+		}
+	}
+}
+
+// report prints the result as two lines of text on stderr and the JSON
+// line on stdout.
+func report(res Result, pubCmd string) {
 	fmt.Fprintf(os.Stderr, "Redis memory per subscription: %.0f bytes; lost deliveries: %d\n", res.BytesPerSub, res.Lost)
 	fmt.Fprintf(os.Stderr, "%s to %d subscribers over %d channels: %d messages of %d bytes in %.2fs: %.0f published/s, %.0f delivered/s; Redis CPU %.2fs (%.0f%% of a core): %.2f µs per publish, %.3f µs per delivery\n",
-		pubCmd, *subs, *channels, *messages, *size, res.Seconds, res.PublishedPerS, res.DeliveredPerS,
-		cpu, 100*res.RedisCPUShare, res.RedisUsPerPub, res.RedisUsPerDelivr)
+		pubCmd, res.Subscribers, res.Channels, res.Messages, res.PayloadBytes, res.Seconds, res.PublishedPerS, res.DeliveredPerS,
+		res.RedisCPUSeconds, 100*res.RedisCPUShare, res.RedisUsPerPub, res.RedisUsPerDelivr)
 	b, _ := json.Marshal(res)
 	fmt.Println(string(b))
 }

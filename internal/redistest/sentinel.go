@@ -57,6 +57,15 @@ func StartSentinel(t testing.TB, o SentinelOptions) *Sentinel {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatal("redis-server is not installed: the integration tests need a real one (apt-get install -y redis-server; .ci/run does it)")
 	}
+	s := &Sentinel{SentinelOptions: o.withDefaults(), t: t}
+	s.startNodes()
+	s.startWatchers()
+	s.awaitWatchers()
+	return s
+}
+
+// withDefaults fills in the options left zero.
+func (o SentinelOptions) withDefaults() SentinelOptions {
 	if o.Master == "" {
 		o.Master = "mymaster"
 	}
@@ -78,16 +87,21 @@ func StartSentinel(t testing.TB, o SentinelOptions) *Sentinel {
 	if o.SentinelPassword == "" {
 		o.SentinelPassword = "sentinel-secret"
 	}
-	s := &Sentinel{SentinelOptions: o, t: t}
-	for i := 0; i <= o.Replicas; i++ {
-		n := newNode(t, o.Password)
+	return o
+}
+
+// startNodes starts the primary, then the replicas replicating from it.
+func (s *Sentinel) startNodes() {
+	s.t.Helper()
+	for i := 0; i <= s.Replicas; i++ {
+		n := newNode(s.t, s.Password)
 		n.args = []string{
 			"--port", strconv.Itoa(n.Port), "--bind", "127.0.0.1", "--dir", n.Dir, "--logfile", "redis.log",
 			// AOF, as a production node would have: a primary that comes
 			// back after a crash comes back with its data (and is then
 			// turned into a replica by the sentinels).
 			"--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-			"--requirepass", o.Password, "--masterauth", o.Password,
+			"--requirepass", s.Password, "--masterauth", s.Password,
 			// A replica (re)joining is synced at once, not after 5 s.
 			"--repl-diskless-sync-delay", "0",
 		}
@@ -97,8 +111,14 @@ func StartSentinel(t testing.TB, o SentinelOptions) *Sentinel {
 		n.Start()
 		s.Nodes = append(s.Nodes, n)
 	}
-	for range o.Sentinels {
-		n := newNode(t, o.SentinelPassword)
+}
+
+// startWatchers starts the sentinels, each monitoring the primary with a
+// quorum of a majority of them.
+func (s *Sentinel) startWatchers() {
+	s.t.Helper()
+	for range s.Sentinels {
+		n := newNode(s.t, s.SentinelPassword)
 		conf := fmt.Sprintf(`port %d
 bind 127.0.0.1
 dir %s
@@ -110,45 +130,50 @@ sentinel auth-pass %s %s
 sentinel down-after-milliseconds %s %d
 sentinel failover-timeout %s %d
 sentinel parallel-syncs %s 1
-`, n.Port, n.Dir, o.SentinelPassword, o.SentinelPassword,
-			o.Master, s.Nodes[0].Port, o.Sentinels/2+1, o.Master, o.Password,
-			o.Master, o.DownAfter.Milliseconds(), o.Master, o.FailoverTimeout.Milliseconds(), o.Master)
+`, n.Port, n.Dir, s.SentinelPassword, s.SentinelPassword,
+			s.Master, s.Nodes[0].Port, s.Sentinels/2+1, s.Master, s.Password,
+			s.Master, s.DownAfter.Milliseconds(), s.Master, s.FailoverTimeout.Milliseconds(), s.Master)
 		// Sentinel rewrites its configuration file: it must be its own.
 		path := filepath.Join(n.Dir, "sentinel.conf")
 		if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
+			s.t.Fatal(err)
 		}
 		n.args = []string{path, "--sentinel"}
 		n.Start()
 		s.Watchers = append(s.Watchers, n)
 	}
-	// Awaited, not slept on: sentinels find the replicas through the
-	// primary's INFO and each other through its hello channel (every 2 s).
+}
+
+// awaitWatchers waits, 30 s at most, until every sentinel knows the other
+// sentinels and every replica in sync. Awaited, not slept on: sentinels
+// find the replicas through the primary's INFO and each other through its
+// hello channel (every 2 s).
+func (s *Sentinel) awaitWatchers() {
+	s.t.Helper()
 	ctx := context.Background()
 	deadline := time.Now().Add(30 * time.Second)
 	for _, w := range s.Watchers {
 		c := w.Client()
 		for {
-			peers, _ := c.Do(ctx, "SENTINEL", "SENTINELS", o.Master).Slice()
-			replicas, _ := c.Do(ctx, "SENTINEL", "REPLICAS", o.Master).Slice()
+			peers, _ := c.Do(ctx, "SENTINEL", "SENTINELS", s.Master).Slice()
+			replicas, _ := c.Do(ctx, "SENTINEL", "REPLICAS", s.Master).Slice()
 			synced := 0
 			for _, r := range replicas {
 				if m := fieldMap(r); m["master-link-status"] == "ok" && !strings.Contains(m["flags"], "down") {
 					synced++
 				}
 			}
-			if len(peers) == o.Sentinels-1 && synced == o.Replicas {
+			if len(peers) == s.Sentinels-1 && synced == s.Replicas {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("sentinel %s: knows %d other sentinels and %d synced replicas after 30s, want %d and %d",
-					w.Addr, len(peers), synced, o.Sentinels-1, o.Replicas)
+				s.t.Fatalf("sentinel %s: knows %d other sentinels and %d synced replicas after 30s, want %d and %d",
+					w.Addr, len(peers), synced, s.Sentinels-1, s.Replicas)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 		c.Close()
 	}
-	return s
 }
 
 // fieldMap reads one entry of SENTINEL REPLICAS or SENTINELS (a flat list
