@@ -53,7 +53,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	if b.hubOptions != nil {
 		b.hubOptions(&opts)
 	}
-	hub := stream.NewHub(b.broker, b.broker, opts, log, stream.NewMetrics(reg))
+	hub := stream.NewHub(b.broker, opts, log, stream.NewMetrics(reg))
 
 	routes := routeOptions(cfg, hub, b.sessions, reg, log)
 	routes.History = b.history

@@ -15,8 +15,7 @@ import (
 // arrives and what a reconnection recovered or lost (Run). Each broker
 // recovers its own gaps: how is a matter of how its ids are ordered.
 type Broker interface {
-	Subscriber
-	History
+	Backend
 	// Run reads the backend until ctx ends, telling ev what it delivers.
 	// After a lost connection is made again it delivers, before anything
 	// later, what was published meanwhile (Events.Recovered), or tells ev
@@ -26,6 +25,13 @@ type Broker interface {
 	// behind the backend its delivery is.
 	Connected() bool
 	Lag() time.Duration
+}
+
+// Backend is what the hub itself calls on a broker: its subscriptions
+// and its history. Run, Connected and Lag are the application's to call.
+type Backend interface {
+	Subscriber
+	History
 }
 
 // Events is what a Broker tells the hub as it runs; *Hub implements it.

@@ -38,7 +38,7 @@ type ControlPoint struct {
 func (h *Hub) ControlPoint(ctx context.Context) (ControlPoint, error) {
 	ctx, cancel := h.bounded(ctx)
 	defer cancel()
-	if err := h.sub.Sync(ctx); err != nil {
+	if err := h.backend.Sync(ctx); err != nil {
 		return ControlPoint{}, err
 	}
 	return h.controlPoint(), nil
@@ -179,7 +179,7 @@ func (h *Hub) Run(ctx context.Context) {
 				continue
 			}
 			mctx, cancel := h.bounded(ctx)
-			err := h.history.PublishBareID(mctx, wire.BroadcastChannel)
+			err := h.backend.PublishBareID(mctx, wire.BroadcastChannel)
 			cancel()
 			if err != nil {
 				h.log.Warn("moving stream ids on", "err", err)
@@ -195,7 +195,7 @@ func (h *Hub) Run(ctx context.Context) {
 // start), a join before the first durable event the feed delivers is
 // replayed from the stream's own id.
 func (h *Hub) Prime(ctx context.Context) error {
-	pos, err := positionNow(ctx, h.history, h.opts.RedisTimeout)
+	pos, err := positionNow(ctx, h.backend, h.opts.RedisTimeout)
 	if err != nil {
 		return err
 	}
@@ -205,4 +205,4 @@ func (h *Hub) Prime(ctx context.Context) error {
 
 // SubscribeControl makes Redis send the control channel, before any
 // stream (and after Prime).
-func (h *Hub) SubscribeControl() error { return h.sub.Subscribe(wire.ControlChannel) }
+func (h *Hub) SubscribeControl() error { return h.backend.Subscribe(wire.ControlChannel) }

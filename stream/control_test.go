@@ -36,7 +36,7 @@ func (g *gateSub) Subscribe(channels ...string) error {
 // stream out of the room. (Found by review.)
 func TestOpenKeepsControlOrder(t *testing.T) {
 	g := &gateSub{commands: &commands{t: t, subs: map[string]bool{}}, block: "room:a", entered: make(chan struct{}), release: make(chan struct{})}
-	h := NewHub(g, noHistory{}, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	h := NewHub(backendOf(g, noHistory{}), testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 	ticket := h.controlPoint() // the handler, before the session read
 	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "a"})
 	h.control(wire.Control{Op: wire.OpJoin, User: "alice", Room: "r"})
@@ -197,7 +197,7 @@ func TestRecheckWhileOpening(t *testing.T) {
 	g := &gateSub{commands: &commands{t: t, subs: map[string]bool{}}, block: "room:a", entered: make(chan struct{}), release: make(chan struct{})}
 	missed := wire.Durable{Cursor: wire.Cursor{Epoch: "e", MS: 20}, Envelope: []byte(`{"event":"n","data":"missed"}`)}
 	hist := &history{now: wire.Cursor{Epoch: "e", MS: 30}}
-	h := NewHub(g, hist, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	h := NewHub(backendOf(g, hist), testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 	// A second room that Open attaches after room:a, and whose membership
 	// lock is not the one Open holds while room:a's SUBSCRIBE is written.
 	b := ""

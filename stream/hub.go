@@ -103,8 +103,7 @@ const replayPageBytes = 256 << 10
 // the same bytes are queued on every stream; a stream whose queue is full is
 // ended as slow and never holds up the others. See doc.go for who owns what.
 type Hub struct {
-	sub     Subscriber
-	history History
+	backend Backend
 	opts    Options
 	log     *slog.Logger
 	metrics *Metrics
@@ -151,12 +150,11 @@ type Hub struct {
 	cutAll      context.CancelFunc
 }
 
-// NewHub returns a hub that subscribes through sub. Call Run to keep idle
-// streams' ids fresh.
-func NewHub(sub Subscriber, history History, opts Options, log *slog.Logger, m *Metrics) *Hub {
+// NewHub returns a hub that subscribes and reads history through b (a
+// Broker). Call Run to keep idle streams' ids fresh.
+func NewHub(b Backend, opts Options, log *slog.Logger, m *Metrics) *Hub {
 	h := &Hub{
-		sub:         sub,
-		history:     history,
+		backend:     b,
 		opts:        opts,
 		log:         log,
 		metrics:     m,

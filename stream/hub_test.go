@@ -66,6 +66,14 @@ func (c *commands) subscribed() []string {
 }
 
 // noHistory is a History with no durable event ever published.
+// backendOf is a Backend of a fake Subscriber and a fake History.
+func backendOf(sub Subscriber, history History) Backend {
+	return struct {
+		Subscriber
+		History
+	}{sub, history}
+}
+
 type noHistory struct{}
 
 func (noHistory) Position(context.Context) (wire.Cursor, error) {
@@ -92,7 +100,7 @@ var testOpts = Options{MaxStreams: 1000, MaxStreamsPerUser: 100, MaxRooms: 64, Q
 
 func newTestHub(t testing.TB, opts Options) (*Hub, *commands) {
 	c := &commands{t: t, subs: map[string]bool{}}
-	return NewHub(c, noHistory{}, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry())), c
+	return NewHub(backendOf(c, noHistory{}), opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry())), c
 }
 
 func live(payload string) wire.Message { return wire.Message{Body: []byte(payload)} }

@@ -122,7 +122,7 @@ func (h *Hub) attach(s *Stream, channel string) error {
 	sh.subs[channel] = set
 	sh.mu.Unlock()
 	if first {
-		return h.sub.Subscribe(channel)
+		return h.backend.Subscribe(channel)
 	}
 	return nil
 }
@@ -156,7 +156,7 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 	}
 	sh.mu.Unlock()
 	if last {
-		h.sub.Unsubscribe(channel)
+		h.backend.Unsubscribe(channel)
 	}
 	return true
 }

@@ -90,7 +90,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 		// waiting on a Redis that does not answer.
 		gen, _ := s.generation()
 		sctx, cancel := h.bounded(ctx)
-		subErr = h.sub.Sync(sctx)
+		subErr = h.backend.Sync(sctx)
 		cancel()
 		s.confirm(gen)
 	}

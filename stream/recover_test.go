@@ -23,7 +23,7 @@ import (
 func TestRecoverKeepsEventsPublishedDuringIt(t *testing.T) {
 	ctx := context.Background()
 	hist := &history{now: wire.Cursor{Epoch: "e", MS: 10}}
-	h := NewHub(&commands{t: t, subs: map[string]bool{}}, hist, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	h := NewHub(backendOf(&commands{t: t, subs: map[string]bool{}}, hist), testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 	s, err := h.Open(ctx, Spec{User: "alice", Session: "t", Rooms: []string{"a"}})
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +40,7 @@ func TestRecoverKeepsEventsPublishedDuringIt(t *testing.T) {
 	hist.afterActive = func() {
 		meanwhile = append(meanwhile, hist.publish("user:alice", 30, "woke"), hist.publish("room:a", 40, "after"))
 	}
-	h.recoverLog(ctx)
+	h.recoverLog(ctx, hist)
 	for _, ev := range meanwhile {
 		h.Publish(ev.Channel, wire.Message{Cursor: ev.Cursor, Body: ev.Envelope}, nil)
 	}
@@ -88,7 +88,7 @@ func (p *pagedHistory) Read(ctx context.Context, channels []string, after []wire
 // bound (which arrive live) would reset the stream for nothing.
 func TestReplaySkipsFinishedChannels(t *testing.T) {
 	hist := &pagedHistory{history: history{now: wire.Cursor{Epoch: "e", MS: 10}}}
-	h := NewHub(&commands{t: t, subs: map[string]bool{}}, hist, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	h := NewHub(backendOf(&commands{t: t, subs: map[string]bool{}}, hist), testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 	hist.publish("room:busy", 20, "busy")
 	hist.publish("room:quiet", 30, "quiet")
 	s, err := h.Open(context.Background(), Spec{User: "alice", Session: "t", Rooms: []string{"busy", "quiet"}, Resume: "e:10-0"})
@@ -132,7 +132,7 @@ func TestReplayTooLarge(t *testing.T) {
 			hist := &pagedHistory{history: history{now: wire.Cursor{Epoch: "e", MS: 10}}}
 			opts := testOpts
 			opts.ReplayMaxBytes = tt.limit
-			h := NewHub(&commands{t: t, subs: map[string]bool{}}, hist, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+			h := NewHub(backendOf(&commands{t: t, subs: map[string]bool{}}, hist), opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 			for _, ms := range []uint64{20, 30, 40} {
 				hist.publish("room:a", ms, "x")
 			}
@@ -154,8 +154,8 @@ func TestReplayTooLarge(t *testing.T) {
 // recoverLog is what a single-log broker does once its feed is connected
 // (store.Redis): the gap recovered, then the hub told. Not RecheckSoon:
 // these tests run no recheck.
-func (h *Hub) recoverLog(ctx context.Context) {
-	upTo, n := RecoverLog(ctx, h.history.(LogHistory), h, h.opts.RedisTimeout, h.log)
+func (h *Hub) recoverLog(ctx context.Context, history LogHistory) {
+	upTo, n := RecoverLog(ctx, history, h, h.opts.RedisTimeout, h.log)
 	if !upTo.IsZero() {
 		h.noteDelivered(upTo)
 	}

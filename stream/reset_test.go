@@ -100,11 +100,11 @@ func TestEpochResetOnce(t *testing.T) {
 	ctx := context.Background()
 	r0, _ := newOrderedRedis(t)
 	r := epochRedis{r0}
-	h := NewHub(r, r, testOpts, r0.h.log, NewMetrics(prometheus.NewRegistry()))
+	h := NewHub(r, testOpts, r0.h.log, NewMetrics(prometheus.NewRegistry()))
 	r0.h = h
 	_ = h.Prime(ctx)
 	_ = h.SubscribeControl()
-	h.recoverLog(ctx)
+	h.recoverLog(ctx, r)
 	old := wire.Cursor{Epoch: "old", MS: 7}
 	s, err := h.Open(ctx, Spec{User: "alice", Session: "t", Resume: old.String()})
 	if err != nil {

@@ -117,19 +117,19 @@ func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
 	gen, confirmed := s.generation()
 	var bound wire.Cursor
 	if take {
-		pos, err := h.history.Position(ctx)
+		pos, err := h.backend.Position(ctx)
 		if err != nil {
 			return pass{}, err
 		}
 		bound = pos
 	} else {
-		now, err := currentPosition(ctx, h.history)
+		now, err := currentPosition(ctx, h.backend)
 		if err != nil {
 			return pass{}, err
 		}
 		bound = now
 	}
-	if err := h.sub.Sync(ctx); err != nil {
+	if err := h.backend.Sync(ctx); err != nil {
 		return pass{}, err
 	}
 	s.confirm(gen)
@@ -320,11 +320,11 @@ func (h *Hub) pageAfter(s *Stream, st catchUpState, channels []string, written w
 func (h *Hub) readPage(ctx context.Context, channels []string, after []wire.Cursor, until wire.Cursor, first bool) (wire.Page, error) {
 	ctx, cancel := h.bounded(ctx)
 	defer cancel()
-	page, err := h.history.Read(ctx, channels, after, until, replayPageBytes)
+	page, err := h.backend.Read(ctx, channels, after, until, replayPageBytes)
 	if err != nil || page.Reset != "" || !first || !page.More {
 		return page, err
 	}
-	n, err := h.history.Size(ctx, channels, after, page.Position, replayOverhead(page.Position), h.opts.ReplayMaxBytes)
+	n, err := h.backend.Size(ctx, channels, after, page.Position, replayOverhead(page.Position), h.opts.ReplayMaxBytes)
 	if n > h.opts.ReplayMaxBytes {
 		page.Reset = wire.ResetTooLarge
 	}

@@ -34,7 +34,7 @@ type orderedRedis struct {
 
 func newOrderedRedis(t *testing.T) (*orderedRedis, *Hub) {
 	r := &orderedRedis{inForce: map[string]bool{wire.ControlChannel: true}, hooks: map[string]func(){}}
-	r.h = NewHub(r, r, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	r.h = NewHub(r, testOpts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 	r.publish(wire.BroadcastChannel, "") // Redis has some history already
 	if err := r.h.Prime(context.Background()); err != nil {
 		t.Fatal(err)
@@ -42,7 +42,7 @@ func newOrderedRedis(t *testing.T) (*orderedRedis, *Hub) {
 	if err := r.h.SubscribeControl(); err != nil {
 		t.Fatal(err)
 	}
-	r.h.recoverLog(context.Background()) // as the feed does once connected
+	r.h.recoverLog(context.Background(), r) // as the feed does once connected
 	return r, r.h
 }
 

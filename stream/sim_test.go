@@ -119,7 +119,7 @@ func newSim(cfg simConfig) *sim {
 		MaxEventBytes: 1 << 10, ReplayMaxBytes: 1 << 30, ReplayInflightBytes: 1 << 20, Retry: time.Second, MarkInterval: time.Hour, Loops: -1}
 	rooms := simRooms[:[]int{3, 6}[rng.IntN(2)]]
 	s := &sim{cfg: cfg, rng: rng, r: r, tokens: map[string]string{}, queueOpts: opts, rooms: rooms}
-	s.h = NewHub(r, r, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	s.h = NewHub(r, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.schedule = append(s.schedule, fmt.Sprintf("config: maxlen %d, page %d events, queue %d events, rooms %v", maxlen, page, opts.QueueEvents, rooms))
 	return s
