@@ -29,8 +29,8 @@ type benchRun struct {
 func run(c config) (Result, error) {
 	ctx := context.Background()
 	r := &benchRun{c: c, res: Result{Scenario: c.scenario, Streams: c.n, Slow: c.slow, Events: c.events, Rate: c.rate}}
-	if c.storm && (c.mode != "script" || c.slow > 0 || c.jitter <= 0) {
-		return r.res, fmt.Errorf("-storm needs -publish script, no -slow and a positive -jitter")
+	if c.storm && (c.mode != "script" || c.slow > 0 || c.jitter <= 0 || c.events < 2) {
+		return r.res, fmt.Errorf("-storm needs -publish script, no -slow, a positive -jitter and -events 2 or more (the storm begins halfway)")
 	}
 	raiseFileLimit()
 	opts, err := redis.ParseURL(c.redisURL)

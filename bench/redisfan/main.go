@@ -59,6 +59,10 @@ func main() {
 	batch := flag.Int("pipeline", 64, "commands per round trip")
 	sharded := flag.Bool("sharded", false, "SSUBSCRIBE/SPUBLISH instead of SUBSCRIBE/PUBLISH")
 	flag.Parse()
+	if *subs < 1 || *channels < 1 || *messages < 1 || *pubs < 1 || *batch < 1 || *size < 0 {
+		fmt.Fprintln(os.Stderr, "redisfan: -subscribers, -channels, -messages, -publishers and -pipeline must be 1 or more, -size 0 or more")
+		os.Exit(2)
+	}
 
 	subCmd, pubCmd, kind := "SUBSCRIBE", "PUBLISH", "message"
 	if *sharded {
