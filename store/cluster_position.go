@@ -69,13 +69,38 @@ func (c *Cluster) runRounds(r *positionRound) {
 	}
 }
 
+// position is one round of Position: every partition's cursor read on
+// its master, then a ping answered on every partition's connection, then
+// the instance's vector, moved on to what was read.
 func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
-	type read struct {
-		epoch string
-		n     uint64
+	reads, err := c.readCursors(ctx)
+	if err != nil {
+		return wire.Cursor{}, err
 	}
-	reads := make([]read, c.parts)
-	cmds := make([]*redis.Cmd, c.parts)
+	if err := c.awaitPongs(ctx); err != nil {
+		return wire.Cursor{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, r := range reads {
+		if c.epochs[k] != "" && c.epochs[k] != r.epoch {
+			// The partition lost its data and its feed has not met the new
+			// epoch yet: its gap recovery deals with the streams.
+			continue
+		}
+		c.adoptLocked(k, r.epoch, r.n)
+	}
+	return wire.VectorCursor(c.stampLocked(-1)), nil
+}
+
+// cursorRead is a partition's epoch and position as a round read them.
+type cursorRead struct {
+	epoch string
+	n     uint64
+}
+
+// readCursors reads every partition's cursor (cursorScript).
+func (c *Cluster) readCursors(ctx context.Context) ([]cursorRead, error) {
 	// Each cursor is read on its slot's master as the slot map has it, the
 	// node the partition's connection is subscribed on, and an ASK or MOVED
 	// is not followed: while a slot migrates, its events go out on the node
@@ -83,14 +108,49 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 	// would take the instance past events published there, which reach it
 	// only once the slot is handed over, by the gap recovery, which starts
 	// from that position. The round fails instead; streams retry.
+	nodes, err := c.partitionsByMaster(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cmds := c.runCursorScripts(ctx, nodes)
+	reads := make([]cursorRead, c.parts)
+	for k, cmd := range cmds {
+		s, err := cmd.Text()
+		if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
+			// The slot moved, or is moving: the next round reads the map again.
+			c.cc.ReloadState(ctx)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading partition %d's position: %w", k, err)
+		}
+		e, n, _, err := parsePosition(k, s)
+		if err != nil {
+			return nil, err
+		}
+		reads[k] = cursorRead{e, n}
+	}
+	return reads, nil
+}
+
+// partitionsByMaster groups the partitions by the master of their slot,
+// as the slot map has it.
+func (c *Cluster) partitionsByMaster(ctx context.Context) (map[*redis.Client][]int, error) {
 	nodes := map[*redis.Client][]int{}
 	for k := range c.parts {
 		node, err := c.cc.MasterForKey(ctx, c.tagOf(k)+"cursor")
 		if err != nil {
-			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
+			return nil, fmt.Errorf("reading partition %d's position: %w", k, err)
 		}
 		nodes[node] = append(nodes[node], k)
 	}
+	return nodes, nil
+}
+
+// runCursorScripts runs cursorScript for every partition on the node
+// given, one pipeline per node, the nodes at once; the replies are by
+// partition.
+func (c *Cluster) runCursorScripts(ctx context.Context, nodes map[*redis.Client][]int) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, c.parts)
 	var wg sync.WaitGroup
 	for node, ks := range nodes {
 		wg.Go(func() {
@@ -109,26 +169,18 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 		})
 	}
 	wg.Wait()
-	for k, cmd := range cmds {
-		s, err := cmd.Text()
-		if redis.HasErrorPrefix(err, "MOVED") || redis.HasErrorPrefix(err, "ASK") {
-			// The slot moved, or is moving: the next round reads the map again.
-			c.cc.ReloadState(ctx)
-		}
-		if err != nil {
-			return wire.Cursor{}, fmt.Errorf("reading partition %d's position: %w", k, err)
-		}
-		e, n, _, err := parsePosition(k, s)
-		if err != nil {
-			return wire.Cursor{}, err
-		}
-		reads[k] = read{e, n}
-	}
+	return cmds
+}
+
+// awaitPongs writes a barrier ping on every partition's connection and
+// waits for every answer: whatever was published on a subscribed channel
+// before the ping has then been delivered.
+func (c *Cluster) awaitPongs(ctx context.Context) error {
 	waits := make([]<-chan error, c.parts)
 	for k, f := range c.feeds {
 		done, err := f.ping(ctx)
 		if err != nil {
-			return wire.Cursor{}, fmt.Errorf("partition %d: %w", k, err)
+			return fmt.Errorf("partition %d: %w", k, err)
 		}
 		waits[k] = done
 	}
@@ -136,21 +188,11 @@ func (c *Cluster) position(ctx context.Context) (wire.Cursor, error) {
 		select {
 		case err := <-done:
 			if err != nil {
-				return wire.Cursor{}, fmt.Errorf("partition %d: %w", k, err)
+				return fmt.Errorf("partition %d: %w", k, err)
 			}
 		case <-ctx.Done():
-			return wire.Cursor{}, ctx.Err()
+			return ctx.Err()
 		}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for k, r := range reads {
-		if c.epochs[k] != "" && c.epochs[k] != r.epoch {
-			// The partition lost its data and its feed has not met the new
-			// epoch yet: its gap recovery deals with the streams.
-			continue
-		}
-		c.adoptLocked(k, r.epoch, r.n)
-	}
-	return wire.VectorCursor(c.stampLocked(-1)), nil
+	return nil
 }

@@ -143,13 +143,6 @@ type receiveHooks struct {
 	readMarker func(ctx context.Context) (string, error)
 }
 
-// lagError is a connection dropped for being too far behind.
-type lagError struct{ lag, limit time.Duration }
-
-func (e *lagError) Error() string {
-	return fmt.Sprintf("%.1fs behind, past PUBSUB_LAG_LIMIT %v", e.lag.Seconds(), e.limit)
-}
-
 // receive reads the connection until ctx ends, and makes it again when it
 // is lost, stalled (a lag probe unanswered for 2 ping intervals) or too
 // far behind (h.lagLimit). Reads have no deadline: one that expired in
@@ -171,63 +164,15 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 		stop()
 		wstop()
 		watchdog.Wait()
-		c.mu.Lock()
-		c.attempt++ // a redial under way puts nothing in place now
-		c.mu.Unlock()
-		c.detach(h.detachedLocked)
-		c.barrier.releaseAll(ErrFeedLost)
-		// An abandoned redial ends within go-redis's own timeouts.
-		c.dials.Wait()
+		c.shutDown(h)
 	}()
-	backoff := newBackoff(100*time.Millisecond, 2*time.Second)
-	m := &c.lag
-	lagging := false // a lag episode: logged once as it starts, once as it ends
-	subscribed := 0  // channels the connection has, as its last (un)subscribe reply said
-
-	// lose drops the connection for err (or the reason the watchdog closed
-	// it for) and waits the backoff; false: ctx ended.
-	lose := func(err error) bool {
-		c.mu.Lock()
-		if c.dropped != nil {
-			err, c.dropped = c.dropped, nil
-		}
-		c.mu.Unlock()
-		c.detach(h.detachedLocked)
-		m.lost(time.Now())
-		// Waiters would otherwise hang for a reply that will never come;
-		// they learn that their subscriptions are not confirmed.
-		c.barrier.releaseAll(ErrFeedLost)
-		if c.connected.Swap(false) {
-			h.metrics.Reconnects.Inc()
-			var le *lagError
-			if errors.As(err, &le) {
-				lagging = true
-				h.log.Warn("redis pub/sub lags behind: dropping the late connection; once it is made again, streams catch up from history",
-					"lag", le.lag.Round(100*time.Millisecond), "limit", le.limit)
-			} else {
-				h.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "err", err)
-			}
-		}
-		h.lost(ctx, err)
-		return sleep(ctx, backoff.next())
-	}
-
+	r := &receiver{c: c, h: h, backoff: newBackoff(100*time.Millisecond, 2*time.Second)}
 	for ctx.Err() == nil {
 		ps := c.current()
 		if ps == nil {
-			if err := c.redialWithin(ctx, h, c.dialTimeout()); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				// go-redis logs dial errors itself; one line per attempt here
-				// would be one every 2 s for an outage.
-				h.log.Debug("redis pub/sub: not connected again yet", "err", err)
-				if !sleep(ctx, backoff.next()) {
-					return
-				}
-				continue
+			if !r.reconnect(ctx) {
+				return
 			}
-			subscribed = 0
 			continue
 		}
 		msg, err := ps.Receive(ctx)
@@ -235,119 +180,165 @@ func (c *subConn) receive(ctx context.Context, h receiveHooks) {
 			return
 		}
 		if err != nil {
-			if !lose(err) {
+			if !r.lose(ctx, err) {
 				return
 			}
 			continue
 		}
 		if s, ok := msg.(*redis.Subscription); ok {
-			if c.connected.Load() && resubscribed(s, subscribed) {
-				// go-redis made a new connection from a call that met the
-				// old one dead (a Subscribe, a Sync) while this loop was not
-				// reading: no error came here, but the gap is the same.
-				c.connected.Store(false)
-				h.metrics.Reconnects.Inc()
-				h.log.Warn("redis pub/sub connection lost and made again meanwhile; streams stay open")
-				m.lost(time.Now())
-				c.barrier.releaseAll(ErrFeedLost)
-				h.lost(ctx, errReplaced)
-			}
-			subscribed = s.Count
+			r.countSubscriptions(ctx, s)
 		}
-		if !c.connected.Swap(true) {
-			c.wasUp.Store(true)
-			backoff.reset()
-			// The gap's recovery delivers what was published while the feed
-			// was behind; its own time is not the connection's lag (else a
-			// recovery longer than the limit would drop every connection).
-			c.recovering.Store(true)
-			h.up(ctx)
-			m.caughtUp()
-			c.recovering.Store(false)
-			if lagging {
-				lagging = false
-				h.log.Info("redis pub/sub caught up: back under PUBSUB_LAG_LIMIT", "limit", h.lagLimit)
-			}
-		}
+		r.markConnected(ctx)
 		switch msg := msg.(type) {
 		case *redis.Message:
-			h.metrics.Messages.Inc()
-			w, err := wire.ParseMessage([]byte(msg.Payload), *c.marker.Load())
-			if errors.Is(err, wire.ErrForged) && c.refreshMarker(ctx, h) {
-				// The marker changed under this instance (config lost and
-				// written again by another): read with the new one.
-				w, err = wire.ParseMessage([]byte(msg.Payload), *c.marker.Load())
-			}
-			h.message(msg.Channel, w, err)
+			r.deliver(ctx, msg)
 		case *redis.Subscription:
 			if h.subscription != nil {
-				if err := h.subscription(ctx, msg); err != nil && !lose(err) {
+				if err := h.subscription(ctx, msg); err != nil && !r.lose(ctx, err) {
 					return
 				}
 			}
 		case *redis.Pong:
-			if p, ok := strings.CutPrefix(msg.Payload, "p"); ok {
-				if seq, err := strconv.ParseUint(p, 10, 64); err == nil {
-					m.answered(seq, time.Now())
-				}
-			} else if seq, err := strconv.ParseUint(msg.Payload, 10, 64); err == nil {
-				c.barrier.release(seq, nil)
-			}
+			c.pong(msg.Payload)
 		}
 	}
 }
 
-// watch is receive's watchdog: every probe interval it drops a connection
-// whose probe has gone unanswered for 2 ping intervals, or that is further
-// behind than h.lagLimit, and otherwise writes the next probe.
-func (c *subConn) watch(ctx context.Context, h receiveHooks) {
-	deadAfter := 2 * c.every
-	t := time.NewTicker(c.probeEvery())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		ps := c.current()
-		if ps == nil || c.recovering.Load() {
-			continue // being made again, or its gap recovered
-		}
-		now := time.Now()
-		if age := c.lag.oldest(now); age > deadAfter {
-			// Redis is hung, or the path to it is gone without a reset.
-			c.drop(ps, fmt.Errorf("no answer to a ping for %v", age.Round(time.Millisecond)))
-			continue
-		}
-		if lag := c.lag.lag(now); h.lagLimit > 0 && lag > h.lagLimit && c.connected.Load() {
-			// Draining the backlog through the streams' queues would take
-			// longer than reading it from history on a new connection.
-			c.drop(ps, &lagError{lag: lag, limit: h.lagLimit})
-			continue
-		}
-		// Counted before it is written: its answer may be read first.
-		seq := c.lag.sent(now)
-		pctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
-		err := h.probe(pctx, ps, "p"+strconv.FormatUint(seq, 10))
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			c.drop(ps, fmt.Errorf("writing a ping: %w", err))
-		}
-	}
-}
-
-// drop closes ps, if it is still the connection in place, for cause: the
-// read under way ends, and receive makes a new one.
-func (c *subConn) drop(ps *redis.PubSub, cause error) {
+// shutDown is receive's last step, once its watchdog has stopped: a
+// redial under way is abandoned, the connection taken out and closed, and
+// the callers waiting on it released.
+func (c *subConn) shutDown(h receiveHooks) {
 	c.mu.Lock()
-	if c.ps != ps {
-		c.mu.Unlock()
+	c.attempt++ // a redial under way puts nothing in place now
+	c.mu.Unlock()
+	c.detach(h.detachedLocked)
+	c.barrier.releaseAll(ErrFeedLost)
+	// An abandoned redial ends within go-redis's own timeouts.
+	c.dials.Wait()
+}
+
+// receiver is one run of receive: what it keeps from one connection to
+// the next.
+type receiver struct {
+	c       *subConn
+	h       receiveHooks
+	backoff *backoff
+	lagging bool // a lag episode: logged once as it starts, once as it ends
+	// subscribed is the channels the connection has, as its last
+	// (un)subscribe reply said.
+	subscribed int
+}
+
+// reconnect makes the connection again, or, failing that, waits the
+// backoff; false: ctx ended.
+func (r *receiver) reconnect(ctx context.Context) bool {
+	if err := r.c.redialWithin(ctx, r.h, r.c.dialTimeout()); err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		// go-redis logs dial errors itself; one line per attempt here
+		// would be one every 2 s for an outage.
+		r.h.log.Debug("redis pub/sub: not connected again yet", "err", err)
+		return sleep(ctx, r.backoff.next())
+	}
+	r.subscribed = 0
+	return true
+}
+
+// lose drops the connection for err (or the reason the watchdog closed
+// it for) and waits the backoff; false: ctx ended.
+func (r *receiver) lose(ctx context.Context, err error) bool {
+	c, h := r.c, r.h
+	c.mu.Lock()
+	if c.dropped != nil {
+		err, c.dropped = c.dropped, nil
+	}
+	c.mu.Unlock()
+	c.detach(h.detachedLocked)
+	c.lag.lost(time.Now())
+	// Waiters would otherwise hang for a reply that will never come;
+	// they learn that their subscriptions are not confirmed.
+	c.barrier.releaseAll(ErrFeedLost)
+	if c.connected.Swap(false) {
+		h.metrics.Reconnects.Inc()
+		var le *lagError
+		if errors.As(err, &le) {
+			r.lagging = true
+			h.log.Warn("redis pub/sub lags behind: dropping the late connection; once it is made again, streams catch up from history",
+				"lag", le.lag.Round(100*time.Millisecond), "limit", le.limit)
+		} else {
+			h.log.Warn("redis pub/sub connection lost; streams stay open, reconnecting", "err", err)
+		}
+	}
+	h.lost(ctx, err)
+	return sleep(ctx, r.backoff.next())
+}
+
+// countSubscriptions keeps the count of the connection's channels from
+// an (un)subscribe reply, and tells from it a connection go-redis made
+// again by itself.
+func (r *receiver) countSubscriptions(ctx context.Context, s *redis.Subscription) {
+	c, h := r.c, r.h
+	if c.connected.Load() && resubscribed(s, r.subscribed) {
+		// go-redis made a new connection from a call that met the
+		// old one dead (a Subscribe, a Sync) while this loop was not
+		// reading: no error came here, but the gap is the same.
+		c.connected.Store(false)
+		h.metrics.Reconnects.Inc()
+		h.log.Warn("redis pub/sub connection lost and made again meanwhile; streams stay open")
+		c.lag.lost(time.Now())
+		c.barrier.releaseAll(ErrFeedLost)
+		h.lost(ctx, errReplaced)
+	}
+	r.subscribed = s.Count
+}
+
+// markConnected takes a message read as the connection being up: the
+// first one on a new connection has the gap before it recovered (h.up)
+// before it is handled.
+func (r *receiver) markConnected(ctx context.Context) {
+	c, h := r.c, r.h
+	if c.connected.Swap(true) {
 		return
 	}
-	c.dropped = cause
-	c.mu.Unlock()
-	_ = ps.Close()
+	c.wasUp.Store(true)
+	r.backoff.reset()
+	// The gap's recovery delivers what was published while the feed
+	// was behind; its own time is not the connection's lag (else a
+	// recovery longer than the limit would drop every connection).
+	c.recovering.Store(true)
+	h.up(ctx)
+	c.lag.caughtUp()
+	c.recovering.Store(false)
+	if r.lagging {
+		r.lagging = false
+		h.log.Info("redis pub/sub caught up: back under PUBSUB_LAG_LIMIT", "limit", h.lagLimit)
+	}
+}
+
+// deliver reads a message's framing and hands it to h.message.
+func (r *receiver) deliver(ctx context.Context, msg *redis.Message) {
+	c := r.c
+	r.h.metrics.Messages.Inc()
+	w, err := wire.ParseMessage([]byte(msg.Payload), *c.marker.Load())
+	if errors.Is(err, wire.ErrForged) && c.refreshMarker(ctx, r.h) {
+		// The marker changed under this instance (config lost and
+		// written again by another): read with the new one.
+		w, err = wire.ParseMessage([]byte(msg.Payload), *c.marker.Load())
+	}
+	r.h.message(msg.Channel, w, err)
+}
+
+// pong takes a PING's answer: a lag probe's ("p<n>"), or a barrier's
+// ("<n>").
+func (c *subConn) pong(payload string) {
+	if p, ok := strings.CutPrefix(payload, "p"); ok {
+		if seq, err := strconv.ParseUint(p, 10, 64); err == nil {
+			c.lag.answered(seq, time.Now())
+		}
+	} else if seq, err := strconv.ParseUint(payload, 10, 64); err == nil {
+		c.barrier.release(seq, nil)
+	}
 }
 
 // redialWithin runs h.redial on a goroutine and waits for it for about
@@ -414,154 +405,4 @@ func (c *subConn) refreshMarker(ctx context.Context, h receiveHooks) bool {
 	h.log.Warn("the durable marker changed in Redis: reading with the new one")
 	c.marker.Store(&m)
 	return true
-}
-
-// barrier matches PING replies to the callers waiting for them.
-type barrier struct {
-	mu      sync.Mutex
-	seq     uint64
-	waiters map[uint64]chan error
-}
-
-// send writes a PING carrying a new sequence number and returns a channel
-// that gets nil when its reply arrives, or an error when the connection is
-// lost first. Each waiter is released by its own reply: writers do not
-// hold a lock across the write, so a later number may be written first.
-func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan error, error) {
-	done := make(chan error, 1)
-	if err := b.sendOn(ctx, ps, done); err != nil {
-		return nil, err
-	}
-	return done, nil
-}
-
-// sendOn is send with the caller's channel (buffered, one slot), which
-// gets nothing if the write fails.
-func (b *barrier) sendOn(ctx context.Context, ps *redis.PubSub, done chan error) error {
-	b.mu.Lock()
-	b.seq++
-	seq := b.seq
-	if b.waiters == nil {
-		b.waiters = make(map[uint64]chan error)
-	}
-	b.waiters[seq] = done
-	b.mu.Unlock()
-	if err := ps.Ping(ctx, strconv.FormatUint(seq, 10)); err != nil {
-		b.mu.Lock()
-		delete(b.waiters, seq)
-		b.mu.Unlock()
-		return err
-	}
-	return nil
-}
-
-func (b *barrier) release(seq uint64, err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if ch, ok := b.waiters[seq]; ok {
-		ch <- err
-		delete(b.waiters, seq)
-	}
-}
-
-func (b *barrier) releaseAll(err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for seq, ch := range b.waiters {
-		ch <- err
-		delete(b.waiters, seq)
-	}
-}
-
-// lagMeter measures the lag with probes: a PING written on the pub/sub
-// connection is answered behind everything Redis queued for the
-// connection before it, so its round trip is how far behind the reader
-// is, whatever the clocks of the hosts say.
-type lagMeter struct {
-	mu     sync.Mutex
-	seq    uint64
-	out    []probe // written, unanswered, oldest first
-	rtt    time.Duration
-	behind time.Time // when the oldest unanswered probe was sent, or the connection lost; zero: none
-}
-
-type probe struct {
-	seq  uint64
-	sent time.Time
-}
-
-// lag is the last answered probe's round trip, or the age of the oldest
-// unanswered one if more.
-func (m *lagMeter) lag(now time.Time) time.Duration {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	d := m.rtt
-	if !m.behind.IsZero() {
-		d = max(d, now.Sub(m.behind))
-	}
-	return d
-}
-
-// oldest is the age of the oldest probe unanswered on this connection.
-func (m *lagMeter) oldest(now time.Time) time.Duration {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.out) == 0 {
-		return 0
-	}
-	return now.Sub(m.out[0].sent)
-}
-
-// sent counts a new probe, sent now, and returns its number.
-func (m *lagMeter) sent(now time.Time) uint64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.seq++
-	m.out = append(m.out, probe{m.seq, now})
-	if m.behind.IsZero() {
-		m.behind = now
-	}
-	return m.seq
-}
-
-// answered takes seq's reply: Redis answers in order, so the probes
-// before it are answered too.
-func (m *lagMeter) answered(seq uint64, now time.Time) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	i := 0
-	for i < len(m.out) && m.out[i].seq <= seq {
-		if m.out[i].seq == seq {
-			m.rtt = now.Sub(m.out[i].sent)
-		}
-		i++
-	}
-	if i == 0 {
-		return // a probe of a connection since replaced, or written before a catch-up
-	}
-	m.out = m.out[i:]
-	m.behind = time.Time{}
-	if len(m.out) > 0 {
-		m.behind = m.out[0].sent
-	}
-}
-
-// lost: the probes out will never be answered; the feed stays behind
-// from the oldest of them (or from now) until it is caught up again.
-func (m *lagMeter) lost(now time.Time) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.out = nil
-	if m.behind.IsZero() {
-		m.behind = now
-	}
-}
-
-// caughtUp: a new connection is up and the gap recovered.
-func (m *lagMeter) caughtUp() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.out = nil
-	m.rtt = 0
-	m.behind = time.Time{}
 }
