@@ -160,10 +160,11 @@ func (s *stalledFeed) deliveredWithin(t *testing.T, channel string, limit time.D
 // anything, without a reset (a partition, a dead NAT entry). The feed must
 // take its connection as dead within about two ping intervals, keep
 // trying to make a new one with short deadlines, and once the link heals,
-// deliver a fresh publish within its backoff (100 ms to 2 s): the bound
-// asserted is 3 s after the heal. (Before the redial had deadlines of its
-// own, go-redis dialled inside the feed's read, with its own timeouts
-// (3 s per read), and the feed took tens of seconds.)
+// deliver a fresh publish within its backoff (100 ms to 2 s). The bound
+// asserted is 10 s after the heal: far from the tens of seconds the feed
+// took before the redial had deadlines of its own (go-redis dialled inside
+// the feed's read, with its own 3 s per read), and clear of a loaded
+// machine's delays (3 s was missed once at a load average of 17).
 func TestFeedRecoversAfterStall(t *testing.T) {
 	s := startStalledFeed(t)
 	s.proxy.Stall()
@@ -176,8 +177,8 @@ func TestFeedRecoversAfterStall(t *testing.T) {
 	s.proxy.Heal()
 	took := s.deliveredWithin(t, "room:a", 30*time.Second)
 	t.Logf("after the heal, a fresh publish was delivered within %v", took.Round(time.Millisecond))
-	if took > 3*time.Second {
-		t.Errorf("live delivery resumed %v after the link healed, want within the backoff (asserting 3 s)", took.Round(time.Millisecond))
+	if took > 10*time.Second {
+		t.Errorf("live delivery resumed %v after the link healed, want within the backoff (asserting 10 s)", took.Round(time.Millisecond))
 	}
 	if s.connected.Load() < 2 {
 		t.Errorf("connected ran %d times, want again after the stall (the gap's recovery)", s.connected.Load())
