@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,10 +54,19 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	if b.hubOptions != nil {
 		b.hubOptions(&opts)
 	}
+	workers := []func(context.Context){}
+	if cfg.Presence {
+		p := stream.NewPresence(b.presence, presenceOptions(cfg), log, stream.NewPresenceMetrics(reg))
+		opts.Presence = p
+		workers = append(workers, p.Run)
+	}
 	hub := stream.NewHub(b.broker, opts, log, stream.NewMetrics(reg))
 
 	routes := routeOptions(cfg, hub, b.sessions, reg, log)
 	routes.History = b.history
+	if cfg.Presence {
+		routes.Presence = b.presence
+	}
 	routes.Ready = readiness(b.probe, b.broker, cfg.PubSubLagLimit)
 	routes.Dev = b.dev
 	e := handlers.New(routes)
@@ -64,11 +74,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 	if err := b.start(ctx, hub); err != nil {
 		return err
 	}
-	stop := startWorkers(
+	stop := startWorkers(append(workers,
 		func(ctx context.Context) { b.broker.Run(ctx, hub) },
 		hub.Run,
 		func(ctx context.Context) { hub.Recheck(ctx, b.sessions, cfg.SessionRecheckInterval) },
-	)
+	)...)
 	defer stop()
 	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
 }
@@ -119,24 +129,42 @@ func hubOptions(cfg Config) stream.Options {
 	}
 }
 
+// presenceOptions are presence's settings (docs/presence.md).
+func presenceOptions(cfg Config) stream.PresenceOptions {
+	var events []string
+	for _, e := range cfg.PresenceEvents {
+		if e = strings.TrimSpace(e); e != "" {
+			events = append(events, e)
+		}
+	}
+	return stream.PresenceOptions{
+		Events:       events,
+		Grace:        cfg.PresenceGrace,
+		TTL:          cfg.PresenceTTL,
+		Flush:        cfg.PresenceFlush,
+		RoomInterval: cfg.PresenceRoomInterval,
+	}
+}
+
 // routeOptions are the routes' settings, but for what depends on the
 // Redis they run on (History, Ready, Dev), which the caller sets.
 func routeOptions(cfg Config, hub *stream.Hub, sessions *store.Sessions, reg *prometheus.Registry, log *slog.Logger) handlers.Options {
 	return handlers.Options{
-		Hub:            hub,
-		Sessions:       sessions,
-		PublishToken:   cfg.PublishToken,
-		MaxEventBytes:  cfg.MaxEventBytes,
-		MaxRooms:       cfg.MaxRooms,
-		SessionCookie:  cfg.SessionCookie,
-		AllowedOrigins: cfg.AllowedOrigins,
-		Write:          stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
-		Retry:          cfg.RetryInterval,
-		RedisTimeout:   cfg.RedisTimeout,
-		PublishTimeout: publishTimeout(cfg),
-		Registry:       reg,
-		Log:            log,
-		Version:        version.Version,
+		Hub:             hub,
+		Sessions:        sessions,
+		PublishToken:    cfg.PublishToken,
+		MaxEventBytes:   cfg.MaxEventBytes,
+		MaxRooms:        cfg.MaxRooms,
+		SessionCookie:   cfg.SessionCookie,
+		AllowedOrigins:  cfg.AllowedOrigins,
+		Write:           stream.WriteOptions{Heartbeat: cfg.HeartbeatInterval, WriteTimeout: cfg.WriteTimeout},
+		Retry:           cfg.RetryInterval,
+		RedisTimeout:    cfg.RedisTimeout,
+		PublishTimeout:  publishTimeout(cfg),
+		PresencePageMax: cfg.PresencePageMax,
+		Registry:        reg,
+		Log:             log,
+		Version:         version.Version,
 	}
 }
 

@@ -22,6 +22,7 @@ type backend struct {
 	sessions *store.Sessions
 	probe    redis.Cmdable // /readyz's ping
 	dev      *handlers.Dev // the try-out's routes; nil: none
+	presence *store.Presence
 	// hubOptions, if set, adds the backend's own to the hub's options.
 	hubOptions func(*stream.Options)
 	// start readies the backend and the hub before the first stream; an
@@ -55,6 +56,7 @@ func redisBackend(cfg Config, log *slog.Logger, reg *prometheus.Registry, redisU
 		history:  history,
 		sessions: store.NewSessions(rdb, cfg.SessionPrefix, cfg.MaxSessionBytes),
 		probe:    probe,
+		presence: store.NewPresence(rdb, cfg.ChannelPrefix),
 		start: func(ctx context.Context, hub *stream.Hub) error {
 			startRedis(ctx, r, hub, log)
 			return nil

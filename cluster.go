@@ -36,6 +36,7 @@ func clusterBackend(cfg Config, log *slog.Logger, reg *prometheus.Registry) *bac
 		history:  cl,
 		sessions: store.NewSessions(cc, cfg.SessionPrefix, cfg.MaxSessionBytes),
 		probe:    cc,
+		presence: cl.Presence(),
 		hubOptions: func(o *stream.Options) {
 			o.ParseCursor = cl.ParseCursor
 			o.AfterGrant = cl.AfterGrant

@@ -13,7 +13,7 @@ import (
 	"github.com/ssebridge/ssebridge/internal/version"
 )
 
-// command runs a subcommand, publish or tail, or prints the help or the
+// command runs a subcommand, publish, tail or presence, or prints the help or the
 // version, and
 // returns the exit code: 0, 1 when the command failed, 2 for a usage error.
 func command(name string, args []string, stdout, stderr io.Writer) int {
@@ -31,6 +31,8 @@ func command(name string, args []string, stdout, stderr io.Writer) int {
 		err = publishCommand(ctx, args, stdout, stderr)
 	case "tail":
 		err = tailCommand(ctx, args, stdout, stderr)
+	case "presence":
+		err = presenceCommand(ctx, args, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "ssebridge: unknown command %q\n\n", name)
 		writeHelp(stderr)

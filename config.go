@@ -90,6 +90,16 @@ type Config struct {
 	// the first one's id and publishes nothing.
 	IdempotencyWindow time.Duration `env:"IDEMPOTENCY_WINDOW" envDefault:"5m" help:"a publish repeating an Idempotency-Key seen this recently answers the first id, publishes nothing"`
 
+	// Room presence (docs/presence.md): who is in a room now, over every
+	// instance, kept in Redis at a write per change of membership.
+	Presence             bool          `env:"PRESENCE" envDefault:"true" help:"count each user's streams per room in Redis, for GET /presence and presence events; false: neither"`
+	PresenceEvents       []string      `env:"PRESENCE_EVENTS" envSeparator:"," help:"comma-separated room-name prefixes whose rooms get event: presence (join, leave); *: every room; empty: none"`
+	PresenceGrace        time.Duration `env:"PRESENCE_GRACE" envDefault:"5s" help:"a user whose stream comes back within this long (a reload, a blip, a restart) never left"`
+	PresenceTTL          time.Duration `env:"PRESENCE_TTL" envDefault:"15s" help:"a crashed instance's streams leave every presence answer within this long (after PRESENCE_GRACE)"`
+	PresenceFlush        time.Duration `env:"PRESENCE_FLUSH" envDefault:"100ms" help:"presence changes gather this long before one batched write"`
+	PresenceRoomInterval time.Duration `env:"PRESENCE_ROOM_INTERVAL" envDefault:"250ms" help:"least time between two writes of one room's presence by an instance (a flapping room is written at this pace)"`
+	PresencePageMax      int           `env:"PRESENCE_PAGE_MAX" envDefault:"1000" help:"most users one GET /presence answer lists (limit=)"`
+
 	PprofAddr string `env:"PPROF_ADDR" help:"e.g. 127.0.0.1:6060: Go's profiling endpoints on their own listener; unset: none"`
 
 	// Both set: serve HTTPS (and HTTP/2) with this PEM certificate chain
@@ -117,11 +127,21 @@ func loadConfig(environ map[string]string) (Config, error) {
 		"HISTORY_TTL": int64(cfg.HistoryTTL), "REPLAY_MAX_BYTES": int64(cfg.ReplayMaxBytes),
 		"REPLAY_INFLIGHT_BYTES": int64(cfg.ReplayInflightBytes), "MAX_ROOMS": int64(cfg.MaxRooms),
 		"MAX_RESUMES_PER_USER_PER_MINUTE": int64(cfg.MaxResumesPerUserPerMinute),
+		"PRESENCE_TTL":                    int64(cfg.PresenceTTL), "PRESENCE_FLUSH": int64(cfg.PresenceFlush),
+		"PRESENCE_PAGE_MAX": int64(cfg.PresencePageMax),
 	}
 	for name, v := range positive {
 		if v <= 0 {
 			return cfg, fmt.Errorf("%s must be greater than zero", name)
 		}
+	}
+	switch {
+	case cfg.PresenceGrace < 0:
+		return cfg, errors.New("PRESENCE_GRACE must not be negative")
+	case cfg.PresenceRoomInterval < 0:
+		return cfg, errors.New("PRESENCE_ROOM_INTERVAL must not be negative")
+	case cfg.PresenceTTL < 3*cfg.PresenceFlush:
+		return cfg, fmt.Errorf("PRESENCE_TTL (%v) must be at least three PRESENCE_FLUSH (%v): an instance beats every PRESENCE_TTL/3", cfg.PresenceTTL, cfg.PresenceFlush)
 	}
 	if cfg.SessionCookie == "" {
 		return cfg, errors.New("SESSION_COOKIE must not be empty")

@@ -37,6 +37,10 @@ func TestLoadConfig(t *testing.T) {
 		{"MAX_STREAMS", "many", "MAX_STREAMS"},
 		{"STREAM_QUEUE", "0", "STREAM_QUEUE must be greater than zero"},
 		{"SHUTDOWN_TIMEOUT", "-1s", "SHUTDOWN_TIMEOUT must be greater than zero"},
+		{"PRESENCE_GRACE", "-1s", "PRESENCE_GRACE must not be negative"},
+		{"PRESENCE_ROOM_INTERVAL", "-1ms", "PRESENCE_ROOM_INTERVAL must not be negative"},
+		{"PRESENCE_TTL", "200ms", "PRESENCE_TTL (200ms) must be at least three PRESENCE_FLUSH (100ms)"},
+		{"PRESENCE_PAGE_MAX", "0", "PRESENCE_PAGE_MAX must be greater than zero"},
 		{"LOG_LEVEL", "chatty", "LOG_LEVEL"},
 		{"ALLOWED_ORIGINS", "app.example.com", "ALLOWED_ORIGINS"},
 	} {

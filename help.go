@@ -34,12 +34,13 @@ Usage:
   ssebridge                   serve: the server mode, configured by the environment below
   ssebridge publish [flags]   publish a durable event (ssebridge publish -h for the flags)
   ssebridge tail [flags]      print a stream's events, resuming after a drop (ssebridge tail -h)
+  ssebridge presence [flags]  who is in a room (-room), where a user is (-user) (ssebridge presence -h)
   ssebridge version           the version, Go version and VCS revision of this build (also -version)
   ssebridge help              this text (also -h, --help)
 
 Without REDIS_URL the server starts an embedded Redis for trying out, on
-loopback only (REDIS_URL set but empty is an error), and publish and tail
-on the same machine find it by themselves.
+loopback only (REDIS_URL set but empty is an error), and publish, tail and
+presence on the same machine find it by themselves.
 
 Environment (server mode; a bad value stops the start, naming the variable):
 `

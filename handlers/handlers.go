@@ -58,6 +58,10 @@ type Options struct {
 	// Version is what /healthz names (internal/version.Version).
 	Version string
 
+	// Presence, when set with PublishToken, serves GET /presence.
+	Presence        *store.Presence
+	PresencePageMax int // most users one answer lists (PRESENCE_PAGE_MAX)
+
 	// Dev, when set, adds the try-out routes of embedded mode.
 	Dev *Dev
 
@@ -123,6 +127,15 @@ func New(o Options) *echo.Echo {
 		o.Registry.MustRegister(publishRefused)
 		zero(publishRefused, "unauthorized", "bad_request", "too_large", "redis", "client_gone", "idempotency_key_reused")
 		e.POST("/publish", (&publisher{o: o, log: clog, refused: publishRefused}).publish, noStore)
+	}
+	if o.PublishToken != "" && o.Presence != nil {
+		presenceRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ssebridge_presence_refused_total",
+			Help: "GET /presence requests refused, by reason.",
+		}, []string{"reason"})
+		o.Registry.MustRegister(presenceRefused)
+		zero(presenceRefused, "unauthorized", "bad_request", "too_large", "redis", "client_gone")
+		e.GET("/presence", (&presence{o: o, log: clog, refused: presenceRefused}).serve, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok", "version": o.Version})

@@ -83,6 +83,9 @@ type Options struct {
 	// plain TCP): 0 is one per core (GOMAXPROCS), negative is none (a
 	// goroutine per stream).
 	Loops int
+	// Presence counts the streams of each user per room, over every
+	// instance (PRESENCE); nil: not counted.
+	Presence *Presence
 }
 
 // defaultRedisTimeout is Options.RedisTimeout when it is not set.

@@ -4,6 +4,7 @@ import (
 	"hash/maphash"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -121,6 +122,9 @@ func (h *Hub) attach(s *Stream, channel string) error {
 	set.add(s)
 	sh.subs[channel] = set
 	sh.mu.Unlock()
+	if h.opts.Presence != nil {
+		h.opts.Presence.arrive(channel, s.User)
+	}
 	if first {
 		return h.backend.Subscribe(channel)
 	}
@@ -155,6 +159,9 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 		sh.subs[channel] = set
 	}
 	sh.mu.Unlock()
+	if h.opts.Presence != nil {
+		h.opts.Presence.depart(channel, s.User, time.Now())
+	}
 	if last {
 		h.backend.Unsubscribe(channel)
 	}

@@ -25,6 +25,7 @@ session). Without it, by hand (the low-level API):
     sse.publish(sse.room("lobby"), "chat", {"from": "alice", "text": "hi"})         # live
     event_id = sse.publish_durable(sse.user("bob"), "dm", {"text": "psst"})         # durable
     sse.set_rooms(request, ["lobby", "team-7"])                                     # session + join
+    sse.room_presence("lobby")  # {"room": "lobby", "users": {"alice": 2}, "count": {...}}
 
 Settings: one dict, SSEBRIDGE, every key optional (ssebridge_django.conf.DEFAULTS).
 Add "ssebridge_django" to INSTALLED_APPS for the template tags
@@ -46,6 +47,7 @@ from .publishing import (
     room,
     user,
 )
+from .presence import online, room_presence, user_presence
 from .sessions import get_session, login, logout, set_rooms, token
 
 # One version for ssebridge and this package: the Go module's
@@ -63,12 +65,15 @@ __all__ = [
     "logout",
     "logout_user",
     "new_idempotency_key",
+    "online",
     "publish",
     "publish_durable",
     "publish_durable_retrying",
     "redis_client",
     "room",
+    "room_presence",
     "set_rooms",
     "token",
     "user",
+    "user_presence",
 ]

@@ -1,0 +1,385 @@
+package stream
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssebridge/ssebridge/internal/ratelog"
+	"github.com/ssebridge/ssebridge/wire"
+)
+
+// PresenceStore keeps every instance's share of room presence:
+// store.Presence, on one Redis, Sentinel or Redis Cluster.
+type PresenceStore interface {
+	// Write sets the shares a batch names (absolute: written twice, it
+	// changes nothing), publishing the joins and leaves that result.
+	Write(ctx context.Context, b PresenceBatch) error
+	// Beat says this instance is alive; swept reports that others had
+	// taken it for dead and removed its share (to be written again).
+	Beat(ctx context.Context, now time.Time) (swept bool, err error)
+	// Sweep removes the share of every instance silent since before
+	// now-silence, and returns how many.
+	Sweep(ctx context.Context, now time.Time, silence time.Duration, events func(room string) bool) (int, error)
+	// Retire makes this instance's share go in grace (a clean shutdown).
+	Retire(ctx context.Context, now time.Time, silence, grace time.Duration) error
+}
+
+// PresenceShare is this instance's streams of User in Room (Room "": all
+// its streams of the user).
+type PresenceShare struct {
+	Room    string
+	User    string
+	Streams int
+}
+
+// PresenceBatch is one write of this instance's shares. Entered and Left
+// name what its share began or ended in ("r"+room, "u"+user): the index a
+// sweep of the instance goes through.
+type PresenceBatch struct {
+	Shares  []PresenceShare
+	Entered []string
+	Left    []string
+	// Events says whether a room's joins and leaves are published.
+	Events func(room string) bool
+}
+
+// PresenceOptions are presence's settings.
+type PresenceOptions struct {
+	Events []string      // PRESENCE_EVENTS: room-name prefixes whose rooms get presence events; "*": all
+	Grace  time.Duration // PRESENCE_GRACE: a stream that comes back within it was never gone
+	TTL    time.Duration // PRESENCE_TTL: a dead instance's streams leave every answer within it
+	Flush  time.Duration // PRESENCE_FLUSH: how long changes gather before they are written
+	// RoomInterval is the least time between two writes of one room's
+	// presence by this instance (PRESENCE_ROOM_INTERVAL): a room in a storm
+	// of arrivals and departures is written at that pace, what changed
+	// meanwhile in one write, and what came and went meanwhile not at all.
+	RoomInterval time.Duration
+}
+
+// Presence counts this instance's streams per room and user, and writes
+// the counts into its PresenceStore when they change: after the grace for
+// a departure, at once (within Flush) for an arrival. The hub tells it of
+// every stream that gains or loses a room or its user's channel.
+type Presence struct {
+	store   PresenceStore
+	opts    PresenceOptions
+	log     ratelog.Logger // a failure repeats every flush while Redis is away: a line a minute
+	metrics *PresenceMetrics
+
+	mu      sync.Mutex
+	shares  map[shareKey]*share
+	dirty   map[shareKey]struct{}
+	held    map[string]int       // "r"+room or "u"+user -> shares written above zero
+	written map[string]time.Time // room -> when its presence was last written
+	left    []string             // names whose share ended, for the next batch's Left
+}
+
+type shareKey struct{ room, user string }
+
+// share is this instance's streams of one user in one room.
+type share struct {
+	live    int         // streams open now
+	leaving []time.Time // streams gone, each until its grace ends
+	written int         // what the store was last told
+	unknown bool        // that write may not have been taken: write again
+}
+
+// NewPresence returns presence kept in store. Run writes it.
+func NewPresence(store PresenceStore, opts PresenceOptions, log *slog.Logger, m *PresenceMetrics) *Presence {
+	if opts.Flush <= 0 {
+		opts.Flush = 100 * time.Millisecond
+	}
+	if opts.TTL <= 0 {
+		opts.TTL = 15 * time.Second
+	}
+	return &Presence{
+		store: store, opts: opts, metrics: m,
+		log:     ratelog.Logger{Log: log, Limit: ratelog.New(time.Minute, nil)},
+		shares:  map[shareKey]*share{},
+		dirty:   map[shareKey]struct{}{},
+		held:    map[string]int{},
+		written: map[string]time.Time{},
+	}
+}
+
+// keyOf is the share a channel counts in: a room's, or the user's own
+// channel's (room ""); ok is false for any other channel.
+func keyOf(channel, user string) (k shareKey, ok bool) {
+	if room, isRoom := wire.RoomOf(channel); isRoom {
+		return shareKey{room, user}, true
+	}
+	return shareKey{"", user}, channel == wire.UserChannel(user)
+}
+
+// arrive counts a stream of user that gained channel. Within a departure's
+// grace it takes that departure's place: nothing changes.
+func (p *Presence) arrive(channel, user string) {
+	k, ok := keyOf(channel, user)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	sh := p.shares[k]
+	if sh == nil {
+		sh = &share{}
+		p.shares[k] = sh
+	}
+	sh.live++
+	if n := len(sh.leaving); n > 0 {
+		sh.leaving = sh.leaving[:n-1]
+	}
+	p.dirty[k] = struct{}{}
+	p.mu.Unlock()
+}
+
+// depart counts a stream of user that lost channel: it stays counted until
+// the grace ends.
+func (p *Presence) depart(channel, user string, now time.Time) {
+	k, ok := keyOf(channel, user)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	if sh := p.shares[k]; sh != nil && sh.live > 0 {
+		sh.live--
+		sh.leaving = append(sh.leaving, now.Add(p.opts.Grace))
+		p.dirty[k] = struct{}{}
+	}
+	p.mu.Unlock()
+}
+
+// Events says whether room gets presence events (PRESENCE_EVENTS).
+func (p *Presence) Events(room string) bool {
+	for _, prefix := range p.opts.Events {
+		if prefix == "*" || strings.HasPrefix(room, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// Run writes presence until ctx ends: changes every Flush, a beat and a
+// sweep of dead instances every TTL/3. At the end it retires this
+// instance: its share goes once the grace has passed, unless its streams
+// came back elsewhere.
+func (p *Presence) Run(ctx context.Context) {
+	flush := time.NewTicker(p.opts.Flush)
+	defer flush.Stop()
+	beat := time.NewTicker(p.opts.TTL / 3)
+	defer beat.Stop()
+	p.beat(ctx, time.Now())
+	for {
+		select {
+		case <-ctx.Done():
+			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if err := p.store.Retire(rctx, time.Now(), p.silence(), p.opts.Grace); err != nil {
+				p.log.Log.Warn("presence: this instance could not retire; its share goes within PRESENCE_TTL", "err", err)
+			}
+			return
+		case now := <-flush.C:
+			p.flush(ctx, now)
+		case now := <-beat.C:
+			p.beat(ctx, now)
+		}
+	}
+}
+
+// silence is how long an instance is silent before it is taken for dead:
+// two beats missed. A crashed instance's share so goes within
+// PRESENCE_TTL: its last beat at most TTL/3 before the crash, taken for
+// dead 2TTL/3 after that beat, swept at the next sweep, TTL/3 at most later.
+func (p *Presence) silence() time.Duration { return 2 * p.opts.TTL / 3 }
+
+func (p *Presence) beat(ctx context.Context, now time.Time) {
+	bctx, cancel := context.WithTimeout(ctx, p.opts.TTL/3)
+	defer cancel()
+	swept, err := p.store.Beat(bctx, now)
+	if err != nil {
+		p.log.Write(slog.LevelWarn, "presence:beat", "presence: beat failed", "err", err)
+		return
+	}
+	if swept {
+		p.rewriteAll()
+	}
+	n, err := p.store.Sweep(bctx, now, p.silence(), p.Events)
+	if err != nil {
+		p.log.Write(slog.LevelWarn, "presence:sweep", "presence: sweep of dead instances failed", "err", err)
+	}
+	p.metrics.Swept.Add(float64(n))
+}
+
+// rewriteAll marks every share for writing again: the store lost them
+// (this instance was swept: its beats had stopped, or it is new).
+func (p *Presence) rewriteAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	clear(p.held)
+	p.left = nil
+	for k, sh := range p.shares {
+		sh.written = 0
+		p.dirty[k] = struct{}{}
+	}
+}
+
+// flush writes the shares that changed, but no room more often than
+// RoomInterval.
+func (p *Presence) flush(ctx context.Context, now time.Time) {
+	batch, keys := p.collect(now)
+	if len(batch.Shares) == 0 && len(batch.Left) == 0 {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, p.opts.TTL/3)
+	defer cancel()
+	err := p.store.Write(wctx, batch)
+	p.metrics.Writes.Inc()
+	if err != nil {
+		p.log.Write(slog.LevelWarn, "presence:write", "presence: write failed (written again at the next flush)", "err", err)
+		p.metrics.WriteErrors.Inc()
+	}
+	p.wrote(batch, keys, err == nil)
+}
+
+// collect gathers the changed shares into a batch, with the keys they are
+// of. Entered names everything a share above zero is written in (adding
+// to a set twice changes nothing); Left what the shares written before
+// left, unless entered again since.
+func (p *Presence) collect(now time.Time) (PresenceBatch, []shareKey) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := PresenceBatch{Events: p.Events}
+	var keys []shareKey
+	entered := map[string]bool{}
+	for k := range p.dirty {
+		sh := p.shares[k]
+		for len(sh.leaving) > 0 && !sh.leaving[0].After(now) {
+			sh.leaving = sh.leaving[1:]
+		}
+		want := sh.live + len(sh.leaving)
+		if want == sh.written && !sh.unknown {
+			if len(sh.leaving) == 0 {
+				p.forgetLocked(k, sh)
+			}
+			continue
+		}
+		if k.room != "" && now.Sub(p.written[k.room]) < p.opts.RoomInterval {
+			p.metrics.Deferred.Inc()
+			continue
+		}
+		b.Shares = append(b.Shares, PresenceShare{Room: k.room, User: k.user, Streams: want})
+		keys = append(keys, k)
+		if want > 0 {
+			for _, n := range k.names() {
+				if !entered[n] {
+					entered[n] = true
+					b.Entered = append(b.Entered, n)
+				}
+			}
+		}
+	}
+	for room, at := range p.written {
+		if now.Sub(at) >= p.opts.RoomInterval {
+			delete(p.written, room)
+		}
+	}
+	if p.opts.RoomInterval > 0 {
+		for _, k := range keys {
+			if k.room != "" {
+				p.written[k.room] = now
+			}
+		}
+	}
+	for _, n := range p.left {
+		if p.held[n] == 0 && !entered[n] {
+			b.Left = append(b.Left, n)
+		}
+	}
+	p.left = nil
+	return b, keys
+}
+
+// names are the index entries of a share: its user's, and its room's.
+func (k shareKey) names() []string {
+	if k.room == "" {
+		return []string{"u" + k.user}
+	}
+	return []string{"u" + k.user, "r" + k.room}
+}
+
+// wrote records a batch's outcome. Not taken, its shares are unknown:
+// the next flush writes them again, and nothing leaves the index.
+func (p *Presence) wrote(b PresenceBatch, keys []shareKey, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !ok {
+		p.left = append(p.left, b.Left...)
+	}
+	for i, k := range keys {
+		sh := p.shares[k]
+		if sh == nil {
+			continue
+		}
+		if !ok {
+			sh.unknown = true
+			continue
+		}
+		was, now := sh.written, b.Shares[i].Streams
+		sh.written, sh.unknown = now, false
+		for _, n := range k.names() {
+			switch {
+			case was <= 0 && now > 0:
+				p.held[n]++
+			case was > 0 && now <= 0:
+				if p.held[n]--; p.held[n] <= 0 {
+					delete(p.held, n)
+					p.left = append(p.left, n)
+				}
+			}
+		}
+	}
+}
+
+// forgetLocked drops a share that is written and has no stream left.
+func (p *Presence) forgetLocked(k shareKey, sh *share) {
+	delete(p.dirty, k)
+	if sh.live == 0 && sh.written == 0 {
+		delete(p.shares, k)
+	}
+}
+
+// PresenceMetrics are presence's Prometheus metrics.
+type PresenceMetrics struct {
+	Writes      prometheus.Counter
+	WriteErrors prometheus.Counter
+	Deferred    prometheus.Counter
+	Swept       prometheus.Counter
+}
+
+// NewPresenceMetrics registers presence's metrics.
+func NewPresenceMetrics(reg prometheus.Registerer) *PresenceMetrics {
+	m := &PresenceMetrics{
+		Writes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssebridge_presence_writes_total",
+			Help: "Batches of presence changes written to Redis (at most one per PRESENCE_FLUSH).",
+		}),
+		WriteErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssebridge_presence_write_errors_total",
+			Help: "Batches of presence changes Redis did not take (written again at the next flush).",
+		}),
+		Deferred: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssebridge_presence_deferred_total",
+			Help: "Times a change of a room's presence was held back, its room written less than PRESENCE_ROOM_INTERVAL before (a storm of arrivals and departures).",
+		}),
+		Swept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ssebridge_presence_instances_swept_total",
+			Help: "Instances taken for dead (silent for 2/3 of PRESENCE_TTL) whose presence this instance removed.",
+		}),
+	}
+	reg.MustRegister(m.Writes, m.WriteErrors, m.Deferred, m.Swept)
+	return m
+}
