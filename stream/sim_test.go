@@ -92,6 +92,11 @@ type sim struct {
 	tokens    map[string]string // user → token of the current session
 	queueOpts Options
 	rooms     []string // this run's
+
+	p                *Presence
+	ps               *simPresence
+	plast            time.Time // presence's clock (sim_presence_test.go)
+	presenceFailures []string
 }
 
 type simResult struct {
@@ -118,8 +123,11 @@ func newSim(cfg simConfig) *sim {
 	opts := Options{MaxStreams: 1000, MaxStreamsPerUser: 100, MaxRooms: 64, QueueEvents: []int{8, 64}[rng.IntN(2)], QueueBytes: 1 << 20,
 		MaxEventBytes: 1 << 10, ReplayMaxBytes: 1 << 30, ReplayInflightBytes: 1 << 20, Retry: time.Second, MarkInterval: time.Hour, Loops: -1}
 	rooms := simRooms[:[]int{3, 6}[rng.IntN(2)]]
-	s := &sim{cfg: cfg, rng: rng, r: r, tokens: map[string]string{}, queueOpts: opts, rooms: rooms}
-	s.h = NewHub(r, opts, slog.New(slog.NewTextHandler(io.Discard, nil)), NewMetrics(prometheus.NewRegistry()))
+	s := &sim{cfg: cfg, rng: rng, r: r, tokens: map[string]string{}, queueOpts: opts, rooms: rooms, ps: newSimPresence()}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s.p = NewPresence(s.ps, PresenceOptions{Grace: simGrace, RoomInterval: simRoomInterval}, log, NewPresenceMetrics(prometheus.NewRegistry()))
+	opts.Presence = s.p
+	s.h = NewHub(r, opts, log, NewMetrics(prometheus.NewRegistry()))
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.schedule = append(s.schedule, fmt.Sprintf("config: maxlen %d, page %d events, queue %d events, rooms %v", maxlen, page, opts.QueueEvents, rooms))
 	return s
@@ -167,6 +175,7 @@ func (s *sim) run() simResult {
 		failures = append(failures, fmt.Sprintf("quiescence: still running after %d steps", steps))
 	}
 	failures = append(failures, s.check()...)
+	failures = append(failures, s.checkPresence()...)
 	s.stop()
 	synctest.Wait()
 	return simResult{schedule: s.schedule, failures: failures, actions: s.actions}

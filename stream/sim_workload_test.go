@@ -41,6 +41,7 @@ func (s *sim) workload() string {
 		{1, "restart", func() string { s.r.restart(); return "redis restarts, back to its last snapshot" }},
 		{2, "persist", func() string { s.r.persist(); return "redis snapshots its data" }},
 		{2, "mark", s.mark},
+		{6, "presence", s.presenceAction},
 	}
 	total := 0
 	for _, a := range actions {
