@@ -26,16 +26,21 @@ var presenceVars = map[string]string{
 // presenceOf asks an instance GET /presence?query with the publish token.
 func (a *app) presenceOf(query string) (status int, body map[string]any) {
 	a.t.Helper()
-	req, _ := http.NewRequest("GET", a.url+"/presence?"+query, nil)
+	return presenceAt(a.t, a.url, query)
+}
+
+func presenceAt(t *testing.T, url, query string) (status int, body map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url+"/presence?"+query, nil)
 	req.Header.Set("Authorization", "Bearer pt")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		a.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if err := json.Unmarshal(b, &body); err != nil {
-		a.t.Fatalf("GET /presence?%s: %d %q", query, resp.StatusCode, b)
+		t.Fatalf("GET /presence?%s: %d %q", query, resp.StatusCode, b)
 	}
 	return resp.StatusCode, body
 }
@@ -198,6 +203,40 @@ print(json.dumps(` + call + `))`
 		t.Fatalf("python: %v: %s", err, out)
 	}
 	return got
+}
+
+// TestPresenceOnCluster: two instances on a three-master Redis Cluster
+// (a room's presence in its partition, its events SPUBLISHed there): each
+// answers for both, and a stream on one sees a user arrive and leave on the
+// other.
+func TestPresenceOnCluster(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
+	rc := redistest.StartCluster(t, 3)
+	cc := rc.Client()
+	a, _ := startClusterApp(t, rc, presenceVars)
+	b, _ := startClusterApp(t, rc, presenceVars)
+	watcher := openCluster(t, cc, a, "carol", "chat-1")
+	awaitPresence(t, watcher, 10*time.Second, "join carol")
+	alice := openCluster(t, cc, b, "alice", "chat-1", "lobby")
+	awaitPresence(t, watcher, 10*time.Second, "join alice")
+	want := map[string]any{
+		"room":  "chat-1",
+		"users": map[string]any{"alice": 1.0, "carol": 1.0},
+		"count": map[string]any{"users": 2.0, "streams": 2.0},
+	}
+	for _, url := range []string{a, b} {
+		if code, got := presenceAt(t, url, "room=chat-1"); code != 200 || !reflect.DeepEqual(got, want) {
+			t.Fatalf("room: %d %v, want %v", code, got, want)
+		}
+		if _, got := presenceAt(t, url, "user=alice"); !reflect.DeepEqual(got["rooms"], map[string]any{"chat-1": 1.0, "lobby": 1.0}) {
+			t.Fatalf("user: %v", got)
+		}
+	}
+	alice.Close()
+	awaitPresence(t, watcher, 10*time.Second, "leave alice")
+	if _, got := presenceAt(t, a, "room=chat-1"); !reflect.DeepEqual(got["users"], map[string]any{"carol": 1.0}) {
+		t.Fatalf("after alice left: %v", got)
+	}
 }
 
 // TestPresenceRoute: GET /presence needs the publish token and a valid
