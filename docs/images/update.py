@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Redraws docs/images/ from the screenshots the browser tests write.
 
-    CI=true go test -race -count=1 -run 'TestDemoPageTryOut|TestDjangoChatOrigins|TestBrowserJSSharedStream' ./e2e/
+    CI=true go test -race -count=1 -run 'TestDemoPageTryOut|TestDjangoChatOrigins|TestBrowserJSSharedStream|TestBrowserPresence' ./e2e/
     /usr/bin/python3 docs/images/update.py      # Debian's python3-pil
 
 The tests write full-size PNGs into artifacts/ (or $ARTIFACTS_DIR); this
@@ -42,3 +42,21 @@ both.paste(leader, (0, 0))
 both.paste(follower, (leader.width + gap, 0))
 ImageDraw.Draw(both).line([(leader.width + gap // 2, 0), (leader.width + gap // 2, both.height)], fill=(180, 180, 180), width=2)
 save(both, "shared-tabs.png")
+
+
+def side_by_side(shots, name):
+    """shots in a row, a grey line between each two."""
+    gap = 24
+    width = sum(s.width for s in shots) + gap * (len(shots) - 1)
+    row = Image.new("RGB", (width, max(s.height for s in shots)), (255, 255, 255))
+    x = 0
+    for i, s in enumerate(shots):
+        if i:
+            ImageDraw.Draw(row).line([(x - gap // 2, 0), (x - gap // 2, row.height)], fill=(180, 180, 180), width=2)
+        row.paste(s, (x, 0))
+        x += s.width + gap
+    save(row, name)
+
+
+# TestBrowserPresence: alice's page as bob arrives, bob's, alice's after he left.
+side_by_side([shot("presence-alice-sees-bob-arrive.png"), shot("presence-bob-arrived.png"), shot("presence-alice-sees-bob-leave.png")], "presence.png")
