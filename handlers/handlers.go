@@ -104,12 +104,10 @@ func New(o Options) *echo.Echo {
 	// Lines that may repeat with every request: one a minute per reason.
 	logLimit := ratelog.New(time.Minute, o.now)
 
-	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
+	refused := refusals(o.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ssebridge_handshakes_refused_total",
 		Help: "Stream requests refused, by reason.",
-	}, []string{"reason"})
-	o.Registry.MustRegister(refused)
-	zero(refused, "no_token", "two_cookies", "unknown_session", "bad_session", "origin", "bad_room", "room_not_allowed",
+	}, []string{"reason"}), "no_token", "two_cookies", "unknown_session", "bad_session", "origin", "bad_room", "room_not_allowed",
 		"too_many_rooms", "user_limit", "total_limit", "resume_limit", "redis", "shutdown", "control_backlog", "client_gone")
 
 	clog := ratelog.Logger{Log: o.Log, Limit: logLimit}
@@ -120,21 +118,19 @@ func New(o Options) *echo.Echo {
 	e.OPTIONS("/events/check", ev.preflight)
 
 	if o.PublishToken != "" {
-		publishRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		publishRefused := refusals(o.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssebridge_publish_refused_total",
 			Help: "POST /publish requests refused, by reason.",
-		}, []string{"reason"})
-		o.Registry.MustRegister(publishRefused)
-		zero(publishRefused, "unauthorized", "bad_request", "too_large", "redis", "client_gone", "idempotency_key_reused")
+		}, []string{"reason"}),
+			"unauthorized", "bad_request", "too_large", "redis", "client_gone", "idempotency_key_reused")
 		e.POST("/publish", (&publisher{o: o, log: clog, refused: publishRefused}).publish, noStore)
 	}
 	if o.PublishToken != "" && o.Presence != nil {
-		presenceRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		presenceRefused := refusals(o.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssebridge_presence_refused_total",
 			Help: "GET /presence requests refused, by reason.",
-		}, []string{"reason"})
-		o.Registry.MustRegister(presenceRefused)
-		zero(presenceRefused, "unauthorized", "bad_request", "too_large", "redis", "client_gone")
+		}, []string{"reason"}),
+			"unauthorized", "bad_request", "too_large", "redis", "client_gone")
 		e.GET("/presence", (&presence{o: o, log: clog, refused: presenceRefused}).serve, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
@@ -145,12 +141,10 @@ func New(o Options) *echo.Echo {
 	e.GET("/*", echo.WrapHandler(http.FileServerFS(static.FS)))
 
 	if o.Dev != nil {
-		devRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		devRefused := refusals(o.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ssebridge_dev_refused_total",
 			Help: "Try-out /dev requests refused: a foreign Host (DNS rebinding) or Origin, by reason.",
-		}, []string{"reason"})
-		o.Registry.MustRegister(devRefused)
-		zero(devRefused, "host", "origin")
+		}, []string{"reason"}), "host", "origin")
 		d := &dev{o: o, refused: devRefused, log: clog}
 		g := e.Group("/dev", noStore, d.guard)
 		g.GET("", d.info)
@@ -177,13 +171,15 @@ func redisTrouble(err error, timeout time.Duration) (msg, cause string) {
 	return "redis unavailable", cause
 }
 
-// zero makes each of a counter's known labels exist at 0, so that a
-// dashboard shows 0 rather than "No data" until the first increment, and a
-// rate() has a start.
-func zero(c *prometheus.CounterVec, labels ...string) {
-	for _, l := range labels {
-		c.WithLabelValues(l)
+// refusals registers a route's counter of refusals by reason, with each
+// known reason at 0, so that a dashboard shows 0 rather than "No data" until the
+// first increment, and a rate() has a start.
+func refusals(reg prometheus.Registerer, c *prometheus.CounterVec, reasons ...string) *prometheus.CounterVec {
+	reg.MustRegister(c)
+	for _, r := range reasons {
+		c.WithLabelValues(r)
 	}
+	return c
 }
 
 // errClientGone ends a request whose client left while it was served
