@@ -205,6 +205,36 @@ print(json.dumps(` + call + `))`
 	return got
 }
 
+// TestPresenceCleanShutdown: an instance stopped with SIGTERM tells its
+// streams to reconnect and sets its beat back: a user whose stream comes
+// back on another instance within PRESENCE_GRACE stays without an event;
+// one who does not leaves, once, after the grace.
+func TestPresenceCleanShutdown(t *testing.T) {
+	t.Parallel() // mostly waiting: see e2e/README.md
+	r := redistest.Start(t)
+	a := startApp(t, r, presenceVars)
+	b := startApp(t, r, presenceVars)
+	watcher := a.open(a.session("carol", "chat-1"), "")
+	dave := b.open(b.session("dave", "chat-1"), "")
+	b.open(b.session("eve", "chat-1"), "")
+	awaitPresence(t, watcher, 10*time.Second, "join carol", "join dave", "join eve")
+	b.stop()
+	if _, err := dave.NextEvent(10 * time.Second); err == nil {
+		for err == nil { // read to its end: the retry hint, then EOF
+			_, err = dave.NextEvent(10 * time.Second)
+		}
+	}
+	a.open(a.session("dave", "chat-1"), "") // back, on a, within the grace
+	awaitPresence(t, watcher, 10*time.Second, "leave eve")
+	a.publish("room:chat-1", `{"event":"marker","data":1}`)
+	if got := presenceEvents(t, watcher, "marker", 10*time.Second); len(got) != 0 {
+		t.Fatalf("presence events after eve's leave: %v (dave came back within the grace)", got)
+	}
+	if _, got := a.presenceOf("room=chat-1"); !reflect.DeepEqual(got["users"], map[string]any{"carol": 1.0, "dave": 1.0}) {
+		t.Fatalf("after the shutdown: %v", got)
+	}
+}
+
 // TestPresenceOnCluster: two instances on a three-master Redis Cluster
 // (a room's presence in its partition, its events SPUBLISHed there): each
 // answers for both, and a stream on one sees a user arrive and leave on the

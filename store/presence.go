@@ -118,7 +118,6 @@ func (p *Presence) userKey(user string) string {
 }
 
 func (p *Presence) sharesKey(instance string) string { return p.registry + "shares:" + instance }
-func (p *Presence) beatsKey() string                 { return p.registry + "beats" }
 
 // Write sets this instance's shares a batch names: one script call per
 // room and per user, in one pipeline (Cluster: one per node). The shares
@@ -214,24 +213,88 @@ func toAny(s []string) []any {
 	return a
 }
 
+// The registry's scripts. Every time in them is Redis's (TIME), one clock
+// for every instance: an instance whose own clock runs behind would be
+// taken for dead by the others, one ahead swept late. Keys: the beats
+// (instance -> its last beat, ms), the claims (instance -> the time a
+// sweeper claimed it), and for a sweep's end the instance's shares index.
+const (
+	// beatScript: ARGV[1] the instance. Returns 1 when the instance had no
+	// beat (new, swept, or Redis lost its data) or a sweeper had claimed
+	// it: its share is gone, or going, and is to be written again.
+	beatScript = `
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local had = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 1 or not had then return 1 end
+return 0`
+	// claimScript: ARGV[1] silence (ms), ARGV[2] how long a claim holds
+	// (ms), ARGV[3] the sweeper. Claims every other instance silent for
+	// silence: its beat is moved on, so that no other sweeper takes it
+	// while the claim holds (one that dies half way leaves it to be
+	// claimed again), and the claim noted. Returns instance, claim pairs.
+	claimScript = `
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local out = {}
+for _, x in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))) do
+  if x ~= ARGV[3] then
+    redis.call('ZADD', KEYS[1], now - tonumber(ARGV[1]) + tonumber(ARGV[2]), x)
+    redis.call('HSET', KEYS[2], x, now)
+    table.insert(out, x)
+    table.insert(out, tostring(now))
+  end
+end
+return out`
+	// sweptScript: KEYS[3] the instance's shares index; ARGV[1] the
+	// instance, ARGV[2] the claim. Ends a sweep: the instance goes, unless
+	// it beat meanwhile (the claim is gone: alive, it writes its share
+	// again, and its index stays).
+	sweptScript = `
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1`
+	// retireScript: ARGV[1] the instance, ARGV[2] silence, ARGV[3] grace
+	// (ms). Sets the beat back, so that the instance is swept once grace
+	// has passed.
+	retireScript = `
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[1], now - tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+return 0`
+)
+
+var (
+	beatRun   = redis.NewScript(beatScript)
+	claimRun  = redis.NewScript(claimScript)
+	sweptRun  = redis.NewScript(sweptScript)
+	retireRun = redis.NewScript(retireScript)
+)
+
+func (p *Presence) registryKeys() []string {
+	return []string{p.registry + "beats", p.registry + "claims"}
+}
+
 // Beat tells the other instances this one is alive. It reports whether
-// they had taken it for dead (its beats stopped for two periods, its share
-// swept): the caller then writes its whole share again.
-func (p *Presence) Beat(ctx context.Context, now time.Time) (swept bool, err error) {
-	added, err := p.rdb.ZAdd(ctx, p.beatsKey(), redis.Z{Score: float64(now.UnixMilli()), Member: p.instance}).Result()
+// they had taken it for dead, or Redis had lost its beat: its whole share
+// is to be written again.
+func (p *Presence) Beat(ctx context.Context) (rewrite bool, err error) {
+	n, err := beatRun.Run(ctx, p.rdb, p.registryKeys(), p.instance).Int()
 	if err != nil {
 		return false, fmt.Errorf("presence beat: %w", err)
 	}
-	return added == 1, nil
+	return n == 1, nil
 }
 
 // Retire makes this instance's share go once grace has passed (a clean
 // shutdown): its beat is set back, so that the instances still running
 // sweep it then. A stream that came back elsewhere meanwhile keeps its
 // user present; the others leave.
-func (p *Presence) Retire(ctx context.Context, now time.Time, silence, grace time.Duration) error {
-	at := now.Add(grace - silence)
-	err := p.rdb.ZAddXX(ctx, p.beatsKey(), redis.Z{Score: float64(at.UnixMilli()), Member: p.instance}).Err()
+func (p *Presence) Retire(ctx context.Context, silence, grace time.Duration) error {
+	err := retireRun.Run(ctx, p.rdb, p.registryKeys()[:1], p.instance, silence.Milliseconds(), grace.Milliseconds()).Err()
 	if err != nil {
 		return fmt.Errorf("presence: retiring: %w", err)
 	}
@@ -240,29 +303,28 @@ func (p *Presence) Retire(ctx context.Context, now time.Time, silence, grace tim
 
 var _ stream.PresenceStore = (*Presence)(nil)
 
-// Sweep removes the share of every instance silent since before
-// now-silence, publishing its users' leaves (once: the script removes a
-// share only once, whoever sweeps). It returns how many it swept.
-func (p *Presence) Sweep(ctx context.Context, now time.Time, silence time.Duration, events func(room string) bool) (int, error) {
-	dead, err := p.rdb.ZRangeByScore(ctx, p.beatsKey(), &redis.ZRangeBy{
-		Min: "-inf", Max: strconv.FormatInt(now.Add(-silence).UnixMilli(), 10),
-	}).Result()
+// Sweep claims every other instance silent for silence, by Redis's clock,
+// removes its share, publishing its users' leaves (once: one sweeper
+// claims it, and the scripts remove a share only once), then the
+// instance. A claim holds for hold: a sweeper that dies half way leaves
+// the instance to be claimed again then. It returns how many it swept.
+func (p *Presence) Sweep(ctx context.Context, silence, hold time.Duration, events func(room string) bool) (int, error) {
+	claims, err := claimRun.Run(ctx, p.rdb, p.registryKeys(), silence.Milliseconds(), hold.Milliseconds(), p.instance).StringSlice()
 	if err != nil {
 		return 0, fmt.Errorf("presence sweep: %w", err)
 	}
-	for _, inst := range dead {
-		if inst == p.instance {
-			continue // silent, but alive: its next beat writes its share again
+	swept := 0
+	for i := 0; i+1 < len(claims); i += 2 {
+		if err := p.sweep(ctx, claims[i], claims[i+1], events); err != nil {
+			return swept, err
 		}
-		if err := p.sweep(ctx, inst, events); err != nil {
-			return 0, err
-		}
+		swept++
 	}
-	return len(dead), nil
+	return swept, nil
 }
 
-// sweep removes one dead instance's share, then the instance.
-func (p *Presence) sweep(ctx context.Context, inst string, events func(room string) bool) error {
+// sweep removes one claimed instance's share, then the instance.
+func (p *Presence) sweep(ctx context.Context, inst, claim string, events func(room string) bool) error {
 	shares, err := p.rdb.SMembers(ctx, p.sharesKey(inst)).Result()
 	if err != nil {
 		return fmt.Errorf("presence sweep: %w", err)
@@ -281,12 +343,11 @@ func (p *Presence) sweep(ctx context.Context, inst string, events func(room stri
 	if err := p.run(ctx, calls); err != nil {
 		return fmt.Errorf("presence sweep of %s: %w", inst, err)
 	}
-	// The share first, the beat last: a sweeper that dies half way leaves
-	// the instance to be swept again (the scripts remove nothing twice).
-	if err := p.rdb.Del(ctx, p.sharesKey(inst)).Err(); err != nil {
+	keys := append(p.registryKeys(), p.sharesKey(inst))
+	if err := sweptRun.Run(ctx, p.rdb, keys, inst, claim).Err(); err != nil {
 		return fmt.Errorf("presence sweep of %s: %w", inst, err)
 	}
-	return p.rdb.ZRem(ctx, p.beatsKey(), inst).Err()
+	return nil
 }
 
 // RoomPresence is who is in a room now, over every live instance.

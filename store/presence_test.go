@@ -134,18 +134,28 @@ func TestPresenceTwoInstances(t *testing.T) {
 				t.Fatalf("user: %+v %v", u, err)
 			}
 
-			// b dies: its share goes, bob leaves; alice stays (a holds two).
-			if _, err := b.Beat(ctx, time.Now().Add(-time.Minute)); err != nil {
-				t.Fatal(err)
+			// Both beat (new: each is told to write its share); a sweep now
+			// finds no one silent.
+			for _, p := range []*store.Presence{a, b} {
+				if rewrite, err := p.Beat(ctx); err != nil || !rewrite {
+					t.Fatalf("a first beat: rewrite %v, %v; want true (no beat before)", rewrite, err)
+				}
 			}
+			if n, err := a.Sweep(ctx, 10*time.Second, time.Minute, everyRoom); err != nil || n != 0 {
+				t.Fatalf("a sweep with both alive: %d, %v", n, err)
+			}
+			// b dies (its beat set back past the silence, as Retire with no
+			// grace does): its share goes, bob leaves; alice stays (a holds
+			// two). One sweep claims and sweeps it; the second finds nothing.
 			if err := b.Write(ctx, stream.PresenceBatch{Entered: []string{"r" + room, "ualice", "ubob"}}); err != nil {
 				t.Fatal(err)
 			}
-			for range 2 { // a second sweep finds nothing
-				if n, err := a.Sweep(ctx, time.Now(), 10*time.Second, everyRoom); err != nil {
-					t.Fatal(err)
-				} else if n > 1 {
-					t.Fatalf("swept %d instances", n)
+			if err := b.Retire(ctx, 10*time.Second, 0); err != nil {
+				t.Fatal(err)
+			}
+			for i, want := range []int{1, 0} {
+				if n, err := a.Sweep(ctx, 10*time.Second, time.Minute, everyRoom); err != nil || n != want {
+					t.Fatalf("sweep %d: %d instances, %v; want %d", i+1, n, err, want)
 				}
 			}
 			expectEvents(t, events, `{"room":"lobby \"1\" \/x","user":"bob","op":"leave"}`)
@@ -155,6 +165,13 @@ func TestPresenceTwoInstances(t *testing.T) {
 			}
 			if u, err := a.User(ctx, "bob"); err != nil || u.Streams != 0 || len(u.Rooms) != 0 {
 				t.Fatalf("bob after the sweep: %+v %v", u, err)
+			}
+			// b was alive after all: its next beat says it was swept.
+			if rewrite, err := b.Beat(ctx); err != nil || !rewrite {
+				t.Fatalf("the swept instance's beat: rewrite %v, %v; want true", rewrite, err)
+			}
+			if rewrite, err := b.Beat(ctx); err != nil || rewrite {
+				t.Fatalf("its next beat: rewrite %v, %v; want false", rewrite, err)
 			}
 			// A swept instance's late write of zero removes nothing twice; a
 			// write repeated (its reply lost) changes nothing.
@@ -170,5 +187,47 @@ func TestPresenceTwoInstances(t *testing.T) {
 				t.Fatalf("empty room: %+v %v", got, err)
 			}
 		})
+	}
+}
+
+// TestPresenceSweepRacesABeat: an instance taken for dead beats while a
+// sweeper removes its share. It learns so from that beat (its share is to
+// be written again), and the sweep's end leaves it registered, its index
+// kept: it is alive.
+func TestPresenceSweepRacesABeat(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	ctx := context.Background()
+	a, b := store.NewPresence(rdb, "sse:"), store.NewPresence(rdb, "sse:")
+	for _, p := range []*store.Presence{a, b} {
+		if _, err := p.Beat(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Write(ctx, stream.PresenceBatch{
+		Shares:  []stream.PresenceShare{{Room: "lobby", User: "bob", Streams: 1}, {User: "bob", Streams: 1}},
+		Entered: []string{"rlobby", "ubob"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Retire(ctx, 10*time.Second, 0); err != nil {
+		t.Fatal(err)
+	}
+	var told bool
+	midSweep := func(string) bool { // called as the sweep prepares its calls
+		rewrite, err := b.Beat(ctx)
+		told = told || (err == nil && rewrite)
+		return false
+	}
+	if _, err := a.Sweep(ctx, 10*time.Second, time.Minute, midSweep); err != nil {
+		t.Fatal(err)
+	}
+	if !told {
+		t.Fatal("the instance that beat during its sweep was not told to write its share again")
+	}
+	if rewrite, err := b.Beat(ctx); err != nil || rewrite {
+		t.Fatalf("after the sweep: rewrite %v, %v; want false (still registered, not claimed)", rewrite, err)
+	}
+	if n, err := rdb.SCard(ctx, "sse:presence:shares:"+b.Instance()).Result(); err != nil || n != 2 {
+		t.Fatalf("its index: %d entries, %v; want its 2 kept", n, err)
 	}
 }

@@ -113,6 +113,9 @@ func (h *Hub) attach(s *Stream, channel string) error {
 		return nil
 	}
 	s.channels = append(s.channels, channel)
+	if s.counted {
+		h.opts.Presence.arrive(channel, s.User)
+	}
 	s.members.Unlock()
 
 	sh := h.members.shard(channel)
@@ -122,9 +125,6 @@ func (h *Hub) attach(s *Stream, channel string) error {
 	set.add(s)
 	sh.subs[channel] = set
 	sh.mu.Unlock()
-	if h.opts.Presence != nil {
-		h.opts.Presence.arrive(channel, s.User)
-	}
 	if first {
 		return h.backend.Subscribe(channel)
 	}
@@ -144,6 +144,9 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 		s.channels[i] = s.channels[last]
 		s.channels[last] = ""
 		s.channels = s.channels[:last]
+		if s.counted {
+			h.opts.Presence.depart(channel, s.User, time.Now())
+		}
 	}
 	s.members.Unlock()
 	if i < 0 {
@@ -159,9 +162,6 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 		sh.subs[channel] = set
 	}
 	sh.mu.Unlock()
-	if h.opts.Presence != nil {
-		h.opts.Presence.depart(channel, s.User, time.Now())
-	}
 	if last {
 		h.backend.Unsubscribe(channel)
 	}

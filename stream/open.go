@@ -101,7 +101,26 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", ErrNotSubscribed, subErr)
 	}
+	h.count(s)
 	return s, nil
+}
+
+// count makes presence count s, confirmed, in its channels: from now on
+// attach and detach tell presence of its changes. A stream closed
+// meanwhile is not counted.
+func (h *Hub) count(s *Stream) {
+	if h.opts.Presence == nil {
+		return
+	}
+	s.members.Lock()
+	defer s.members.Unlock()
+	if s.closed {
+		return
+	}
+	s.counted = true
+	for _, c := range s.channels {
+		h.opts.Presence.arrive(c, s.User)
+	}
 }
 
 // register counts s against the limits and indexes it by user and

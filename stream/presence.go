@@ -19,14 +19,15 @@ type PresenceStore interface {
 	// Write sets the shares a batch names (absolute: written twice, it
 	// changes nothing), publishing the joins and leaves that result.
 	Write(ctx context.Context, b PresenceBatch) error
-	// Beat says this instance is alive; swept reports that others had
-	// taken it for dead and removed its share (to be written again).
-	Beat(ctx context.Context, now time.Time) (swept bool, err error)
-	// Sweep removes the share of every instance silent since before
-	// now-silence, and returns how many.
-	Sweep(ctx context.Context, now time.Time, silence time.Duration, events func(room string) bool) (int, error)
+	// Beat says this instance is alive; rewrite reports that its share
+	// was removed, or is being removed (others took it for dead, or the
+	// store lost it), and is to be written again.
+	Beat(ctx context.Context) (rewrite bool, err error)
+	// Sweep removes the share of every other instance silent for
+	// silence, each claimed for hold, and returns how many.
+	Sweep(ctx context.Context, silence, hold time.Duration, events func(room string) bool) (int, error)
 	// Retire makes this instance's share go in grace (a clean shutdown).
-	Retire(ctx context.Context, now time.Time, silence, grace time.Duration) error
+	Retire(ctx context.Context, silence, grace time.Duration) error
 }
 
 // PresenceShare is this instance's streams of User in Room (Room "": all
@@ -77,6 +78,12 @@ type Presence struct {
 	held    map[string]int       // "r"+room or "u"+user -> shares written above zero
 	written map[string]time.Time // room -> when its presence was last written
 	left    []string             // names whose share ended, for the next batch's Left
+
+	// The beat's state, the Run goroutine's alone.
+	beaten       bool      // a beat went through: before, nothing is written (a crash would leave it unswept)
+	beatFailed   bool      // the last beat failed: its reply may have been lost, and with it a sweep's news
+	rewriteAgain bool      // swept: write the share again at the next beat too (a sweep may still have been running)
+	steadySince  time.Time // since when every beat went through; a sweep needs silence of it
 }
 
 type shareKey struct{ room, user string }
@@ -172,20 +179,20 @@ func (p *Presence) Run(ctx context.Context) {
 	defer flush.Stop()
 	beat := time.NewTicker(p.opts.TTL / 3)
 	defer beat.Stop()
-	p.beat(ctx, time.Now())
+	p.beat(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			if err := p.store.Retire(rctx, time.Now(), p.silence(), p.opts.Grace); err != nil {
+			if err := p.store.Retire(rctx, p.silence(), p.opts.Grace); err != nil {
 				p.log.Log.Warn("presence: this instance could not retire; its share goes within PRESENCE_TTL", "err", err)
 			}
 			return
-		case now := <-flush.C:
-			p.flush(ctx, now)
-		case now := <-beat.C:
-			p.beat(ctx, now)
+		case <-flush.C:
+			p.flush(ctx, time.Now())
+		case <-beat.C:
+			p.beat(ctx)
 		}
 	}
 }
@@ -196,33 +203,49 @@ func (p *Presence) Run(ctx context.Context) {
 // dead 2TTL/3 after that beat, swept at the next sweep, TTL/3 at most later.
 func (p *Presence) silence() time.Duration { return 2 * p.opts.TTL / 3 }
 
-func (p *Presence) beat(ctx context.Context, now time.Time) {
+// beat tells the store this instance is alive, writes its whole share
+// again when it must, and sweeps dead instances, but only once its own
+// beats have gone through for silence: after an outage of Redis every
+// instance's last beat is old, and the first back would sweep them all.
+func (p *Presence) beat(ctx context.Context) {
 	bctx, cancel := context.WithTimeout(ctx, p.opts.TTL/3)
 	defer cancel()
-	swept, err := p.store.Beat(bctx, now)
+	rewrite, err := p.store.Beat(bctx)
 	if err != nil {
 		p.log.Write(slog.LevelWarn, "presence:beat", "presence: beat failed", "err", err)
+		p.beatFailed, p.steadySince = true, time.Time{}
 		return
 	}
-	if swept {
+	// A failed beat may have gone through with its reply lost, news of a
+	// sweep included: written again, the share changes nothing if whole.
+	if rewrite || p.beatFailed || p.rewriteAgain {
 		p.rewriteAll()
 	}
-	n, err := p.store.Sweep(bctx, now, p.silence(), p.Events)
+	p.beaten, p.beatFailed, p.rewriteAgain = true, false, rewrite
+	now := time.Now()
+	if p.steadySince.IsZero() {
+		p.steadySince = now
+	}
+	if now.Sub(p.steadySince) < p.silence() {
+		return
+	}
+	n, err := p.store.Sweep(bctx, p.silence(), p.opts.TTL, p.Events)
 	if err != nil {
 		p.log.Write(slog.LevelWarn, "presence:sweep", "presence: sweep of dead instances failed", "err", err)
 	}
 	p.metrics.Swept.Add(float64(n))
 }
 
-// rewriteAll marks every share for writing again: the store lost them
-// (this instance was swept: its beats had stopped, or it is new).
+// rewriteAll marks every share for writing again: the store lost them,
+// or may have (this instance was swept, or a beat's reply was lost), and
+// what this instance wrote since may be there or not. Each is written as
+// it is now, zero included; the index of what it holds, which a sweep
+// removes, is written again with it (Entered).
 func (p *Presence) rewriteAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	clear(p.held)
-	p.left = nil
 	for k, sh := range p.shares {
-		sh.written = 0
+		sh.unknown = true
 		p.dirty[k] = struct{}{}
 	}
 }
@@ -230,6 +253,9 @@ func (p *Presence) rewriteAll() {
 // flush writes the shares that changed, but no room more often than
 // RoomInterval.
 func (p *Presence) flush(ctx context.Context, now time.Time) {
+	if !p.beaten {
+		return // changes wait, dirty: written once a beat went through
+	}
 	batch, keys := p.collect(now)
 	if len(batch.Shares) == 0 && len(batch.Left) == 0 {
 		return

@@ -39,11 +39,11 @@ func (b *batches) Write(_ context.Context, batch PresenceBatch) error {
 	b.got = append(b.got, batch)
 	return nil
 }
-func (b *batches) Beat(context.Context, time.Time) (bool, error) { return false, nil }
-func (b *batches) Sweep(context.Context, time.Time, time.Duration, func(string) bool) (int, error) {
+func (b *batches) Beat(context.Context) (bool, error) { return false, nil }
+func (b *batches) Sweep(context.Context, time.Duration, time.Duration, func(string) bool) (int, error) {
 	return 0, nil
 }
-func (b *batches) Retire(context.Context, time.Time, time.Duration, time.Duration) error { return nil }
+func (b *batches) Retire(context.Context, time.Duration, time.Duration) error { return nil }
 
 // take returns what was written since the last take.
 func (b *batches) take() []PresenceBatch {
@@ -62,6 +62,7 @@ func TestPresenceGraceAndBatches(t *testing.T) {
 	p := NewPresence(store, PresenceOptions{Grace: grace, Events: []string{"chat-"}},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), NewPresenceMetrics(prometheus.NewRegistry()))
 	ctx := context.Background()
+	p.beat(ctx) // nothing is written before a beat went through
 	t0 := time.Unix(1000, 0)
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	expect := func(step string, want ...PresenceBatch) {
@@ -117,6 +118,7 @@ func TestPresenceRoomInterval(t *testing.T) {
 	p := NewPresence(store, PresenceOptions{RoomInterval: time.Second},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), NewPresenceMetrics(prometheus.NewRegistry()))
 	ctx := context.Background()
+	p.beat(ctx)
 	t0 := time.Unix(1000, 0)
 	p.arrive("room:r", "a")
 	p.flush(ctx, t0)

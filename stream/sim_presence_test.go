@@ -19,7 +19,8 @@ import (
 // then the store must hold exactly the membership, stream for stream. Writes
 // fail (not made, or made with their replies lost), and the instance is
 // swept (its share removed) at random, as when Redis is away, a link
-// drops a reply, or the others took the instance for dead. At the end every join has its leave
+// drops a reply, or the others took the instance for dead; the beat that
+// would have told it may lose its reply too. At the end every join has its leave
 // in order, and what is left matches the membership.
 
 const (
@@ -29,11 +30,12 @@ const (
 
 // simPresence is the presence store of the simulation.
 type simPresence struct {
-	shares map[shareKey]int
-	events map[shareKey][]string // "join", "leave", per room and user, in order
-	fail   bool                  // writes fail (Redis away)
-	lost   bool                  // writes are made, but their replies lost
-	swept  bool                  // the next beat says so
+	shares   map[shareKey]int
+	events   map[shareKey][]string // "join", "leave", per room and user, in order
+	fail     bool                  // writes fail (Redis away)
+	lost     bool                  // writes are made, but their replies lost
+	swept    bool                  // the next beat says so
+	lostBeat bool                  // the next beat is made, its reply lost
 }
 
 func newSimPresence() *simPresence {
@@ -70,17 +72,21 @@ func (p *simPresence) set(k shareKey, n int) {
 	}
 }
 
-func (p *simPresence) Beat(context.Context, time.Time) (bool, error) {
+func (p *simPresence) Beat(context.Context) (bool, error) {
 	swept := p.swept
 	p.swept = false
+	if p.lostBeat {
+		p.lostBeat = false
+		return false, errors.New("simulated: the beat's reply was lost")
+	}
 	return swept, nil
 }
 
-func (p *simPresence) Sweep(context.Context, time.Time, time.Duration, func(string) bool) (int, error) {
+func (p *simPresence) Sweep(context.Context, time.Duration, time.Duration, func(string) bool) (int, error) {
 	return 0, nil
 }
 
-func (p *simPresence) Retire(context.Context, time.Time, time.Duration, time.Duration) error {
+func (p *simPresence) Retire(context.Context, time.Duration, time.Duration) error {
 	return nil
 }
 
@@ -95,7 +101,7 @@ func (p *simPresence) sweep() {
 
 // presenceAction is one of the workload's presence actions.
 func (s *sim) presenceAction() string {
-	switch s.rng.IntN(7) {
+	switch s.rng.IntN(8) {
 	case 0:
 		s.ps.fail = !s.ps.fail
 		return fmt.Sprintf("presence writes fail: %v", s.ps.fail)
@@ -104,8 +110,15 @@ func (s *sim) presenceAction() string {
 		return fmt.Sprintf("presence writes are made but their replies lost: %v", s.ps.lost)
 	case 1:
 		s.ps.sweep()
-		s.p.beat(s.ctx, s.presenceClock(time.Millisecond))
-		return "presence: the instance is swept, and its beat learns it"
+		s.pstale = true
+		s.ps.lostBeat = s.rng.IntN(2) == 0
+		return fmt.Sprintf("presence: the instance is swept; its next beat's reply lost: %v", s.ps.lostBeat)
+	case 2:
+		s.p.beat(s.ctx)
+		if !s.p.beatFailed {
+			s.pstale = false
+		}
+		return "presence: a beat"
 	}
 	return s.presenceFlush(s.rng.IntN(2) == 0)
 }
@@ -129,7 +142,7 @@ func (s *sim) presenceFlush(settled bool) string {
 		d = simGrace + simRoomInterval + time.Second
 	}
 	s.p.flush(s.ctx, s.presenceClock(d))
-	if !settled || s.ps.fail || s.ps.lost {
+	if !settled || s.ps.fail || s.ps.lost || s.pstale {
 		return fmt.Sprintf("presence flush (+%v)", d)
 	}
 	if diff := s.presenceDiff(); diff != "" {
@@ -138,8 +151,8 @@ func (s *sim) presenceFlush(settled bool) string {
 	return fmt.Sprintf("presence flush (+%v), checked", d)
 }
 
-// presenceDiff compares the store with the hub's membership: streams per
-// user and room ("" for the user's own channel).
+// presenceDiff compares the store with the hub's membership: confirmed
+// streams per user and room ("" for the user's own channel).
 func (s *sim) presenceDiff() string {
 	want := map[shareKey]int{}
 	for i := range s.h.members.shards {
@@ -151,7 +164,10 @@ func (s *sim) presenceDiff() string {
 				streams = append(streams, set.one)
 			}
 			for _, st := range streams {
-				if k, ok := keyOf(channel, st.User); ok {
+				st.members.Lock()
+				counted := st.counted // from its confirmation on
+				st.members.Unlock()
+				if k, ok := keyOf(channel, st.User); ok && counted {
 					want[k]++
 				}
 			}
@@ -169,6 +185,10 @@ func (s *sim) presenceDiff() string {
 // room's events for a user alternating, join first.
 func (s *sim) checkPresence() []string {
 	s.ps.fail, s.ps.lost = false, false
+	for s.pstale {
+		s.p.beat(s.ctx)
+		s.pstale = s.p.beatFailed
+	}
 	s.presenceFlush(true)
 	failures := s.presenceFailures
 	for k, evs := range s.ps.events {

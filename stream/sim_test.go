@@ -96,6 +96,7 @@ type sim struct {
 	p                *Presence
 	ps               *simPresence
 	plast            time.Time // presence's clock (sim_presence_test.go)
+	pstale           bool      // swept, and no beat has gone through since
 	presenceFailures []string
 }
 
@@ -129,6 +130,7 @@ func newSim(cfg simConfig) *sim {
 	opts.Presence = s.p
 	s.h = NewHub(r, opts, log, NewMetrics(prometheus.NewRegistry()))
 	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.p.beat(s.ctx) // nothing is written before a beat went through
 	s.schedule = append(s.schedule, fmt.Sprintf("config: maxlen %d, page %d events, queue %d events, rooms %v", maxlen, page, opts.QueueEvents, rooms))
 	return s
 }

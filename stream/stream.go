@@ -25,7 +25,8 @@ const (
 // Hub.Serve chooses) writes them out. Streams are made by Hub.Open.
 //
 // Its fields have three owners. members guards the membership fields and
-// is only taken inside a channel's stripe lock (membership.go). mu guards
+// is only taken inside a channel's stripe lock (membership.go), or alone
+// (Hub.count). mu guards
 // the queue and the catch-up state, and is never held while taking another
 // lock. The writer alone touches the connection.
 type Stream struct {
@@ -42,6 +43,10 @@ type Stream struct {
 
 	allRooms bool // opened with all of its session's rooms (no ?rooms=)
 	closed   bool // guarded by members: Close has run, attach nothing more
+	// counted is guarded by members: presence counts the stream's
+	// channels, from Open's confirmation on (a stream refused never
+	// counted, so never arrived nor left).
+	counted bool
 	// authorized is the hub's recheck count (Hub.rechecks) when Open
 	// registered the stream, under the hub's mu; its session was read
 	// before. A recheck judges the stream only by a read it began after
