@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,8 +80,8 @@ type Presence struct {
 	written map[string]time.Time // room -> when its presence was last written
 	left    []string             // names whose share ended, for the next batch's Left
 
-	// The beat's state, the Run goroutine's alone.
-	beaten       bool      // a beat went through: before, nothing is written (a crash would leave it unswept)
+	beaten atomic.Bool // a beat went through: before, nothing is written (a crash would leave it unswept)
+	// The beat's state, its goroutine's alone (beats).
 	beatFailed   bool      // the last beat failed: its reply may have been lost, and with it a sweep's news
 	rewriteAgain bool      // swept: write the share again at the next beat too (a sweep may still have been running)
 	steadySince  time.Time // since when every beat went through; a sweep needs silence of it
@@ -175,14 +176,16 @@ func (p *Presence) Events(room string) bool {
 // instance: its share goes once the grace has passed, unless its streams
 // came back elsewhere.
 func (p *Presence) Run(ctx context.Context) {
+	// The beats on a goroutine of their own: a sweep of a large room
+	// must not hold up the flushes.
+	var beats sync.WaitGroup
+	beats.Go(func() { p.beats(ctx) })
 	flush := time.NewTicker(p.opts.Flush)
 	defer flush.Stop()
-	beat := time.NewTicker(p.opts.TTL / 3)
-	defer beat.Stop()
-	p.beat(ctx)
 	for {
 		select {
 		case <-ctx.Done():
+			beats.Wait()
 			rctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			if err := p.store.Retire(rctx, p.silence(), p.opts.Grace); err != nil {
@@ -191,8 +194,19 @@ func (p *Presence) Run(ctx context.Context) {
 			return
 		case <-flush.C:
 			p.flush(ctx, time.Now())
-		case <-beat.C:
-			p.beat(ctx)
+		}
+	}
+}
+
+// beats beats every TTL/3 until ctx ends.
+func (p *Presence) beats(ctx context.Context) {
+	t := time.NewTicker(p.opts.TTL / 3)
+	defer t.Stop()
+	for p.beat(ctx); ; p.beat(ctx) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -221,7 +235,8 @@ func (p *Presence) beat(ctx context.Context) {
 	if rewrite || p.beatFailed || p.rewriteAgain {
 		p.rewriteAll()
 	}
-	p.beaten, p.beatFailed, p.rewriteAgain = true, false, rewrite
+	p.beaten.Store(true)
+	p.beatFailed, p.rewriteAgain = false, rewrite
 	now := time.Now()
 	if p.steadySince.IsZero() {
 		p.steadySince = now
@@ -253,7 +268,7 @@ func (p *Presence) rewriteAll() {
 // flush writes the shares that changed, but no room more often than
 // RoomInterval.
 func (p *Presence) flush(ctx context.Context, now time.Time) {
-	if !p.beaten {
+	if !p.beaten.Load() {
 		return // changes wait, dirty: written once a beat went through
 	}
 	batch, keys := p.collect(now)
@@ -322,6 +337,7 @@ func (p *Presence) collect(now time.Time) (PresenceBatch, []shareKey) {
 	}
 	for _, n := range p.left {
 		if p.held[n] == 0 && !entered[n] {
+			entered[n] = true // once
 			b.Left = append(b.Left, n)
 		}
 	}
@@ -363,8 +379,13 @@ func (p *Presence) wrote(b PresenceBatch, keys []shareKey, ok bool) {
 			case was > 0 && now <= 0:
 				if p.held[n]--; p.held[n] <= 0 {
 					delete(p.held, n)
-					p.left = append(p.left, n)
 				}
+			}
+			// Out of the index once nothing is held there, whatever this
+			// instance knew it held: a write that failed may have gone
+			// through, and entered it.
+			if now <= 0 && p.held[n] == 0 {
+				p.left = append(p.left, n)
 			}
 		}
 	}
