@@ -73,12 +73,15 @@ type Presence struct {
 	log     ratelog.Logger // a failure repeats every flush while Redis is away: a line a minute
 	metrics *PresenceMetrics
 
-	mu      sync.Mutex
-	shares  map[shareKey]*share
+	mu sync.Mutex
+	// An idle stream is held by the thousand: a share is a map value, not
+	// a pointer, and the index below counts by entry, not by a string made
+	// for it.
+	shares  map[shareKey]share
 	dirty   map[shareKey]struct{}
-	held    map[string]int       // "r"+room or "u"+user -> shares written above zero
+	held    map[entry]int        // shares written above zero, per entry of the index
 	written map[string]time.Time // room -> when its presence was last written
-	left    []string             // names whose share ended, for the next batch's Left
+	left    []entry              // entries whose share ended, for the next batch's Left
 
 	beaten atomic.Bool // a beat went through: before, nothing is written (a crash would leave it unswept)
 	// The beat's state, its goroutine's alone (beats).
@@ -89,12 +92,23 @@ type Presence struct {
 
 type shareKey struct{ room, user string }
 
+// entry is one entry of the shares index: a room (user "") or a user
+// (room ""); named in the store "r"+room, "u"+user.
+type entry shareKey
+
+func (e entry) String() string {
+	if e.user == "" {
+		return "r" + e.room
+	}
+	return "u" + e.user
+}
+
 // share is this instance's streams of one user in one room.
 type share struct {
-	live    int         // streams open now
-	leaving []time.Time // streams gone, each until its grace ends
-	written int         // what the store was last told
+	live    int32       // streams open now
+	written int32       // what the store was last told
 	unknown bool        // that write may not have been taken: write again
+	leaving []time.Time // streams gone, each until its grace ends
 }
 
 // NewPresence returns presence kept in store. Run writes it.
@@ -108,9 +122,9 @@ func NewPresence(store PresenceStore, opts PresenceOptions, log *slog.Logger, m 
 	return &Presence{
 		store: store, opts: opts, metrics: m,
 		log:     ratelog.Logger{Log: log, Limit: ratelog.New(time.Minute, nil)},
-		shares:  map[shareKey]*share{},
+		shares:  map[shareKey]share{},
 		dirty:   map[shareKey]struct{}{},
-		held:    map[string]int{},
+		held:    map[entry]int{},
 		written: map[string]time.Time{},
 	}
 }
@@ -133,14 +147,11 @@ func (p *Presence) arrive(channel, user string) {
 	}
 	p.mu.Lock()
 	sh := p.shares[k]
-	if sh == nil {
-		sh = &share{}
-		p.shares[k] = sh
-	}
 	sh.live++
 	if n := len(sh.leaving); n > 0 {
 		sh.leaving = sh.leaving[:n-1]
 	}
+	p.shares[k] = sh
 	p.dirty[k] = struct{}{}
 	p.mu.Unlock()
 }
@@ -153,9 +164,10 @@ func (p *Presence) depart(channel, user string, now time.Time) {
 		return
 	}
 	p.mu.Lock()
-	if sh := p.shares[k]; sh != nil && sh.live > 0 {
+	if sh, ok := p.shares[k]; ok && sh.live > 0 {
 		sh.live--
 		sh.leaving = append(sh.leaving, now.Add(p.opts.Grace))
+		p.shares[k] = sh
 		p.dirty[k] = struct{}{}
 	}
 	p.mu.Unlock()
@@ -261,6 +273,7 @@ func (p *Presence) rewriteAll() {
 	defer p.mu.Unlock()
 	for k, sh := range p.shares {
 		sh.unknown = true
+		p.shares[k] = sh
 		p.dirty[k] = struct{}{}
 	}
 }
@@ -295,13 +308,18 @@ func (p *Presence) collect(now time.Time) (PresenceBatch, []shareKey) {
 	defer p.mu.Unlock()
 	b := PresenceBatch{Events: p.Events}
 	var keys []shareKey
-	entered := map[string]bool{}
+	entered := map[entry]bool{}
+	dirty := len(p.dirty)
 	for k := range p.dirty {
 		sh := p.shares[k]
 		for len(sh.leaving) > 0 && !sh.leaving[0].After(now) {
 			sh.leaving = sh.leaving[1:]
 		}
-		want := sh.live + len(sh.leaving)
+		if len(sh.leaving) == 0 {
+			sh.leaving = nil // its array goes with it
+		}
+		p.shares[k] = sh
+		want := sh.live + int32(len(sh.leaving))
 		if want == sh.written && !sh.unknown {
 			if len(sh.leaving) == 0 {
 				p.forgetLocked(k, sh)
@@ -312,16 +330,19 @@ func (p *Presence) collect(now time.Time) (PresenceBatch, []shareKey) {
 			p.metrics.Deferred.Inc()
 			continue
 		}
-		b.Shares = append(b.Shares, PresenceShare{Room: k.room, User: k.user, Streams: want})
+		b.Shares = append(b.Shares, PresenceShare{Room: k.room, User: k.user, Streams: int(want)})
 		keys = append(keys, k)
 		if want > 0 {
-			for _, n := range k.names() {
-				if !entered[n] {
-					entered[n] = true
-					b.Entered = append(b.Entered, n)
+			for _, e := range k.entries() {
+				if e != (entry{}) && !entered[e] {
+					entered[e] = true
+					b.Entered = append(b.Entered, e.String())
 				}
 			}
 		}
+	}
+	if dirty > 1024 && len(p.dirty) == 0 {
+		p.dirty = map[shareKey]struct{}{} // a map keeps its size: a storm's would stay
 	}
 	for room, at := range p.written {
 		if now.Sub(at) >= p.opts.RoomInterval {
@@ -335,22 +356,23 @@ func (p *Presence) collect(now time.Time) (PresenceBatch, []shareKey) {
 			}
 		}
 	}
-	for _, n := range p.left {
-		if p.held[n] == 0 && !entered[n] {
-			entered[n] = true // once
-			b.Left = append(b.Left, n)
+	for _, e := range p.left {
+		if p.held[e] == 0 && !entered[e] {
+			entered[e] = true // once
+			b.Left = append(b.Left, e.String())
 		}
 	}
 	p.left = nil
 	return b, keys
 }
 
-// names are the index entries of a share: its user's, and its room's.
-func (k shareKey) names() []string {
+// entries are the index entries of a share: its user's, and its room's
+// (none for a user's own channel).
+func (k shareKey) entries() [2]entry {
 	if k.room == "" {
-		return []string{"u" + k.user}
+		return [2]entry{{user: k.user}}
 	}
-	return []string{"u" + k.user, "r" + k.room}
+	return [2]entry{{user: k.user}, {room: k.room}}
 }
 
 // wrote records a batch's outcome. Not taken, its shares are unknown:
@@ -359,40 +381,55 @@ func (p *Presence) wrote(b PresenceBatch, keys []shareKey, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !ok {
-		p.left = append(p.left, b.Left...)
+		for _, name := range b.Left {
+			p.left = append(p.left, entryOf(name))
+		}
 	}
 	for i, k := range keys {
-		sh := p.shares[k]
-		if sh == nil {
+		sh, found := p.shares[k]
+		if !found {
 			continue
 		}
 		if !ok {
 			sh.unknown = true
+			p.shares[k] = sh
 			continue
 		}
-		was, now := sh.written, b.Shares[i].Streams
+		was, now := sh.written, int32(b.Shares[i].Streams)
 		sh.written, sh.unknown = now, false
-		for _, n := range k.names() {
+		p.shares[k] = sh
+		for _, e := range k.entries() {
+			if e == (entry{}) {
+				continue
+			}
 			switch {
 			case was <= 0 && now > 0:
-				p.held[n]++
+				p.held[e]++
 			case was > 0 && now <= 0:
-				if p.held[n]--; p.held[n] <= 0 {
-					delete(p.held, n)
+				if p.held[e]--; p.held[e] <= 0 {
+					delete(p.held, e)
 				}
 			}
 			// Out of the index once nothing is held there, whatever this
 			// instance knew it held: a write that failed may have gone
 			// through, and entered it.
-			if now <= 0 && p.held[n] == 0 {
-				p.left = append(p.left, n)
+			if now <= 0 && p.held[e] == 0 {
+				p.left = append(p.left, e)
 			}
 		}
 	}
 }
 
+// entryOf reads an entry back from its name in the store.
+func entryOf(name string) entry {
+	if name[0] == 'r' {
+		return entry{room: name[1:]}
+	}
+	return entry{user: name[1:]}
+}
+
 // forgetLocked drops a share that is written and has no stream left.
-func (p *Presence) forgetLocked(k shareKey, sh *share) {
+func (p *Presence) forgetLocked(k shareKey, sh share) {
 	delete(p.dirty, k)
 	if sh.live == 0 && sh.written == 0 {
 		delete(p.shares, k)

@@ -6,11 +6,15 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"runtime"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssebridge/ssebridge/wire"
 )
 
 // batches is a PresenceStore that records what is written, and fails a
@@ -139,5 +143,36 @@ func TestPresenceRoomInterval(t *testing.T) {
 	got := store.take()
 	if len(got) != 1 || !reflect.DeepEqual(got[0].Shares, []PresenceShare{{"r", "c", 1}}) {
 		t.Fatalf("after the interval: %+v, want c alone", got)
+	}
+}
+
+// BenchmarkPresenceMemory is what presence holds for an idle stream: 10,000
+// users, each with a stream in one room (a share of the room and one of
+// the user's channel), written; the heap after, per user.
+// go test -run XXX -bench PresenceMemory -benchtime 3x ./stream/
+func BenchmarkPresenceMemory(b *testing.B) {
+	users := make([]string, 10000)
+	for i := range users {
+		users[i] = "u" + strconv.Itoa(i)
+	}
+	ctx := context.Background()
+	for b.Loop() {
+		store := &batches{}
+		p := NewPresence(store, PresenceOptions{Grace: time.Second}, slog.New(slog.NewTextHandler(io.Discard, nil)), NewPresenceMetrics(prometheus.NewRegistry()))
+		p.beat(ctx)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for _, u := range users {
+			p.arrive(wire.UserChannel(u), u)
+			p.arrive("room:bench", u)
+		}
+		p.flush(ctx, time.Now())
+		p.flush(ctx, time.Now().Add(time.Second))
+		store.got = nil
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(len(users)), "B/user")
+		runtime.KeepAlive(p)
 	}
 }
