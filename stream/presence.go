@@ -247,8 +247,12 @@ func (p *Presence) beat(ctx context.Context) {
 	if rewrite || p.beatFailed || p.rewriteAgain {
 		p.rewriteAll()
 	}
+	// Swept, it writes its share again at the next beat too, in case the
+	// sweep was still running; not after its first beat (new, it had
+	// nothing written to be swept).
+	p.rewriteAgain = rewrite && p.beaten.Load()
 	p.beaten.Store(true)
-	p.beatFailed, p.rewriteAgain = false, rewrite
+	p.beatFailed = false
 	now := time.Now()
 	if p.steadySince.IsZero() {
 		p.steadySince = now
