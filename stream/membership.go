@@ -108,12 +108,12 @@ func (h *Hub) attach(s *Stream, channel string) error {
 	st.Lock()
 	defer st.Unlock()
 	s.members.Lock()
-	if s.closed || slices.Contains(s.channels, channel) {
+	if s.flags&flagClosed != 0 || slices.Contains(s.channels, channel) {
 		s.members.Unlock()
 		return nil
 	}
 	s.channels = append(s.channels, channel)
-	if s.counted {
+	if s.flags&flagCounted != 0 {
 		h.opts.Presence.arrive(channel, s.User)
 	}
 	s.members.Unlock()
@@ -144,7 +144,7 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 		s.channels[i] = s.channels[last]
 		s.channels[last] = ""
 		s.channels = s.channels[:last]
-		if s.counted {
+		if s.flags&flagCounted != 0 {
 			h.opts.Presence.depart(channel, s.User, time.Now())
 		}
 	}
@@ -172,7 +172,7 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 // it from every channel.
 func (h *Hub) detachAll(s *Stream) {
 	s.members.Lock()
-	s.closed = true
+	s.flags |= flagClosed
 	channels := slices.Clone(s.channels)
 	s.members.Unlock()
 	for _, c := range channels {

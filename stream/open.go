@@ -114,10 +114,10 @@ func (h *Hub) count(s *Stream) {
 	}
 	s.members.Lock()
 	defer s.members.Unlock()
-	if s.closed {
+	if s.flags&flagClosed != 0 {
 		return
 	}
-	s.counted = true
+	s.flags |= flagCounted
 	for _, c := range s.channels {
 		h.opts.Presence.arrive(c, s.User)
 	}

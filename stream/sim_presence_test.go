@@ -165,7 +165,7 @@ func (s *sim) presenceDiff() string {
 			}
 			for _, st := range streams {
 				st.members.Lock()
-				counted := st.counted // from its confirmation on
+				counted := st.flags&flagCounted != 0 // from its confirmation on
 				st.members.Unlock()
 				if k, ok := keyOf(channel, st.User); ok && counted {
 					want[k]++

@@ -20,15 +20,23 @@ const (
 	ReasonUpload   = "upload"   // the client sent bytes on the stream's connection
 )
 
+// memberFlags are a stream's membership flags, in one byte: a Stream is
+// kept to 256 bytes.
+type memberFlags uint8
+
+const (
+	flagClosed  memberFlags = 1 << iota // Close has run: attach nothing more
+	flagCounted                         // presence counts its channels, from Open's confirmation on (one refused never arrived nor left)
+)
+
 // Stream is one open EventSource connection. The hub queues encoded events
 // on it without ever waiting; one writer (a goroutine, or an event loop:
 // Hub.Serve chooses) writes them out. Streams are made by Hub.Open.
 //
 // Its fields have three owners. members guards the membership fields and
 // is only taken inside a channel's stripe lock (membership.go), or alone
-// (Hub.count). mu guards
-// the queue and the catch-up state, and is never held while taking another
-// lock. The writer alone touches the connection.
+// (Hub.count). mu guards the queue and the catch-up state, and is never
+// held while taking another lock. The writer alone touches the connection.
 type Stream struct {
 	User    string
 	session string
@@ -41,12 +49,8 @@ type Stream struct {
 	attaching bool
 	removed   bool
 
-	allRooms bool // opened with all of its session's rooms (no ?rooms=)
-	closed   bool // guarded by members: Close has run, attach nothing more
-	// counted is guarded by members: presence counts the stream's
-	// channels, from Open's confirmation on (a stream refused never
-	// counted, so never arrived nor left).
-	counted bool
+	allRooms bool        // opened with all of its session's rooms (no ?rooms=)
+	flags    memberFlags // guarded by members
 	// authorized is the hub's recheck count (Hub.rechecks) when Open
 	// registered the stream, under the hub's mu; its session was read
 	// before. A recheck judges the stream only by a read it began after
