@@ -36,7 +36,9 @@ type Backend interface {
 
 // Events is what a Broker tells the hub as it runs; *Hub implements it.
 // Every call for a channel comes from the goroutine that reads it, in the
-// order the broker learnt of it.
+// order the broker learnt of it. The first four report what happened; Gap
+// and Channels answer what only the hub knows (the streams' positions and
+// channels), which a single-log broker's recovery asks (RecoverLog).
 type Events interface {
 	// Publish hands over a message as it was published (in publish
 	// order); err is set when it could not be read.
