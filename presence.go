@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/ssebridge/ssebridge/store"
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -130,11 +128,10 @@ func (q presenceQuery) ask(ctx context.Context, base, token string) (json.RawMes
 
 // read reads the presence from Redis, as an instance would answer.
 func (q presenceQuery) read(ctx context.Context, redisURL, prefix string) (any, error) {
-	opts, err := redis.ParseURL(redisURL)
+	rdb, err := flagClient(redisURL)
 	if err != nil {
-		return nil, usageError{err: fmt.Errorf("-redis: %v", err)}
+		return nil, usageError{err: err}
 	}
-	rdb := redis.NewClient(opts)
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()

@@ -222,18 +222,27 @@ func publishTryOut(ctx context.Context, a publishArgs, p publication, t tryOut, 
 // publishRedis publishes envelope durably through the Redis at url, at
 // most once under key within the window.
 func publishRedis(ctx context.Context, url, prefix, channel string, envelope []byte, key string) (wire.Cursor, bool, error) {
+	rdb, err := flagClient(url)
+	if err != nil {
+		return wire.Cursor{}, false, err
+	}
+	defer rdb.Close()
+	// NewHistory's limits are not used here: the script reads them (and
+	// the idempotency window) from Redis.
+	return store.NewHistory(rdb, prefix, 0, 0, 0).PublishOnce(ctx, channel, envelope, key)
+}
+
+// flagClient is a command's client for the Redis a -redis flag (or
+// REDIS_URL) names: a URL, or host:port.
+func flagClient(url string) (*redis.Client, error) {
 	if !strings.Contains(url, "://") {
 		url = "redis://" + url // 127.0.0.1:6379
 	}
 	opts, err := redis.ParseURL(url)
 	if err != nil {
-		return wire.Cursor{}, false, fmt.Errorf("-redis: %w", err)
+		return nil, fmt.Errorf("-redis: %w", err)
 	}
-	rdb := redis.NewClient(opts)
-	defer rdb.Close()
-	// NewHistory's limits are not used here: the script reads them (and
-	// the idempotency window) from Redis.
-	return store.NewHistory(rdb, prefix, 0, 0, 0).PublishOnce(ctx, channel, envelope, key)
+	return redis.NewClient(opts), nil
 }
 
 // publishHTTP publishes p through POST /publish of the ssebridge at url.

@@ -123,7 +123,7 @@ func New(o Options) *echo.Echo {
 			Help: "POST /publish requests refused, by reason.",
 		}, []string{"reason"}),
 			"unauthorized", "bad_request", "too_large", "redis", "client_gone", "idempotency_key_reused")
-		e.POST("/publish", (&publisher{o: o, log: clog, refused: publishRefused}).publish, noStore)
+		e.POST("/publish", (&publisher{backendRoute{o, clog, publishRefused}}).publish, noStore)
 	}
 	if o.PublishToken != "" && o.Presence != nil {
 		presenceRefused := refusals(o.Registry, prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -131,7 +131,7 @@ func New(o Options) *echo.Echo {
 			Help: "GET /presence requests refused, by reason.",
 		}, []string{"reason"}),
 			"unauthorized", "bad_request", "too_large", "redis", "client_gone")
-		e.GET("/presence", (&presence{o: o, log: clog, refused: presenceRefused}).serve, noStore)
+		e.GET("/presence", (&presence{backendRoute{o, clog, presenceRefused}}).serve, noStore)
 	}
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok", "version": o.Version})

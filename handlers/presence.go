@@ -2,16 +2,12 @@ package handlers
 
 import (
 	"context"
-	"crypto/subtle"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/labstack/echo/v4"
-	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/ssebridge/ssebridge/internal/ratelog"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -21,22 +17,12 @@ const maxPresenceQuery = 1024
 
 // presence serves GET /presence: who is in a room, or where a user is,
 // over every instance. For backends: it needs the publish token.
-type presence struct {
-	o       Options
-	log     ratelog.Logger
-	refused *prometheus.CounterVec
-}
-
-func (p *presence) refuse(code int, reason, msg string) error {
-	p.refused.WithLabelValues(reason).Inc()
-	return echo.NewHTTPError(code, msg)
-}
+type presence struct{ backendRoute }
 
 func (p *presence) serve(c echo.Context) error {
 	r := c.Request()
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(p.o.PublishToken)) != 1 {
-		return p.refuse(http.StatusUnauthorized, "unauthorized", "GET /presence needs Authorization: Bearer <PUBLISH_TOKEN>")
+	if err := p.authorize(r, "GET /presence"); err != nil {
+		return err
 	}
 	if len(r.URL.RawQuery) > maxPresenceQuery {
 		return p.refuse(http.StatusRequestURITooLong, "too_large", "query over "+strconv.Itoa(maxPresenceQuery)+" bytes")

@@ -22,25 +22,39 @@ import (
 	"github.com/ssebridge/ssebridge/wire"
 )
 
-// publisher serves POST /publish: durable publish for backends without
-// Redis access.
-type publisher struct {
+// backendRoute is a route for backends, not browsers: guarded by
+// PUBLISH_TOKEN, its refusals counted by reason.
+type backendRoute struct {
 	o       Options
 	log     ratelog.Logger
 	refused *prometheus.CounterVec
 }
+
+// refuse counts a refusal and returns it for the error handler to answer.
+func (b *backendRoute) refuse(code int, reason, msg string) error {
+	b.refused.WithLabelValues(reason).Inc()
+	return echo.NewHTTPError(code, msg)
+}
+
+// authorize refuses (401) a request without the publish token; route
+// names the route in the refusal.
+func (b *backendRoute) authorize(r *http.Request, route string) error {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(b.o.PublishToken)) != 1 {
+		return b.refuse(http.StatusUnauthorized, "unauthorized", route+" needs Authorization: Bearer <PUBLISH_TOKEN>")
+	}
+	return nil
+}
+
+// publisher serves POST /publish: durable publish for backends without
+// Redis access.
+type publisher struct{ backendRoute }
 
 // gone counts a request whose client went away before it was answered.
 func (p *publisher) gone(channel string) error {
 	p.refused.WithLabelValues("client_gone").Inc()
 	p.log.Write(slog.LevelDebug, "publish:client_gone", "durable publish: the client went away", "channel", channel)
 	return errClientGone
-}
-
-// refuse counts a refusal and returns it for the error handler to answer.
-func (p *publisher) refuse(code int, reason, msg string) error {
-	p.refused.WithLabelValues(reason).Inc()
-	return echo.NewHTTPError(code, msg)
 }
 
 // publishRequest is the body of POST /publish.
@@ -51,10 +65,8 @@ type publishRequest struct {
 }
 
 func (p *publisher) publish(c echo.Context) error {
-	auth := c.Request().Header.Get("Authorization")
-	token, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(p.o.PublishToken)) != 1 {
-		return p.refuse(http.StatusUnauthorized, "unauthorized", "POST /publish needs Authorization: Bearer <PUBLISH_TOKEN>")
+	if err := p.authorize(c.Request(), "POST /publish"); err != nil {
+		return err
 	}
 	key, err := idempotencyKey(c.Request().Header)
 	if err != nil {

@@ -133,7 +133,7 @@ func (p *Presence) Write(ctx context.Context, b stream.PresenceBatch) error {
 	}
 	calls := make([]scriptCall, 0, len(rooms)+len(users))
 	for room, pairs := range rooms {
-		calls = append(calls, p.roomCall(room, "set", b.Events != nil && b.Events(room), pairs))
+		calls = append(calls, p.roomCall(p.instance, room, "set", b.Events != nil && b.Events(room), pairs))
 	}
 	for user, pairs := range users {
 		calls = append(calls, scriptCall{p.user, []string{p.userKey(user)}, append([]any{p.instance, "set"}, pairs...)})
@@ -196,12 +196,13 @@ func (p *Presence) run(ctx context.Context, calls []scriptCall) error {
 	return nil
 }
 
-func (p *Presence) roomCall(room, op string, events bool, pairs []any) scriptCall {
+// roomCall is the room script's call for instance's share of room.
+func (p *Presence) roomCall(instance, room, op string, events bool, pairs []any) scriptCall {
 	cmd, channel := "", ""
 	if events {
 		cmd, channel = p.pub(wire.RoomChannel(room))
 	}
-	args := append([]any{p.instance, op, cmd, channel, room}, pairs...)
+	args := append([]any{instance, op, cmd, channel, room}, pairs...)
 	return scriptCall{p.room, p.roomKeys(room), args}
 }
 
@@ -329,13 +330,11 @@ func (p *Presence) sweep(ctx context.Context, inst, claim string, events func(ro
 	if err != nil {
 		return fmt.Errorf("presence sweep: %w", err)
 	}
-	dead := *p
-	dead.instance = inst
 	calls := make([]scriptCall, 0, len(shares))
 	for _, s := range shares {
 		switch name := s[1:]; s[0] {
 		case 'r':
-			calls = append(calls, dead.roomCall(name, "sweep", events != nil && events(name), nil))
+			calls = append(calls, p.roomCall(inst, name, "sweep", events != nil && events(name), nil))
 		case 'u':
 			calls = append(calls, scriptCall{p.user, []string{p.userKey(name)}, []any{inst, "sweep"}})
 		}

@@ -311,6 +311,9 @@ func (p *Presence) collect(now time.Time) (PresenceBatch, []shareKey) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	b := PresenceBatch{Events: p.Events}
+	if len(p.dirty) == 0 && len(p.left) == 0 {
+		return b, nil // the idle instance's every flush
+	}
 	var keys []shareKey
 	entered := map[entry]bool{}
 	dirty := len(p.dirty)

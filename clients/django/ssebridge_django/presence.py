@@ -5,7 +5,7 @@ with the same answers as GET /presence: no request to ssebridge, no token.
 """
 
 from . import conf
-from .publishing import _tag, check_name, check_user
+from .publishing import _tag, _text, check_name, check_user
 
 
 def _prefix(channel):
@@ -14,10 +14,6 @@ def _prefix(channel):
     if conf.cluster():
         return _tag(channel)
     return conf.get("CHANNEL_PREFIX")
-
-
-def _text(v):
-    return v.decode("utf-8") if isinstance(v, bytes) else v
 
 
 def room_presence(name, after=None, limit=1000):
