@@ -60,6 +60,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		opts.Presence = p
 		workers = append(workers, p.Run)
 	}
+	opts.Openings = stream.NewOpenings(cfg.OpenConcurrency, reg)
 	hub := stream.NewHub(b.broker, opts, log, stream.NewMetrics(reg))
 
 	routes := routeOptions(cfg, hub, b.sessions, reg, log)
@@ -80,7 +81,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr 
 		func(ctx context.Context) { hub.Recheck(ctx, b.sessions, cfg.SessionRecheckInterval) },
 	)...)
 	defer stop()
-	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, stop)
+	return serve(ctx, cfg, log, listening, tlsConfig, e, hub, opts.Openings, stop)
 }
 
 // startEmbedded starts the try-out's embedded Redis (no Redis named) and

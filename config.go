@@ -58,12 +58,16 @@ type Config struct {
 
 	MaxStreamsPerUser int `env:"MAX_STREAMS_PER_USER" envDefault:"16" help:"open streams per user on this instance (429 past it)"`
 	MaxStreams        int `env:"MAX_STREAMS" envDefault:"100000" help:"open streams on this instance (429 past it)"`
-	MaxRooms          int `env:"MAX_ROOMS" envDefault:"256" help:"rooms of one stream (403 past it for a session, a join past it is refused and counted)"`
-	MaxEventBytes     int `env:"MAX_EVENT_BYTES" envDefault:"65536" help:"largest published payload"`
-	MaxSessionBytes   int `env:"MAX_SESSION_BYTES" envDefault:"16384" help:"largest session value"`
-	StreamQueue       int `env:"STREAM_QUEUE" envDefault:"256" help:"events queued for one stream before it counts as slow"`
-	StreamQueueBytes  int `env:"STREAM_QUEUE_BYTES" envDefault:"1048576" help:"bytes queued for one stream before it counts as slow"`
-	RedisPoolSize     int `env:"REDIS_POOL_SIZE" envDefault:"8" help:"connections for session lookups (plus one for pub/sub)"`
+	// A mass reconnect opens its streams at this pace, not all at once:
+	// what opening costs (a goroutine, net/http's buffers, the Redis
+	// reads and the replay) is then bounded by it (docs/SCALING.md).
+	OpenConcurrency  int `env:"OPEN_CONCURRENCY" envDefault:"256" help:"new connections and streams being opened at once; the rest wait, accepted (0: no bound)"`
+	MaxRooms         int `env:"MAX_ROOMS" envDefault:"256" help:"rooms of one stream (403 past it for a session, a join past it is refused and counted)"`
+	MaxEventBytes    int `env:"MAX_EVENT_BYTES" envDefault:"65536" help:"largest published payload"`
+	MaxSessionBytes  int `env:"MAX_SESSION_BYTES" envDefault:"16384" help:"largest session value"`
+	StreamQueue      int `env:"STREAM_QUEUE" envDefault:"256" help:"events queued for one stream before it counts as slow"`
+	StreamQueueBytes int `env:"STREAM_QUEUE_BYTES" envDefault:"1048576" help:"bytes queued for one stream before it counts as slow"`
+	RedisPoolSize    int `env:"REDIS_POOL_SIZE" envDefault:"8" help:"connections for session lookups (plus one for pub/sub)"`
 	// Event-loop writers of live HTTP/1.1 streams (Linux): 0 is one per
 	// core, -1 none (a goroutine per stream, as over TLS and HTTP/2).
 	EventLoops int `env:"EVENT_LOOPS" envDefault:"0" help:"event-loop writers of live HTTP/1.1 streams (Linux): 0 one per core, -1 none"`

@@ -18,11 +18,17 @@ import (
 // serve listens on LISTEN_ADDR and serves e until ctx ends, then shuts
 // down within cfg.ShutdownTimeout; stop stops the workers (feed, marks,
 // rechecks) once the streams are gone.
-func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr string), tlsConfig *tls.Config, e http.Handler, hub *stream.Hub, stop func()) error {
+func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(addr string), tlsConfig *tls.Config, e http.Handler, hub *stream.Hub, openings *stream.Openings, stop func()) error {
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		stop()
 		return fmt.Errorf("LISTEN_ADDR: %w", err)
+	}
+	var connState func(net.Conn, http.ConnState)
+	var connContext func(context.Context, net.Conn) context.Context
+	if openings != nil {
+		ln = openings.Listener(ln)
+		connState, connContext = openings.ConnState, openings.ConnContext
 	}
 	srv := &http.Server{
 		Handler:           e,
@@ -34,7 +40,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(add
 		// net/http's own complaints (TLS handshakes that fail, …) go to the
 		// same structured log, at debug and once a minute per kind: scanners
 		// make plenty of them.
-		ErrorLog: newHTTPLogger(log),
+		ErrorLog:    newHTTPLogger(log),
+		ConnState:   connState,
+		ConnContext: connContext,
 	}
 
 	if cfg.PprofAddr != "" {

@@ -79,6 +79,8 @@ func (ev *events) openRefusal(c echo.Context, user string, err error) error {
 		return ev.refuseRetry(c, http.StatusTooManyRequests, "total_limit", "too many streams on this instance")
 	case errors.Is(err, stream.ErrShuttingDown):
 		return ev.refuseRetry(c, http.StatusServiceUnavailable, "shutdown", "shutting down")
+	case errors.Is(err, stream.ErrOpeningsBusy):
+		return ev.refuseRetry(c, http.StatusServiceUnavailable, "openings", "too many streams opening at once (OPEN_CONCURRENCY), try again")
 	case errors.Is(err, stream.ErrControlBacklog):
 		return ev.refuseRetry(c, http.StatusServiceUnavailable, "control_backlog", "too busy, try again")
 	}

@@ -108,7 +108,7 @@ func New(o Options) *echo.Echo {
 		Name: "ssebridge_handshakes_refused_total",
 		Help: "Stream requests refused, by reason.",
 	}, []string{"reason"}), "no_token", "two_cookies", "unknown_session", "bad_session", "origin", "bad_room", "room_not_allowed",
-		"too_many_rooms", "user_limit", "total_limit", "resume_limit", "redis", "shutdown", "control_backlog", "client_gone")
+		"too_many_rooms", "user_limit", "total_limit", "resume_limit", "redis", "shutdown", "control_backlog", "openings", "client_gone")
 
 	clog := ratelog.Logger{Log: o.Log, Limit: logLimit}
 	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused, log: clog}

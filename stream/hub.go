@@ -86,6 +86,9 @@ type Options struct {
 	// Presence counts the streams of each user per room, over every
 	// instance (PRESENCE); nil: not counted.
 	Presence *Presence
+	// Openings bounds the streams opened at once (OPEN_CONCURRENCY); nil:
+	// no bound.
+	Openings *Openings
 }
 
 // defaultRedisTimeout is Options.RedisTimeout when it is not set.
@@ -192,6 +195,7 @@ func NewHub(b Backend, opts Options, log *slog.Logger, m *Metrics) *Hub {
 // Close removes a stream that its writer has finished with and counts why
 // it ended. Channels that no stream needs any more are unsubscribed.
 func (h *Hub) Close(s *Stream, reason string) {
+	s.takeSlot().free(slotClaimed) // closed before its opening
 	if h.remove(s, reason) {
 		h.detachRemoved(s)
 	}

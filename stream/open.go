@@ -61,7 +61,12 @@ func (h *Hub) admitsLocked(user string) error {
 // reset) is written by its writer. Open fails when a limit is reached, when
 // the hub is shutting down, or when Redis does not confirm.
 func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
+	sl, err := h.opts.Openings.claim(ctx)
+	if err != nil {
+		return nil, err
+	}
 	s := newStream(h, spec.User, spec.Session)
+	s.catching.slot = sl
 	s.resume = spec.Resume
 	// A resume reads its rooms from its Last-Event-ID, and a new stream may
 	// too, from before its position (a room joined before it was taken):
@@ -72,6 +77,7 @@ func (h *Hub) Open(ctx context.Context, spec Spec) (*Stream, error) {
 
 	missed, err := h.register(s, spec)
 	if err != nil {
+		sl.free(slotClaimed)
 		return nil, err
 	}
 	channels := []string{wire.UserChannel(spec.User), wire.BroadcastChannel}

@@ -35,6 +35,7 @@ import (
 // ready, then the durable events it missed since its Last-Event-ID, or a
 // reset. It returns why the stream ended if a write failed, else "".
 func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
+	defer s.takeSlot().free(slotClaimed) // the next opening may begin
 	if s.ended() != "" {
 		return "" // ended while it was opening: the writer writes only the final frame
 	}

@@ -39,6 +39,23 @@ type catchUp struct {
 	skipping bool
 	held     []heldEvent // live events that arrived meanwhile, in order
 	size     int         // bytes in held
+	// slot is the stream's place in the openings budget (Openings), held
+	// from Open until its opening begins to be over: here, not in Stream,
+	// which only opening streams need.
+	slot *slot
+}
+
+// takeSlot takes the stream's opening slot from it, if it still holds
+// one (nil otherwise).
+func (s *Stream) takeSlot() *slot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.catching == nil {
+		return nil
+	}
+	sl := s.catching.slot
+	s.catching.slot = nil
+	return sl
 }
 
 // catchUpState is a copy of what a pass of catch-up needs.

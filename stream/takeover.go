@@ -41,6 +41,9 @@ func (h *Hub) Serve(w http.ResponseWriter, r *http.Request, s *Stream, opts Writ
 // what it had read (brw), then starts the stream's writer; it returns at
 // once.
 func (h *Hub) takeOver(s *Stream, conn net.Conn, brw *bufio.ReadWriter, head http.Header, opts WriteOptions) {
+	if a, ok := conn.(*admittedConn); ok {
+		conn = a.Conn // its slot is the stream's now
+	}
 	if brw.Reader.Buffered() > 0 {
 		// Bytes after the request: the client speaks on a stream, which
 		// no EventSource does.
