@@ -5,7 +5,8 @@
 # v6.9.1 (uni_sse, Redis engine, HTTP API). Each server is started fresh for
 # each measurement. Writes every result as a JSON line to
 # bench/results/<time>.jsonl (not committed; bench/plot.py draws it) and a
-# Markdown table to stdout and <time>.md.
+# Markdown table to stdout and <time>.md. TLS and HTTP/2 against plain HTTP:
+# bench/tls.sh.
 #
 #   bench/compare.sh                             # N=10000 streams, ROUNDS=1
 #   N=15000 ROUNDS=3 bench/compare.sh

@@ -10,9 +10,11 @@
 // this generator and by Redis, and the server's Redis connections, as text
 // and as a final JSON line (with the latency distribution, for plots).
 // With -storm it also drops every stream halfway and measures their return
-// (storm.go).
+// (storm.go). An https:// -url opens the streams over TLS, HTTP/1.1, a
+// connection each; with -h2 K, HTTP/2 over K connections (tls.go).
 //
 //	go run ./bench -n 10000 -sessions -events 100 -rate 5 -pid PID
+//	go run ./bench -url https://127.0.0.1:8443/events -h2 300 -n 10000 -sessions -pid PID
 package main
 
 import (
@@ -98,6 +100,7 @@ func main() {
 		drain      = flag.Duration("drain", 10*time.Second, "how long to wait for late deliveries after the last publish")
 		stormOn    = flag.Bool("storm", false, "halfway through publishing, drop every stream at once and reconnect each with Last-Event-ID (needs -publish script)")
 		jitter     = flag.Duration("jitter", time.Second, "with -storm: reconnections are spread at random over this long")
+		h2         = flag.Int("h2", 0, "with an https:// -url: HTTP/2, the streams spread over this many connections (stream i on connection i%K); 0: a connection per stream, HTTP/1.1")
 	)
 	var header headers
 	flag.Var(&header, "header", `request header, repeatable; {i} is the stream's number (default "Authorization: Bearer bench{i}")`)
@@ -109,7 +112,7 @@ func main() {
 		target: *target, n: *n, offset: *offset, scenario: *scenario, events: *events, rate: *rate, slow: *slow,
 		mode: *mode, redisURL: *redisURL, prefix: *prefix, sessions: *sessions, httpURL: *httpURL, httpKey: *httpKey,
 		httpStyle: *httpStyle, centSecret: *centSecret, pid: *pid, sources: *sources, drain: *drain, header: header,
-		storm: *stormOn, jitter: *jitter,
+		storm: *stormOn, jitter: *jitter, h2: *h2,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -124,7 +127,7 @@ func main() {
 
 type config struct {
 	target, scenario, mode, redisURL, prefix, httpURL, httpKey, httpStyle, centSecret string
-	n, offset, events, slow, pid, sources                                             int
+	n, offset, events, slow, pid, sources, h2                                         int
 	rate                                                                              float64
 	sessions, storm                                                                   bool
 	drain, jitter                                                                     time.Duration

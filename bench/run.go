@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,10 +20,11 @@ type benchRun struct {
 	rdb *redis.Client
 	res Result
 
-	streams   []*stream      // by number less -offset; nil where the connection failed
-	expected  []int64        // the deliveries due to each stream, by the same index
-	delivered atomic.Int64   // distinct deliveries so far, all streams
-	readers   sync.WaitGroup // the streams' read loops
+	streams   []*stream         // by number less -offset; nil where the connection failed
+	h2        []*http.Transport // with -h2 K: the K connections the streams share
+	expected  []int64           // the deliveries due to each stream, by the same index
+	delivered atomic.Int64      // distinct deliveries so far, all streams
+	readers   sync.WaitGroup    // the streams' read loops
 }
 
 // run opens the streams, publishes the events at the rate asked, waits for
@@ -31,6 +34,16 @@ func run(c config) (Result, error) {
 	r := &benchRun{c: c, res: Result{Scenario: c.scenario, Streams: c.n, Slow: c.slow, Events: c.events, Rate: c.rate}}
 	if c.storm && (c.mode != "script" || c.slow > 0 || c.jitter <= 0 || c.events < 2) {
 		return r.res, fmt.Errorf("-storm needs -publish script, no -slow, a positive -jitter and -events 2 or more (the storm begins halfway)")
+	}
+	if c.h2 < 0 || (c.h2 > 0 && !strings.HasPrefix(c.target, "https://")) {
+		return r.res, fmt.Errorf("-h2 needs a positive number of connections and an https:// -url")
+	}
+	if c.h2 > 0 {
+		if per := (c.n + c.h2 - 1) / c.h2; per > 250 {
+			fmt.Fprintf(os.Stderr, "-h2: %d streams per connection, more than the 250 Go's servers allow: some will wait\n", per)
+		}
+		u, _ := streamURL(c, c.offset)
+		r.h2 = h2Transports(c, u, c.h2)
 	}
 	raiseFileLimit()
 	opts, err := redis.ParseURL(c.redisURL)
@@ -91,7 +104,7 @@ func (r *benchRun) connect(ctx context.Context) {
 			for k := range next {
 				i := c.offset + k
 				u, path := streamURL(c, i)
-				s, err := dial(ctx, i, u, path, c.header, source(c, k), c.events)
+				s, err := dial(ctx, i, u, path, c.header, source(c, k), c.events, r.transport(i))
 				if err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
@@ -115,12 +128,25 @@ func (r *benchRun) connect(ctx context.Context) {
 	fmt.Fprintln(os.Stderr)
 }
 
-// closeStreams closes every open stream's connection, which ends its reader.
+// transport is the HTTP/2 connection stream number i shares with -h2;
+// nil without.
+func (r *benchRun) transport(i int) *http.Transport {
+	if len(r.h2) == 0 {
+		return nil
+	}
+	return r.h2[i%len(r.h2)]
+}
+
+// closeStreams closes every open stream's connection (with -h2, its stream
+// and then the shared connections), which ends its reader.
 func (r *benchRun) closeStreams() {
 	for _, s := range r.streams {
 		if s != nil {
 			s.conn.Close()
 		}
+	}
+	for _, t := range r.h2 {
+		t.CloseIdleConnections()
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
@@ -15,14 +17,18 @@ import (
 )
 
 // stream is one SSE stream, read by one goroutine over a bare TCP
-// connection: a bench holding 15,000 streams cannot afford net/http's three
-// goroutines and buffers per connection on the 2 cores it shares with the
-// server under test. Its record of what arrived outlives the connection, so
-// a stream that reconnects (the storm) is counted as one.
+// connection (or TLS over it, for https:// URLs): a bench holding 15,000
+// streams cannot afford net/http's three goroutines and buffers per
+// connection on the 2 cores it shares with the server under test. With -h2
+// it is instead one HTTP/2 stream of a connection it shares with others
+// (tls.go), as a browser's tabs share one. Its record of what arrived
+// outlives the connection, so a stream that reconnects (the storm) is
+// counted as one.
 type stream struct {
 	i    int
-	conn net.Conn
-	r    *bufio.Reader // the de-chunked body
+	conn io.Closer       // closing it ends the stream: its TCP or TLS connection, or its HTTP/2 stream
+	h2   *http.Transport // with -h2: the one connection this stream shares; nil: a connection of its own
+	r    *bufio.Reader   // the de-chunked body
 
 	done    chan struct{} // closed when read returns
 	lastID  string        // the id of the last complete block that had one
@@ -45,9 +51,9 @@ func (r *refusal) Error() string {
 	return fmt.Sprintf("answer %d (Retry-After %q)", r.status, r.retryAfter)
 }
 
-// dial opens stream i; see connect.
-func dial(ctx context.Context, i int, target *url.URL, rawPath string, header []string, src net.IP, events int) (*stream, error) {
-	s := &stream{i: i, got: make([]uint64, (events+63)/64), done: make(chan struct{})}
+// dial opens stream i, over h2 if not nil; see connect.
+func dial(ctx context.Context, i int, target *url.URL, rawPath string, header []string, src net.IP, events int, h2 *http.Transport) (*stream, error) {
+	s := &stream{i: i, h2: h2, got: make([]uint64, (events+63)/64), done: make(chan struct{})}
 	if err := s.connect(ctx, target, rawPath, header, src); err != nil {
 		return nil, err
 	}
@@ -59,16 +65,14 @@ func dial(ctx context.Context, i int, target *url.URL, rawPath string, header []
 // first block (a stream is "connected" once it can receive). A non-200
 // answer is a *refusal.
 func (s *stream) connect(ctx context.Context, target *url.URL, rawPath string, header []string, src net.IP) error {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	if src != nil {
-		d.LocalAddr = &net.TCPAddr{IP: src}
+	if s.h2 != nil {
+		return s.connectH2(ctx, target, header)
 	}
-	conn, err := d.DialContext(ctx, "tcp", target.Host)
+	conn, err := dialConn(ctx, target, src)
 	if err != nil {
 		return err
 	}
 	req := s.request(target, rawPath, header)
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := conn.Write([]byte(req)); err != nil {
 		conn.Close()
 		return err
@@ -98,7 +102,7 @@ func (s *stream) request(target *url.URL, rawPath string, header []string) strin
 	var req strings.Builder
 	fmt.Fprintf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n", rawPath, target.Host)
 	for _, h := range header {
-		req.WriteString(strings.ReplaceAll(h, "{i}", strconv.Itoa(s.i)))
+		req.WriteString(s.header(h))
 		req.WriteString("\r\n")
 	}
 	if s.lastID != "" {
@@ -106,6 +110,11 @@ func (s *stream) request(target *url.URL, rawPath string, header []string) strin
 	}
 	req.WriteString("\r\n")
 	return req.String()
+}
+
+// header is a -header line for this stream: {i} is its number.
+func (s *stream) header(h string) string {
+	return strings.ReplaceAll(h, "{i}", strconv.Itoa(s.i))
 }
 
 // readHead reads the answer's status line and headers, and says whether

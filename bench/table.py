@@ -6,7 +6,8 @@
 One row per measurement: streams, RSS per idle stream, deliveries/s,
 latency, losses, and CPU per delivery of the server under test and of the
 load generator (beside it, so that a saturated generator is not mistaken for
-a server's limit). Storm runs get a table of their own.
+a server's limit). Storm runs get a table of their own. HTTP/2 runs
+(bench/tls.sh) name the connections their streams share.
 """
 import json
 import sys
@@ -27,7 +28,8 @@ def main(paths):
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         x = r["result"]
-        print(f'| {r["round"]} | {r["system"]} | {r["load"]} | {x["connected"]:,} | {x.get("rss_per_stream_kib", 0):.1f} '
+        system = r["system"] + (f' ({r["h2_connections"]} conns)' if r.get("h2_connections") else "")
+        print(f'| {r["round"]} | {system} | {r["load"]} | {x["connected"]:,} | {x.get("rss_per_stream_kib", 0):.1f} '
               f'| {x["deliveries_per_s"]:,.0f} | {x["p50_ms"]:,.0f} | {x["p99_ms"]:,.0f} | {x["lost"]:,} | {x["duplicated"]:,} '
               f'| {x.get("server_cpu_us_per_delivery", 0):.2f} | {x.get("bench_cpu_us_per_delivery", 0):.2f} | {r.get("loadavg", "")} |')
     storms = [r for r in runs if r["result"].get("storm")]
