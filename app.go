@@ -120,10 +120,11 @@ func hubOptions(cfg Config) stream.Options {
 		MaxResumesPerUser:   cfg.MaxResumesPerUserPerMinute,
 		// Well within HISTORY_TTL, so that a connected stream's id is never
 		// too old to resume from.
-		MarkInterval: cfg.HistoryTTL / 4,
-		Retry:        cfg.RetryInterval,
-		Loops:        cfg.EventLoops,
-		RedisTimeout: cfg.RedisTimeout,
+		MarkInterval:     cfg.HistoryTTL / 4,
+		Retry:            cfg.RetryInterval,
+		Loops:            cfg.EventLoops,
+		UnsubscribeDelay: cfg.UnsubscribeDelay,
+		RedisTimeout:     cfg.RedisTimeout,
 		// Late: halfway to the limit past which the connection is dropped
 		// (a loaded machine's feed is a second behind with no fault).
 		LateLag: cfg.PubSubLagLimit / 2,

@@ -58,6 +58,10 @@ type Config struct {
 
 	MaxStreamsPerUser int `env:"MAX_STREAMS_PER_USER" envDefault:"16" help:"open streams per user on this instance (429 past it)"`
 	MaxStreams        int `env:"MAX_STREAMS" envDefault:"100000" help:"open streams on this instance (429 past it)"`
+	// A channel's last stream gone, its subscription is kept this long:
+	// a stream back within it (a reload, a mass reconnect) costs Redis
+	// no UNSUBSCRIBE and SUBSCRIBE.
+	UnsubscribeDelay time.Duration `env:"UNSUBSCRIBE_DELAY" envDefault:"5s" help:"how long a channel left without streams stays subscribed (0: unsubscribed at once)"`
 	// A mass reconnect opens its streams at this pace, not all at once:
 	// what opening costs (a goroutine, net/http's buffers, the Redis
 	// reads and the replay) is then bounded by it (docs/SCALING.md).

@@ -156,9 +156,7 @@ func (f *partFeed) ping(context.Context) (<-chan error, error) {
 	}
 	f.enqueueLocked(pubsubOp{gen: f.gen,
 		run: func(ctx context.Context, ps *redis.PubSub) {
-			if err := f.barrier.sendOn(ctx, ps, done); err != nil {
-				tell(done, err)
-			}
+			f.barrier.sendOn(ctx, ps, done)
 		},
 		stale: func() { tell(done, ErrFeedLost) },
 	})

@@ -86,9 +86,10 @@ func (c *subConn) ping(ctx context.Context) (<-chan error, error) {
 		return nil, ErrFeedLost
 	}
 	// A write on a connection go-redis has dropped dials inside: bounded.
-	ctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
+	// Not ended by the caller's leaving: others may share the PING.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.dialTimeout())
 	defer cancel()
-	return c.barrier.send(ctx, ps)
+	return c.barrier.send(ctx, ps), nil
 }
 
 // detach takes the connection out (callers meet nil from then on) and

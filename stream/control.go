@@ -166,14 +166,24 @@ func (h *Hub) leave(s *Stream, channel string) {
 
 // Run moves idle streams' ids on every MarkInterval, through Redis, so that
 // they arrive behind every event published before them and no connected
-// stream's id grows older than the retention. It returns when ctx ends.
+// stream's id grows older than the retention; and it unsubscribes the
+// channels left without streams for UnsubscribeDelay. It returns when ctx
+// ends.
 func (h *Hub) Run(ctx context.Context) {
 	mark := time.NewTicker(h.opts.MarkInterval)
 	defer mark.Stop()
+	var sweep <-chan time.Time
+	if d := h.opts.UnsubscribeDelay; d > 0 {
+		t := time.NewTicker(max(d/4, 50*time.Millisecond))
+		defer t.Stop()
+		sweep = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case now := <-sweep:
+			h.sweepIdle(now)
 		case <-mark.C:
 			if h.Len() == 0 {
 				continue

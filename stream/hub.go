@@ -89,6 +89,10 @@ type Options struct {
 	// Openings bounds the streams opened at once (OPEN_CONCURRENCY); nil:
 	// no bound.
 	Openings *Openings
+	// UnsubscribeDelay is how long a channel left without streams stays
+	// subscribed (UNSUBSCRIBE_DELAY; membership.go); 0: unsubscribed at
+	// once. The sweep runs in Run.
+	UnsubscribeDelay time.Duration
 }
 
 // defaultRedisTimeout is Options.RedisTimeout when it is not set.
@@ -149,6 +153,7 @@ type Hub struct {
 	// own id).
 	inOrder atomic.Pointer[wire.Cursor]
 
+	positions   positionReads
 	replaySlots chan struct{} // one per page of replay in flight
 	recheckNow  chan struct{}
 	loops       *loops // nil: a goroutine per stream
@@ -185,6 +190,7 @@ func NewHub(b Backend, opts Options, log *slog.Logger, m *Metrics) *Hub {
 	if h.opts.LateLag <= 0 {
 		h.opts.LateLag = time.Second // what the lag probe measures to
 	}
+	h.positions = positionReads{history: b, timeout: h.opts.RedisTimeout}
 	h.loops = newLoops(h, opts.Loops)
 	h.seen.Store(&wire.Cursor{})
 	h.inOrder.Store(&wire.Cursor{})

@@ -55,6 +55,13 @@ func (c *commands) Unsubscribe(channels ...string) {
 
 func (c *commands) Sync(context.Context) error { return nil }
 
+// count is how many channels were subscribed and unsubscribed so far.
+func (c *commands) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
 func (c *commands) subscribed() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -26,6 +26,13 @@ import (
 //     for the map's change or for one fan-out, never across I/O.
 //
 // Lock order: stripe, then the stream's members, then the shard.
+//
+// With Options.UnsubscribeDelay, a channel that empties stays subscribed
+// that long, its set empty, before sweepIdle unsubscribes it: a stream
+// that comes back meanwhile (a reload, a reconnect, every stream of a mass
+// reconnect) costs Redis neither an UNSUBSCRIBE nor a SUBSCRIBE, and
+// closing streams by the thousand does not queue their UNSUBSCRIBEs, one
+// write each under their stripe, ahead of the openings' SUBSCRIBEs.
 
 const (
 	stripeCount = 256
@@ -44,7 +51,12 @@ type shard struct {
 type streamSet struct {
 	one  *Stream // the only stream, while many is nil
 	many map[*Stream]struct{}
+	// emptied is when the set last became empty (UnixNano), while it
+	// lingers subscribed (UnsubscribeDelay).
+	emptied int64
 }
+
+func (set *streamSet) empty() bool { return set.one == nil && len(set.many) == 0 }
 
 func (set *streamSet) add(s *Stream) {
 	switch {
@@ -80,6 +92,9 @@ type membership struct {
 	seed    maphash.Seed
 	stripes [stripeCount]sync.Mutex
 	shards  [shardCount]shard
+
+	idleMu sync.Mutex
+	idle   []string // channels emptied and left subscribed, oldest first (may repeat)
 }
 
 func (m *membership) init() {
@@ -121,7 +136,7 @@ func (h *Hub) attach(s *Stream, channel string) error {
 	sh := h.members.shard(channel)
 	sh.mu.Lock()
 	set, had := sh.subs[channel]
-	first := !had
+	first := !had // an empty set still lingers subscribed
 	set.add(s)
 	sh.subs[channel] = set
 	sh.mu.Unlock()
@@ -156,16 +171,86 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 	sh.mu.Lock()
 	set := sh.subs[channel]
 	last := set.remove(s)
-	if last {
+	linger := last && h.opts.UnsubscribeDelay > 0
+	switch {
+	case linger:
+		set.emptied = time.Now().UnixNano()
+		sh.subs[channel] = set
+	case last:
 		delete(sh.subs, channel)
-	} else {
+	default:
 		sh.subs[channel] = set
 	}
 	sh.mu.Unlock()
-	if last {
+	switch {
+	case linger:
+		h.members.idleMu.Lock()
+		h.members.idle = append(h.members.idle, channel)
+		h.members.idleMu.Unlock()
+	case last:
 		h.backend.Unsubscribe(channel)
 	}
 	return true
+}
+
+// sweepIdle unsubscribes, in one command, the channels that have been
+// empty for Options.UnsubscribeDelay by now. Each is checked and
+// unsubscribed under its stripe, as detach would, so that a stream
+// attaching meanwhile either finds it still subscribed or subscribes it
+// again after the UNSUBSCRIBE.
+func (h *Hub) sweepIdle(now time.Time) {
+	m := &h.members
+	cutoff := now.Add(-h.opts.UnsubscribeDelay).UnixNano()
+	m.idleMu.Lock()
+	due := 0
+	for due < len(m.idle) && due < 4096 && h.emptiedBefore(m.idle[due], cutoff) {
+		due++
+	}
+	channels := slices.Clone(m.idle[:due])
+	m.idle = slices.Delete(m.idle, 0, due)
+	m.idleMu.Unlock()
+	if len(channels) == 0 {
+		return
+	}
+	// Stripes in ascending order, each once: no two sweeps or detaches
+	// can wait on each other.
+	stripes := make([]int, 0, len(channels))
+	for _, c := range channels {
+		stripes = append(stripes, int(m.hash(c)%stripeCount))
+	}
+	slices.Sort(stripes)
+	stripes = slices.Compact(stripes)
+	for _, i := range stripes {
+		m.stripes[i].Lock()
+	}
+	var gone []string
+	for _, c := range channels {
+		sh := m.shard(c)
+		sh.mu.Lock()
+		if set, ok := sh.subs[c]; ok && set.empty() && set.emptied <= cutoff {
+			delete(sh.subs, c)
+			gone = append(gone, c)
+		}
+		sh.mu.Unlock()
+	}
+	if len(gone) > 0 {
+		h.backend.Unsubscribe(gone...)
+	}
+	for _, i := range stripes {
+		m.stripes[i].Unlock()
+	}
+}
+
+// emptiedBefore reports whether channel's set is not empty, gone, or was
+// emptied before cutoff: an entry of the idle list that is due. (One
+// emptied later was emptied again after the entry was made: a later
+// entry stands for it.)
+func (h *Hub) emptiedBefore(channel string, cutoff int64) bool {
+	sh := h.members.shard(channel)
+	sh.mu.RLock()
+	defer sh.mu.RUnlock()
+	set, ok := sh.subs[channel]
+	return !ok || !set.empty() || set.emptied <= cutoff
 }
 
 // detachAll marks s closed, so that nothing attaches it again, and detaches
@@ -232,8 +317,10 @@ func (h *Hub) allChannels() []string {
 	for i := range h.members.shards {
 		sh := &h.members.shards[i]
 		sh.mu.RLock()
-		for c := range sh.subs {
-			out = append(out, c)
+		for c, set := range sh.subs {
+			if !set.empty() {
+				out = append(out, c)
+			}
 		}
 		sh.mu.RUnlock()
 	}

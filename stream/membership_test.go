@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -108,4 +109,51 @@ func TestUserChannelSets(t *testing.T) {
 	if len(h.users) != 0 || len(h.sessions) != 0 || len(h.allChannels()) != 0 {
 		t.Fatal("the hub still knows closed streams")
 	}
+}
+
+// TestUnsubscribeDelay: with UnsubscribeDelay, a channel left without
+// streams stays subscribed, a stream back meanwhile costs no command, and
+// the sweep unsubscribes what stayed empty past the delay, in one call.
+func TestUnsubscribeDelay(t *testing.T) {
+	opts := testOpts
+	opts.UnsubscribeDelay = time.Minute
+	h, cmds := newTestHub(t, opts)
+	open := func(user string) *Stream {
+		s, err := h.Open(context.Background(), Spec{User: user, Session: user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	alice := open("alice")
+	h.Close(alice, "")
+	if !slices.Contains(cmds.subscribed(), wire.UserChannel("alice")) {
+		t.Fatal("alice's channel was unsubscribed at once")
+	}
+	if got := h.allChannels(); len(got) != 0 {
+		t.Fatalf("channels with streams: %v, want none", got)
+	}
+	before := cmds.count()
+	alice = open("alice") // back within the delay
+	if n := cmds.count() - before; n != 0 {
+		t.Fatalf("a stream back within the delay cost %d commands", n)
+	}
+	bob := open("bob")
+	h.Close(bob, "")
+	h.Close(alice, "")
+
+	now := time.Now()
+	h.sweepIdle(now) // not yet due
+	if got := len(cmds.subscribed()); got != 3 {
+		t.Fatalf("%d channels subscribed before the delay is over, want 3", got)
+	}
+	h.sweepIdle(now.Add(2 * time.Minute))
+	if got := cmds.subscribed(); len(got) != 0 {
+		t.Fatalf("subscribed after the sweep: %v", got)
+	}
+	carol := open("alice") // subscribed again from scratch
+	if !slices.Contains(cmds.subscribed(), wire.UserChannel("alice")) {
+		t.Fatal("a channel swept away was not subscribed again")
+	}
+	h.Close(carol, "")
 }

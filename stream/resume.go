@@ -124,7 +124,7 @@ func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
 		}
 		bound = pos
 	} else {
-		now, err := currentPosition(ctx, h.backend)
+		now, err := h.positions.read(ctx)
 		if err != nil {
 			return pass{}, err
 		}
