@@ -76,7 +76,8 @@ type Result struct {
 	// what one publish costs Redis, fan-out to its subscribers included,
 	// and whatever else Redis does meanwhile, such as the server's own
 	// background work, which RedisIdleCPUmsPerS measures with the streams
-	// open and nothing published (over the second before the window).
+	// open and nothing published (over a second, a second after the last
+	// stream connected).
 	RedisCPUPerEventUs float64 `json:"redis_cpu_us_per_event,omitempty"`
 	RedisIdleCPUmsPerS float64 `json:"redis_idle_cpu_ms_per_s"`
 	// RedisMemoryGrowthKiB is Redis's used_memory after the window less
