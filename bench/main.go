@@ -10,10 +10,14 @@
 // this generator and by Redis, and the server's Redis connections, as text
 // and as a final JSON line (with the latency distribution, for plots).
 // With -storm it also drops every stream halfway and measures their return
-// (storm.go). An https:// -url opens the streams over TLS, HTTP/1.1, a
-// connection each; with -h2 K, HTTP/2 over K connections (tls.go).
+// (storm.go); -scenario chat gives each stream its user channel, two rooms
+// and the broadcast channel, and publishes direct, room and broadcast
+// events at their own rates (chat.go). An https:// -url opens the streams
+// over TLS, HTTP/1.1, a connection each; with -h2 K, HTTP/2 over K
+// connections (tls.go).
 //
 //	go run ./bench -n 10000 -sessions -events 100 -rate 5 -pid PID
+//	go run ./bench -n 10000 -sessions -scenario chat -seconds 30 -publish script -pid PID
 //	go run ./bench -url https://127.0.0.1:8443/events -h2 300 -n 10000 -sessions -pid PID
 package main
 
@@ -71,6 +75,26 @@ type Result struct {
 	BenchCPUSeconds     float64 `json:"bench_cpu_seconds"`
 	BenchCPUPerDelivUs  float64 `json:"bench_cpu_us_per_delivery"`
 	RedisCPUSeconds     float64 `json:"redis_cpu_seconds"`
+	// RedisCPUPerEventUs is Redis's CPU over the window per event published:
+	// what one publish costs Redis, fan-out to its subscribers included,
+	// and whatever else Redis does meanwhile, such as the server's own
+	// background work, which RedisIdleCPUmsPerS measures with the streams
+	// open and nothing published (over a second, a second after the last
+	// stream connected).
+	RedisCPUPerEventUs float64 `json:"redis_cpu_us_per_event,omitempty"`
+	RedisIdleCPUmsPerS float64 `json:"redis_idle_cpu_ms_per_s"`
+	// RedisMemoryGrowthKiB is Redis's used_memory after the window less
+	// before it: the history a durable publish keeps.
+	RedisMemoryGrowthKiB int64 `json:"redis_memory_growth_kib"`
+
+	// With -scenario chat: how long it published, the events by kind
+	// (direct, room, broadcast), deliveries of events a stream does not
+	// hold the channel of (Stray), and the most an event was sent after its
+	// planned time (the publishers falling behind).
+	Seconds         float64        `json:"seconds,omitempty"`
+	Published       map[string]int `json:"published,omitempty"`
+	Stray           int64          `json:"stray,omitempty"`
+	PublishLagMaxMs float64        `json:"publish_lag_max_ms,omitempty"`
 
 	// LatencyQuantilesMs[k] is the latency, in ms, at quantile k/1000.
 	LatencyQuantilesMs []float64 `json:"latency_quantiles_ms,omitempty"`
@@ -83,9 +107,15 @@ func main() {
 		target     = flag.String("url", "http://127.0.0.1:8080/events", "stream URL; {i} is the stream's number")
 		n          = flag.Int("n", 1000, "streams to open")
 		offset     = flag.Int("offset", 0, "number of the first stream (to split a run over processes)")
-		scenario   = flag.String("scenario", "broadcast", "broadcast (every stream), room (one room of all streams), users (each event to one user)")
-		events     = flag.Int("events", 100, "events to publish")
-		rate       = flag.Float64("rate", 5, "events per second")
+		scenario   = flag.String("scenario", "broadcast", "broadcast (every stream), room (one room of all streams), users (each event to one user), chat (user channel, two rooms and broadcast per stream: chat.go)")
+		events     = flag.Int("events", 100, "events to publish (not with chat: -seconds and the rates)")
+		rate       = flag.Float64("rate", 5, "events per second (not with chat)")
+		seconds    = flag.Float64("seconds", 30, "with chat: how long to publish")
+		directRate = flag.Float64("direct-rate", 1000, "with chat: direct events per second, each to one user drawn uniformly")
+		roomRate   = flag.Float64("room-rate", 2000, "with chat: room events per second, each to one room drawn uniformly")
+		bcastRate  = flag.Float64("broadcast-rate", 1, "with chat: broadcast events per second")
+		workers    = flag.Int("workers", 16, "with chat: concurrent publishers, each event sent at its planned time by the first free one")
+		seed       = flag.Uint64("seed", 1, "with chat: seed of the room layout and of the events' recipients")
 		slow       = flag.Int("slow", 0, "streams that stop reading once connected")
 		mode       = flag.String("publish", "redis", "redis (PUBLISH), script (ssebridge's durable script) or http")
 		redisURL   = flag.String("redis", "redis://127.0.0.1:6379", "Redis for sessions, publishing and counting connections")
@@ -112,7 +142,8 @@ func main() {
 		target: *target, n: *n, offset: *offset, scenario: *scenario, events: *events, rate: *rate, slow: *slow,
 		mode: *mode, redisURL: *redisURL, prefix: *prefix, sessions: *sessions, httpURL: *httpURL, httpKey: *httpKey,
 		httpStyle: *httpStyle, centSecret: *centSecret, pid: *pid, sources: *sources, drain: *drain, header: header,
-		storm: *stormOn, jitter: *jitter, h2: *h2,
+		storm: *stormOn, jitter: *jitter, h2: *h2, seconds: *seconds, directRate: *directRate, roomRate: *roomRate,
+		broadcastRate: *bcastRate, workers: *workers, seed: *seed,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -120,24 +151,29 @@ func main() {
 	}
 	b, _ := json.Marshal(res)
 	fmt.Println(string(b))
-	if res.Lost > 0 || res.Duplicated > 0 || res.Connected < res.Streams || (res.Storm != nil && res.Storm.Resumed < res.Connected) {
+	if res.Lost > 0 || res.Duplicated > 0 || res.Stray > 0 || res.Connected < res.Streams || (res.Storm != nil && res.Storm.Resumed < res.Connected) {
 		os.Exit(3)
 	}
 }
 
 type config struct {
 	target, scenario, mode, redisURL, prefix, httpURL, httpKey, httpStyle, centSecret string
-	n, offset, events, slow, pid, sources, h2                                         int
-	rate                                                                              float64
+	n, offset, events, slow, pid, sources, h2, workers                                int
+	rate, seconds, directRate, roomRate, broadcastRate                                float64
+	seed                                                                              uint64
 	sessions, storm                                                                   bool
 	drain, jitter                                                                     time.Duration
 	header                                                                            []string
+
+	chat *chatPlan // with -scenario chat, set by prepareChat
 }
 
 // channel returns the logical channel of event seq, and which stream (by
-// number) it is for, -1 for all.
+// number) it is for, -1 for all, -2 for those the chat plan says.
 func (c config) channel(seq int) (string, int) {
 	switch c.scenario {
+	case "chat":
+		return c.chat.channel(seq, c.offset), -2
 	case "room":
 		return "room:bench", -1
 	case "users":
@@ -165,10 +201,14 @@ func streamURL(c config, i int) (*url.URL, string) {
 	raw := strings.ReplaceAll(c.target, "{i}", strconv.Itoa(i))
 	if c.centSecret != "" {
 		ch, _ := c.channel(0)
-		if c.scenario == "users" {
-			ch = "user:u" + strconv.Itoa(i)
+		channels := []string{ch}
+		switch c.scenario {
+		case "users":
+			channels = []string{"user:u" + strconv.Itoa(i)}
+		case "chat":
+			channels = c.chat.channels(i-c.offset, c.offset)
 		}
-		token := centrifugoToken(c.centSecret, "u"+strconv.Itoa(i), []string{ch})
+		token := centrifugoToken(c.centSecret, "u"+strconv.Itoa(i), channels)
 		connect, _ := json.Marshal(map[string]string{"token": token})
 		raw += "?cf_connect=" + url.QueryEscape(string(connect))
 	}
@@ -185,7 +225,11 @@ func createSessions(ctx context.Context, rdb *redis.Client, c config) error {
 		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for k := from; k < min(from+batch, c.n); k++ {
 				i := c.offset + k
-				p.Set(ctx, "session:bench"+strconv.Itoa(i), `{"user":"u`+strconv.Itoa(i)+`","rooms":["bench"]}`, time.Hour)
+				session := `{"user":"u` + strconv.Itoa(i) + `","rooms":["bench"]}`
+				if c.chat != nil {
+					session = c.chat.session(k, c.offset)
+				}
+				p.Set(ctx, "session:bench"+strconv.Itoa(i), session, time.Hour)
 			}
 			return nil
 		})
@@ -233,7 +277,12 @@ func report(r Result) {
 	}
 	fmt.Fprintf(os.Stderr, "CPU over %.1fs: server %.2fs (%.2f µs per delivery), load generator %.2fs (%.2f µs per delivery), Redis %.2fs\n",
 		r.WindowSeconds, r.ServerCPUSeconds, r.ServerCPUPerDelivUs, r.BenchCPUSeconds, r.BenchCPUPerDelivUs, r.RedisCPUSeconds)
-	fmt.Fprintf(os.Stderr, "redis connections (other than the bench's): %d\n", r.RedisConns)
+	fmt.Fprintf(os.Stderr, "Redis: %d connections (other than the bench's), %.2f ms CPU per second idle, %.2f µs CPU per event published, used memory %+d KiB over the window\n",
+		r.RedisConns, r.RedisIdleCPUmsPerS, r.RedisCPUPerEventUs, r.RedisMemoryGrowthKiB)
+	if r.Published != nil {
+		fmt.Fprintf(os.Stderr, "chat: published over %.0fs %d direct, %d room, %d broadcast events; %d stray deliveries; publishers at most %.1fms behind the plan\n",
+			r.Seconds, r.Published["direct"], r.Published["room"], r.Published["broadcast"], r.Stray, r.PublishLagMaxMs)
+	}
 	if s := r.Storm; s != nil {
 		fmt.Fprintf(os.Stderr, "storm: %d resumed, %d with every event once, %d resets; last live %.2fs after the drop (jitter %.1fs); refusals %v (%d unexpected), %d connection errors\n",
 			s.Resumed, s.Intact, s.Resets, s.LastLiveSeconds, s.JitterSeconds, s.Refused, s.Unexpected, s.Errors)

@@ -36,7 +36,11 @@ func newPublisher(mode string, rdb *redis.Client, prefix, httpURL, httpKey, http
 			return err
 		}, nil
 	case "http": // an HTTP publish API: ssebridge's POST /publish or Centrifugo's
-		client := &http.Client{Timeout: 10 * time.Second}
+		// Idle connections for every concurrent publisher (-workers), not
+		// net/http's 2 per host: past them, each publish would open one.
+		transport := http.DefaultTransport.(*http.Transport).Clone()
+		transport.MaxIdleConnsPerHost = 256
+		client := &http.Client{Timeout: 10 * time.Second, Transport: transport}
 		return func(ctx context.Context, channel string, payload []byte) error {
 			var body []byte
 			switch httpStyle {

@@ -32,6 +32,12 @@ type benchRun struct {
 func run(c config) (Result, error) {
 	ctx := context.Background()
 	r := &benchRun{c: c, res: Result{Scenario: c.scenario, Streams: c.n, Slow: c.slow, Events: c.events, Rate: c.rate}}
+	if c.scenario == "chat" {
+		if err := prepareChat(&c, &r.res); err != nil {
+			return r.res, err
+		}
+		r.c = c
+	}
 	if c.storm && (c.mode != "script" || c.slow > 0 || c.jitter <= 0 || c.events < 2) {
 		return r.res, fmt.Errorf("-storm needs -publish script, no -slow, a positive -jitter and -events 2 or more (the storm begins halfway)")
 	}
@@ -71,14 +77,20 @@ func run(c config) (Result, error) {
 	if err != nil {
 		return r.res, err
 	}
+	memBefore := redisInfo(ctx, r.rdb, "memory")["used_memory"]
 	cpu := startCPU(ctx, c.pid, r.rdb)
 	pubStart := time.Now()
-	if err := r.publish(ctx, pub, pubStart); err != nil {
+	publish := r.publish
+	if c.chat != nil {
+		publish = r.publishChat
+	}
+	if err := publish(ctx, pub, pubStart); err != nil {
 		return r.res, err
 	}
 	r.awaitDeliveries()
 	elapsed := time.Since(pubStart)
 	serverCPU, benchCPU, redisCPUUsed := cpu.stop(ctx, r.rdb)
+	r.res.RedisMemoryGrowthKiB = int64(redisInfo(ctx, r.rdb, "memory")["used_memory"]-memBefore) / 1024
 	r.res.RSSEndKiB = rssKiB(c.pid)
 	r.closeStreams()
 	r.readers.Wait()
@@ -104,7 +116,11 @@ func (r *benchRun) connect(ctx context.Context) {
 			for k := range next {
 				i := c.offset + k
 				u, path := streamURL(c, i)
-				s, err := dial(ctx, i, u, path, c.header, source(c, k), c.events, r.transport(i))
+				var want []int32
+				if c.chat != nil {
+					want = c.chat.want[k]
+				}
+				s, err := dial(ctx, i, u, path, c.header, source(c, k), c.events, want, r.transport(i))
 				if err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
@@ -161,7 +177,7 @@ func (r *benchRun) startReading() {
 }
 
 // measureIdle records the server's memory with every stream open and idle,
-// and its Redis connections.
+// its Redis connections, and Redis's CPU while nothing is published.
 func (r *benchRun) measureIdle(ctx context.Context) {
 	time.Sleep(time.Second) // let the server settle before measuring its idle memory
 	r.res.RSSIdleKiB = rssKiB(r.c.pid)
@@ -169,6 +185,11 @@ func (r *benchRun) measureIdle(ctx context.Context) {
 		r.res.RSSPerStreamKiB = float64(r.res.RSSIdleKiB-r.res.RSSBaseKiB) / float64(r.res.Connected)
 	}
 	r.res.RedisConns = redisConns(ctx, r.rdb)
+	// One more second for Redis's idle CPU: the first holds the servers'
+	// settling, such as ssebridge's presence writes for the streams' joins.
+	idleFrom, redisFrom := time.Now(), redisCPU(ctx, r.rdb)
+	time.Sleep(time.Second)
+	r.res.RedisIdleCPUmsPerS = float64((redisCPU(ctx, r.rdb) - redisFrom).Microseconds()) / 1000 / time.Since(idleFrom).Seconds()
 }
 
 // countExpected works out the deliveries due to each stream, and their sum
@@ -176,12 +197,18 @@ func (r *benchRun) measureIdle(ctx context.Context) {
 func (r *benchRun) countExpected() {
 	c := r.c
 	r.expected = make([]int64, c.n)
-	for seq := range c.events {
-		if _, to := c.channel(seq); to >= 0 {
-			r.expected[to-c.offset]++
-		} else {
-			for k := range r.expected {
-				r.expected[k]++
+	if c.chat != nil {
+		for k, want := range c.chat.want {
+			r.expected[k] = int64(len(want))
+		}
+	} else {
+		for seq := range c.events {
+			if _, to := c.channel(seq); to >= 0 {
+				r.expected[to-c.offset]++
+			} else {
+				for k := range r.expected {
+					r.expected[k]++
+				}
 			}
 		}
 	}
@@ -235,6 +262,7 @@ func (r *benchRun) tally() []int32 {
 		u := int64(s.unique())
 		res.Received += u
 		res.Duplicated += int64(s.dups)
+		res.Stray += int64(s.stray)
 		res.Lost += r.expected[k] - u
 		lat = append(lat, s.lat...)
 		if res.Storm != nil {
@@ -259,6 +287,9 @@ func (r *benchRun) summarize(lat []int32, elapsed, serverCPU, benchCPU, redisCPU
 	res.DeliveriesPerS = float64(res.Received) / elapsed.Seconds()
 	res.WindowSeconds = elapsed.Seconds()
 	res.ServerCPUSeconds, res.BenchCPUSeconds, res.RedisCPUSeconds = serverCPU.Seconds(), benchCPU.Seconds(), redisCPUUsed.Seconds()
+	if res.Events > 0 {
+		res.RedisCPUPerEventUs = float64(redisCPUUsed.Microseconds()) / float64(res.Events)
+	}
 	if res.Received > 0 {
 		res.BenchCPUPerDelivUs = float64(benchCPU.Microseconds()) / float64(res.Received)
 		if r.c.pid != 0 {

@@ -6,10 +6,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -35,10 +37,16 @@ type stream struct {
 	pending string        // the id of the block being read
 	resets  int           // event: reset blocks received
 
-	got  []uint64 // bitmap of the sequence numbers received
-	recv int      // deliveries, duplicates included
-	dups int
-	lat  []int32 // delivery latencies, µs
+	// got is the bitmap of what arrived: bit seq, or with want (the chat
+	// scenario) bit i for want[i], the stream's own sequence numbers in
+	// ascending order, so that it grows with the stream's events, not the
+	// run's.
+	got   []uint64
+	want  []int32
+	recv  int // deliveries, duplicates included
+	dups  int
+	stray int     // deliveries of events not due to this stream
+	lat   []int32 // delivery latencies, µs
 }
 
 // refusal is a non-200 answer to a stream's request.
@@ -51,9 +59,14 @@ func (r *refusal) Error() string {
 	return fmt.Sprintf("answer %d (Retry-After %q)", r.status, r.retryAfter)
 }
 
-// dial opens stream i, over h2 if not nil; see connect.
-func dial(ctx context.Context, i int, target *url.URL, rawPath string, header []string, src net.IP, events int, h2 *http.Transport) (*stream, error) {
-	s := &stream{i: i, h2: h2, got: make([]uint64, (events+63)/64), done: make(chan struct{})}
+// dial opens stream i, over h2 if not nil, due events sequence numbers
+// or, if want is not nil, those in want; see connect.
+func dial(ctx context.Context, i int, target *url.URL, rawPath string, header []string, src net.IP, events int, want []int32, h2 *http.Transport) (*stream, error) {
+	s := &stream{i: i, h2: h2, want: want, done: make(chan struct{})}
+	if want != nil {
+		events = len(want)
+	}
+	s.got = make([]uint64, (events+63)/64)
 	if err := s.connect(ctx, target, rawPath, header, src); err != nil {
 		return nil, err
 	}
@@ -208,11 +221,13 @@ func (s *stream) read(delivered *atomic.Int64) {
 		}
 		seq, _ := leadingInt(rest[j+4:])
 		now := time.Now().UnixNano()
-		if seq < 0 || seq >= int64(len(s.got))*64 {
+		idx, ok := s.index(seq)
+		if !ok {
+			s.stray++
 			continue
 		}
 		s.recv++
-		word, bit := seq/64, uint64(1)<<(seq%64)
+		word, bit := idx/64, uint64(1)<<(idx%64)
 		if s.got[word]&bit != 0 {
 			s.dups++
 			continue
@@ -221,6 +236,18 @@ func (s *stream) read(delivered *atomic.Int64) {
 		delivered.Add(1)
 		s.lat = append(s.lat, int32((now-t)/1000))
 	}
+}
+
+// index is event seq's bit in got, if the event is due to the stream.
+func (s *stream) index(seq int64) (int64, bool) {
+	if s.want == nil {
+		return seq, seq >= 0 && seq < int64(len(s.got))*64
+	}
+	if seq < 0 || seq > math.MaxInt32 {
+		return 0, false
+	}
+	i, ok := slices.BinarySearch(s.want, int32(seq))
+	return int64(i), ok
 }
 
 func leadingInt(b []byte) (int64, []byte) {
