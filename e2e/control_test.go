@@ -12,7 +12,7 @@ import (
 )
 
 func TestControl(t *testing.T) {
-	a := startApp(t, nil, map[string]string{"SESSION_RECHECK_INTERVAL": "200ms"})
+	a := startApp(t, nil, map[string]string{"SESSION_RECHECK_INTERVAL": "200ms", "UNSUBSCRIBE_DELAY": "200ms"})
 
 	t.Run("join", func(t *testing.T) {
 		s := a.open(a.session("alice"), "")
@@ -27,7 +27,12 @@ func TestControl(t *testing.T) {
 	})
 
 	t.Run("leave", func(t *testing.T) {
-		s := a.open(a.session("bob", "lobby"), "")
+		tok := a.session("bob", "lobby")
+		s := a.open(tok, "")
+		// As the backend does: the session loses the room, then the leave
+		// is published (a session that still lists it has the recheck
+		// join it again). The room is unsubscribed after UNSUBSCRIBE_DELAY.
+		setSession(t, a.rdb, a.cfg.SessionPrefix+tok, "bob")
 		a.publish("control", `{"op":"leave","user":"bob","room":"lobby"}`)
 		eventually(t, 5*time.Second, "the room to be unsubscribed in Redis", func() bool {
 			return a.rdb.PubSubNumSub(context.Background(), "sse:room:lobby").Val()["sse:room:lobby"] == 0

@@ -100,8 +100,11 @@ func TestRedisRestart(t *testing.T) {
 	}
 }
 
+// TestUnsubscribeLastStream: a channel is unsubscribed once its last
+// stream is gone and UNSUBSCRIBE_DELAY has passed, not while another
+// stream still needs it.
 func TestUnsubscribeLastStream(t *testing.T) {
-	a := startApp(t, nil, nil)
+	a := startApp(t, nil, map[string]string{"UNSUBSCRIBE_DELAY": "200ms"})
 	ctx := context.Background()
 	s1 := a.open(a.session("alice", "shared"), "")
 	s2 := a.open(a.session("bob", "shared"), "")

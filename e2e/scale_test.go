@@ -26,7 +26,7 @@ func TestScale5000Streams(t *testing.T) {
 	}
 	const n = 5000
 	r := redistest.Start(t)
-	p := startPlainBinary(t, map[string]string{"REDIS_URL": r.URL()})
+	p := startPlainBinary(t, map[string]string{"REDIS_URL": r.URL(), "UNSUBSCRIBE_DELAY": "200ms"})
 	rdb := r.Client()
 	ctx := context.Background()
 

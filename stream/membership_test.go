@@ -157,3 +157,20 @@ func TestUnsubscribeDelay(t *testing.T) {
 	}
 	h.Close(carol, "")
 }
+
+// TestUnsubscribeDelayLeave: a room left by control lingers like one
+// whose last stream closed, and the sweep unsubscribes it.
+func TestUnsubscribeDelayLeave(t *testing.T) {
+	opts := testOpts
+	opts.UnsubscribeDelay = time.Minute
+	h, cmds := newTestHub(t, opts)
+	s, err := h.Open(context.Background(), Spec{User: "bob", Session: "b", Rooms: []string{"lobby"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.leave(s, wire.RoomChannel("lobby"))
+	h.sweepIdle(time.Now().Add(2 * time.Minute))
+	if slices.Contains(cmds.subscribed(), wire.RoomChannel("lobby")) {
+		t.Fatalf("lobby still subscribed after leave and sweep: %v", cmds.subscribed())
+	}
+}
