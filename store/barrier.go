@@ -8,80 +8,59 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// barrier matches PING replies to the callers waiting for them. Callers
-// that arrive while a PING is being written share the next one (a group
-// commit): a mass reconnect's thousands of openings, three barriers each,
-// cost Redis and the pub/sub connection's lock a few writes, not one each.
-// Each caller's PING is still written after it called, so it still
-// follows whatever the caller wrote before.
+// barrier matches PING replies to the callers waiting for them.
 type barrier struct {
 	mu      sync.Mutex
 	seq     uint64
-	waiters map[uint64][]chan error // by the sequence number of their PING, written
-	queued  []chan error            // for the next PING, not yet written
-	writing bool                    // a caller is writing PINGs for queued
+	waiters map[uint64]chan error
 }
 
-// send writes a PING (or has one written) after this call began and
-// returns a channel that gets nil when its reply arrives, or an error when
-// the write fails or the connection is lost first.
-func (b *barrier) send(ctx context.Context, ps *redis.PubSub) <-chan error {
+// send writes a PING carrying a new sequence number and returns a channel
+// that gets nil when its reply arrives, or an error when the connection is
+// lost first. Each waiter is released by its own reply: writers do not
+// hold a lock across the write, so a later number may be written first.
+func (b *barrier) send(ctx context.Context, ps *redis.PubSub) (<-chan error, error) {
 	done := make(chan error, 1)
-	b.sendOn(ctx, ps, done)
-	return done
+	if err := b.sendOn(ctx, ps, done); err != nil {
+		return nil, err
+	}
+	return done, nil
 }
 
-// sendOn is send with the caller's channel (buffered, one slot). If no
-// other caller is writing, this one writes PINGs, each for the callers
-// queued by then, until none is queued; ctx bounds those writes, and must
-// not end with the caller's request (the others' PINGs are in it).
-func (b *barrier) sendOn(ctx context.Context, ps *redis.PubSub, done chan error) {
+// sendOn is send with the caller's channel (buffered, one slot), which
+// gets nothing if the write fails.
+func (b *barrier) sendOn(ctx context.Context, ps *redis.PubSub, done chan error) error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.queued = append(b.queued, done)
-	if b.writing {
-		return
+	b.seq++
+	seq := b.seq
+	if b.waiters == nil {
+		b.waiters = make(map[uint64]chan error)
 	}
-	b.writing = true
-	for len(b.queued) > 0 {
-		batch := b.queued
-		b.queued = nil
-		b.seq++
-		seq := b.seq
-		if b.waiters == nil {
-			b.waiters = make(map[uint64][]chan error)
-		}
-		b.waiters[seq] = batch
-		b.mu.Unlock()
-		err := ps.Ping(ctx, strconv.FormatUint(seq, 10))
+	b.waiters[seq] = done
+	b.mu.Unlock()
+	if err := ps.Ping(ctx, strconv.FormatUint(seq, 10)); err != nil {
 		b.mu.Lock()
-		if err != nil {
-			b.releaseLocked(seq, err)
-		}
+		delete(b.waiters, seq)
+		b.mu.Unlock()
+		return err
 	}
-	b.writing = false
+	return nil
 }
 
 func (b *barrier) release(seq uint64, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.releaseLocked(seq, err)
-}
-
-func (b *barrier) releaseLocked(seq uint64, err error) {
-	for _, ch := range b.waiters[seq] {
-		select {
-		case ch <- err:
-		default: // told already (a partition's stale op)
-		}
+	if ch, ok := b.waiters[seq]; ok {
+		ch <- err
+		delete(b.waiters, seq)
 	}
-	delete(b.waiters, seq)
 }
 
 func (b *barrier) releaseAll(err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for seq := range b.waiters {
-		b.releaseLocked(seq, err)
+	for seq, ch := range b.waiters {
+		ch <- err
+		delete(b.waiters, seq)
 	}
 }

@@ -156,7 +156,9 @@ func (f *partFeed) ping(context.Context) (<-chan error, error) {
 	}
 	f.enqueueLocked(pubsubOp{gen: f.gen,
 		run: func(ctx context.Context, ps *redis.PubSub) {
-			f.barrier.sendOn(ctx, ps, done)
+			if err := f.barrier.sendOn(ctx, ps, done); err != nil {
+				tell(done, err)
+			}
 		},
 		stale: func() { tell(done, ErrFeedLost) },
 	})

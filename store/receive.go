@@ -86,10 +86,9 @@ func (c *subConn) ping(ctx context.Context) (<-chan error, error) {
 		return nil, ErrFeedLost
 	}
 	// A write on a connection go-redis has dropped dials inside: bounded.
-	// Not ended by the caller's leaving: others may share the PING.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.dialTimeout())
+	ctx, cancel := context.WithTimeout(ctx, c.dialTimeout())
 	defer cancel()
-	return c.barrier.send(ctx, ps), nil
+	return c.barrier.send(ctx, ps)
 }
 
 // detach takes the connection out (callers meet nil from then on) and
