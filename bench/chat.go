@@ -2,13 +2,11 @@ package main
 
 import (
 	"cmp"
-	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 )
 
@@ -213,10 +211,10 @@ func (p *chatPlan) channels(k, offset int) []string {
 	return []string{"user:u" + strconv.Itoa(offset+k), "room:" + chatRoomName(two[0]), "room:" + chatRoomName(two[1]), "broadcast"}
 }
 
-// session is stream k's ssebridge session: its user and its two rooms.
-func (p *chatPlan) session(k, offset int) string {
+// rooms are stream k's two rooms, as its ssebridge session names them.
+func (p *chatPlan) rooms(k int) []string {
 	two := p.layout.of[k]
-	return `{"user":"u` + strconv.Itoa(offset+k) + `","rooms":["` + chatRoomName(two[0]) + `","` + chatRoomName(two[1]) + `"]}`
+	return []string{chatRoomName(two[0]), chatRoomName(two[1])}
 }
 
 // prepareChat plans a chat run into c and fills in what res says of it:
@@ -237,7 +235,7 @@ func prepareChat(c *config, res *Result) error {
 	if len(p.events) == 0 {
 		return fmt.Errorf("-scenario chat: no events at these rates over -seconds %g", c.seconds)
 	}
-	c.chat, c.events, c.rate = &p, len(p.events), float64(len(p.events))/c.seconds
+	c.chat, c.want, c.events, c.rate = &p, p.want, len(p.events), float64(len(p.events))/c.seconds
 	res.Events, res.Seconds = len(p.events), c.seconds
 	res.Rate = float64(len(p.events)) / c.seconds
 	res.Published = map[string]int{}
@@ -245,46 +243,4 @@ func prepareChat(c *config, res *Result) error {
 		res.Published[chatKind(kind).String()] = n
 	}
 	return nil
-}
-
-// publishChat sends the chat plan's events, each at its planned time after
-// start, through c.workers publishers: one, at thousands of events a second
-// over HTTP, would fall behind. Each event's payload is made by the
-// publisher that sends it, so its latency counts from its sending; how far
-// the publishers fell behind the plan is PublishLagMaxMs. The first error
-// stops the run.
-func (r *benchRun) publishChat(ctx context.Context, pub publisher, start time.Time) error {
-	p, offset := r.c.chat, r.c.offset
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	jobs := make(chan int)
-	lags := make([]time.Duration, r.c.workers)
-	var failed sync.Once
-	var first error
-	var wg sync.WaitGroup
-	for w := range r.c.workers {
-		wg.Go(func() {
-			for seq := range jobs {
-				lags[w] = max(lags[w], time.Since(start.Add(p.events[seq].at)))
-				if err := pub(ctx, p.channel(seq, offset), benchPayload(seq)); err != nil {
-					failed.Do(func() { first = fmt.Errorf("publishing event %d: %w", seq, err) })
-					cancel()
-					return
-				}
-			}
-		})
-	}
-dispatch:
-	for seq := range p.events {
-		time.Sleep(time.Until(start.Add(p.events[seq].at)))
-		select {
-		case jobs <- seq:
-		case <-ctx.Done():
-			break dispatch
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	r.res.PublishLagMaxMs = float64(slices.Max(lags).Microseconds()) / 1000
-	return first
 }

@@ -7,7 +7,8 @@
 # each measurement. Writes every result as a JSON line to
 # bench/results/<time>.jsonl (not committed; bench/plot.py draws it) and a
 # Markdown table to stdout and <time>.md. TLS and HTTP/2 against plain HTTP:
-# bench/tls.sh.
+# bench/tls.sh; how cost grows with streams, rooms, room size and channels
+# (-scenario rooms, -deliveries): bench/curves.sh.
 #
 #   bench/compare.sh                             # N=10000 streams, ROUNDS=1
 #   N=15000 ROUNDS=3 bench/compare.sh

@@ -12,12 +12,15 @@
 // With -storm it also drops every stream halfway and measures their return
 // (storm.go); -scenario chat gives each stream its user channel, two rooms
 // and the broadcast channel, and publishes direct, room and broadcast
-// events at their own rates (chat.go). An https:// -url opens the streams
+// events at their own rates (chat.go); -scenario rooms puts each stream in
+// one of -rooms rooms, and -deliveries sets the events from the deliveries
+// wanted (rooms.go, for bench/curves.sh). An https:// -url opens the streams
 // over TLS, HTTP/1.1, a connection each; with -h2 K, HTTP/2 over K
 // connections (tls.go).
 //
 //	go run ./bench -n 10000 -sessions -events 100 -rate 5 -pid PID
 //	go run ./bench -n 10000 -sessions -scenario chat -seconds 30 -publish script -pid PID
+//	go run ./bench -n 10000 -sessions -scenario rooms -rooms 1000 -deliveries 200000 -seconds 10 -pid PID
 //	go run ./bench -url https://127.0.0.1:8443/events -h2 300 -n 10000 -sessions -pid PID
 package main
 
@@ -65,6 +68,15 @@ type Result struct {
 	RSSEndKiB       int64   `json:"rss_end_kib,omitempty"`
 	RSSPerStreamKiB float64 `json:"rss_per_stream_kib,omitempty"`
 	RedisConns      int     `json:"redis_connections,omitempty"`
+	// RedisPubSubChannels is how many channels Redis has subscribers on
+	// (PUBSUB CHANNELS *) with the streams open and idle: those the server
+	// subscribed for them, its own (ssebridge's control channel) and any
+	// left subscribed. DistinctChannels is how many logical channels the
+	// streams hold between them (users, rooms and broadcast: rooms.go).
+	RedisPubSubChannels int `json:"redis_pubsub_channels"`
+	DistinctChannels    int `json:"distinct_channels"`
+	// With -scenario rooms: the rooms the streams are spread over.
+	Rooms int `json:"rooms,omitempty"`
 
 	// CPU, user and system, over the window from the first publish to the
 	// last delivery (or the end of the drain): the server's from /proc
@@ -72,6 +84,10 @@ type Result struct {
 	WindowSeconds       float64 `json:"window_seconds"`
 	ServerCPUSeconds    float64 `json:"server_cpu_seconds,omitempty"`
 	ServerCPUPerDelivUs float64 `json:"server_cpu_us_per_delivery,omitempty"`
+	// ServerCPUPerEventUs is the server's CPU over the window per event
+	// published: a room event's cost as its room grows, or an event's as
+	// the rooms it is spread over multiply.
+	ServerCPUPerEventUs float64 `json:"server_cpu_us_per_event,omitempty"`
 	BenchCPUSeconds     float64 `json:"bench_cpu_seconds"`
 	BenchCPUPerDelivUs  float64 `json:"bench_cpu_us_per_delivery"`
 	RedisCPUSeconds     float64 `json:"redis_cpu_seconds"`
@@ -90,7 +106,9 @@ type Result struct {
 	// With -scenario chat: how long it published, the events by kind
 	// (direct, room, broadcast), deliveries of events a stream does not
 	// hold the channel of (Stray), and the most an event was sent after its
-	// planned time (the publishers falling behind).
+	// planned time (the publishers falling behind). Stray and the lag are
+	// also measured with -scenario rooms, Seconds and the lag with
+	// -deliveries.
 	Seconds         float64        `json:"seconds,omitempty"`
 	Published       map[string]int `json:"published,omitempty"`
 	Stray           int64          `json:"stray,omitempty"`
@@ -107,14 +125,16 @@ func main() {
 		target     = flag.String("url", "http://127.0.0.1:8080/events", "stream URL; {i} is the stream's number")
 		n          = flag.Int("n", 1000, "streams to open")
 		offset     = flag.Int("offset", 0, "number of the first stream (to split a run over processes)")
-		scenario   = flag.String("scenario", "broadcast", "broadcast (every stream), room (one room of all streams), users (each event to one user), chat (user channel, two rooms and broadcast per stream: chat.go)")
-		events     = flag.Int("events", 100, "events to publish (not with chat: -seconds and the rates)")
-		rate       = flag.Float64("rate", 5, "events per second (not with chat)")
-		seconds    = flag.Float64("seconds", 30, "with chat: how long to publish")
+		scenario   = flag.String("scenario", "broadcast", "broadcast (every stream), room (one room of all streams), users (each event to one user), chat (user channel, two rooms and broadcast per stream: chat.go), rooms (each stream in one of -rooms rooms, events round-robin over them: rooms.go)")
+		events     = flag.Int("events", 100, "events to publish (not with chat or -deliveries)")
+		rate       = flag.Float64("rate", 5, "events per second (not with chat or -deliveries)")
+		seconds    = flag.Float64("seconds", 30, "with chat or -deliveries: how long to publish")
+		rooms      = flag.Int("rooms", 100, "with rooms: how many rooms; stream i is in room r{i%rooms}, event seq goes to room r{seq%rooms}")
+		deliveries = flag.Int("deliveries", 0, "not with chat: publish the events that make this many deliveries (rounded up to whole events) evenly over -seconds, from -workers publishers, in place of -events and -rate")
 		directRate = flag.Float64("direct-rate", 1000, "with chat: direct events per second, each to one user drawn uniformly")
 		roomRate   = flag.Float64("room-rate", 2000, "with chat: room events per second, each to one room drawn uniformly")
 		bcastRate  = flag.Float64("broadcast-rate", 1, "with chat: broadcast events per second")
-		workers    = flag.Int("workers", 16, "with chat: concurrent publishers, each event sent at its planned time by the first free one")
+		workers    = flag.Int("workers", 16, "with chat, rooms or -deliveries: concurrent publishers, each event sent at its planned time by the first free one (with -publish redis, but for chat, those due within 1ms together, pipelined)")
 		seed       = flag.Uint64("seed", 1, "with chat: seed of the room layout and of the events' recipients")
 		slow       = flag.Int("slow", 0, "streams that stop reading once connected")
 		mode       = flag.String("publish", "redis", "redis (PUBLISH), script (ssebridge's durable script) or http")
@@ -143,7 +163,7 @@ func main() {
 		mode: *mode, redisURL: *redisURL, prefix: *prefix, sessions: *sessions, httpURL: *httpURL, httpKey: *httpKey,
 		httpStyle: *httpStyle, centSecret: *centSecret, pid: *pid, sources: *sources, drain: *drain, header: header,
 		storm: *stormOn, jitter: *jitter, h2: *h2, seconds: *seconds, directRate: *directRate, roomRate: *roomRate,
-		broadcastRate: *bcastRate, workers: *workers, seed: *seed,
+		broadcastRate: *bcastRate, workers: *workers, seed: *seed, rooms: *rooms, deliveries: *deliveries,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -158,7 +178,7 @@ func main() {
 
 type config struct {
 	target, scenario, mode, redisURL, prefix, httpURL, httpKey, httpStyle, centSecret string
-	n, offset, events, slow, pid, sources, h2, workers                                int
+	n, offset, events, slow, pid, sources, h2, workers, rooms, deliveries             int
 	rate, seconds, directRate, roomRate, broadcastRate                                float64
 	seed                                                                              uint64
 	sessions, storm                                                                   bool
@@ -166,14 +186,20 @@ type config struct {
 	header                                                                            []string
 
 	chat *chatPlan // with -scenario chat, set by prepareChat
+	// want lists the events due to each stream (by number less -offset),
+	// in ascending order, with -scenario chat or rooms; nil in the other
+	// scenarios, whose streams record what arrived by sequence number.
+	want [][]int32
 }
 
 // channel returns the logical channel of event seq, and which stream (by
-// number) it is for, -1 for all, -2 for those the chat plan says.
+// number) it is for, -1 for all, -2 for those c.want says.
 func (c config) channel(seq int) (string, int) {
 	switch c.scenario {
 	case "chat":
 		return c.chat.channel(seq, c.offset), -2
+	case "rooms":
+		return "room:" + roomName(seq%c.rooms), -2
 	case "room":
 		return "room:bench", -1
 	case "users":
@@ -200,15 +226,7 @@ func source(c config, k int) net.IP {
 func streamURL(c config, i int) (*url.URL, string) {
 	raw := strings.ReplaceAll(c.target, "{i}", strconv.Itoa(i))
 	if c.centSecret != "" {
-		ch, _ := c.channel(0)
-		channels := []string{ch}
-		switch c.scenario {
-		case "users":
-			channels = []string{"user:u" + strconv.Itoa(i)}
-		case "chat":
-			channels = c.chat.channels(i-c.offset, c.offset)
-		}
-		token := centrifugoToken(c.centSecret, "u"+strconv.Itoa(i), channels)
+		token := centrifugoToken(c.centSecret, "u"+strconv.Itoa(i), streamChannels(c, i-c.offset))
 		connect, _ := json.Marshal(map[string]string{"token": token})
 		raw += "?cf_connect=" + url.QueryEscape(string(connect))
 	}
@@ -225,10 +243,7 @@ func createSessions(ctx context.Context, rdb *redis.Client, c config) error {
 		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for k := from; k < min(from+batch, c.n); k++ {
 				i := c.offset + k
-				session := `{"user":"u` + strconv.Itoa(i) + `","rooms":["bench"]}`
-				if c.chat != nil {
-					session = c.chat.session(k, c.offset)
-				}
+				session, _ := json.Marshal(map[string]any{"user": "u" + strconv.Itoa(i), "rooms": sessionRooms(c, k)})
 				p.Set(ctx, "session:bench"+strconv.Itoa(i), session, time.Hour)
 			}
 			return nil
@@ -279,6 +294,14 @@ func report(r Result) {
 		r.WindowSeconds, r.ServerCPUSeconds, r.ServerCPUPerDelivUs, r.BenchCPUSeconds, r.BenchCPUPerDelivUs, r.RedisCPUSeconds)
 	fmt.Fprintf(os.Stderr, "Redis: %d connections (other than the bench's), %.2f ms CPU per second idle, %.2f µs CPU per event published, used memory %+d KiB over the window\n",
 		r.RedisConns, r.RedisIdleCPUmsPerS, r.RedisCPUPerEventUs, r.RedisMemoryGrowthKiB)
+	fmt.Fprintf(os.Stderr, "channels: %d subscribed in Redis, %d held by the streams; server CPU %.2f µs per event published\n",
+		r.RedisPubSubChannels, r.DistinctChannels, r.ServerCPUPerEventUs)
+	if r.Rooms > 0 {
+		fmt.Fprintf(os.Stderr, "rooms: %d, each stream in one\n", r.Rooms)
+	}
+	if r.Published == nil && (r.Rooms > 0 || r.Seconds > 0) {
+		fmt.Fprintf(os.Stderr, "planned: %d events at %.1f/s; publishers at most %.1fms behind the plan\n", r.Events, r.Rate, r.PublishLagMaxMs)
+	}
 	if r.Published != nil {
 		fmt.Fprintf(os.Stderr, "chat: published over %.0fs %d direct, %d room, %d broadcast events; %d stray deliveries; publishers at most %.1fms behind the plan\n",
 			r.Seconds, r.Published["direct"], r.Published["room"], r.Published["broadcast"], r.Stray, r.PublishLagMaxMs)

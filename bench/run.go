@@ -32,12 +32,17 @@ type benchRun struct {
 func run(c config) (Result, error) {
 	ctx := context.Background()
 	r := &benchRun{c: c, res: Result{Scenario: c.scenario, Streams: c.n, Slow: c.slow, Events: c.events, Rate: c.rate}}
+	prepare := prepareLoad
 	if c.scenario == "chat" {
-		if err := prepareChat(&c, &r.res); err != nil {
-			return r.res, err
+		prepare = prepareChat
+		if c.deliveries > 0 {
+			return r.res, fmt.Errorf("-scenario chat does not take -deliveries (its rates set the events)")
 		}
-		r.c = c
 	}
+	if err := prepare(&c, &r.res); err != nil {
+		return r.res, err
+	}
+	r.c = c
 	if c.storm && (c.mode != "script" || c.slow > 0 || c.jitter <= 0 || c.events < 2) {
 		return r.res, fmt.Errorf("-storm needs -publish script, no -slow, a positive -jitter and -events 2 or more (the storm begins halfway)")
 	}
@@ -80,11 +85,7 @@ func run(c config) (Result, error) {
 	memBefore := redisInfo(ctx, r.rdb, "memory")["used_memory"]
 	cpu := startCPU(ctx, c.pid, r.rdb)
 	pubStart := time.Now()
-	publish := r.publish
-	if c.chat != nil {
-		publish = r.publishChat
-	}
-	if err := publish(ctx, pub, pubStart); err != nil {
+	if err := r.publishAll(ctx, pub, pubStart); err != nil {
 		return r.res, err
 	}
 	r.awaitDeliveries()
@@ -117,8 +118,8 @@ func (r *benchRun) connect(ctx context.Context) {
 				i := c.offset + k
 				u, path := streamURL(c, i)
 				var want []int32
-				if c.chat != nil {
-					want = c.chat.want[k]
+				if c.want != nil {
+					want = c.want[k]
 				}
 				s, err := dial(ctx, i, u, path, c.header, source(c, k), c.events, want, r.transport(i))
 				if err != nil {
@@ -185,6 +186,8 @@ func (r *benchRun) measureIdle(ctx context.Context) {
 		r.res.RSSPerStreamKiB = float64(r.res.RSSIdleKiB-r.res.RSSBaseKiB) / float64(r.res.Connected)
 	}
 	r.res.RedisConns = redisConns(ctx, r.rdb)
+	r.res.RedisPubSubChannels = pubsubChannels(ctx, r.rdb)
+	r.res.DistinctChannels = distinctChannels(r.c)
 	// One more second for Redis's idle CPU: the first holds the servers'
 	// settling, such as ssebridge's presence writes for the streams' joins.
 	idleFrom, redisFrom := time.Now(), redisCPU(ctx, r.rdb)
@@ -195,28 +198,28 @@ func (r *benchRun) measureIdle(ctx context.Context) {
 // countExpected works out the deliveries due to each stream, and their sum
 // over the streams that read.
 func (r *benchRun) countExpected() {
-	c := r.c
-	r.expected = make([]int64, c.n)
-	if c.chat != nil {
-		for k, want := range c.chat.want {
-			r.expected[k] = int64(len(want))
-		}
-	} else {
-		for seq := range c.events {
-			if _, to := c.channel(seq); to >= 0 {
-				r.expected[to-c.offset]++
-			} else {
-				for k := range r.expected {
-					r.expected[k]++
-				}
-			}
-		}
-	}
+	r.expected = expectedCounts(r.c)
 	for k, s := range r.streams {
-		if s != nil && k >= c.slow {
+		if s != nil && k >= r.c.slow {
 			r.res.Expected += r.expected[k]
 		}
 	}
+}
+
+// publishAll sends the run's events, the first at start: the chat's, the
+// rooms' and those of -deliveries from concurrent publishers, each at its
+// planned time (evenly spread at the rate asked but the chat's), the others
+// (and a storm's) from one.
+func (r *benchRun) publishAll(ctx context.Context, pub publisher, start time.Time) error {
+	switch {
+	case r.c.chat != nil:
+		return r.publishPlanned(ctx, pub, nil, start, func(seq int) time.Duration { return r.c.chat.events[seq].at })
+	case r.c.scenario == "rooms" || (r.c.deliveries > 0 && !r.c.storm):
+		interval := float64(time.Second) / r.c.rate
+		batch := newBatchPublisher(r.c.mode, r.rdb, r.c.prefix)
+		return r.publishPlanned(ctx, pub, batch, start, func(seq int) time.Duration { return time.Duration(float64(seq) * interval) })
+	}
+	return r.publish(ctx, pub, start)
 }
 
 // publish sends the events at the rate asked, the first at start; with
@@ -289,6 +292,9 @@ func (r *benchRun) summarize(lat []int32, elapsed, serverCPU, benchCPU, redisCPU
 	res.ServerCPUSeconds, res.BenchCPUSeconds, res.RedisCPUSeconds = serverCPU.Seconds(), benchCPU.Seconds(), redisCPUUsed.Seconds()
 	if res.Events > 0 {
 		res.RedisCPUPerEventUs = float64(redisCPUUsed.Microseconds()) / float64(res.Events)
+		if r.c.pid != 0 {
+			res.ServerCPUPerEventUs = float64(serverCPU.Microseconds()) / float64(res.Events)
+		}
 	}
 	if res.Received > 0 {
 		res.BenchCPUPerDelivUs = float64(benchCPU.Microseconds()) / float64(res.Received)

@@ -11,7 +11,10 @@ chat's adds the events published by kind, Redis's CPU per event published
 and per second while nothing is published (the servers' background work,
 which the former includes), its connections and the growth of its memory (the history kept), the
 server's RSS, and how far the publishers fell behind their schedule. HTTP/2
-runs (bench/tls.sh) name the connections their streams share.
+runs (bench/tls.sh) name the connections their streams share. The curves of
+bench/curves.sh get a table of their own, by curve and point: the server's
+CPU per event and per delivery, RSS per stream, and the channels it
+subscribes in Redis against those its streams hold.
 """
 import json
 import sys
@@ -27,12 +30,16 @@ def rows(paths):
 
 def main(paths):
     runs = list(rows(paths))
+    curves = [r for r in runs if "curve" in r]
+    runs = [r for r in runs if "curve" not in r]
     chats = [r for r in runs if r["result"].get("scenario") == "chat"]
     runs = [r for r in runs if r["result"].get("scenario") != "chat"]
     if runs:
         main_table(runs)
     if chats:
         chat_table(chats)
+    if curves:
+        curves_table(curves)
 
 
 def main_table(runs):
@@ -80,6 +87,23 @@ def chat_table(chats):
               f'| {x.get("redis_memory_growth_kib", 0) / 1024:,.1f} | {x.get("rss_idle_kib", 0) // 1024} → {x.get("rss_end_kib", 0) // 1024} '
               f'| {x.get("rss_per_stream_kib", 0):.1f} | {x.get("bench_cpu_us_per_delivery", 0):.2f} | {x.get("publish_lag_max_ms", 0):,.1f} '
               f'| {r.get("loadavg", "")} |')
+
+
+def curves_table(runs):
+    print()
+    print("| round | curve | x | streams | rooms | events | events/s | deliveries | lost | dup | stray | p50 ms | p99 ms "
+          "| server CPU µs/event | server CPU µs/delivery | RSS/stream KiB | Redis pub/sub channels | distinct channels "
+          "| publish lag max ms | generator CPU µs/delivery | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        x = r["result"]
+        rooms = f'{x["rooms"]:,}' if x.get("rooms") else ""
+        print(f'| {r["round"]} | {r["curve"]} | {r["x"]:,} | {x["connected"]:,} | {rooms} | {x["events"]:,} | {x["rate"]:,.1f} '
+              f'| {x["received"]:,} of {x["expected"]:,} | {x["lost"]:,} | {x["duplicated"]:,} | {x.get("stray", 0):,} '
+              f'| {x["p50_ms"]:,.1f} | {x["p99_ms"]:,.1f} | {x.get("server_cpu_us_per_event", 0):,.1f} '
+              f'| {x.get("server_cpu_us_per_delivery", 0):.2f} | {x.get("rss_per_stream_kib", 0):.1f} '
+              f'| {x.get("redis_pubsub_channels", 0):,} | {x.get("distinct_channels", 0):,} | {x.get("publish_lag_max_ms", 0):,.1f} '
+              f'| {x.get("bench_cpu_us_per_delivery", 0):.2f} | {r.get("loadavg", "")} |')
 
 
 if __name__ == "__main__":
