@@ -60,31 +60,14 @@ DRAIN=${DRAIN:-20s}
 REDIS="redis://127.0.0.1:$REDIS_PORT"
 URL="http://127.0.0.1:$SSEBRIDGE_PORT"
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-# await SECONDS WHAT COMMAND...: runs COMMAND every 0.1 s until it succeeds;
-# gives up after SECONDS.
-await() {
-  local limit=$1 what=$2; shift 2
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $end ]; then echo "gave up waiting for $what after ${limit}s" >&2; exit 1; fi
-    sleep 0.1
-  done
-}
+. bench/lib.sh
 
 echo "building into $work" >&2
 go build -o "$work/ssebridge" .
 go build -o "$work/bench" ./bench
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --maxclients 1000 >"$work/redis.log" 2>&1 &
-pids+=($!)
-await 10 redis-server redis-cli -p "$REDIS_PORT" ping
+start_redis "$REDIS_PORT"
 sleep 0.2
-kill -0 "${pids[-1]}" 2>/dev/null || { echo "redis-server did not start (is port $REDIS_PORT taken?): $(tail -1 "$work/redis.log")" >&2; exit 1; }
 
 # start: runs a fresh ssebridge, sets PID.
 start() {

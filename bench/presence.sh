@@ -24,28 +24,12 @@ REDIS_PORT=${REDIS_PORT:-6397}
 PORT=${PORT:-8183}
 REDIS="redis://127.0.0.1:$REDIS_PORT"
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-# await SECONDS WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds;
-# gives up after SECONDS.
-await() {
-  local limit=$1 what=$2; shift 2
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $end ]; then echo "gave up waiting for $what after ${limit}s" >&2; exit 1; fi
-    sleep 0.2
-  done
-}
+. bench/lib.sh
 
 go build -o "$work/ssebridge" .
 go build -o "$work/bench" ./bench
 
-(cd "$work" && exec redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --maxclients 1000) >"$work/redis.log" 2>&1 &
-pids+=($!)
-await 10 redis-server redis-cli -p "$REDIS_PORT" ping
+start_redis "$REDIS_PORT"
 
 REDIS_URL=$REDIS LISTEN_ADDR=127.0.0.1:$PORT PUBLISH_TOKEN=bench-key LOG_LEVEL=warn MAX_STREAMS_PER_USER=100 \
   "$work/ssebridge" >"$work/ssebridge.log" 2>&1 &

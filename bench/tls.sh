@@ -36,21 +36,7 @@ REDIS_PORT=${REDIS_PORT:-6399}
 PORT=${PORT:-8181}
 REDIS="redis://127.0.0.1:$REDIS_PORT"
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-# await SECONDS WHAT COMMAND...: runs COMMAND every 0.1 s until it succeeds;
-# gives up after SECONDS.
-await() {
-  local limit=$1 what=$2; shift 2
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $end ]; then echo "gave up waiting for $what after ${limit}s" >&2; exit 1; fi
-    sleep 0.1
-  done
-}
+. bench/lib.sh
 
 echo "building into $work" >&2
 go build -o "$work/ssebridge" .
@@ -58,9 +44,7 @@ go build -o "$work/bench" ./bench
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1 \
   -addext subjectAltName=IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>"$work/openssl.log"
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --maxclients 1000 >"$work/redis.log" 2>&1 &
-pids+=($!)
-await 10 redis-server redis-cli -p "$REDIS_PORT" ping
+start_redis "$REDIS_PORT"
 
 # start SYSTEM: runs ssebridge as SYSTEM asks, sets PID and the bench's flags.
 start() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ssebridge/ssebridge/internal/group"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -41,18 +42,71 @@ type History struct {
 	waitReplicas int           // WaitReplicas; 0: no WAIT
 	waitTimeout  time.Duration // WaitReplicas
 	idemWindow   time.Duration // IdempotencyWindow; 0: the script's default
+
+	// publishes pipelines the publishes made at the same time (POST
+	// /publish's concurrent requests): one round trip for a batch, where
+	// each alone costs Redis a read and a write system call.
+	publishes *group.Commit[publishCall, publishResult]
 }
+
+// publishCall is one durable publish of a batch; publishResult its outcome.
+type publishCall struct {
+	channel  string
+	envelope []byte
+	key      string
+}
+
+type publishResult struct {
+	id       wire.Cursor
+	replayed bool
+	err      error
+}
+
+// publishBatchMax bounds a pipeline of publishes: a batch is written
+// before its replies are read, and a reply holds an id, so this bounds
+// the buffers too.
+const publishBatchMax = 64
 
 // NewHistory returns the history of channels named prefix+name, keeping
 // maxlen events per channel for ttl after the channel's last publish, and
 // refusing envelopes over maxBytes.
 func NewHistory(rdb *redis.Client, prefix string, maxlen, maxBytes int, ttl time.Duration) *History {
-	return &History{
+	h := &History{
 		rdb: rdb, prefix: prefix, maxlen: maxlen, maxBytes: maxBytes, ttl: ttl,
 		publish: newOnceScript(PublishScript),
 		read:    redis.NewScript(readScript),
 		size:    redis.NewScript(sizeScript),
 	}
+	h.publishes = &group.Commit[publishCall, publishResult]{Run: h.publishBatch, Max: publishBatchMax}
+	return h
+}
+
+// publishBatch runs the publish script for each call, in one pipeline
+// when there are several: EVALSHA each, never sent twice by go-redis
+// (once); a call Redis says did not run (NOSCRIPT, a node loading, …) is
+// run again alone, as onceScript.run would.
+func (h *History) publishBatch(ctx context.Context, calls []publishCall) []publishResult {
+	args := func(c publishCall) []any { return []any{h.prefix, c.channel, c.envelope, c.key, "1"} }
+	out := make([]publishResult, len(calls))
+	cmds := make([]*redis.Cmd, len(calls))
+	if len(calls) == 1 {
+		cmds[0] = h.publish.run(ctx, h.rdb, nil, args(calls[0])...)
+	} else {
+		_, _ = h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, c := range calls {
+				cmds[i] = h.publish.cmd(ctx, true, nil, args(c))
+				_ = p.Process(ctx, once{cmds[i]})
+			}
+			return nil
+		})
+	}
+	for i, c := range calls {
+		if err := cmds[i].Err(); len(calls) > 1 && (redis.HasErrorPrefix(err, "NOSCRIPT") || notRun(err)) {
+			cmds[i] = h.publish.run(ctx, h.rdb, nil, args(c)...)
+		}
+		out[i].id, out[i].replayed, out[i].err = scriptReply(cmds[i])
+	}
+	return out
 }
 
 // Configure writes maxlen, ttl and the size limit where the publish script reads them, so a
@@ -141,7 +195,8 @@ func (h *History) PublishOnce(ctx context.Context, channel string, envelope []by
 		if h.waitReplicas > 0 && len(envelope) > 0 {
 			return publishWaiting(ctx, h.rdb, h.publish, nil, []any{h.prefix, channel, envelope, key, "1"}, channel, h.waitReplicas, h.waitTimeout)
 		}
-		id, replayed, err := scriptReply(h.publish.run(ctx, h.rdb, nil, h.prefix, channel, envelope, key, "1"))
+		r := h.publishes.Do(ctx, publishCall{channel, envelope, key})
+		id, replayed, err := r.id, r.replayed, r.err
 		if err != nil {
 			return id, false, fmt.Errorf("durable publish on %s: %w", channel, err)
 		}

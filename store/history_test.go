@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,5 +94,47 @@ func TestReadNoResetWhenTrimmedOnlyPastTheBound(t *testing.T) {
 	}
 	if next.Reset != "" || len(next.Events) != 1 || next.Events[0].Channel != "room:quiet" {
 		t.Fatalf("next page: reset %q, %d events; want the quiet channel's event and no reset", next.Reset, len(next.Events))
+	}
+}
+
+// TestConcurrentPublishes: publishes made at the same time, which go out
+// pipelined in batches, each publish exactly one event under its own id;
+// one whose script Redis no longer has (NOSCRIPT) is still published, once.
+func TestConcurrentPublishes(t *testing.T) {
+	ctx := context.Background()
+	r := redistest.Start(t)
+	h := store.NewHistory(r.Client(), "sse:", 1000, 1<<16, time.Hour)
+	if _, err := h.Configure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, flush := range []bool{false, true} {
+		if flush {
+			if err := r.Client().ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		const n = 200
+		ids := make([]wire.Cursor, n)
+		errs := make([]error, n)
+		var publishers sync.WaitGroup
+		for i := range n {
+			publishers.Go(func() {
+				ids[i], errs[i] = h.Publish(ctx, "room:busy", fmt.Appendf(nil, `{"event":"n","data":%d}`, i))
+			})
+		}
+		publishers.Wait()
+		seen := map[wire.Cursor]bool{}
+		for i := range n {
+			if errs[i] != nil {
+				t.Fatalf("publish %d: %v", i, errs[i])
+			}
+			if seen[ids[i]] {
+				t.Fatalf("id %v given twice", ids[i])
+			}
+			seen[ids[i]] = true
+		}
+	}
+	if got := r.Client().XLen(ctx, "sse:{room:busy}:history").Val(); got != 400 {
+		t.Fatalf("%d events in the history, want 400: each publish exactly once", got)
 	}
 }

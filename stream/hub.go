@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ssebridge/ssebridge/internal/group"
 	"github.com/ssebridge/ssebridge/internal/ratelog"
 	"github.com/ssebridge/ssebridge/wire"
 )
@@ -95,6 +96,12 @@ type Options struct {
 	UnsubscribeDelay time.Duration
 }
 
+// positionRead is a shared read of the history's position (Hub.positions).
+type positionRead struct {
+	pos wire.Cursor
+	err error
+}
+
 // defaultRedisTimeout is Options.RedisTimeout when it is not set.
 const defaultRedisTimeout = 10 * time.Second
 
@@ -153,7 +160,11 @@ type Hub struct {
 	// own id).
 	inOrder atomic.Pointer[wire.Cursor]
 
-	positions   positionReads
+	// positions shares reads of the history's position among the streams
+	// opening at the same time (begin): each still gets a read begun after
+	// it asked, and a mass reconnect costs the pool a few reads, not one
+	// round trip per stream.
+	positions   group.Commit[struct{}, positionRead]
 	replaySlots chan struct{} // one per page of replay in flight
 	recheckNow  chan struct{}
 	loops       *loops // nil: a goroutine per stream
@@ -190,7 +201,14 @@ func NewHub(b Backend, opts Options, log *slog.Logger, m *Metrics) *Hub {
 	if h.opts.LateLag <= 0 {
 		h.opts.LateLag = time.Second // what the lag probe measures to
 	}
-	h.positions = positionReads{history: b, timeout: h.opts.RedisTimeout}
+	h.positions.Run = func(ctx context.Context, reqs []struct{}) []positionRead {
+		pos, err := currentPosition(ctx, b)
+		out := make([]positionRead, len(reqs))
+		for i := range out {
+			out[i] = positionRead{pos, err}
+		}
+		return out
+	}
 	h.loops = newLoops(h, opts.Loops)
 	h.seen.Store(&wire.Cursor{})
 	h.inOrder.Store(&wire.Cursor{})

@@ -124,11 +124,11 @@ func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
 		}
 		bound = pos
 	} else {
-		now, err := h.positions.read(ctx)
-		if err != nil {
-			return pass{}, err
+		now := h.positions.Do(ctx, struct{}{})
+		if now.err != nil {
+			return pass{}, now.err
 		}
-		bound = now
+		bound = now.pos
 	}
 	if err := h.backend.Sync(ctx); err != nil {
 		return pass{}, err

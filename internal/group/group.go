@@ -1,0 +1,92 @@
+// Package group runs calls that arrive together as one batch (a group
+// commit): while a batch is under way, new calls queue, and the next batch
+// takes them all. A mass reconnect's thousands of position reads, or a
+// backend's concurrent publishes, then cost Redis a few round trips, not
+// one each.
+package group
+
+import (
+	"context"
+	"sync"
+)
+
+// Commit batches calls of Run. Each call is in a batch begun after the
+// call was made, so it sees what its caller did before it, as a call of
+// its own would. Each caller runs at most one batch: the one that finds no
+// batch under way runs its own; when a batch is over, the first caller
+// queued meanwhile runs the next, for every caller queued by then. None is
+// kept running batches for a stream of others.
+type Commit[Req, Res any] struct {
+	// Run runs one batch and returns a result for each request, in order.
+	// Its ctx has the deadline of the caller that runs it, and does not
+	// end when that caller leaves: the others' results are in it.
+	Run func(ctx context.Context, reqs []Req) []Res
+	// Max is the most requests in one batch; 0: no bound.
+	Max int
+
+	mu      sync.Mutex
+	queued  []*call[Req, Res]
+	running bool // a batch is under way, or handed on
+}
+
+type call[Req, Res any] struct {
+	req  Req
+	done chan turn[Req, Res]
+}
+
+// A turn is a call's result, or, with batch set, its turn to run batch.
+type turn[Req, Res any] struct {
+	res   Res
+	batch []*call[Req, Res]
+}
+
+// Do runs req in a batch and returns its result. It waits for at most two
+// batches, the one under way and its own, whatever ctx says (Run's
+// deadline bounds them).
+func (g *Commit[Req, Res]) Do(ctx context.Context, req Req) Res {
+	c := &call[Req, Res]{req: req, done: make(chan turn[Req, Res], 1)}
+	g.mu.Lock()
+	if g.running {
+		g.queued = append(g.queued, c)
+		g.mu.Unlock()
+		t := <-c.done
+		if t.batch == nil {
+			return t.res
+		}
+		g.run(ctx, t.batch)
+	} else {
+		g.running = true
+		g.mu.Unlock()
+		g.run(ctx, []*call[Req, Res]{c})
+	}
+	return (<-c.done).res
+}
+
+// run runs batch, then hands the next batch to the first call queued.
+func (g *Commit[Req, Res]) run(ctx context.Context, batch []*call[Req, Res]) {
+	reqs := make([]Req, len(batch))
+	for i, c := range batch {
+		reqs[i] = c.req
+	}
+	bctx := context.WithoutCancel(ctx)
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		bctx, cancel = context.WithDeadline(bctx, d)
+		defer cancel()
+	}
+	for i, res := range g.Run(bctx, reqs) {
+		batch[i].done <- turn[Req, Res]{res: res}
+	}
+	g.mu.Lock()
+	n := len(g.queued)
+	if g.Max > 0 {
+		n = min(n, g.Max)
+	}
+	next := g.queued[:n:n]
+	g.queued = g.queued[n:]
+	g.running = n > 0
+	g.mu.Unlock()
+	if n > 0 {
+		next[0].done <- turn[Req, Res]{batch: next}
+	}
+}
