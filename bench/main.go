@@ -47,27 +47,30 @@ func (h *headers) Set(v string) error { *h = append(*h, v); return nil }
 
 // Result is the final JSON line.
 type Result struct {
-	Scenario        string  `json:"scenario"`
-	Streams         int     `json:"streams"`
-	Connected       int     `json:"connected"`
-	ConnectSeconds  float64 `json:"connect_seconds"`
-	Slow            int     `json:"slow"`
-	Events          int     `json:"events"`
-	Rate            float64 `json:"rate"`
-	Expected        int64   `json:"expected"`
-	Received        int64   `json:"received"`
-	Lost            int64   `json:"lost"`
-	Duplicated      int64   `json:"duplicated"`
-	P50ms           float64 `json:"p50_ms"`
-	P90ms           float64 `json:"p90_ms"`
-	P99ms           float64 `json:"p99_ms"`
-	MaxMs           float64 `json:"max_ms"`
-	DeliveriesPerS  float64 `json:"deliveries_per_s"`
-	RSSBaseKiB      int64   `json:"rss_base_kib,omitempty"`
-	RSSIdleKiB      int64   `json:"rss_idle_kib,omitempty"`
-	RSSEndKiB       int64   `json:"rss_end_kib,omitempty"`
-	RSSPerStreamKiB float64 `json:"rss_per_stream_kib,omitempty"`
-	RedisConns      int     `json:"redis_connections,omitempty"`
+	Scenario       string  `json:"scenario"`
+	Streams        int     `json:"streams"`
+	Connected      int     `json:"connected"`
+	ConnectSeconds float64 `json:"connect_seconds"`
+	// ServerCPUPerOpenUs is the server's CPU over the connect (64 streams
+	// opening at a time) per stream opened.
+	ServerCPUPerOpenUs float64 `json:"server_cpu_us_per_open,omitempty"`
+	Slow               int     `json:"slow"`
+	Events             int     `json:"events"`
+	Rate               float64 `json:"rate"`
+	Expected           int64   `json:"expected"`
+	Received           int64   `json:"received"`
+	Lost               int64   `json:"lost"`
+	Duplicated         int64   `json:"duplicated"`
+	P50ms              float64 `json:"p50_ms"`
+	P90ms              float64 `json:"p90_ms"`
+	P99ms              float64 `json:"p99_ms"`
+	MaxMs              float64 `json:"max_ms"`
+	DeliveriesPerS     float64 `json:"deliveries_per_s"`
+	RSSBaseKiB         int64   `json:"rss_base_kib,omitempty"`
+	RSSIdleKiB         int64   `json:"rss_idle_kib,omitempty"`
+	RSSEndKiB          int64   `json:"rss_end_kib,omitempty"`
+	RSSPerStreamKiB    float64 `json:"rss_per_stream_kib,omitempty"`
+	RedisConns         int     `json:"redis_connections,omitempty"`
 	// RedisPubSubChannels is how many channels Redis has subscribers on
 	// (PUBSUB CHANNELS *) with the streams open and idle: those the server
 	// subscribed for them, its own (ssebridge's control channel) and any

@@ -107,7 +107,7 @@ func run(c config) (Result, error) {
 func (r *benchRun) connect(ctx context.Context) {
 	c := r.c
 	r.streams = make([]*stream, c.n)
-	start := time.Now()
+	start, cpuStart := time.Now(), cpuTime(c.pid)
 	var wg sync.WaitGroup
 	next := make(chan int)
 	var failed atomic.Int64
@@ -138,9 +138,15 @@ func (r *benchRun) connect(ctx context.Context) {
 	wg.Wait()
 	r.res.ConnectSeconds = time.Since(start).Seconds()
 	r.res.Connected = c.n - int(failed.Load())
+	if c.pid != 0 && r.res.Connected > 0 {
+		r.res.ServerCPUPerOpenUs = float64((cpuTime(c.pid) - cpuStart).Microseconds()) / float64(r.res.Connected)
+	}
 	fmt.Fprintf(os.Stderr, "connected %d of %d streams in %.1fs", r.res.Connected, c.n, r.res.ConnectSeconds)
 	if e := firstErr.Load(); e != nil {
 		fmt.Fprintf(os.Stderr, " (first error: %s)", e)
+	}
+	if r.res.ServerCPUPerOpenUs > 0 {
+		fmt.Fprintf(os.Stderr, "; server CPU %.0f µs per stream opened", r.res.ServerCPUPerOpenUs)
 	}
 	fmt.Fprintln(os.Stderr)
 }

@@ -183,7 +183,8 @@ func (h *Hub) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-sweep:
-			h.sweepIdle(now)
+			for h.sweepIdle(now) {
+			}
 		case <-mark.C:
 			if h.Len() == 0 {
 				continue

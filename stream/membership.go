@@ -193,24 +193,27 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 	return true
 }
 
-// sweepIdle unsubscribes, in one command, the channels that have been
-// empty for Options.UnsubscribeDelay by now. Each is checked and
-// unsubscribed under its stripe, as detach would, so that a stream
-// attaching meanwhile either finds it still subscribed or subscribes it
-// again after the UNSUBSCRIBE.
-func (h *Hub) sweepIdle(now time.Time) {
+// sweepBatch bounds the channels one UNSUBSCRIBE of sweepIdle names.
+const sweepBatch = 4096
+
+// sweepIdle unsubscribes, in one command, up to sweepBatch of the channels
+// that have been empty for Options.UnsubscribeDelay by now, and reports
+// whether more may be due. Each is checked and unsubscribed under its
+// stripe, as detach would, so that a stream attaching meanwhile either
+// finds it still subscribed or subscribes it again after the UNSUBSCRIBE.
+func (h *Hub) sweepIdle(now time.Time) (more bool) {
 	m := &h.members
 	cutoff := now.Add(-h.opts.UnsubscribeDelay).UnixNano()
 	m.idleMu.Lock()
 	due := 0
-	for due < len(m.idle) && due < 4096 && h.emptiedBefore(m.idle[due], cutoff) {
+	for due < len(m.idle) && due < sweepBatch && h.emptiedBefore(m.idle[due], cutoff) {
 		due++
 	}
 	channels := slices.Clone(m.idle[:due])
 	m.idle = slices.Delete(m.idle, 0, due)
 	m.idleMu.Unlock()
 	if len(channels) == 0 {
-		return
+		return false
 	}
 	// Stripes in ascending order, each once: no two sweeps or detaches
 	// can wait on each other.
@@ -239,6 +242,7 @@ func (h *Hub) sweepIdle(now time.Time) {
 	for _, i := range stripes {
 		m.stripes[i].Unlock()
 	}
+	return due == sweepBatch
 }
 
 // emptiedBefore reports whether channel's set is not empty, gone, or was
