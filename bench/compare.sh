@@ -62,10 +62,7 @@ SSEBRIDGE_PORT=${SSEBRIDGE_PORT:-8181}
 CENTRIFUGO_PORT=${CENTRIFUGO_PORT:-8200}
 CACHE=${CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ssebridge-bench}
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. bench/lib.sh
 
 echo "building into $work" >&2
 go build -o "$work/ssebridge" .
@@ -81,11 +78,7 @@ if [[ " ${systems[*]} " == *" centrifugo"* && ! -x "$CENTRIFUGO" ]]; then
   CENTRIFUGO="$CACHE/centrifugo"
 fi
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --maxclients 1000 >"$work/redis.log" 2>&1 &
-pids+=($!)
-until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
-sleep 0.2
-kill -0 "${pids[-1]}" 2>/dev/null || { echo "redis-server did not start (is port $REDIS_PORT taken?): $(tail -1 "$work/redis.log")" >&2; exit 1; }
+start_redis "$REDIS_PORT"
 REDIS="redis://127.0.0.1:$REDIS_PORT"
 
 # centrifugo_config FILE OPTIONS writes Centrifugo's configuration with
