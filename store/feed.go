@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ssebridge/ssebridge/internal/group"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -32,6 +34,10 @@ type Feed struct {
 	log      *slog.Logger
 	metrics  *FeedMetrics
 	channels map[string]struct{} // logical names this instance must be subscribed to
+
+	// syncs shares one barrier PING among the Syncs made while one is
+	// under way (a mass reconnect's openings make three each).
+	syncs *group.Commit[struct{}, error]
 }
 
 // FeedMetrics counts what the feed sees.
@@ -85,6 +91,7 @@ func NewFeed(rdb *redis.Client, prefix string, pingEvery time.Duration, log *slo
 		metrics:  m,
 		channels: make(map[string]struct{}),
 	}
+	f.syncs = &group.Commit[struct{}, error]{Run: f.syncBatch}
 	// Not dialled yet: the first Subscribe or ping does it.
 	f.init(rdb.Subscribe(context.Background()), pingEvery)
 	lag := f.Lag
@@ -162,18 +169,29 @@ func (f *Feed) Unsubscribe(names ...string) {
 // from then on, whatever is published on those channels reaches Run. Redis
 // answers in order on the connection, so the reply to a PING written after
 // them is the proof. While the connection is being made again it fails at
-// once with ErrFeedLost.
+// once with ErrFeedLost. Syncs made at the same time share one PING,
+// written after each of them was made.
 func (f *Feed) Sync(ctx context.Context) error {
+	err, left := f.syncs.Do(ctx, struct{}{})
+	return cmp.Or(left, err)
+}
+
+// syncBatch writes one barrier PING for a batch of Syncs and waits for its
+// reply.
+func (f *Feed) syncBatch(ctx context.Context, batch []struct{}) []error {
 	done, err := f.ping(ctx)
-	if err != nil {
-		return err
+	if err == nil {
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
 	}
-	select {
-	case err := <-done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
+	out := make([]error, len(batch))
+	for i := range out {
+		out[i] = err
 	}
+	return out
 }
 
 // Run reads the pub/sub connection until ctx ends, handing each message to

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	_ "embed"
@@ -195,8 +196,8 @@ func (h *History) PublishOnce(ctx context.Context, channel string, envelope []by
 		if h.waitReplicas > 0 && len(envelope) > 0 {
 			return publishWaiting(ctx, h.rdb, h.publish, nil, []any{h.prefix, channel, envelope, key, "1"}, channel, h.waitReplicas, h.waitTimeout)
 		}
-		r := h.publishes.Do(ctx, publishCall{channel, envelope, key})
-		id, replayed, err := r.id, r.replayed, r.err
+		r, left := h.publishes.Do(ctx, publishCall{channel, envelope, key})
+		id, replayed, err := r.id, r.replayed, cmp.Or(left, r.err)
 		if err != nil {
 			return id, false, fmt.Errorf("durable publish on %s: %w", channel, err)
 		}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/ssebridge/ssebridge/internal/group"
 	"github.com/ssebridge/ssebridge/wire"
 )
 
@@ -20,21 +22,57 @@ type Sessions struct {
 	rdb      redis.Cmdable
 	prefix   string
 	maxBytes int
+
+	// lookups pipelines the lookups made at the same time (a mass
+	// reconnect's openings): one round trip for a batch.
+	lookups *group.Commit[string, lookup]
 }
+
+// lookup is a session read in a batch of Lookups.
+type lookup struct {
+	session wire.Session
+	err     error
+}
+
+// lookupBatchMax bounds a pipeline of session reads (each reply up to
+// MAX_SESSION_BYTES).
+const lookupBatchMax = 64
 
 // NewSessions returns a reader for sessions stored under prefix+token,
 // refusing values longer than maxBytes.
 func NewSessions(rdb redis.Cmdable, prefix string, maxBytes int) *Sessions {
-	return &Sessions{rdb: rdb, prefix: prefix, maxBytes: maxBytes}
+	s := &Sessions{rdb: rdb, prefix: prefix, maxBytes: maxBytes}
+	s.lookups = &group.Commit[string, lookup]{Run: s.lookupBatch, Max: lookupBatchMax}
+	return s
 }
 
 // Lookup loads and checks the session stored under token. The token is a
-// secret: it never appears in an error.
+// secret: it never appears in an error. Lookups made at the same time go
+// out in one pipeline.
 func (s *Sessions) Lookup(ctx context.Context, token string) (wire.Session, error) {
 	if token == "" {
 		return wire.Session{}, wire.ErrNoSession
 	}
-	return s.parse(s.rdb.GetRange(ctx, s.prefix+token, 0, int64(s.maxBytes)))
+	r, left := s.lookups.Do(ctx, token)
+	return r.session, cmp.Or(left, r.err)
+}
+
+// lookupBatch reads a batch of Lookups: alone, or pipelined (LookupMany).
+func (s *Sessions) lookupBatch(ctx context.Context, tokens []string) []lookup {
+	out := make([]lookup, len(tokens))
+	if len(tokens) == 1 {
+		out[0].session, out[0].err = s.parse(s.rdb.GetRange(ctx, s.prefix+tokens[0], 0, int64(s.maxBytes)))
+		return out
+	}
+	sessions, errs, err := s.LookupMany(ctx, tokens)
+	for i := range out {
+		if err != nil {
+			out[i].err = err
+			continue
+		}
+		out[i].session, out[i].err = sessions[i], errs[i]
+	}
+	return out
 }
 
 // LookupMany reads the sessions of tokens in one pipelined round trip, as

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 
@@ -124,9 +125,9 @@ func (h *Hub) begin(ctx context.Context, s *Stream, take bool) (pass, error) {
 		}
 		bound = pos
 	} else {
-		now := h.positions.Do(ctx, struct{}{})
-		if now.err != nil {
-			return pass{}, now.err
+		now, err := h.positions.Do(ctx, struct{}{})
+		if err = cmp.Or(err, now.err); err != nil {
+			return pass{}, err
 		}
 		bound = now.pos
 	}

@@ -7,6 +7,7 @@ package group
 
 import (
 	"context"
+	"slices"
 	"sync"
 )
 
@@ -40,26 +41,46 @@ type turn[Req, Res any] struct {
 	batch []*call[Req, Res]
 }
 
-// Do runs req in a batch and returns its result. It waits for at most two
-// batches, the one under way and its own, whatever ctx says (Run's
-// deadline bounds them).
-func (g *Commit[Req, Res]) Do(ctx context.Context, req Req) Res {
+// Do runs req in a batch and returns its result. A call that ctx ends
+// while it is still queued leaves (ctx's error); once its batch has
+// begun, it waits for it, bounded by the deadline of the call running it.
+func (g *Commit[Req, Res]) Do(ctx context.Context, req Req) (Res, error) {
 	c := &call[Req, Res]{req: req, done: make(chan turn[Req, Res], 1)}
 	g.mu.Lock()
-	if g.running {
-		g.queued = append(g.queued, c)
-		g.mu.Unlock()
-		t := <-c.done
-		if t.batch == nil {
-			return t.res
-		}
-		g.run(ctx, t.batch)
-	} else {
+	if !g.running {
 		g.running = true
 		g.mu.Unlock()
 		g.run(ctx, []*call[Req, Res]{c})
+		return (<-c.done).res, nil
 	}
-	return (<-c.done).res
+	g.queued = append(g.queued, c)
+	g.mu.Unlock()
+	var t turn[Req, Res]
+	select {
+	case t = <-c.done:
+	case <-ctx.Done():
+		if g.leave(c) {
+			var zero Res
+			return zero, ctx.Err()
+		}
+		t = <-c.done // taken from the queue meanwhile: its turn is coming
+	}
+	if t.batch == nil {
+		return t.res, nil
+	}
+	g.run(ctx, t.batch)
+	return (<-c.done).res, nil
+}
+
+// leave takes c out of the queue, and reports whether it was there.
+func (g *Commit[Req, Res]) leave(c *call[Req, Res]) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	i := slices.Index(g.queued, c)
+	if i >= 0 {
+		g.queued = slices.Delete(g.queued, i, i+1)
+	}
+	return i >= 0
 }
 
 // run runs batch, then hands the next batch to the first call queued.

@@ -37,12 +37,12 @@ func TestCommitBatches(t *testing.T) {
 			}}
 			got := make([]int64, tt.waiting+1)
 			var calls sync.WaitGroup
-			calls.Go(func() { got[0] = g.Do(context.Background(), 0) })
+			calls.Go(func() { got[0], _ = g.Do(context.Background(), 0) })
 			for began.Load() != 1 {
 				time.Sleep(time.Millisecond)
 			}
 			for i := 1; i <= tt.waiting; i++ {
-				calls.Go(func() { got[i] = g.Do(context.Background(), i) })
+				calls.Go(func() { got[i], _ = g.Do(context.Background(), i) })
 			}
 			for queued := 0; queued < tt.waiting; time.Sleep(time.Millisecond) {
 				g.mu.Lock()
@@ -63,5 +63,35 @@ func TestCommitBatches(t *testing.T) {
 				t.Errorf("%d batches after the first, want %d", n, tt.batches)
 			}
 		})
+	}
+}
+
+// TestCommitLeaveQueued: a call whose ctx ends while it is queued leaves
+// with ctx's error, and the batches go on without it.
+func TestCommitLeaveQueued(t *testing.T) {
+	let := make(chan struct{})
+	var runs atomic.Int64
+	g := &Commit[int, int]{Run: func(_ context.Context, reqs []int) []int {
+		if runs.Add(1) == 1 {
+			<-let
+		}
+		return reqs
+	}}
+	first := make(chan int)
+	go func() { v, _ := g.Do(context.Background(), 1); first <- v }()
+	for runs.Load() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if _, err := g.Do(ctx, 2); err != context.DeadlineExceeded {
+		t.Fatalf("a queued call past its deadline: %v, want DeadlineExceeded", err)
+	}
+	close(let)
+	if v := <-first; v != 1 {
+		t.Fatalf("the first call got %d", v)
+	}
+	if v, err := g.Do(context.Background(), 3); v != 3 || err != nil {
+		t.Fatalf("a call after: %d, %v", v, err)
 	}
 }
