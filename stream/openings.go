@@ -239,6 +239,15 @@ type admittedConn struct {
 // NetConn returns the connection under the slot's wrapper.
 func (c *admittedConn) NetConn() net.Conn { return c.Conn }
 
+// CloseWrite half-closes the connection, as net/http does before it
+// closes one whose request it refused unread.
+func (c *admittedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // Close closes the connection and gives its slot back.
 func (c *admittedConn) Close() error {
 	c.slot.free(slotHeld)

@@ -36,7 +36,8 @@ import (
 // ready, then the durable events it missed since its Last-Event-ID, or a
 // reset. It returns why the stream ended if a write failed, else "".
 func (h *Hub) opening(ctx context.Context, s *Stream, out sink) string {
-	defer s.takeSlot().free(slotClaimed) // the next opening may begin
+	// Taken now, given back when the opening is over: the next one may begin.
+	defer s.takeSlot().free(slotClaimed)
 	if s.ended() != "" {
 		return "" // ended while it was opening: the writer writes only the final frame
 	}
