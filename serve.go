@@ -29,6 +29,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(add
 	if openings != nil {
 		ln = openings.Listener(ln)
 		connState, connContext = openings.ConnState, openings.ConnContext
+		e = openings.Handler(opensStream, e)
 	}
 	srv := &http.Server{
 		Handler:           e,
@@ -73,6 +74,12 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(add
 	shutdown(cfg, log, srv, hub)
 	stop()
 	return nil
+}
+
+// opensStream reports whether r asks for a stream (GET /events), the one
+// request that keeps its connection's opening slot (stream.Openings).
+func opensStream(r *http.Request) bool {
+	return r.Method == http.MethodGet && r.URL.Path == "/events"
 }
 
 // shutdown ends the streams within cfg.ShutdownTimeout: they are told to

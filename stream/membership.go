@@ -94,7 +94,13 @@ type membership struct {
 	shards  [shardCount]shard
 
 	idleMu sync.Mutex
-	idle   []string // channels emptied and left subscribed, oldest first (may repeat)
+	idle   []idleChannel // channels emptied and left subscribed, oldest first (may repeat)
+}
+
+// idleChannel is a channel left without streams, and when.
+type idleChannel struct {
+	channel string
+	at      int64 // UnixNano
 }
 
 func (m *membership) init() {
@@ -172,9 +178,10 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 	set := sh.subs[channel]
 	last := set.remove(s)
 	linger := last && h.opts.UnsubscribeDelay > 0
+	now := time.Now().UnixNano()
 	switch {
 	case linger:
-		set.emptied = time.Now().UnixNano()
+		set.emptied = now
 		sh.subs[channel] = set
 	case last:
 		delete(sh.subs, channel)
@@ -185,7 +192,7 @@ func (h *Hub) detach(s *Stream, channel string) bool {
 	switch {
 	case linger:
 		h.members.idleMu.Lock()
-		h.members.idle = append(h.members.idle, channel)
+		h.members.idle = append(h.members.idle, idleChannel{channel, now})
 		h.members.idleMu.Unlock()
 	case last:
 		h.backend.Unsubscribe(channel)
@@ -206,10 +213,13 @@ func (h *Hub) sweepIdle(now time.Time) (more bool) {
 	cutoff := now.Add(-h.opts.UnsubscribeDelay).UnixNano()
 	m.idleMu.Lock()
 	due := 0
-	for due < len(m.idle) && due < sweepBatch && h.emptiedBefore(m.idle[due], cutoff) {
+	for due < len(m.idle) && due < sweepBatch && m.idle[due].at <= cutoff {
 		due++
 	}
-	channels := slices.Clone(m.idle[:due])
+	channels := make([]string, due)
+	for i, e := range m.idle[:due] {
+		channels[i] = e.channel
+	}
 	m.idle = slices.Delete(m.idle, 0, due)
 	m.idleMu.Unlock()
 	if len(channels) == 0 {
@@ -230,6 +240,8 @@ func (h *Hub) sweepIdle(now time.Time) (more bool) {
 	for _, c := range channels {
 		sh := m.shard(c)
 		sh.mu.Lock()
+		// One attached again, or emptied since (a later entry stands for
+		// it), stays.
 		if set, ok := sh.subs[c]; ok && set.empty() && set.emptied <= cutoff {
 			delete(sh.subs, c)
 			gone = append(gone, c)
@@ -243,18 +255,6 @@ func (h *Hub) sweepIdle(now time.Time) (more bool) {
 		m.stripes[i].Unlock()
 	}
 	return due == sweepBatch
-}
-
-// emptiedBefore reports whether channel's set is not empty, gone, or was
-// emptied before cutoff: an entry of the idle list that is due. (One
-// emptied later was emptied again after the entry was made: a later
-// entry stands for it.)
-func (h *Hub) emptiedBefore(channel string, cutoff int64) bool {
-	sh := h.members.shard(channel)
-	sh.mu.RLock()
-	defer sh.mu.RUnlock()
-	set, ok := sh.subs[channel]
-	return !ok || !set.empty() || set.emptied <= cutoff
 }
 
 // detachAll marks s closed, so that nothing attaches it again, and detaches

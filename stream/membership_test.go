@@ -174,3 +174,35 @@ func TestUnsubscribeDelayLeave(t *testing.T) {
 		t.Fatalf("lobby still subscribed after leave and sweep: %v", cmds.subscribed())
 	}
 }
+
+// TestSweepPastChannelEmptiedAgain: an entry of the idle list whose
+// channel was emptied again since is passed over, not waited on: a
+// channel that keeps emptying (a tab that reconnects every few seconds)
+// does not keep the channels behind it subscribed. (Found by review: the
+// sweep stopped at it, and every channel behind it stayed subscribed.)
+func TestSweepPastChannelEmptiedAgain(t *testing.T) {
+	opts := testOpts
+	opts.UnsubscribeDelay = time.Minute
+	h, cmds := newTestHub(t, opts)
+	cycle := func(user string) {
+		s, err := h.Open(context.Background(), Spec{User: user, Session: user})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Close(s, "")
+	}
+	cycle("flappy")
+	cycle("bob")
+	h.members.idleMu.Lock()
+	bobAt := h.members.idle[len(h.members.idle)-1].at
+	h.members.idleMu.Unlock()
+	cycle("flappy") // emptied again, after bob
+	h.sweepIdle(time.Unix(0, bobAt).Add(opts.UnsubscribeDelay))
+	subs := cmds.subscribed()
+	if slices.Contains(subs, wire.UserChannel("bob")) {
+		t.Fatalf("bob's channel, due, is still subscribed behind flappy's: %v", subs)
+	}
+	if !slices.Contains(subs, wire.UserChannel("flappy")) {
+		t.Fatal("flappy's channel, emptied again since, was unsubscribed before its delay")
+	}
+}

@@ -277,6 +277,25 @@ func (o *Openings) ConnContext(ctx context.Context, c net.Conn) context.Context 
 	return ctx
 }
 
+// Handler returns next with the slot of each request's connection held
+// only by requests that open a stream (opens), and only until Hub.Open
+// claims it or the handler returns: any other request (a health check, a
+// publish whose body is slow to come, a refusal whose body net/http then
+// reads to discard it) gives it back before it runs, so that no request
+// left waiting on its client holds the budget.
+func (o *Openings) Handler(opens func(*http.Request) bool, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s, _ := r.Context().Value(slotKey{}).(*slot)
+		if s != nil {
+			defer s.free(slotHeld)
+			if !opens(r) {
+				s.free(slotHeld)
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // ConnState is for http.Server.ConnState: a request head read stops the
 // connection's headerGrace; an idle or closed connection gives its slot
 // back.

@@ -17,20 +17,25 @@ import (
 )
 
 // gatedServer serves handler on a loopback listener under o, as serve.go
-// does, and returns its address.
-func gatedServer(t *testing.T, o *Openings, handler http.HandlerFunc) string {
+// does (the requests opens says open a stream hold their slot), and
+// returns its address.
+func gatedServer(t *testing.T, o *Openings, opens func(*http.Request) bool, handler http.HandlerFunc) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: handler, ConnState: o.ConnState, ConnContext: o.ConnContext, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: o.Handler(opens, handler), ConnState: o.ConnState, ConnContext: o.ConnContext, ReadHeaderTimeout: 10 * time.Second}
 	gated := o.Listener(ln)
 	served := make(chan struct{})
 	go func() { defer close(served); _ = srv.Serve(gated) }()
 	t.Cleanup(func() { srv.Close(); <-served })
 	return ln.Addr().String()
 }
+
+// everyRequest opens a stream, for gatedServer: each holds its slot while
+// its handler runs.
+func everyRequest(*http.Request) bool { return true }
 
 // get sends a GET on a new connection and returns the status line.
 func get(addr string) (string, error) {
@@ -63,7 +68,7 @@ func TestOpeningsBoundRequests(t *testing.T) {
 	o := NewOpenings(2, prometheus.NewRegistry())
 	var in, most atomic.Int64
 	release := make(chan struct{})
-	addr := gatedServer(t, o, func(w http.ResponseWriter, r *http.Request) {
+	addr := gatedServer(t, o, everyRequest, func(w http.ResponseWriter, r *http.Request) {
 		n := in.Add(1)
 		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
 		}
@@ -104,7 +109,7 @@ func TestOpeningsBoundRequests(t *testing.T) {
 // slot back after headerGrace, so the only slot is not held by it.
 func TestOpeningsSilentConnection(t *testing.T) {
 	o := NewOpenings(1, nil)
-	addr := gatedServer(t, o, func(w http.ResponseWriter, r *http.Request) {})
+	addr := gatedServer(t, o, everyRequest, func(w http.ResponseWriter, r *http.Request) {})
 	silent, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -182,5 +187,35 @@ func TestOpenGivesSlotBack(t *testing.T) {
 	h.Close(s, "")
 	if len(o.slots) != 0 {
 		t.Fatal("a stream closed before its opening kept its slot")
+	}
+}
+
+// TestOpeningsStalledBody: a request that opens no stream gives its slot
+// back before its handler runs, and one that does when its handler
+// returns: requests whose body never comes (net/http reads it to discard
+// it after a refusal, with no deadline) do not hold the budget. (Found by
+// review: two such requests held a budget of two for good.)
+func TestOpeningsStalledBody(t *testing.T) {
+	o := NewOpenings(2, nil)
+	opens := func(r *http.Request) bool { return r.URL.Path == "/events" }
+	addr := gatedServer(t, o, opens, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			http.Error(w, "refused", http.StatusUnauthorized) // its body unread
+		}
+	})
+	for _, path := range []string{"/publish", "/events"} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// The head complete, 10 bytes of body promised, none sent.
+		if _, err := io.WriteString(c, "POST "+path+" HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status, err := get(addr)
+	if err != nil || !strings.Contains(status, " 200 ") {
+		t.Fatalf("a GET behind 2 stalled request bodies (budget 2): %q, %v; slots held %d", status, err, len(o.slots))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"time"
 )
 
 // Commit batches calls of Run. Each call is in a batch begun after the
@@ -19,8 +20,9 @@ import (
 // kept running batches for a stream of others.
 type Commit[Req, Res any] struct {
 	// Run runs one batch and returns a result for each request, in order.
-	// Its ctx has the deadline of the caller that runs it, and does not
-	// end when that caller leaves: the others' results are in it.
+	// Its ctx has the latest deadline of the batch's callers (none if one
+	// has none), and does not end when the caller running it leaves: the
+	// others' results are in it.
 	Run func(ctx context.Context, reqs []Req) []Res
 	// Max is the most requests in one batch; 0: no bound.
 	Max int
@@ -31,8 +33,9 @@ type Commit[Req, Res any] struct {
 }
 
 type call[Req, Res any] struct {
-	req  Req
-	done chan turn[Req, Res]
+	req      Req
+	deadline time.Time // zero: none
+	done     chan turn[Req, Res]
 }
 
 // A turn is a call's result, or, with batch set, its turn to run batch.
@@ -43,9 +46,10 @@ type turn[Req, Res any] struct {
 
 // Do runs req in a batch and returns its result. A call that ctx ends
 // while it is still queued leaves (ctx's error); once its batch has
-// begun, it waits for it, bounded by the deadline of the call running it.
+// begun, it waits for it, bounded by the batch's latest deadline.
 func (g *Commit[Req, Res]) Do(ctx context.Context, req Req) (Res, error) {
 	c := &call[Req, Res]{req: req, done: make(chan turn[Req, Res], 1)}
+	c.deadline, _ = ctx.Deadline()
 	g.mu.Lock()
 	if !g.running {
 		g.running = true
@@ -89,10 +93,20 @@ func (g *Commit[Req, Res]) run(ctx context.Context, batch []*call[Req, Res]) {
 	for i, c := range batch {
 		reqs[i] = c.req
 	}
+	// The batch's latest deadline: the oldest call, which runs it, is the
+	// one with the least time left.
 	bctx := context.WithoutCancel(ctx)
-	if d, ok := ctx.Deadline(); ok {
+	last := batch[0].deadline
+	for _, c := range batch {
+		if c.deadline.IsZero() {
+			last = time.Time{}
+			break
+		}
+		last = latest(last, c.deadline)
+	}
+	if !last.IsZero() {
 		var cancel context.CancelFunc
-		bctx, cancel = context.WithDeadline(bctx, d)
+		bctx, cancel = context.WithDeadline(bctx, last)
 		defer cancel()
 	}
 	for i, res := range g.Run(bctx, reqs) {
@@ -110,4 +124,11 @@ func (g *Commit[Req, Res]) run(ctx context.Context, batch []*call[Req, Res]) {
 	if n > 0 {
 		next[0].done <- turn[Req, Res]{batch: next}
 	}
+}
+
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

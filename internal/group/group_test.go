@@ -95,3 +95,54 @@ func TestCommitLeaveQueued(t *testing.T) {
 		t.Fatalf("a call after: %d, %v", v, err)
 	}
 }
+
+// TestCommitLatestDeadline: a batch runs under the latest deadline of its
+// calls, not that of the call running it, the oldest, which has the least
+// time left. (Found by review: a call with 10 s to go failed on its
+// leader's 50 ms.)
+func TestCommitLatestDeadline(t *testing.T) {
+	let := make(chan struct{})
+	var runs atomic.Int64
+	g := &Commit[int, error]{Run: func(ctx context.Context, reqs []int) []error {
+		if runs.Add(1) == 1 {
+			<-let
+		} else {
+			select { // the second batch takes 100 ms
+			case <-time.After(100 * time.Millisecond):
+			case <-ctx.Done():
+			}
+		}
+		out := make([]error, len(reqs))
+		for i := range out {
+			out[i] = ctx.Err()
+		}
+		return out
+	}}
+	go func() { _, _ = g.Do(context.Background(), 0) }()
+	for runs.Load() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	long, cancelLong := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelLong()
+	var calls sync.WaitGroup
+	var longErr error
+	calls.Go(func() { _, _ = g.Do(short, 1) }) // queued first: runs the next batch
+	for n := 0; n < 1; time.Sleep(time.Millisecond) {
+		g.mu.Lock()
+		n = len(g.queued)
+		g.mu.Unlock()
+	}
+	calls.Go(func() { longErr, _ = g.Do(long, 2) })
+	for n := 0; n < 2; time.Sleep(time.Millisecond) {
+		g.mu.Lock()
+		n = len(g.queued)
+		g.mu.Unlock()
+	}
+	close(let)
+	calls.Wait()
+	if longErr != nil {
+		t.Fatalf("a call with 10 s to go, in a batch of 100 ms: %v", longErr)
+	}
+}
