@@ -24,6 +24,13 @@ var ErrOpeningsBusy = errors.New("too many streams opening at once")
 // hundred such connections cannot hold every slot.
 const headerGrace = time.Second
 
+// openingHold is the longest a stream keeps its slot. An opening takes
+// milliseconds, or seconds under a storm; one that takes longer (a resume
+// that replays megabytes to a client reading slowly) goes on outside the
+// budget, so that a few hundred such clients cannot hold every slot.
+// Its replay is bounded by REPLAY_INFLIGHT_BYTES all the same.
+const openingHold = 5 * time.Second
+
 // Openings bounds the streams being opened at once, and what net/http
 // spends on their connections before that. A mass reconnect (a deploy, a
 // network cut) would otherwise hold, for every returning stream at the same
@@ -42,7 +49,8 @@ const headerGrace = time.Second
 // own in Hub.Open.
 type Openings struct {
 	slots   chan struct{}
-	waiting atomic.Int64 // connections accepted, not yet handed to net/http
+	waiting atomic.Int64  // connections accepted, not yet handed to net/http
+	hold    time.Duration // openingHold; shorter in tests
 
 	inFlight prometheus.GaugeFunc
 	queued   prometheus.GaugeFunc
@@ -54,7 +62,7 @@ func NewOpenings(n int, reg prometheus.Registerer) *Openings {
 	if n <= 0 {
 		return nil
 	}
-	o := &Openings{slots: make(chan struct{}, n)}
+	o := &Openings{slots: make(chan struct{}, n), hold: openingHold}
 	o.inFlight = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ssebridge_openings_in_flight",
 		Help: "Connections and streams holding an opening slot now (OPEN_CONCURRENCY).",
@@ -323,14 +331,20 @@ func (o *Openings) claim(ctx context.Context) (*slot, error) {
 	}
 	if conn.state.CompareAndSwap(slotHeld, slotClaimed) {
 		conn.grace.Stop()
-		return conn, nil
+		return o.held(conn), nil
 	}
 	select {
 	case o.slots <- struct{}{}:
 		s := &slot{o: o}
 		s.state.Store(slotClaimed)
-		return s, nil
+		return o.held(s), nil
 	case <-ctx.Done():
 		return nil, ErrOpeningsBusy
 	}
+}
+
+// held gives s, claimed by a stream, back after o.hold at the latest.
+func (o *Openings) held(s *slot) *slot {
+	time.AfterFunc(o.hold, func() { s.free(slotClaimed) })
+	return s
 }

@@ -219,3 +219,18 @@ func TestOpeningsStalledBody(t *testing.T) {
 		t.Fatalf("a GET behind 2 stalled request bodies (budget 2): %q, %v; slots held %d", status, err, len(o.slots))
 	}
 }
+
+// TestOpeningHoldBound: a stream whose opening goes on past the hold bound
+// (a slow reader's long replay) gives its slot back all the same.
+func TestOpeningHoldBound(t *testing.T) {
+	o := NewOpenings(1, nil)
+	o.hold = 10 * time.Millisecond
+	o.slots <- struct{}{}
+	client, server := net.Pipe()
+	defer client.Close()
+	ctx := o.ConnContext(context.Background(), o.admit(server))
+	if _, err := o.claim(ctx); err != nil {
+		t.Fatal(err)
+	}
+	awaitValue(t, "slots held", func() int64 { return int64(len(o.slots)) }, 0)
+}
