@@ -15,14 +15,15 @@ import (
 // Commit batches calls of Run. Each call is in a batch begun after the
 // call was made, so it sees what its caller did before it, as a call of
 // its own would. Each caller runs at most one batch: the one that finds no
-// batch under way runs its own; when a batch is over, the first caller
-// queued meanwhile runs the next, for every caller queued by then. None is
-// kept running batches for a stream of others.
+// batch under way runs its own; when a batch is over, the next, every
+// call queued by then, is run by the one of them with the latest deadline,
+// under that deadline. No caller waits past its own deadline, nor is kept
+// running batches for a stream of others.
 type Commit[Req, Res any] struct {
 	// Run runs one batch and returns a result for each request, in order.
-	// Its ctx has the latest deadline of the batch's callers (none if one
-	// has none), and does not end when the caller running it leaves: the
-	// others' results are in it.
+	// Its ctx has the deadline of the call running it, the batch's latest,
+	// and does not end when that call's caller leaves: the others' results
+	// are in it.
 	Run func(ctx context.Context, reqs []Req) []Res
 	// Max is the most requests in one batch; 0: no bound.
 	Max int
@@ -34,8 +35,9 @@ type Commit[Req, Res any] struct {
 
 type call[Req, Res any] struct {
 	req      Req
-	deadline time.Time // zero: none
+	deadline time.Time // zero: none, the latest of all
 	done     chan turn[Req, Res]
+	runs     bool // guarded by mu: the next batch is handed to this call
 }
 
 // A turn is a call's result, or, with batch set, its turn to run batch.
@@ -44,9 +46,9 @@ type turn[Req, Res any] struct {
 	batch []*call[Req, Res]
 }
 
-// Do runs req in a batch and returns its result. A call that ctx ends
-// while it is still queued leaves (ctx's error); once its batch has
-// begun, it waits for it, bounded by the batch's latest deadline.
+// Do runs req in a batch and returns its result, or ctx's error if ctx
+// ends first. A call so left may still be in a batch under way: as with
+// a call of its own that timed out, its outcome is unknown.
 func (g *Commit[Req, Res]) Do(ctx context.Context, req Req) (Res, error) {
 	c := &call[Req, Res]{req: req, done: make(chan turn[Req, Res], 1)}
 	c.deadline, _ = ctx.Deadline()
@@ -63,11 +65,13 @@ func (g *Commit[Req, Res]) Do(ctx context.Context, req Req) (Res, error) {
 	select {
 	case t = <-c.done:
 	case <-ctx.Done():
-		if g.leave(c) {
+		if !g.mustRun(c) {
 			var zero Res
 			return zero, ctx.Err()
 		}
-		t = <-c.done // taken from the queue meanwhile: its turn is coming
+		// Handed the next batch: the others' results are in it. Its
+		// deadline is the batch's latest, so theirs have passed too.
+		t = <-c.done
 	}
 	if t.batch == nil {
 		return t.res, nil
@@ -76,37 +80,28 @@ func (g *Commit[Req, Res]) Do(ctx context.Context, req Req) (Res, error) {
 	return (<-c.done).res, nil
 }
 
-// leave takes c out of the queue, and reports whether it was there.
-func (g *Commit[Req, Res]) leave(c *call[Req, Res]) bool {
+// mustRun takes c, whose ctx ended, out of the queue if it is still there,
+// and reports whether c was handed the next batch, which it must run.
+func (g *Commit[Req, Res]) mustRun(c *call[Req, Res]) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	i := slices.Index(g.queued, c)
-	if i >= 0 {
+	if i := slices.Index(g.queued, c); i >= 0 {
 		g.queued = slices.Delete(g.queued, i, i+1)
 	}
-	return i >= 0
+	return c.runs
 }
 
-// run runs batch, then hands the next batch to the first call queued.
+// run runs batch, then hands the next batch to its call with the latest
+// deadline.
 func (g *Commit[Req, Res]) run(ctx context.Context, batch []*call[Req, Res]) {
 	reqs := make([]Req, len(batch))
 	for i, c := range batch {
 		reqs[i] = c.req
 	}
-	// The batch's latest deadline: the oldest call, which runs it, is the
-	// one with the least time left.
 	bctx := context.WithoutCancel(ctx)
-	last := batch[0].deadline
-	for _, c := range batch {
-		if c.deadline.IsZero() {
-			last = time.Time{}
-			break
-		}
-		last = latest(last, c.deadline)
-	}
-	if !last.IsZero() {
+	if d, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
-		bctx, cancel = context.WithDeadline(bctx, last)
+		bctx, cancel = context.WithDeadline(bctx, d)
 		defer cancel()
 	}
 	for i, res := range g.Run(bctx, reqs) {
@@ -120,15 +115,23 @@ func (g *Commit[Req, Res]) run(ctx context.Context, batch []*call[Req, Res]) {
 	next := g.queued[:n:n]
 	g.queued = g.queued[n:]
 	g.running = n > 0
+	var runner *call[Req, Res]
+	for _, c := range next {
+		if runner == nil || later(c.deadline, runner.deadline) {
+			runner = c
+		}
+	}
+	if runner != nil {
+		runner.runs = true
+	}
 	g.mu.Unlock()
-	if n > 0 {
-		next[0].done <- turn[Req, Res]{batch: next}
+	if runner != nil {
+		runner.done <- turn[Req, Res]{batch: next}
 	}
 }
 
-func latest(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
+// later reports whether deadline a is later than b (zero: none, the
+// latest).
+func later(a, b time.Time) bool {
+	return !b.IsZero() && (a.IsZero() || a.After(b))
 }

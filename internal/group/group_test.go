@@ -96,10 +96,10 @@ func TestCommitLeaveQueued(t *testing.T) {
 	}
 }
 
-// TestCommitLatestDeadline: a batch runs under the latest deadline of its
-// calls, not that of the call running it, the oldest, which has the least
-// time left. (Found by review: a call with 10 s to go failed on its
-// leader's 50 ms.)
+// TestCommitLatestDeadline: a batch is run by its call with the latest
+// deadline, not by the oldest, which has the least time left, and a call
+// waits no longer than its own deadline. (Found by review: a call with
+// 10 s to go failed on its leader's 50 ms.)
 func TestCommitLatestDeadline(t *testing.T) {
 	let := make(chan struct{})
 	var runs atomic.Int64
@@ -127,8 +127,13 @@ func TestCommitLatestDeadline(t *testing.T) {
 	long, cancelLong := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelLong()
 	var calls sync.WaitGroup
-	var longErr error
-	calls.Go(func() { _, _ = g.Do(short, 1) }) // queued first: runs the next batch
+	var longErr, shortLeft error
+	var shortTook time.Duration
+	calls.Go(func() { // queued first
+		start := time.Now()
+		_, shortLeft = g.Do(short, 1)
+		shortTook = time.Since(start)
+	})
 	for n := 0; n < 1; time.Sleep(time.Millisecond) {
 		g.mu.Lock()
 		n = len(g.queued)
@@ -144,5 +149,8 @@ func TestCommitLatestDeadline(t *testing.T) {
 	calls.Wait()
 	if longErr != nil {
 		t.Fatalf("a call with 10 s to go, in a batch of 100 ms: %v", longErr)
+	}
+	if shortLeft == nil || shortTook > 5*time.Second {
+		t.Fatalf("a call with 50 ms to go, in a batch of 100 ms: %v after %v, want its deadline's error", shortLeft, shortTook)
 	}
 }
