@@ -12,6 +12,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/ssebridge/ssebridge/handlers"
 	"github.com/ssebridge/ssebridge/stream"
 )
 
@@ -29,7 +30,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(add
 	if openings != nil {
 		ln = openings.Listener(ln)
 		connState, connContext = openings.ConnState, openings.ConnContext
-		e = openings.Handler(opensStream, e)
+		e = openings.Handler(handlers.OpensStream, e)
 	}
 	srv := &http.Server{
 		Handler:           e,
@@ -74,12 +75,6 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, listening func(add
 	shutdown(cfg, log, srv, hub)
 	stop()
 	return nil
-}
-
-// opensStream reports whether r asks for a stream (GET /events), the one
-// request that keeps its connection's opening slot (stream.Openings).
-func opensStream(r *http.Request) bool {
-	return r.Method == http.MethodGet && r.URL.Path == "/events"
 }
 
 // shutdown ends the streams within cfg.ShutdownTimeout: they are told to

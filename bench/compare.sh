@@ -130,13 +130,8 @@ start() {
       FLAGS=(-url "$URL/connection/uni_sse" -centrifugo-secret bench-secret -publish http -http-style centrifugo -http-url "$URL/api/publish" -http-key bench-key) ;;
     *) echo "unknown system $1" >&2; exit 2 ;;
   esac
-  pids+=("$PID")
-  until curl -s -o /dev/null "$URL/"; do sleep 0.1; done
-  sleep 0.2
-  kill -0 "$PID" 2>/dev/null || { echo "$1 did not start (is its port taken?): $(tail -1 "$work/server.log")" >&2; exit 1; }
+  await_server "$1" "$PID" "$URL/"
 }
-
-stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; redis-cli -p "$REDIS_PORT" flushall >/dev/null; }
 
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ).jsonl"
@@ -165,7 +160,7 @@ for round in $(seq "$ROUNDS"); do
         echo "round $round: $sys, $load ($n streams, $rate events/s; load average $loadavg)" >&2
         line=$("$work/bench" "${FLAGS[@]}" "${extra[@]}" -redis "$REDIS" -n "$n" -pid "$PID" -drain 20s 2>"$work/run.log" | tail -1) || true
         cat "$work/run.log" >>"$work/bench.log"
-        stop
+        stop_server "$PID"
         if [ -s "$work/server.log" ]; then
           echo "$sys's log ($(wc -l <"$work/server.log") lines), the last:" >&2
           tail -5 "$work/server.log" >&2

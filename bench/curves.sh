@@ -74,13 +74,8 @@ start() {
   REDIS_URL=$REDIS LISTEN_ADDR=127.0.0.1:$SSEBRIDGE_PORT PUBLISH_TOKEN=bench-key LOG_LEVEL=warn MAX_STREAMS_PER_USER=100 \
     "$work/ssebridge" >"$work/server.log" 2>&1 &
   PID=$!
-  pids+=("$PID")
-  await 10 ssebridge curl -s -o /dev/null "$URL/"
-  sleep 0.2
-  kill -0 "$PID" 2>/dev/null || { echo "ssebridge did not start (is port $SSEBRIDGE_PORT taken?): $(tail -1 "$work/server.log")" >&2; exit 1; }
+  await_server ssebridge "$PID" "$URL/"
 }
-
-stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; redis-cli -p "$REDIS_PORT" flushall >/dev/null; }
 
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-curves.jsonl"
@@ -94,7 +89,7 @@ measure() {
   echo "round $round: $curve, $what (load average $loadavg)" >&2
   line=$("$work/bench" -url "$URL/events" -sessions -publish redis -redis "$REDIS" -pid "$PID" -drain "$DRAIN" "$@" 2>"$work/run.log" | tail -1) || true
   cat "$work/run.log" >>"$work/bench.log"
-  stop
+  stop_server "$PID"
   if [ -s "$work/server.log" ]; then
     echo "ssebridge's log ($(wc -l <"$work/server.log") lines), the last:" >&2
     tail -5 "$work/server.log" >&2

@@ -28,3 +28,17 @@ start_redis() {
   sleep 0.2 # a server already on the port answered that ping: ours exits
   kill -0 "${pids[-1]}" 2>/dev/null || { echo "redis-server did not start (is port $1 taken?): $(tail -1 "$work/redis.log")" >&2; exit 1; }
 }
+
+# await_server NAME PID URL [CURL_FLAGS...]: waits until URL answers, then
+# stops the script if PID exited meanwhile (another server on its port
+# answered); the server logs to $work/server.log.
+await_server() {
+  local name=$1 pid=$2 url=$3; shift 3
+  pids+=("$pid")
+  await 10 "$name" curl -s "$@" -o /dev/null "$url"
+  sleep 0.2
+  kill -0 "$pid" 2>/dev/null || { echo "$name did not start (is its port taken?): $(tail -1 "$work/server.log")" >&2; exit 1; }
+}
+
+# stop_server PID: stops the server under test and empties Redis for the next.
+stop_server() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; redis-cli -p "$REDIS_PORT" flushall >/dev/null; }

@@ -57,14 +57,11 @@ start() {
     *) echo "unknown system $1" >&2; exit 2 ;;
   esac
   env "${envs[@]}" REDIS_URL="$REDIS" LISTEN_ADDR="127.0.0.1:$PORT" PUBLISH_TOKEN=bench-key LOG_LEVEL=warn MAX_STREAMS_PER_USER=100 \
-    "$work/ssebridge" >"$work/ssebridge.log" 2>&1 &
+    "$work/ssebridge" >"$work/server.log" 2>&1 &
   PID=$!
-  pids+=("$PID")
   FLAGS+=(-url "$URL/events" -sessions -publish redis)
-  await 10 ssebridge curl -sk -o /dev/null "$URL/"
+  await_server "$1" "$PID" "$URL/" -k
 }
-
-stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; redis-cli -p "$REDIS_PORT" flushall >/dev/null; }
 
 mkdir -p bench/results
 out="bench/results/$(date -u +%Y%m%dT%H%M%SZ)-tls.jsonl"
@@ -77,13 +74,13 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: $sys ($N streams, $EVENTS events at $RATE/s; load average $loadavg)" >&2
     line=$("$work/bench" "${FLAGS[@]}" -redis "$REDIS" -n "$N" -events "$EVENTS" -rate "$RATE" -pid "$PID" -drain 20s 2>"$work/run.log" | tail -1) || true
     cat "$work/run.log" >>"$work/bench.log"
-    stop
+    stop_server "$PID"
     [ -n "$line" ] || line=null
     h2=0
     [ "$sys" != ssebridge-tls-h2 ] || h2=$H2_CONNS
     echo "{\"commit\":\"$commit\",\"round\":$round,\"system\":\"$sys\",\"h2_connections\":$h2,\"load\":\"moderate\",\"loadavg\":\"$loadavg\",\"result\":$line}" >>"$out"
     grep -E '^(connected|deliveries|latency|server RSS|CPU)' "$work/run.log" >&2 || true
-    grep -v '^$' "$work/ssebridge.log" | head -5 | sed 's/^/  ssebridge: /' >&2 || true
+    grep -v '^$' "$work/server.log" | head -5 | sed 's/^/  ssebridge: /' >&2 || true
   done
 done
 

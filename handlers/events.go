@@ -19,6 +19,15 @@ import (
 	"github.com/ssebridge/ssebridge/wire"
 )
 
+// eventsPath is the stream's route.
+const eventsPath = "/events"
+
+// OpensStream reports whether r asks for a stream (GET /events): the one
+// request that keeps its connection's opening slot (stream.Openings).
+func OpensStream(r *http.Request) bool {
+	return r.Method == http.MethodGet && r.URL.Path == eventsPath
+}
+
 type events struct {
 	o       Options
 	origins origins

@@ -112,7 +112,7 @@ func New(o Options) *echo.Echo {
 
 	clog := ratelog.Logger{Log: o.Log, Limit: logLimit}
 	ev := &events{o: o, origins: newOrigins(o.AllowedOrigins, o.Log, logLimit), refused: refused, log: clog}
-	e.GET("/events", ev.stream, noStore)
+	e.GET(eventsPath, ev.stream, noStore)
 	e.GET("/events/check", ev.check, noStore)
 	e.OPTIONS("/events", ev.preflight)
 	e.OPTIONS("/events/check", ev.preflight)
